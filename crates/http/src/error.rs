@@ -1,0 +1,150 @@
+//! Every error a handler returns, and the one place where each becomes an HTTP status.
+//! Bodies carry spec-named codes and safe descriptions: never a secret, a token, a SQL
+//! statement or a backtrace.
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+use tessera_iam::{OAuthError, OAuthErrorCode, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// An RFC 6749 error at an OAuth endpoint. `basic_realm` is set when the client
+    /// authenticated with HTTP Basic, which RFC 6749 5.2 answers with a challenge.
+    #[error("{error}")]
+    OAuth {
+        error: OAuthError,
+        basic_realm: Option<String>,
+    },
+    #[error("realm '{0}' does not exist")]
+    UnknownRealm(String),
+    #[error("the service is not ready: {0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<OAuthError> for ApiError {
+    fn from(error: OAuthError) -> Self {
+        ApiError::OAuth {
+            error,
+            basic_realm: None,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(err: StoreError) -> Self {
+        ApiError::Internal(err.0)
+    }
+}
+
+/// RFC 6749 5.2: 401 for a failed client authentication, 400 for the rest.
+pub fn oauth_status(code: OAuthErrorCode) -> StatusCode {
+    match code {
+        OAuthErrorCode::InvalidClient => StatusCode::UNAUTHORIZED,
+        OAuthErrorCode::ServerError => StatusCode::INTERNAL_SERVER_ERROR,
+        OAuthErrorCode::InvalidRequest
+        | OAuthErrorCode::InvalidGrant
+        | OAuthErrorCode::UnauthorizedClient
+        | OAuthErrorCode::UnsupportedGrantType
+        | OAuthErrorCode::InvalidScope
+        | OAuthErrorCode::InvalidTarget => StatusCode::BAD_REQUEST,
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            ApiError::OAuth { error, .. } => oauth_status(error.code),
+            ApiError::UnknownRealm(_) => StatusCode::NOT_FOUND,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let mut response = HttpResponse::build(self.status_code());
+        response
+            .insert_header((header::CACHE_CONTROL, "no-store"))
+            .insert_header((header::PRAGMA, "no-cache"));
+        let body = match self {
+            ApiError::OAuth { error, basic_realm } => {
+                if let Some(realm) = basic_realm
+                    .as_deref()
+                    .filter(|_| error.code == OAuthErrorCode::InvalidClient)
+                {
+                    if let Ok(value) = HeaderValue::from_str(&format!("Basic realm=\"{realm}\"")) {
+                        response.insert_header((header::WWW_AUTHENTICATE, value));
+                    }
+                }
+                json!({ "error": error.code.as_str(), "error_description": error.description })
+            }
+            ApiError::UnknownRealm(_) => {
+                json!({ "error": "not_found", "error_description": self.to_string() })
+            }
+            ApiError::Unavailable(detail) => {
+                tracing::warn!(detail, "not ready");
+                json!({ "error": "temporarily_unavailable", "error_description": "the service is not ready" })
+            }
+            ApiError::Internal(detail) => {
+                tracing::error!(detail, "internal error");
+                json!({ "error": "server_error", "error_description": "internal error" })
+            }
+        };
+        response.json(body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_oauth_error_has_its_rfc_status() {
+        let table = [
+            (OAuthErrorCode::InvalidRequest, 400),
+            (OAuthErrorCode::InvalidClient, 401),
+            (OAuthErrorCode::InvalidGrant, 400),
+            (OAuthErrorCode::UnauthorizedClient, 400),
+            (OAuthErrorCode::UnsupportedGrantType, 400),
+            (OAuthErrorCode::InvalidScope, 400),
+            (OAuthErrorCode::InvalidTarget, 400),
+            (OAuthErrorCode::ServerError, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(oauth_status(code).as_u16(), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn internal_details_stay_out_of_the_body() {
+        let err = ApiError::Internal("SELECT secret FROM clients".into());
+        let response = err.error_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = actix_web::rt::System::new()
+            .block_on(actix_web::body::to_bytes(response.into_body()))
+            .unwrap();
+        let body = String::from_utf8_lossy(&body);
+        assert!(body.contains("server_error"), "{body}");
+        assert!(!body.contains("SELECT"), "{body}");
+    }
+
+    #[test]
+    fn basic_clients_get_a_challenge() {
+        let err = ApiError::OAuth {
+            error: OAuthError::invalid_client("x"),
+            basic_realm: Some("cara".into()),
+        };
+        let response = err.error_response();
+        assert_eq!(
+            response.headers().get(header::WWW_AUTHENTICATE).unwrap(),
+            "Basic realm=\"cara\""
+        );
+        assert_eq!(
+            response.headers().get(header::CACHE_CONTROL).unwrap(),
+            "no-store"
+        );
+    }
+}

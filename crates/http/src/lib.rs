@@ -1,0 +1,168 @@
+//! The HTTP surface: actix-web over rustls, the routes of DESIGN.md, extraction of
+//! credentials from requests and TLS connections, and the mapping of domain errors to
+//! statuses ([`error`]). Handlers parse, call the domain, and format; the decisions are
+//! made in the domain crates. Blocking work (database) runs on the blocking pool.
+
+#![forbid(unsafe_code)]
+
+pub mod error;
+mod iam_routes;
+pub mod jwks;
+pub mod metrics;
+pub mod peer;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use actix_web::{web, App, HttpResponse, HttpServer};
+use anyhow::Context as _;
+use serde_json::json;
+use tessera_iam::TokenService;
+use tessera_store::Store;
+use tessera_types::UnixTime;
+
+pub use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::tls::TlsSettings;
+
+/// The services `tessera serve --only` can select. Services of later issues join here.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Services {
+    pub iam: bool,
+}
+
+impl Services {
+    pub const NAMES: [&'static str; 1] = ["iam"];
+
+    pub fn all() -> Self {
+        Self { iam: true }
+    }
+
+    /// Parses a comma-separated list such as `iam`.
+    pub fn parse(list: &str) -> anyhow::Result<Self> {
+        let mut services = Self { iam: false };
+        for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "iam" => services.iam = true,
+                other => anyhow::bail!(
+                    "unknown or not yet available service '{other}'; available: {}",
+                    Self::NAMES.join(", ")
+                ),
+            }
+        }
+        Ok(services)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    pub listen: SocketAddr,
+    /// 0: one worker per core.
+    pub workers: usize,
+    pub tls: TlsSettings,
+    pub services: Services,
+}
+
+/// What every handler shares.
+pub struct AppState {
+    pub tokens: TokenService<Store>,
+    pub store: Store,
+    pub metrics: Metrics,
+}
+
+/// The wall clock, read here at the edge and passed into the domain.
+pub fn now() -> UnixTime {
+    let seconds = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    UnixTime(i64::try_from(seconds).unwrap_or(i64::MAX))
+}
+
+/// A server that is listening; `server` must be awaited (or its handle stopped).
+pub struct RunningServer {
+    pub addr: SocketAddr,
+    pub server: actix_web::dev::Server,
+}
+
+/// Binds and starts the server. Must be called inside an actix system (`#[actix_web::main]`
+/// or `actix_web::rt::System`), which also runs its background tasks.
+pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<RunningServer> {
+    let (tls_config, verifier) = tls::server_config(&settings.tls)?;
+    let data = web::Data::from(state.clone());
+    let services = settings.services;
+    let mut server = HttpServer::new(move || {
+        let mut app = App::new()
+            .app_data(data.clone())
+            .route("/healthz", web::get().to(healthz))
+            .route("/metrics", web::get().to(metrics))
+            .default_service(web::to(not_found));
+        if services.iam {
+            app = app.configure(iam_routes::configure);
+        }
+        app
+    })
+    .on_connect(peer::on_connect)
+    .client_request_timeout(Duration::from_secs(10));
+    if settings.workers > 0 {
+        server = server.workers(settings.workers);
+    }
+    let server = server
+        .bind_rustls_0_23(settings.listen, tls_config)
+        .with_context(|| format!("cannot listen on {}", settings.listen))?;
+    let addr = server
+        .addrs()
+        .first()
+        .copied()
+        .context("the server has no listening address")?;
+    let server = server.run();
+
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(verifier.refresh_interval());
+        loop {
+            tick.tick().await;
+            let verifier = verifier.clone();
+            match web::block(move || verifier.refresh()).await {
+                Ok(Err(e)) => {
+                    tracing::error!(error = %e, "could not reload the CRLs; the previous ones stay in force")
+                }
+                Err(e) => tracing::error!(error = %e, "CRL reload task failed"),
+                Ok(Ok(_)) => {}
+            }
+        }
+    });
+    actix_web::rt::spawn(async move {
+        let mut tick = actix_web::rt::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let state = state.clone();
+            if let Ok(Err(e)) =
+                web::block(move || state.store.purge_expired_assertions(now())).await
+            {
+                tracing::warn!(error = %e, "could not purge expired assertion ids");
+            }
+        }
+    });
+    Ok(RunningServer { addr, server })
+}
+
+async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let store = state.store.clone();
+    web::block(move || store.ping())
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?
+        .map_err(|e| ApiError::Unavailable(e.0))?;
+    Ok(HttpResponse::Ok().json(json!({ "status": "ok", "database": state.store.backend() })))
+}
+
+async fn metrics(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok()
+        .content_type("text/plain; version=0.0.4")
+        .body(state.metrics.render())
+}
+
+async fn not_found() -> HttpResponse {
+    HttpResponse::NotFound().json(json!({ "error": "not_found" }))
+}

@@ -1,0 +1,112 @@
+//! Prometheus metrics, kept in atomics: token requests by outcome and a latency
+//! histogram. Rendered in the text exposition format at `/metrics`.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+const OUTCOMES: [&str; 9] = [
+    "issued",
+    "invalid_request",
+    "invalid_client",
+    "invalid_grant",
+    "unauthorized_client",
+    "unsupported_grant_type",
+    "invalid_scope",
+    "invalid_target",
+    "server_error",
+];
+
+/// Upper bounds of the latency buckets, in seconds.
+const BUCKETS: [f64; 12] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    outcomes: [AtomicU64; OUTCOMES.len()],
+    buckets: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Metrics {
+    /// Records one token request. `outcome` is "issued" or an OAuth error code.
+    pub fn token_request(&self, outcome: &str, elapsed: Duration) {
+        let index = OUTCOMES
+            .iter()
+            .position(|o| *o == outcome)
+            .unwrap_or(OUTCOMES.len() - 1);
+        self.outcomes[index].fetch_add(1, Ordering::Relaxed);
+        let seconds = elapsed.as_secs_f64();
+        for (bucket, bound) in self.buckets.iter().zip(BUCKETS) {
+            if seconds <= bound {
+                bucket.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add(
+            elapsed.as_micros().try_into().unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP tessera_token_requests_total Token endpoint requests by outcome."
+        );
+        let _ = writeln!(out, "# TYPE tessera_token_requests_total counter");
+        for (name, value) in OUTCOMES.iter().zip(&self.outcomes) {
+            let _ = writeln!(
+                out,
+                "tessera_token_requests_total{{outcome=\"{name}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let _ = writeln!(
+            out,
+            "# HELP tessera_token_request_duration_seconds Token endpoint latency."
+        );
+        let _ = writeln!(
+            out,
+            "# TYPE tessera_token_request_duration_seconds histogram"
+        );
+        for (bound, value) in BUCKETS.iter().zip(&self.buckets) {
+            let _ = writeln!(
+                out,
+                "tessera_token_request_duration_seconds_bucket{{le=\"{bound}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "tessera_token_request_duration_seconds_bucket{{le=\"+Inf\"}} {count}"
+        );
+        let sum = self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "tessera_token_request_duration_seconds_sum {sum}");
+        let _ = writeln!(out, "tessera_token_request_duration_seconds_count {count}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.token_request("issued", Duration::from_micros(700));
+        m.token_request("invalid_client", Duration::from_millis(30));
+        let text = m.render();
+        assert!(text.contains("tessera_token_requests_total{outcome=\"issued\"} 1"));
+        assert!(text.contains("tessera_token_requests_total{outcome=\"invalid_client\"} 1"));
+        assert!(text.contains("le=\"0.0005\"} 0"));
+        assert!(text.contains("le=\"0.001\"} 1"));
+        assert!(text.contains("le=\"0.05\"} 2"));
+        assert!(text.contains("le=\"+Inf\"} 2"));
+    }
+}

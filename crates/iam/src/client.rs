@@ -1,0 +1,105 @@
+//! Client registrations: who a client is, how it authenticates, what it may ask for.
+
+use serde::{Deserialize, Serialize};
+use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet};
+
+use crate::jose::JwkSet;
+
+/// A FHIR Coding as IUA carries `subject_role` and `purpose_of_use`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coding {
+    pub system: String,
+    pub code: String,
+}
+
+impl Coding {
+    /// Parses the FHIR token form `system|code`.
+    pub fn parse(text: &str) -> Option<Self> {
+        let (system, code) = text.split_once('|')?;
+        (!system.is_empty() && !code.is_empty() && !code.contains('|')).then(|| Self {
+            system: system.to_owned(),
+            code: code.to_owned(),
+        })
+    }
+}
+
+/// The IUA attributes a registration fixes for every token of the client
+/// (IHE IUA 3.71.4.2.2.1.2, `extensions.ihe_iua`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IuaAttributes {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_organization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_organization_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_role: Option<Coding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose_of_use: Option<Coding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_community_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub national_provider_identifier: Option<String>,
+}
+
+/// How a registered certificate is recognised (RFC 8705 section 2).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertBinding {
+    /// The exact certificate: base64url SHA-256 of its DER, as in `x5t#S256`.
+    Thumbprint(String),
+    /// Any certificate with this subject DN from this issuer DN (survives renewal).
+    SubjectDn { subject: String, issuer: String },
+}
+
+/// Where a `private_key_jwt` client's public keys come from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JwksSource {
+    Inline(JwkSet),
+    Uri(String),
+}
+
+/// The token endpoint authentication methods of RFC 7591 / RFC 8705 Tessera supports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientAuth {
+    TlsClientAuth(CertBinding),
+    PrivateKeyJwt(JwksSource),
+    /// `client_secret_basic` or `client_secret_post`; the hex SHA-256 of the secret.
+    ClientSecret {
+        secret_sha256: String,
+    },
+}
+
+impl ClientAuth {
+    pub fn method_name(&self) -> &'static str {
+        match self {
+            ClientAuth::TlsClientAuth(_) => "tls_client_auth",
+            ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
+            ClientAuth::ClientSecret { .. } => "client_secret_basic",
+        }
+    }
+}
+
+/// Person ids a client may name in `person_id`: none, some, or any.
+pub const ANY_PERSON: &str = "*";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    pub realm: RealmName,
+    pub client_id: ClientId,
+    pub enabled: bool,
+    pub auth: ClientAuth,
+    pub scopes: ScopeSet,
+    pub partitions: Vec<PartitionId>,
+    /// CH:IUA `principal_id` (e.g. a GLN) the client acts for, if any.
+    pub principal_id: Option<String>,
+    /// CH:IUA `principal`: the name of that principal.
+    pub principal_name: Option<String>,
+    /// `person_id` values the client may ask for; [`ANY_PERSON`] allows every one.
+    pub person_ids: Vec<String>,
+    pub iua: IuaAttributes,
+}

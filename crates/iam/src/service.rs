@@ -1,0 +1,763 @@
+//! ITI-71 `client_credentials`: authenticate the client, decide what the token may
+//! carry, and mint it. Nothing here reads the clock or knows about HTTP or SQL: the
+//! caller passes `now`, the storage comes in through [`IamStore`], remote JWKS
+//! through [`JwksFetcher`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use ring::digest;
+use serde_json::Value;
+use tessera_types::smart::scope_allowed;
+use tessera_types::{ClientId, RealmName, Scope, ScopeSet, UnixTime};
+
+use crate::client::{CertBinding, Client, ClientAuth, Coding, JwksSource, ANY_PERSON};
+use crate::error::{OAuthError, OAuthErrorCode, StoreError};
+use crate::jose::{b64, Algorithm, JoseError, JwkSet, SigningKey, UnverifiedJws};
+use crate::request::{Credentials, TokenRequest, JWT_BEARER_ASSERTION};
+use crate::token::{
+    AccessTokenClaims, ChDelegation, Confirmation, Extensions, IheIua, TokenResponse,
+    ACCESS_TOKEN_TYP,
+};
+
+/// A realm's settings as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Realm {
+    pub name: RealmName,
+    pub token_lifetime_seconds: i64,
+    pub signing_alg: Algorithm,
+}
+
+/// A signing key as stored: the private key and whether it signs new tokens.
+#[derive(Debug, Clone)]
+pub struct StoredKey {
+    pub alg: Algorithm,
+    pub pkcs8: Vec<u8>,
+    pub active: bool,
+}
+
+/// What IAM needs from the database.
+pub trait IamStore: Send + Sync {
+    fn realm(&self, name: &RealmName) -> Result<Option<Realm>, StoreError>;
+    /// The realm's keys that are not retired, newest first.
+    fn signing_keys(&self, realm: &RealmName) -> Result<Vec<StoredKey>, StoreError>;
+    fn client(&self, realm: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError>;
+    /// Records an assertion `jti` until `expires_at`. Returns false, changing nothing,
+    /// when the same client already used it: the assertion is a replay.
+    fn consume_assertion(
+        &self,
+        realm: &RealmName,
+        client: &ClientId,
+        jti: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Fetches a client's `jwks_uri`, with whatever caching the transport allows.
+pub trait JwksFetcher: Send + Sync {
+    /// The key set, from cache when fresh.
+    fn keys(&self, uri: &str, now: UnixTime) -> Result<JwkSet, String>;
+    /// The key set fetched again, unless it was fetched very recently; used when an
+    /// assertion names a `kid` the cached set lacks (the client rotated its keys).
+    fn refresh(&self, uri: &str, now: UnixTime) -> Result<JwkSet, String>;
+}
+
+/// Settings the token service needs that are not per realm.
+#[derive(Debug, Clone)]
+pub struct IamSettings {
+    /// `https://host:port`, without a trailing slash; issuers are `{base}/realms/{realm}`.
+    pub public_base_url: String,
+    /// Audiences a token may be issued for; the first ones are used when the request
+    /// has no `resource`.
+    pub audiences: Vec<String>,
+    /// How far in the future a client assertion's `exp` may be (SMART: 5 minutes).
+    pub max_assertion_lifetime_seconds: i64,
+    /// Tolerated clock difference with clients.
+    pub clock_skew_seconds: i64,
+    /// How long realm keys and client registrations are cached before reloading.
+    pub cache_seconds: i64,
+}
+
+/// A realm with its keys, ready to sign and publish.
+#[derive(Debug)]
+pub struct RealmState {
+    pub realm: Realm,
+    pub issuer: String,
+    pub token_endpoint: String,
+    pub signer: SigningKey,
+    pub jwks: JwkSet,
+    loaded_at: UnixTime,
+}
+
+struct Cached<T> {
+    value: T,
+    loaded_at: UnixTime,
+}
+
+/// A token that was issued, with its claims for the caller's metrics and audit.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub response: TokenResponse,
+    pub claims: AccessTokenClaims,
+    pub auth_method: &'static str,
+}
+
+pub struct TokenService<S> {
+    store: S,
+    fetcher: Arc<dyn JwksFetcher>,
+    settings: IamSettings,
+    realms: RwLock<HashMap<RealmName, Arc<RealmState>>>,
+    clients: RwLock<ClientCache>,
+}
+
+type ClientCache = HashMap<(RealmName, ClientId), Cached<Arc<Client>>>;
+
+/// The outcome of client authentication.
+struct Authenticated {
+    client: Arc<Client>,
+    /// RFC 8705 confirmation, when the client proved a certificate.
+    cnf: Option<Confirmation>,
+    /// The assertion `jti` and its expiry, to record once the whole request passes.
+    pending_jti: Option<(String, UnixTime)>,
+}
+
+fn fresh(loaded_at: UnixTime, now: UnixTime, ttl: i64) -> bool {
+    now.0 >= loaded_at.0 && now.0 - loaded_at.0 < ttl
+}
+
+fn invalid_client(detail: &str) -> OAuthError {
+    OAuthError::invalid_client(detail)
+}
+
+impl<S: IamStore> TokenService<S> {
+    pub fn new(store: S, fetcher: Arc<dyn JwksFetcher>, settings: IamSettings) -> Self {
+        Self {
+            store,
+            fetcher,
+            settings,
+            realms: RwLock::default(),
+            clients: RwLock::default(),
+        }
+    }
+
+    pub fn store(&self) -> &S {
+        &self.store
+    }
+
+    pub fn settings(&self) -> &IamSettings {
+        &self.settings
+    }
+
+    pub fn issuer(&self, realm: &RealmName) -> String {
+        format!("{}/realms/{}", self.settings.public_base_url, realm)
+    }
+
+    /// The realm with its keys, from cache while fresh; `None` if it does not exist.
+    pub fn realm(
+        &self,
+        name: &RealmName,
+        now: UnixTime,
+    ) -> Result<Option<Arc<RealmState>>, StoreError> {
+        if let Some(state) = self.realms.read().map_err(poisoned)?.get(name) {
+            if fresh(state.loaded_at, now, self.settings.cache_seconds) {
+                return Ok(Some(state.clone()));
+            }
+        }
+        let Some(realm) = self.store.realm(name)? else {
+            self.realms.write().map_err(poisoned)?.remove(name);
+            return Ok(None);
+        };
+        let mut signer = None;
+        let mut jwks = JwkSet::default();
+        for stored in self.store.signing_keys(name)? {
+            let key = SigningKey::from_pkcs8(stored.alg, &stored.pkcs8)
+                .map_err(|e| StoreError(format!("signing key of realm {name}: {e}")))?;
+            jwks.keys.push(key.public_jwk());
+            if stored.active && signer.is_none() {
+                signer = Some(key);
+            }
+        }
+        let signer = signer.ok_or_else(|| {
+            StoreError(format!(
+                "realm {name} has no active signing key; run `tessera keys rotate`"
+            ))
+        })?;
+        let issuer = self.issuer(name);
+        let state = Arc::new(RealmState {
+            token_endpoint: format!("{issuer}/protocol/openid-connect/token"),
+            issuer,
+            realm,
+            signer,
+            jwks,
+            loaded_at: now,
+        });
+        self.realms
+            .write()
+            .map_err(poisoned)?
+            .insert(name.clone(), state.clone());
+        Ok(Some(state))
+    }
+
+    fn client(
+        &self,
+        realm: &RealmName,
+        id: &ClientId,
+        now: UnixTime,
+    ) -> Result<Option<Arc<Client>>, StoreError> {
+        let key = (realm.clone(), id.clone());
+        if let Some(entry) = self.clients.read().map_err(poisoned)?.get(&key) {
+            if fresh(entry.loaded_at, now, self.settings.cache_seconds) {
+                return Ok(Some(entry.value.clone()));
+            }
+        }
+        let Some(client) = self.store.client(realm, id)? else {
+            self.clients.write().map_err(poisoned)?.remove(&key);
+            return Ok(None);
+        };
+        let client = Arc::new(client);
+        self.clients.write().map_err(poisoned)?.insert(
+            key,
+            Cached {
+                value: client.clone(),
+                loaded_at: now,
+            },
+        );
+        Ok(Some(client))
+    }
+
+    /// Drops cached realms and clients, so the next request reads the database.
+    pub fn invalidate_caches(&self) {
+        if let Ok(mut realms) = self.realms.write() {
+            realms.clear();
+        }
+        if let Ok(mut clients) = self.clients.write() {
+            clients.clear();
+        }
+    }
+
+    /// Handles a token request on `realm` (ITI-71).
+    pub fn issue(
+        &self,
+        realm: &RealmState,
+        request: TokenRequest,
+        credentials: &Credentials,
+        now: UnixTime,
+    ) -> Result<Issued, OAuthError> {
+        if request.grant_type != "client_credentials" {
+            return Err(OAuthError::new(
+                OAuthErrorCode::UnsupportedGrantType,
+                "only the client_credentials grant is supported",
+            ));
+        }
+        let Authenticated {
+            client,
+            cnf,
+            pending_jti,
+        } = self.authenticate(realm, &request, credentials, now)?;
+        if !client.enabled {
+            return Err(invalid_client("client authentication failed"));
+        }
+        let scope = self.grant_scope(&client, &request)?;
+        let audience = self.audience(&request)?;
+        let extensions = self.extensions(&client, &request, &scope.extra)?;
+
+        // Every check has passed; only now may the assertion be marked as used.
+        if let Some((jti, exp)) = pending_jti {
+            let first_use = self.store.consume_assertion(
+                &realm.realm.name,
+                &client.client_id,
+                &jti,
+                exp,
+                now,
+            )?;
+            if !first_use {
+                return Err(invalid_client("the client assertion jti was already used"));
+            }
+        }
+
+        let lifetime = realm.realm.token_lifetime_seconds;
+        let claims = AccessTokenClaims {
+            iss: realm.issuer.clone(),
+            sub: client.client_id.to_string(),
+            client_id: client.client_id.to_string(),
+            aud: audience,
+            jti: random_id().ok_or_else(OAuthError::server_error)?,
+            iat: now.0,
+            exp: now.0 + lifetime,
+            scope: scope.granted.to_string(),
+            cnf,
+            partitions: client.partitions.iter().map(|p| p.to_string()).collect(),
+            extensions,
+        };
+        let access_token = realm.signer.sign(ACCESS_TOKEN_TYP, &claims).map_err(|e| {
+            tracing::error!(error = %e, "could not sign an access token");
+            OAuthError::server_error()
+        })?;
+        Ok(Issued {
+            response: TokenResponse {
+                access_token,
+                token_type: "Bearer".into(),
+                expires_in: lifetime,
+                scope: claims.scope.clone(),
+            },
+            claims,
+            auth_method: client.auth.method_name(),
+        })
+    }
+
+    /// RFC 6749 2.3, RFC 7523 3, RFC 8705 2: exactly one way of authenticating.
+    fn authenticate(
+        &self,
+        realm: &RealmState,
+        request: &TokenRequest,
+        credentials: &Credentials,
+        now: UnixTime,
+    ) -> Result<Authenticated, OAuthError> {
+        let methods = [
+            request.client_assertion.is_some() || request.client_assertion_type.is_some(),
+            credentials.basic.is_some(),
+            request.client_secret.is_some(),
+        ];
+        if methods.iter().filter(|m| **m).count() > 1 {
+            return Err(OAuthError::invalid_request(
+                "use exactly one client authentication method",
+            ));
+        }
+        let name = &realm.realm.name;
+
+        if let Some((id, secret)) = &credentials.basic {
+            let client = self.registered(name, id, now)?;
+            verify_secret(&client, secret.expose(), request.client_id.as_deref(), id)?;
+            return Ok(Authenticated {
+                client,
+                cnf: None,
+                pending_jti: None,
+            });
+        }
+        if let Some(secret) = &request.client_secret {
+            let id = request
+                .client_id
+                .as_deref()
+                .ok_or_else(|| OAuthError::invalid_request("client_secret requires client_id"))?;
+            let client = self.registered(name, id, now)?;
+            verify_secret(&client, secret.expose(), None, id)?;
+            return Ok(Authenticated {
+                client,
+                cnf: None,
+                pending_jti: None,
+            });
+        }
+        if request.client_assertion.is_some() || request.client_assertion_type.is_some() {
+            if request.client_assertion_type.as_deref() != Some(JWT_BEARER_ASSERTION) {
+                return Err(OAuthError::invalid_request(format!(
+                    "client_assertion_type must be {JWT_BEARER_ASSERTION}"
+                )));
+            }
+            let assertion = request
+                .client_assertion
+                .as_deref()
+                .ok_or_else(|| OAuthError::invalid_request("client_assertion is missing"))?;
+            let (client, jti, exp) = self.verify_assertion(realm, assertion, request, now)?;
+            return Ok(Authenticated {
+                client,
+                cnf: None,
+                pending_jti: Some((jti, exp)),
+            });
+        }
+
+        let id = request
+            .client_id
+            .as_deref()
+            .ok_or_else(|| invalid_client("no client authentication was provided"))?;
+        let client = self.registered(name, id, now)?;
+        let ClientAuth::TlsClientAuth(binding) = &client.auth else {
+            return Err(invalid_client("client authentication failed"));
+        };
+        let cert = credentials.certificate.as_ref().ok_or_else(|| {
+            invalid_client("this client must present its certificate over mutual TLS")
+        })?;
+        let matches = match binding {
+            CertBinding::Thumbprint(expected) => {
+                constant_time_eq(expected.as_bytes(), cert.thumbprint.as_bytes())
+            }
+            CertBinding::SubjectDn { subject, issuer } => {
+                *subject == cert.subject && *issuer == cert.issuer
+            }
+        };
+        if !matches {
+            return Err(invalid_client(
+                "the certificate is not the one registered for this client",
+            ));
+        }
+        let cnf = Confirmation {
+            x5t_s256: cert.thumbprint.clone(),
+        };
+        Ok(Authenticated {
+            client,
+            cnf: Some(cnf),
+            pending_jti: None,
+        })
+    }
+
+    fn registered(
+        &self,
+        realm: &RealmName,
+        id: &str,
+        now: UnixTime,
+    ) -> Result<Arc<Client>, OAuthError> {
+        let id =
+            ClientId::try_from(id).map_err(|_| invalid_client("client authentication failed"))?;
+        self.client(realm, &id, now)?
+            .ok_or_else(|| invalid_client("client authentication failed"))
+    }
+
+    /// RFC 7523 section 3 and SMART Backend Services: the assertion checks.
+    fn verify_assertion(
+        &self,
+        realm: &RealmState,
+        assertion: &str,
+        request: &TokenRequest,
+        now: UnixTime,
+    ) -> Result<(Arc<Client>, String, UnixTime), OAuthError> {
+        let jws = UnverifiedJws::parse(assertion).map_err(|e| match e {
+            JoseError::UnsupportedAlgorithm => invalid_client(
+                "the assertion algorithm is not accepted (ES256, ES384, RS256, RS384)",
+            ),
+            _ => invalid_client("the client assertion is not a valid JWS"),
+        })?;
+        let unverified = jws
+            .unverified_claims()
+            .map_err(|_| invalid_client("the client assertion is not a valid JWS"))?;
+        let iss = unverified
+            .get("iss")
+            .and_then(Value::as_str)
+            .ok_or_else(|| invalid_client("the client assertion has no iss"))?;
+        if request.client_id.as_deref().is_some_and(|id| id != iss) {
+            return Err(invalid_client(
+                "client_id does not match the assertion issuer",
+            ));
+        }
+        let client = self.registered(&realm.realm.name, iss, now)?;
+        let ClientAuth::PrivateKeyJwt(source) = &client.auth else {
+            return Err(invalid_client("client authentication failed"));
+        };
+        let claims = match source {
+            JwksSource::Inline(set) => jws.verify(&set.keys),
+            JwksSource::Uri(uri) => {
+                let keys = self
+                    .fetcher
+                    .keys(uri, now)
+                    .map_err(|e| jwks_unavailable(uri, &e))?;
+                match UnverifiedJws::parse(assertion).and_then(|j| j.verify(&keys.keys)) {
+                    Err(JoseError::UnknownKey) => {
+                        let keys = self
+                            .fetcher
+                            .refresh(uri, now)
+                            .map_err(|e| jwks_unavailable(uri, &e))?;
+                        jws.verify(&keys.keys)
+                    }
+                    other => other,
+                }
+            }
+        }
+        .map_err(|e| match e {
+            JoseError::UnknownKey => invalid_client("no registered key matches the assertion kid"),
+            JoseError::AmbiguousKey => {
+                invalid_client("several registered keys match the assertion")
+            }
+            _ => invalid_client("the client assertion signature does not verify"),
+        })?;
+
+        let text = |name: &str| claims.get(name).and_then(Value::as_str);
+        let number = |name: &str| claims.get(name).and_then(Value::as_i64);
+        if text("sub") != Some(iss) {
+            return Err(invalid_client(
+                "the assertion sub must equal its iss (the client_id)",
+            ));
+        }
+        let audience_ok = match claims.get("aud") {
+            Some(Value::String(aud)) => aud == &realm.token_endpoint || aud == &realm.issuer,
+            Some(Value::Array(list)) => list.iter().any(|a| {
+                a.as_str()
+                    .is_some_and(|a| a == realm.token_endpoint || a == realm.issuer)
+            }),
+            _ => false,
+        };
+        if !audience_ok {
+            return Err(invalid_client(
+                "the assertion aud must be this token endpoint",
+            ));
+        }
+        let skew = self.settings.clock_skew_seconds;
+        let exp = number("exp").ok_or_else(|| invalid_client("the assertion has no exp"))?;
+        if exp + skew <= now.0 {
+            return Err(invalid_client("the client assertion has expired"));
+        }
+        if exp - now.0 > self.settings.max_assertion_lifetime_seconds + skew {
+            return Err(invalid_client(
+                "the assertion exp is more than 5 minutes ahead",
+            ));
+        }
+        if number("nbf").is_some_and(|nbf| nbf > now.0 + skew) {
+            return Err(invalid_client("the client assertion is not valid yet"));
+        }
+        if number("iat").is_some_and(|iat| iat > now.0 + skew) {
+            return Err(invalid_client("the assertion was issued in the future"));
+        }
+        let jti = text("jti").ok_or_else(|| invalid_client("the assertion has no jti"))?;
+        if jti.is_empty() || jti.len() > 255 {
+            return Err(invalid_client("the assertion jti is not usable"));
+        }
+        Ok((client, jti.to_owned(), UnixTime(exp + skew)))
+    }
+
+    fn grant_scope(
+        &self,
+        client: &Client,
+        request: &TokenRequest,
+    ) -> Result<ScopeGrant, OAuthError> {
+        let mut granted = Vec::new();
+        let mut extra = HashMap::new();
+        let Some(text) = request.scope.as_deref() else {
+            return Ok(ScopeGrant {
+                granted: client.scopes.clone(),
+                extra,
+            });
+        };
+        let mut refused = Vec::new();
+        for token in text.split(' ').filter(|t| !t.is_empty()) {
+            // CH:IUA extension parameters may travel inside `scope` as name=value.
+            if let Some((name, value)) = token.split_once('=') {
+                if CH_PARAMETERS.contains(&name) {
+                    if extra.insert(name.to_owned(), value.to_owned()).is_some() {
+                        return Err(OAuthError::invalid_scope(format!(
+                            "{name} is repeated in scope"
+                        )));
+                    }
+                    continue;
+                }
+            }
+            let scope = Scope::try_from(token).map_err(|_| {
+                OAuthError::invalid_scope("scope contains characters RFC 6749 forbids")
+            })?;
+            if scope_allowed(&scope, client.scopes.iter()) {
+                granted.push(scope);
+            } else {
+                refused.push(token.to_owned());
+            }
+        }
+        if !refused.is_empty() {
+            return Err(OAuthError::invalid_scope(format!(
+                "not allowed for this client: {}",
+                refused.join(" ")
+            )));
+        }
+        let granted: ScopeSet = granted.into_iter().collect();
+        Ok(ScopeGrant {
+            granted: if granted.is_empty() && extra.is_empty() {
+                client.scopes.clone()
+            } else {
+                granted
+            },
+            extra,
+        })
+    }
+
+    /// RFC 8707: `resource` narrows the audience to the named, known resource servers.
+    fn audience(&self, request: &TokenRequest) -> Result<Vec<String>, OAuthError> {
+        if request.resource.is_empty() {
+            return Ok(self.settings.audiences.clone());
+        }
+        for resource in &request.resource {
+            let absolute = resource.contains("://") && !resource.contains('#');
+            if !absolute {
+                return Err(OAuthError::new(
+                    OAuthErrorCode::InvalidTarget,
+                    "resource must be an absolute URI without a fragment",
+                ));
+            }
+            if !self.settings.audiences.iter().any(|a| a == resource) {
+                return Err(OAuthError::new(
+                    OAuthErrorCode::InvalidTarget,
+                    format!("unknown resource: {resource}"),
+                ));
+            }
+        }
+        let mut audience = request.resource.clone();
+        audience.dedup();
+        Ok(audience)
+    }
+
+    /// Fills `extensions` from the registration and the CH:IUA request parameters; a
+    /// parameter that contradicts the registration fails client authentication.
+    fn extensions(
+        &self,
+        client: &Client,
+        request: &TokenRequest,
+        in_scope: &HashMap<String, String>,
+    ) -> Result<Extensions, OAuthError> {
+        let param = |name: &str, form: &Option<String>| -> Result<Option<String>, OAuthError> {
+            match (form, in_scope.get(name)) {
+                (Some(a), Some(b)) if a != b => Err(OAuthError::invalid_request(format!(
+                    "{name} differs between the form and the scope"
+                ))),
+                (Some(a), _) => Ok(Some(a.clone())),
+                (None, b) => Ok(b.cloned()),
+            }
+        };
+        let must_match = |name: &str, asked: Option<String>, registered: &Option<String>| match (
+            asked, registered,
+        ) {
+            (None, registered) => Ok(registered.clone()),
+            (Some(asked), Some(registered)) if asked == *registered => Ok(Some(asked)),
+            (Some(_), _) => Err(invalid_client(&format!(
+                "{name} does not match the client registration"
+            ))),
+        };
+        let coding = |name: &str, asked: Option<String>, registered: &Option<Coding>| {
+            let asked = asked
+                .map(|text| {
+                    Coding::parse(&text).ok_or_else(|| {
+                        OAuthError::invalid_request(format!("{name} must be written system|code"))
+                    })
+                })
+                .transpose()?;
+            match (asked, registered) {
+                (None, registered) => Ok(registered.clone()),
+                (Some(asked), Some(registered)) if asked != *registered => Err(invalid_client(
+                    &format!("{name} does not match the client registration"),
+                )),
+                (Some(asked), _) => Ok(Some(asked)),
+            }
+        };
+
+        let principal_id = must_match(
+            "principal_id",
+            param("principal_id", &request.principal_id)?,
+            &client.principal_id,
+        )?;
+        let principal = must_match(
+            "principal",
+            param("principal", &request.principal)?,
+            &client.principal_name,
+        )?;
+        let person_id = match param("person_id", &request.person_id)? {
+            None => None,
+            Some(asked) => {
+                let allowed = client
+                    .person_ids
+                    .iter()
+                    .any(|p| p == ANY_PERSON || *p == asked);
+                if !allowed {
+                    return Err(invalid_client("person_id is not allowed for this client"));
+                }
+                Some(asked)
+            }
+        };
+        let iua = &client.iua;
+        Ok(Extensions {
+            ihe_iua: IheIua {
+                subject_name: iua.subject_name.clone(),
+                subject_organization: iua.subject_organization.clone(),
+                subject_organization_id: iua.subject_organization_id.clone(),
+                subject_role: coding(
+                    "subject_role",
+                    param("subject_role", &request.subject_role)?,
+                    &iua.subject_role,
+                )?,
+                purpose_of_use: coding(
+                    "purpose_of_use",
+                    param("purpose_of_use", &request.purpose_of_use)?,
+                    &iua.purpose_of_use,
+                )?,
+                home_community_id: iua.home_community_id.clone(),
+                national_provider_identifier: iua.national_provider_identifier.clone(),
+                person_id,
+            },
+            ch_delegation: ChDelegation {
+                principal,
+                principal_id,
+            },
+        })
+    }
+}
+
+const CH_PARAMETERS: [&str; 5] = [
+    "principal_id",
+    "principal",
+    "person_id",
+    "purpose_of_use",
+    "subject_role",
+];
+
+struct ScopeGrant {
+    granted: ScopeSet,
+    extra: HashMap<String, String>,
+}
+
+fn jwks_unavailable(uri: &str, err: &str) -> OAuthError {
+    tracing::warn!(
+        jwks_uri = uri,
+        error = err,
+        "could not fetch a client's jwks_uri"
+    );
+    invalid_client("the client's jwks_uri could not be fetched")
+}
+
+fn verify_secret(
+    client: &Client,
+    secret: &str,
+    form_id: Option<&str>,
+    id: &str,
+) -> Result<(), OAuthError> {
+    if form_id.is_some_and(|f| f != id) {
+        return Err(OAuthError::invalid_request(
+            "client_id differs from the Basic credentials",
+        ));
+    }
+    let ClientAuth::ClientSecret { secret_sha256 } = &client.auth else {
+        return Err(invalid_client("client authentication failed"));
+    };
+    if !constant_time_eq(secret_hash(secret).as_bytes(), secret_sha256.as_bytes()) {
+        return Err(invalid_client("client authentication failed"));
+    }
+    Ok(())
+}
+
+/// Client secrets are 256-bit random values Tessera generates, never chosen by people,
+/// so a fast hash suffices: there is no dictionary to search.
+pub fn secret_hash(secret: &str) -> String {
+    digest::digest(&digest::SHA256, secret.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// A random identifier with 128 bits of entropy, base64url.
+pub fn random_id() -> Option<String> {
+    random_b64(16)
+}
+
+/// `bytes` random bytes, base64url; `None` if the system RNG fails, so that a caller
+/// can never hand out a predictable value.
+pub fn random_b64(bytes: usize) -> Option<String> {
+    use ring::rand::SecureRandom as _;
+    let mut buf = vec![0u8; bytes];
+    match ring::rand::SystemRandom::new().fill(&mut buf) {
+        Ok(()) => Some(b64(&buf)),
+        Err(_) => {
+            tracing::error!("the system random number generator failed");
+            None
+        }
+    }
+}
+
+fn poisoned<T>(_: T) -> StoreError {
+    StoreError("a cache lock was poisoned".into())
+}

@@ -1,0 +1,401 @@
+//! Domain tests of the grant with a pinned clock. The HTTP suite covers the same rules
+//! end to end; these pin the time-window edges, which a live clock cannot.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use tessera_types::{ClientId, RealmName, ScopeSet, Secret, UnixTime};
+
+use crate::client::{CertBinding, Client, ClientAuth, IuaAttributes, JwksSource};
+use crate::jose::{Algorithm, JwkSet, SigningKey};
+use crate::request::{Credentials, PresentedCertificate, TokenRequest, JWT_BEARER_ASSERTION};
+use crate::service::secret_hash;
+use crate::*;
+
+const NOW: UnixTime = UnixTime(1_800_000_000);
+
+struct MemoryStore {
+    realm_key: Vec<u8>,
+    clients: Vec<Client>,
+    used: Mutex<HashSet<String>>,
+}
+
+impl IamStore for MemoryStore {
+    fn realm(&self, name: &RealmName) -> Result<Option<Realm>, StoreError> {
+        Ok((name.as_str() == "cara").then(|| Realm {
+            name: name.clone(),
+            token_lifetime_seconds: 300,
+            signing_alg: Algorithm::ES256,
+        }))
+    }
+    fn signing_keys(&self, _: &RealmName) -> Result<Vec<StoredKey>, StoreError> {
+        Ok(vec![StoredKey {
+            alg: Algorithm::ES256,
+            pkcs8: self.realm_key.clone(),
+            active: true,
+        }])
+    }
+    fn client(&self, _: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError> {
+        Ok(self.clients.iter().find(|c| &c.client_id == id).cloned())
+    }
+    fn consume_assertion(
+        &self,
+        _: &RealmName,
+        c: &ClientId,
+        jti: &str,
+        _: UnixTime,
+        _: UnixTime,
+    ) -> Result<bool, StoreError> {
+        Ok(self.used.lock().unwrap().insert(format!("{c}/{jti}")))
+    }
+}
+
+struct NoFetch;
+impl JwksFetcher for NoFetch {
+    fn keys(&self, _: &str, _: UnixTime) -> Result<JwkSet, String> {
+        Err("offline".into())
+    }
+    fn refresh(&self, _: &str, _: UnixTime) -> Result<JwkSet, String> {
+        Err("offline".into())
+    }
+}
+
+struct Fixture {
+    service: TokenService<MemoryStore>,
+    realm: Arc<RealmState>,
+    client_key: SigningKey,
+}
+
+fn client(id: &str, auth: ClientAuth) -> Client {
+    Client {
+        realm: RealmName::try_from("cara").unwrap(),
+        client_id: ClientId::try_from(id).unwrap(),
+        enabled: true,
+        auth,
+        scopes: ScopeSet::parse("system/*.rs system/Observation.cruds").unwrap(),
+        partitions: vec![],
+        principal_id: Some("7601000000000".into()),
+        principal_name: None,
+        person_ids: vec!["761337610411353650".into()],
+        iua: IuaAttributes {
+            subject_name: Some("Best Clinic".into()),
+            ..IuaAttributes::default()
+        },
+    }
+}
+
+fn fixture() -> Fixture {
+    let (_, realm_key) = SigningKey::generate_ec(Algorithm::ES256).unwrap();
+    let (client_key, _) = SigningKey::generate_ec(Algorithm::ES384).unwrap();
+    let clients = vec![
+        client(
+            "backend",
+            ClientAuth::PrivateKeyJwt(JwksSource::Inline(JwkSet {
+                keys: vec![client_key.public_jwk()],
+            })),
+        ),
+        client(
+            "tcu",
+            ClientAuth::TlsClientAuth(CertBinding::Thumbprint("thumb".into())),
+        ),
+        client(
+            "secret",
+            ClientAuth::ClientSecret {
+                secret_sha256: secret_hash("s3cret"),
+            },
+        ),
+    ];
+    let store = MemoryStore {
+        realm_key,
+        clients,
+        used: Mutex::default(),
+    };
+    let settings = IamSettings {
+        public_base_url: "https://iam.test".into(),
+        audiences: vec!["https://iam.test/fhir".into()],
+        max_assertion_lifetime_seconds: 300,
+        clock_skew_seconds: 0,
+        cache_seconds: 5,
+    };
+    let service = TokenService::new(store, Arc::new(NoFetch), settings);
+    let realm = service
+        .realm(&RealmName::try_from("cara").unwrap(), NOW)
+        .unwrap()
+        .unwrap();
+    Fixture {
+        service,
+        realm,
+        client_key,
+    }
+}
+
+impl Fixture {
+    fn assertion(&self, claims: serde_json::Value) -> String {
+        self.client_key.sign("JWT", &claims).unwrap()
+    }
+
+    fn good_claims(&self) -> serde_json::Value {
+        json!({
+            "iss": "backend", "sub": "backend", "aud": self.realm.token_endpoint,
+            "exp": NOW.0 + 300, "iat": NOW.0, "jti": "j-1",
+        })
+    }
+
+    fn with_assertion(&self, assertion: String, scope: Option<&str>) -> Result<Issued, OAuthError> {
+        let req = TokenRequest {
+            grant_type: "client_credentials".into(),
+            client_assertion_type: Some(JWT_BEARER_ASSERTION.into()),
+            client_assertion: Some(assertion),
+            scope: scope.map(str::to_owned),
+            ..TokenRequest::default()
+        };
+        self.service
+            .issue(&self.realm, req, &Credentials::default(), NOW)
+    }
+}
+
+fn code(result: Result<Issued, OAuthError>) -> OAuthErrorCode {
+    result.unwrap_err().code
+}
+
+#[test]
+fn a_valid_assertion_gets_a_token_and_cannot_be_replayed() {
+    let f = fixture();
+    let assertion = f.assertion(f.good_claims());
+    let issued = f
+        .with_assertion(assertion.clone(), Some("system/Observation.rs"))
+        .unwrap();
+    assert_eq!(issued.claims.sub, "backend");
+    assert_eq!(issued.claims.exp, NOW.0 + 300);
+    assert_eq!(issued.claims.aud, vec!["https://iam.test/fhir".to_string()]);
+    assert_eq!(issued.response.scope, "system/Observation.rs");
+    assert!(issued.claims.cnf.is_none());
+    assert_eq!(
+        code(f.with_assertion(assertion, None)),
+        OAuthErrorCode::InvalidClient
+    );
+}
+
+#[test]
+fn assertion_time_windows_are_exact() {
+    let f = fixture();
+    let cases = [
+        (json!({"exp": NOW.0}), false),
+        (json!({"exp": NOW.0 + 1}), true),
+        (json!({"exp": NOW.0 + 300}), true),
+        (json!({"exp": NOW.0 + 301}), false),
+        (json!({"nbf": NOW.0 + 1}), false),
+        (json!({"iat": NOW.0 + 1}), false),
+    ];
+    for (i, (patch, ok)) in cases.into_iter().enumerate() {
+        let mut claims = f.good_claims();
+        claims["jti"] = json!(format!("window-{i}"));
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        let result = f.with_assertion(f.assertion(claims.clone()), None);
+        assert_eq!(result.is_ok(), ok, "{claims}");
+    }
+}
+
+#[test]
+fn assertion_identity_and_audience_are_checked() {
+    let f = fixture();
+    let cases = [
+        json!({"sub": "other"}),
+        json!({"aud": "https://iam.test/realms/other/protocol/openid-connect/token"}),
+        json!({"aud": ["https://elsewhere"]}),
+        json!({"jti": null}),
+        json!({"exp": null}),
+        json!({"iss": "nobody", "sub": "nobody"}),
+        json!({"iss": "tcu", "sub": "tcu"}),
+    ];
+    for patch in cases {
+        let mut claims = f.good_claims();
+        for (k, v) in patch.as_object().unwrap() {
+            claims[k] = v.clone();
+        }
+        assert_eq!(
+            code(f.with_assertion(f.assertion(claims.clone()), None)),
+            OAuthErrorCode::InvalidClient,
+            "{claims}"
+        );
+    }
+    // The issuer itself is an accepted audience, as an array member too.
+    let mut claims = f.good_claims();
+    claims["aud"] = json!(["x", f.realm.issuer]);
+    assert!(f.with_assertion(f.assertion(claims), None).is_ok());
+}
+
+#[test]
+fn a_failed_request_does_not_burn_the_jti() {
+    let f = fixture();
+    let assertion = f.assertion(f.good_claims());
+    assert_eq!(
+        code(f.with_assertion(assertion.clone(), Some("system/Patient.cruds"))),
+        OAuthErrorCode::InvalidScope
+    );
+    assert!(f
+        .with_assertion(assertion, Some("system/Patient.rs"))
+        .is_ok());
+}
+
+fn tls_request(scope: Option<&str>) -> TokenRequest {
+    TokenRequest {
+        grant_type: "client_credentials".into(),
+        client_id: Some("tcu".into()),
+        scope: scope.map(str::to_owned),
+        ..TokenRequest::default()
+    }
+}
+
+fn cert(thumbprint: &str) -> Credentials {
+    Credentials {
+        basic: None,
+        certificate: Some(PresentedCertificate {
+            thumbprint: thumbprint.into(),
+            subject: "CN=tcu".into(),
+            issuer: "CN=ca".into(),
+        }),
+    }
+}
+
+#[test]
+fn certificate_clients_get_bound_tokens_only_with_their_certificate() {
+    let f = fixture();
+    let issued = f
+        .service
+        .issue(&f.realm, tls_request(None), &cert("thumb"), NOW)
+        .unwrap();
+    assert_eq!(issued.claims.cnf.unwrap().x5t_s256, "thumb");
+    assert_eq!(
+        issued.response.scope,
+        "system/*.rs system/Observation.cruds"
+    );
+    let wrong = f
+        .service
+        .issue(&f.realm, tls_request(None), &cert("other"), NOW);
+    assert_eq!(code(wrong), OAuthErrorCode::InvalidClient);
+    let none = f
+        .service
+        .issue(&f.realm, tls_request(None), &Credentials::default(), NOW);
+    assert_eq!(code(none), OAuthErrorCode::InvalidClient);
+}
+
+#[test]
+fn ch_parameters_must_match_the_registration() {
+    let f = fixture();
+    let run = |scope: &str| {
+        f.service
+            .issue(&f.realm, tls_request(Some(scope)), &cert("thumb"), NOW)
+    };
+    let ok = run("system/Patient.rs principal_id=7601000000000 person_id=761337610411353650 purpose_of_use=urn:oid:2.16.756.5.30.1.127.3.10.5|NORM").unwrap();
+    let iua = &ok.claims.extensions.ihe_iua;
+    assert_eq!(iua.person_id.as_deref(), Some("761337610411353650"));
+    assert_eq!(iua.purpose_of_use.as_ref().unwrap().code, "NORM");
+    assert_eq!(iua.subject_name.as_deref(), Some("Best Clinic"));
+    assert_eq!(
+        ok.claims.extensions.ch_delegation.principal_id.as_deref(),
+        Some("7601000000000")
+    );
+    assert_eq!(ok.response.scope, "system/Patient.rs");
+    assert_eq!(
+        code(run("principal_id=7601000000001")),
+        OAuthErrorCode::InvalidClient
+    );
+    assert_eq!(code(run("person_id=1")), OAuthErrorCode::InvalidClient);
+    assert_eq!(
+        code(run("principal=Someone")),
+        OAuthErrorCode::InvalidClient
+    );
+    assert_eq!(
+        code(run("purpose_of_use=NORM")),
+        OAuthErrorCode::InvalidRequest
+    );
+}
+
+#[test]
+fn scope_escalation_and_bad_scopes_are_invalid_scope() {
+    let f = fixture();
+    let run = |scope: &str| {
+        f.service
+            .issue(&f.realm, tls_request(Some(scope)), &cert("thumb"), NOW)
+    };
+    assert_eq!(
+        code(run("system/Patient.write")),
+        OAuthErrorCode::InvalidScope
+    );
+    assert_eq!(
+        code(run("patient/Observation.rs")),
+        OAuthErrorCode::InvalidScope
+    );
+    assert_eq!(code(run("admin")), OAuthErrorCode::InvalidScope);
+    assert!(run("system/Observation.cud system/Encounter.read").is_ok());
+}
+
+#[test]
+fn secrets_are_checked_and_methods_are_exclusive() {
+    let f = fixture();
+    let basic = |secret: &str| Credentials {
+        basic: Some(("secret".into(), Secret::new(secret.into()))),
+        certificate: None,
+    };
+    let req = TokenRequest {
+        grant_type: "client_credentials".into(),
+        ..TokenRequest::default()
+    };
+    assert!(f
+        .service
+        .issue(&f.realm, req.clone(), &basic("s3cret"), NOW)
+        .is_ok());
+    assert_eq!(
+        code(f.service.issue(&f.realm, req.clone(), &basic("wrong"), NOW)),
+        OAuthErrorCode::InvalidClient
+    );
+    let both = TokenRequest {
+        client_secret: Some(Secret::new("s3cret".into())),
+        ..req.clone()
+    };
+    assert_eq!(
+        code(f.service.issue(&f.realm, both, &basic("s3cret"), NOW)),
+        OAuthErrorCode::InvalidRequest
+    );
+    let post = TokenRequest {
+        client_id: Some("secret".into()),
+        client_secret: Some(Secret::new("s3cret".into())),
+        ..req
+    };
+    assert!(f
+        .service
+        .issue(&f.realm, post, &Credentials::default(), NOW)
+        .is_ok());
+}
+
+#[test]
+fn resource_narrows_the_audience() {
+    let f = fixture();
+    let mut req = tls_request(None);
+    req.resource = vec!["https://iam.test/fhir".into()];
+    let issued = f
+        .service
+        .issue(&f.realm, req.clone(), &cert("thumb"), NOW)
+        .unwrap();
+    assert_eq!(issued.claims.aud, vec!["https://iam.test/fhir".to_string()]);
+    req.resource = vec!["https://evil.test/fhir".into()];
+    assert_eq!(
+        code(f.service.issue(&f.realm, req, &cert("thumb"), NOW)),
+        OAuthErrorCode::InvalidTarget
+    );
+}
+
+#[test]
+fn other_grant_types_are_unsupported() {
+    let f = fixture();
+    let mut req = tls_request(None);
+    req.grant_type = "password".into();
+    assert_eq!(
+        code(f.service.issue(&f.realm, req, &cert("thumb"), NOW)),
+        OAuthErrorCode::UnsupportedGrantType
+    );
+}

@@ -1,0 +1,84 @@
+//! The access token Tessera issues: a JWS with `typ: at+jwt` (RFC 9068) carrying the
+//! IUA extension (IHE IUA 3.71.4.2.2.1.2) and, for certificate clients, `cnf` (RFC 8705).
+
+use serde::{Deserialize, Serialize};
+
+use crate::client::Coding;
+
+pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Confirmation {
+    #[serde(rename = "x5t#S256")]
+    pub x5t_s256: String,
+}
+
+/// `extensions.ihe_iua`: only members with a value are written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IheIua {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_organization: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_organization_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_role: Option<Coding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub purpose_of_use: Option<Coding>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home_community_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub national_provider_identifier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub person_id: Option<String>,
+}
+
+/// `extensions.ch_delegation` (CH:IUA): the principal a technical user acts for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChDelegation {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub principal_id: Option<String>,
+}
+
+impl ChDelegation {
+    fn is_empty(&self) -> bool {
+        self.principal.is_none() && self.principal_id.is_none()
+    }
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extensions {
+    pub ihe_iua: IheIua,
+    #[serde(default, skip_serializing_if = "ChDelegation::is_empty")]
+    pub ch_delegation: ChDelegation,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessTokenClaims {
+    pub iss: String,
+    pub sub: String,
+    pub client_id: String,
+    pub aud: Vec<String>,
+    pub jti: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cnf: Option<Confirmation>,
+    /// The FHIR Vault partitions the token may be used on (`*`: all).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partitions: Vec<String>,
+    pub extensions: Extensions,
+}
+
+/// The JSON body of a successful token response (RFC 6749 section 5.1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenResponse {
+    pub access_token: String,
+    pub token_type: String,
+    pub expires_in: i64,
+    pub scope: String,
+}

@@ -1,0 +1,429 @@
+//! The database: schema, migrations and queries, over one diesel `MultiConnection`
+//! that is either SQLite (the embedded default) or PostgreSQL. The same queries run
+//! on both; no code here branches by backend except to run each one's migrations.
+//!
+//! It implements the storage traits of the domain crates. It must not depend on the
+//! web framework or TLS. Errors: typed [`StoreError`] out of this crate, with the
+//! database's message kept for the log, never for a client.
+
+#![forbid(unsafe_code)]
+
+mod schema;
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use diesel::connection::SimpleConnection;
+use diesel::prelude::*;
+use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
+use tessera_iam::client::{Client, ClientAuth, IuaAttributes};
+use tessera_iam::jose::Algorithm;
+use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
+use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
+
+use crate::schema::{clients, realms, signing_keys, used_assertions};
+
+const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
+const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
+
+#[derive(diesel::MultiConnection)]
+pub enum DbConnection {
+    Postgres(diesel::PgConnection),
+    Sqlite(diesel::SqliteConnection),
+}
+
+type DbPool = Pool<ConnectionManager<DbConnection>>;
+
+/// SQLite needs its settings on every connection: WAL lets readers run beside the
+/// writer, the busy timeout makes writers wait instead of failing, and foreign keys
+/// are off unless asked for.
+#[derive(Debug)]
+struct SqliteSettings;
+
+impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqliteSettings {
+    fn on_acquire(&self, conn: &mut DbConnection) -> Result<(), diesel::r2d2::Error> {
+        if let DbConnection::Sqlite(conn) = conn {
+            conn.batch_execute(
+                "PRAGMA journal_mode = WAL; PRAGMA busy_timeout = 10000; \
+                 PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+            )
+            .map_err(diesel::r2d2::Error::QueryError)?;
+        }
+        Ok(())
+    }
+}
+
+/// A database URL: `sqlite://PATH` (or a bare path) or `postgres://...`.
+fn connection_url(url: &str) -> String {
+    match url.strip_prefix("sqlite://") {
+        Some(path) => path.to_owned(),
+        None => url.to_owned(),
+    }
+}
+
+fn db_error(err: impl std::fmt::Display) -> StoreError {
+    StoreError(err.to_string())
+}
+
+/// The database behind Tessera. Cheap to clone: it is a connection pool.
+#[derive(Clone)]
+pub struct Store {
+    pool: DbPool,
+    backend: &'static str,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("backend", &self.backend)
+            .finish()
+    }
+}
+
+/// Why a client could not be added.
+#[derive(Debug, thiserror::Error)]
+pub enum AddClientError {
+    #[error("client '{0}' already exists in this realm")]
+    Exists(String),
+    #[error("realm '{0}' does not exist")]
+    NoRealm(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Store {
+    /// Connects and brings the schema up to date.
+    pub fn open(url: &str, max_connections: u32) -> Result<Self, StoreError> {
+        let backend = if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            "postgres"
+        } else {
+            "sqlite"
+        };
+        let manager = ConnectionManager::<DbConnection>::new(connection_url(url));
+        let pool = Pool::builder()
+            .max_size(max_connections.max(1))
+            .connection_timeout(Duration::from_secs(10))
+            .connection_customizer(Box::new(SqliteSettings))
+            .build(manager)
+            .map_err(|e| StoreError(format!("cannot connect to the {backend} database: {e}")))?;
+        let store = Self { pool, backend };
+        store.migrate()?;
+        Ok(store)
+    }
+
+    pub fn backend(&self) -> &'static str {
+        self.backend
+    }
+
+    fn conn(&self) -> Result<PooledConnection<ConnectionManager<DbConnection>>, StoreError> {
+        self.pool.get().map_err(db_error)
+    }
+
+    fn migrate(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let applied = match &mut *conn {
+            DbConnection::Sqlite(c) => c.run_pending_migrations(SQLITE_MIGRATIONS).map(|v| v.len()),
+            DbConnection::Postgres(c) => c
+                .run_pending_migrations(POSTGRES_MIGRATIONS)
+                .map(|v| v.len()),
+        }
+        .map_err(|e| StoreError(format!("migration failed: {e}")))?;
+        if applied > 0 {
+            tracing::info!(
+                applied,
+                backend = self.backend,
+                "database migrations applied"
+            );
+        }
+        Ok(())
+    }
+
+    /// Answers whether the database is reachable (readiness).
+    pub fn ping(&self) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Integer>("1"))
+            .execute(&mut *conn)
+            .map(|_| ())
+            .map_err(db_error)
+    }
+
+    /// Creates the realm unless it exists; returns whether it was created.
+    pub fn ensure_realm(
+        &self,
+        name: &RealmName,
+        lifetime: i64,
+        alg: Algorithm,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let exists = realms::table
+            .filter(realms::name.eq(name.as_str()))
+            .count()
+            .get_result::<i64>(&mut *conn)
+            .map_err(db_error)?;
+        if exists > 0 {
+            return Ok(false);
+        }
+        diesel::insert_into(realms::table)
+            .values((
+                realms::name.eq(name.as_str()),
+                realms::token_lifetime_seconds.eq(lifetime),
+                realms::signing_alg.eq(alg.name()),
+                realms::created_at.eq(now.0),
+            ))
+            .execute(&mut *conn)
+            .map_err(db_error)?;
+        Ok(true)
+    }
+
+    /// Adds a signing key and makes it the one that signs; earlier keys stay published
+    /// for verification.
+    pub fn add_signing_key(
+        &self,
+        realm: &RealmName,
+        kid: &str,
+        alg: Algorithm,
+        pkcs8: &[u8],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
+        conn.transaction(|conn| {
+            diesel::update(signing_keys::table.filter(signing_keys::realm.eq(realm.as_str())))
+                .set(signing_keys::active.eq(false))
+                .execute(conn)?;
+            diesel::insert_into(signing_keys::table)
+                .values((
+                    signing_keys::kid.eq(kid),
+                    signing_keys::realm.eq(realm.as_str()),
+                    signing_keys::alg.eq(alg.name()),
+                    signing_keys::private_key.eq(&encoded),
+                    signing_keys::active.eq(true),
+                    signing_keys::created_at.eq(now.0),
+                ))
+                .execute(conn)
+                .map(|_| ())
+        })
+        .map_err(db_error)
+    }
+
+    pub fn insert_client(&self, client: &Client, now: UnixTime) -> Result<(), AddClientError> {
+        let mut conn = self.conn()?;
+        let realm_exists = realms::table
+            .filter(realms::name.eq(client.realm.as_str()))
+            .count()
+            .get_result::<i64>(&mut *conn)
+            .map_err(db_error)?;
+        if realm_exists == 0 {
+            return Err(AddClientError::NoRealm(client.realm.to_string()));
+        }
+        let row = ClientRow::from_client(client, now)?;
+        match diesel::insert_into(clients::table)
+            .values(&row)
+            .execute(&mut *conn)
+        {
+            Ok(_) => Ok(()),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                Err(AddClientError::Exists(client.client_id.to_string()))
+            }
+            Err(e) => Err(AddClientError::Store(db_error(e))),
+        }
+    }
+
+    pub fn list_clients(&self, realm: &RealmName) -> Result<Vec<Client>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<ClientRow> = clients::table
+            .filter(clients::realm.eq(realm.as_str()))
+            .order(clients::client_id.asc())
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        rows.into_iter().map(ClientRow::into_client).collect()
+    }
+
+    /// Enables or disables a client; returns false if there is no such client.
+    pub fn set_client_enabled(
+        &self,
+        realm: &RealmName,
+        id: &ClientId,
+        enabled: bool,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let changed = diesel::update(
+            clients::table
+                .filter(clients::realm.eq(realm.as_str()))
+                .filter(clients::client_id.eq(id.as_str())),
+        )
+        .set((clients::enabled.eq(enabled), clients::updated_at.eq(now.0)))
+        .execute(&mut *conn)
+        .map_err(db_error)?;
+        Ok(changed > 0)
+    }
+
+    /// Deletes assertion ids whose assertions have expired; returns how many.
+    pub fn purge_expired_assertions(&self, now: UnixTime) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        diesel::delete(used_assertions::table.filter(used_assertions::expires_at.lt(now.0)))
+            .execute(&mut *conn)
+            .map_err(db_error)
+    }
+}
+
+impl IamStore for Store {
+    fn realm(&self, name: &RealmName) -> Result<Option<Realm>, StoreError> {
+        let mut conn = self.conn()?;
+        let row: Option<(String, i64, String)> = realms::table
+            .filter(realms::name.eq(name.as_str()))
+            .select((
+                realms::name,
+                realms::token_lifetime_seconds,
+                realms::signing_alg,
+            ))
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        row.map(|(name, lifetime, alg)| {
+            Ok(Realm {
+                name: RealmName::try_from(name).map_err(db_error)?,
+                token_lifetime_seconds: lifetime,
+                signing_alg: Algorithm::parse(&alg).map_err(db_error)?,
+            })
+        })
+        .transpose()
+    }
+
+    fn signing_keys(&self, realm: &RealmName) -> Result<Vec<StoredKey>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String, bool)> = signing_keys::table
+            .filter(signing_keys::realm.eq(realm.as_str()))
+            .filter(signing_keys::retired_at.is_null())
+            .order(signing_keys::created_at.desc())
+            .select((
+                signing_keys::alg,
+                signing_keys::private_key,
+                signing_keys::active,
+            ))
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        rows.into_iter()
+            .map(|(alg, key, active)| {
+                Ok(StoredKey {
+                    alg: Algorithm::parse(&alg).map_err(db_error)?,
+                    pkcs8: base64::engine::general_purpose::STANDARD
+                        .decode(key)
+                        .map_err(db_error)?,
+                    active,
+                })
+            })
+            .collect()
+    }
+
+    fn client(&self, realm: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError> {
+        let mut conn = self.conn()?;
+        let row: Option<ClientRow> = clients::table
+            .filter(clients::realm.eq(realm.as_str()))
+            .filter(clients::client_id.eq(id.as_str()))
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        row.map(ClientRow::into_client).transpose()
+    }
+
+    fn consume_assertion(
+        &self,
+        realm: &RealmName,
+        client: &ClientId,
+        jti: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let key = used_assertions::table
+            .filter(used_assertions::realm.eq(realm.as_str()))
+            .filter(used_assertions::client_id.eq(client.as_str()))
+            .filter(used_assertions::jti.eq(jti));
+        // A jti may be used again once its earlier assertion has expired.
+        diesel::delete(key.filter(used_assertions::expires_at.lt(now.0)))
+            .execute(&mut *conn)
+            .map_err(db_error)?;
+        let inserted = diesel::insert_into(used_assertions::table)
+            .values((
+                used_assertions::realm.eq(realm.as_str()),
+                used_assertions::client_id.eq(client.as_str()),
+                used_assertions::jti.eq(jti),
+                used_assertions::expires_at.eq(expires_at.0),
+            ))
+            .execute(&mut *conn);
+        match inserted {
+            Ok(_) => Ok(true),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(false),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+}
+
+#[derive(Queryable, Insertable)]
+#[diesel(table_name = clients)]
+struct ClientRow {
+    realm: String,
+    client_id: String,
+    enabled: bool,
+    auth_method: String,
+    credential: String,
+    scopes: String,
+    partitions: String,
+    person_ids: String,
+    principal_id: Option<String>,
+    principal_name: Option<String>,
+    iua: String,
+    created_at: i64,
+    updated_at: i64,
+}
+
+impl ClientRow {
+    fn from_client(client: &Client, now: UnixTime) -> Result<Self, StoreError> {
+        let join = |items: Vec<String>| items.join(" ");
+        Ok(Self {
+            realm: client.realm.to_string(),
+            client_id: client.client_id.to_string(),
+            enabled: client.enabled,
+            auth_method: client.auth.method_name().to_owned(),
+            credential: serde_json::to_string(&client.auth).map_err(db_error)?,
+            scopes: client.scopes.to_string(),
+            partitions: join(client.partitions.iter().map(|p| p.to_string()).collect()),
+            person_ids: join(client.person_ids.clone()),
+            principal_id: client.principal_id.clone(),
+            principal_name: client.principal_name.clone(),
+            iua: serde_json::to_string(&client.iua).map_err(db_error)?,
+            created_at: now.0,
+            updated_at: now.0,
+        })
+    }
+
+    fn into_client(self) -> Result<Client, StoreError> {
+        let words = |text: &str| -> Vec<String> {
+            text.split(' ')
+                .filter(|w| !w.is_empty())
+                .map(str::to_owned)
+                .collect()
+        };
+        Ok(Client {
+            realm: RealmName::try_from(self.realm).map_err(db_error)?,
+            client_id: ClientId::try_from(self.client_id).map_err(db_error)?,
+            enabled: self.enabled,
+            auth: serde_json::from_str::<ClientAuth>(&self.credential).map_err(db_error)?,
+            scopes: ScopeSet::parse(&self.scopes).map_err(db_error)?,
+            partitions: words(&self.partitions)
+                .into_iter()
+                .map(PartitionId::try_from)
+                .collect::<Result<_, _>>()
+                .map_err(db_error)?,
+            principal_id: self.principal_id,
+            principal_name: self.principal_name,
+            person_ids: words(&self.person_ids),
+            iua: serde_json::from_str::<IuaAttributes>(&self.iua).map_err(db_error)?,
+        })
+    }
+}

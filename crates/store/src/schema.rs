@@ -1,0 +1,49 @@
+//! Table definitions matching migrations/{sqlite,postgres}.
+
+diesel::table! {
+    realms (name) {
+        name -> Text,
+        token_lifetime_seconds -> BigInt,
+        signing_alg -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    signing_keys (kid) {
+        kid -> Text,
+        realm -> Text,
+        alg -> Text,
+        private_key -> Text,
+        active -> Bool,
+        created_at -> BigInt,
+        retired_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    clients (realm, client_id) {
+        realm -> Text,
+        client_id -> Text,
+        enabled -> Bool,
+        auth_method -> Text,
+        credential -> Text,
+        scopes -> Text,
+        partitions -> Text,
+        person_ids -> Text,
+        principal_id -> Nullable<Text>,
+        principal_name -> Nullable<Text>,
+        iua -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    used_assertions (realm, client_id, jti) {
+        realm -> Text,
+        client_id -> Text,
+        jti -> Text,
+        expires_at -> BigInt,
+    }
+}

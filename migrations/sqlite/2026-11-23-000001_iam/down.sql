@@ -1,0 +1,4 @@
+DROP TABLE used_assertions;
+DROP TABLE clients;
+DROP TABLE signing_keys;
+DROP TABLE realms;

@@ -1,0 +1,692 @@
+//! The `tessera` command line (DESIGN.md). Each command writes what it did to `out`, so
+//! tests run the real commands in-process and read what a user would see.
+//! Errors: `anyhow` here at the edge, with messages that say what to do next.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context as _};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use tessera_iam::client::{CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource};
+use tessera_iam::jose::{Algorithm, JwkSet, SigningKey};
+use tessera_iam::pem::public_pem_to_jwk;
+use tessera_iam::service::{random_b64, secret_hash};
+use tessera_iam::IamStore as _;
+use tessera_store::Store;
+use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
+
+use crate::config::{self, Loaded, CONFIG_FILE};
+use crate::pki::{Pki, Validity};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "tessera",
+    version,
+    about = "Tessera: IHE IUA / ATNA identity and audit platform for FHIR APIs"
+)]
+pub struct Cli {
+    /// Configuration file [default: ./config/tessera.toml when present]
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Database URL (sqlite://PATH or postgres://...); overrides the configuration
+    #[arg(long, global = true, value_name = "URL")]
+    database_url: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Write config/tessera.toml, a development PKI under pki/, and a migrated database
+    /// with the default realm and its signing key. Safe to run again.
+    Init {
+        /// Directory to set up
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Extra host names or IP addresses for the server certificate
+        #[arg(long = "hostname")]
+        hostnames: Vec<String>,
+    },
+    /// Run the HTTPS server
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:8443
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Comma-separated services to run (default: all). Available: iam
+        #[arg(long)]
+        only: Option<String>,
+        /// Log as JSON lines instead of human-readable text
+        #[arg(long)]
+        log_json: bool,
+    },
+    /// Development PKI: client certificates and revocation
+    #[command(subcommand)]
+    Pki(PkiCommand),
+    /// Client registrations (technical users, backend services)
+    #[command(subcommand)]
+    Client(ClientCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PkiCommand {
+    /// Issue DIR/NAME.crt and DIR/NAME.key signed by the development CA (pki/ca.crt)
+    IssueClient {
+        name: String,
+        #[arg(long)]
+        out: PathBuf,
+        /// RSA 2048 instead of ECDSA P-256
+        #[arg(long)]
+        rsa: bool,
+        /// Validity in days
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
+    /// Revoke a certificate issued by the development CA (adds it to pki/ca.crl)
+    Revoke {
+        /// The certificate file (PEM)
+        cert: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ClientCommand {
+    /// Register a client
+    Add(Box<ClientAdd>),
+    /// List the clients of a realm
+    List {
+        #[arg(long)]
+        realm: Option<String>,
+    },
+    /// Show one client's registration as JSON
+    Show {
+        client_id: String,
+        #[arg(long)]
+        realm: Option<String>,
+    },
+    /// Disable a client: it gets no more tokens
+    Disable {
+        client_id: String,
+        #[arg(long)]
+        realm: Option<String>,
+    },
+    /// Enable a disabled client again
+    Enable {
+        client_id: String,
+        #[arg(long)]
+        realm: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+#[value(rename_all = "snake_case")]
+enum AuthMethod {
+    TlsClientAuth,
+    PrivateKeyJwt,
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+#[derive(Debug, Args)]
+struct ClientAdd {
+    #[arg(long)]
+    realm: Option<String>,
+    #[arg(long)]
+    client_id: String,
+    /// How the client authenticates at the token endpoint
+    #[arg(long, value_enum)]
+    auth: AuthMethod,
+    /// tls_client_auth: the client's certificate (PEM); binds this exact certificate
+    #[arg(long, value_name = "FILE")]
+    cert: Option<PathBuf>,
+    /// tls_client_auth: accept any certificate with this subject DN (e.g. "CN=x, O=y")
+    #[arg(long, value_name = "DN", conflicts_with = "cert")]
+    cert_subject: Option<String>,
+    /// with --cert-subject: the issuer DN [default: the development CA's subject]
+    #[arg(long, value_name = "DN", requires = "cert_subject")]
+    cert_issuer: Option<String>,
+    /// private_key_jwt: a JWK Set file
+    #[arg(long, value_name = "FILE")]
+    jwks: Option<PathBuf>,
+    /// private_key_jwt: an https URL serving the client's JWK Set
+    #[arg(long, value_name = "URL", conflicts_with = "jwks")]
+    jwks_uri: Option<String>,
+    /// private_key_jwt: a PEM public key (file or the PEM text), converted to a JWK
+    #[arg(long, value_name = "PEM", allow_hyphen_values = true, conflicts_with_all = ["jwks", "jwks_uri"])]
+    public_key: Option<String>,
+    /// with --public-key: the JWK alg [default: RS384 for RSA, ES256/ES384 for EC]
+    #[arg(long, requires = "public_key")]
+    alg: Option<String>,
+    /// Scopes the client may ask for, space-separated (SMART scopes are matched by containment)
+    #[arg(long, default_value = "")]
+    scope: String,
+    /// A FHIR Vault partition the client's tokens may use (repeatable; "*" for all)
+    #[arg(long = "partition")]
+    partitions: Vec<String>,
+    /// CH:IUA principal_id (e.g. a GLN) the client acts for
+    #[arg(long)]
+    principal_id: Option<String>,
+    /// CH:IUA principal: the name of that principal
+    #[arg(long)]
+    principal_name: Option<String>,
+    /// A person_id the client may name in token requests (repeatable; "*" for any)
+    #[arg(long = "person-id")]
+    person_ids: Vec<String>,
+    #[arg(long)]
+    subject_name: Option<String>,
+    #[arg(long)]
+    subject_organization: Option<String>,
+    #[arg(long)]
+    subject_organization_id: Option<String>,
+    /// system|code
+    #[arg(long)]
+    subject_role: Option<String>,
+    /// system|code
+    #[arg(long)]
+    purpose_of_use: Option<String>,
+    #[arg(long)]
+    home_community_id: Option<String>,
+    #[arg(long)]
+    national_provider_identifier: Option<String>,
+}
+
+/// Runs the command line with `args` (the first being the program name).
+pub fn run<I, T>(args: I, out: &mut dyn Write) -> anyhow::Result<()>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e)
+            if matches!(
+                e.kind(),
+                clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion
+            ) =>
+        {
+            write!(out, "{e}")?;
+            return Ok(());
+        }
+        Err(e) => bail!("{}", e.render().to_string().trim_start_matches("error: ")),
+    };
+    execute(cli, out)
+}
+
+pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Init { dir, hostnames } => {
+            init(&dir, &hostnames, cli.database_url.as_deref(), out)
+        }
+        Command::Serve {
+            listen,
+            only,
+            log_json,
+        } => {
+            let mut loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            if let Some(listen) = listen {
+                loaded.config.server.listen = listen;
+            }
+            if log_json {
+                loaded.config.server.log_format = config::LogFormat::Json;
+            }
+            let services = match only {
+                Some(list) => tessera_http::Services::parse(&list)?,
+                None => tessera_http::Services::all(),
+            };
+            crate::serve::run(loaded, services, out)
+        }
+        Command::Pki(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            pki(cmd, &loaded, out)
+        }
+        Command::Client(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            client(cmd, &loaded, out)
+        }
+    }
+}
+
+fn load(file: Option<&Path>, database_url: Option<&str>) -> anyhow::Result<Loaded> {
+    let mut loaded = config::load(file)?;
+    if let Some(url) = database_url {
+        loaded.config.database.url = url.to_owned();
+    }
+    Ok(loaded)
+}
+
+pub fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
+    let url = loaded.database_url();
+    Store::open(&url, loaded.config.database.max_connections).map_err(|e| {
+        anyhow!(
+            "{}\n  database: {}\n  Check [database] url in the configuration or TESSERA_DATABASE_URL; \
+             run `tessera init` in a new directory to create the embedded default.",
+            e.0,
+            redact_url(&url)
+        )
+    })
+}
+
+/// Hides a password in a database URL.
+fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.find('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+pub fn now() -> UnixTime {
+    tessera_http::now()
+}
+
+fn init(
+    dir: &Path,
+    hostnames: &[String],
+    database_url: Option<&str>,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join("config"))
+        .with_context(|| format!("cannot create {}", dir.display()))?;
+    std::fs::create_dir_all(dir.join("data"))?;
+    let dir = dir.canonicalize()?;
+    let file = dir.join(CONFIG_FILE);
+    if file.exists() {
+        writeln!(out, "kept       {}", file.display())?;
+    } else {
+        let mut text = config::DEFAULT_TOML.to_owned();
+        if let Some(url) = database_url {
+            text = text.replace(
+                "url = \"sqlite://data/tessera.db\"",
+                &format!("url = {}", toml_string(url)),
+            );
+        }
+        std::fs::write(&file, text).with_context(|| format!("cannot write {}", file.display()))?;
+        writeln!(out, "created    {}", file.display())?;
+    }
+    let loaded = load(Some(&file), database_url)?;
+
+    let mut names = vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ];
+    names.extend(hostnames.iter().cloned());
+    let pki = Pki::new(loaded.base.join("pki"));
+    let created = pki.ensure(&names)?;
+    for path in &created {
+        writeln!(out, "created    {}", path.display())?;
+    }
+    if created.is_empty() {
+        writeln!(
+            out,
+            "kept       {} (CA, server certificate, CRL)",
+            loaded.base.join("pki").display()
+        )?;
+    }
+
+    let store = open_store(&loaded)?;
+    writeln!(
+        out,
+        "database   {} ({}), migrated",
+        redact_url(&loaded.database_url()),
+        store.backend()
+    )?;
+    let realm = RealmName::try_from(loaded.config.iam.default_realm.as_str())
+        .map_err(|e| anyhow!("iam.default_realm: {e}"))?;
+    let at = now();
+    if store.ensure_realm(
+        &realm,
+        loaded.config.iam.token_lifetime_seconds,
+        Algorithm::ES256,
+        at,
+    )? {
+        writeln!(out, "created    realm '{realm}'")?;
+    }
+    if store.signing_keys(&realm)?.iter().all(|k| !k.active) {
+        let (key, pkcs8) = SigningKey::generate_ec(Algorithm::ES256).map_err(|e| anyhow!("{e}"))?;
+        store.add_signing_key(&realm, key.kid(), Algorithm::ES256, &pkcs8, at)?;
+        writeln!(
+            out,
+            "created    ES256 signing key {} for realm '{realm}'",
+            key.kid()
+        )?;
+    }
+    writeln!(
+        out,
+        "\nReady. Start the server with:\n  cd {} && tessera serve",
+        dir.display()
+    )?;
+    writeln!(out, "Issuer: {}/realms/{realm}", loaded.public_url())?;
+    Ok(())
+}
+
+fn toml_string(value: &str) -> String {
+    format!("\"{}\"", value.replace('\\', "\\\\").replace('"', "\\\""))
+}
+
+fn pki(cmd: PkiCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
+    let pki = Pki::new(loaded.base.join("pki"));
+    match cmd {
+        PkiCommand::IssueClient {
+            name,
+            out: dir,
+            rsa,
+            days,
+        } => {
+            anyhow::ensure!(days > 0, "--days must be positive");
+            let (crt, key) = pki.issue_client(&name, &dir, rsa, Validity::days(days))?;
+            writeln!(
+                out,
+                "certificate {}\nprivate key {}",
+                crt.display(),
+                key.display()
+            )?;
+            writeln!(
+                out,
+                "issued by   {}",
+                pki.path(crate::pki::CA_CERT).display()
+            )?;
+        }
+        PkiCommand::Revoke { cert } => {
+            let (serial, new) = pki.revoke(&cert)?;
+            let crl = pki.path(crate::pki::CA_CRL);
+            if new {
+                writeln!(
+                    out,
+                    "revoked serial {serial}; {} updated (the server reloads it within {} s)",
+                    crl.display(),
+                    loaded.config.tls.crl_refresh_seconds
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "serial {serial} was already revoked in {}",
+                    crl.display()
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn realm_of(name: Option<String>, loaded: &Loaded) -> anyhow::Result<RealmName> {
+    let name = name.unwrap_or_else(|| loaded.config.iam.default_realm.clone());
+    RealmName::try_from(name.as_str()).map_err(|e| anyhow!("--realm: {e}"))
+}
+
+fn client(cmd: ClientCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_store(loaded)?;
+    match cmd {
+        ClientCommand::Add(args) => client_add(*args, loaded, &store, out),
+        ClientCommand::List { realm } => {
+            let realm = realm_of(realm, loaded)?;
+            let clients = store.list_clients(&realm)?;
+            writeln!(
+                out,
+                "{:<32} {:<20} {:<8} SCOPES",
+                "CLIENT_ID", "AUTH", "ENABLED"
+            )?;
+            for c in clients {
+                writeln!(
+                    out,
+                    "{:<32} {:<20} {:<8} {}",
+                    c.client_id,
+                    c.auth.method_name(),
+                    c.enabled,
+                    c.scopes
+                )?;
+            }
+            Ok(())
+        }
+        ClientCommand::Show { client_id, realm } => {
+            let realm = realm_of(realm, loaded)?;
+            let id = ClientId::try_from(client_id.as_str())?;
+            let client = store
+                .client(&realm, &id)?
+                .ok_or_else(|| anyhow!("no client '{id}' in realm '{realm}'"))?;
+            writeln!(out, "{}", serde_json::to_string_pretty(&describe(&client))?)?;
+            Ok(())
+        }
+        ClientCommand::Disable { client_id, realm } => {
+            set_enabled(&store, loaded, client_id, realm, false, out)
+        }
+        ClientCommand::Enable { client_id, realm } => {
+            set_enabled(&store, loaded, client_id, realm, true, out)
+        }
+    }
+}
+
+fn set_enabled(
+    store: &Store,
+    loaded: &Loaded,
+    client_id: String,
+    realm: Option<String>,
+    enabled: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let realm = realm_of(realm, loaded)?;
+    let id = ClientId::try_from(client_id.as_str())?;
+    if !store.set_client_enabled(&realm, &id, enabled, now())? {
+        bail!("no client '{id}' in realm '{realm}'");
+    }
+    let word = if enabled { "enabled" } else { "disabled" };
+    writeln!(
+        out,
+        "client '{id}' {word} (running servers notice within {} s)",
+        loaded.config.iam.cache_seconds
+    )?;
+    Ok(())
+}
+
+/// A registration as `client show` prints it: everything but the secret hash.
+fn describe(client: &Client) -> serde_json::Value {
+    let credential = match &client.auth {
+        ClientAuth::ClientSecret { .. } => {
+            serde_json::json!({ "client_secret": "(stored hashed)" })
+        }
+        other => serde_json::to_value(other).unwrap_or_default(),
+    };
+    serde_json::json!({
+        "realm": client.realm,
+        "client_id": client.client_id,
+        "enabled": client.enabled,
+        "token_endpoint_auth_method": client.auth.method_name(),
+        "credential": credential,
+        "scope": client.scopes.to_string(),
+        "partitions": client.partitions,
+        "principal_id": client.principal_id,
+        "principal_name": client.principal_name,
+        "person_ids": client.person_ids,
+        "ihe_iua": client.iua,
+    })
+}
+
+fn read_text(path: &Path) -> anyhow::Result<String> {
+    std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+}
+
+fn coding(flag: &str, value: Option<String>) -> anyhow::Result<Option<Coding>> {
+    value
+        .map(|v| Coding::parse(&v).ok_or_else(|| anyhow!("{flag} must be written system|code, e.g. urn:oid:2.16.756.5.30.1.127.3.10.5|NORM")))
+        .transpose()
+}
+
+fn client_add(
+    args: ClientAdd,
+    loaded: &Loaded,
+    store: &Store,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let realm = realm_of(args.realm.clone(), loaded)?;
+    let client_id =
+        ClientId::try_from(args.client_id.as_str()).map_err(|e| anyhow!("--client-id: {e}"))?;
+    let scopes = ScopeSet::parse(&args.scope).map_err(|e| anyhow!("--scope: {e}"))?;
+    let mut partitions = args
+        .partitions
+        .iter()
+        .map(|p| PartitionId::try_from(p.as_str()))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow!("--partition: {e}"))?;
+    if partitions.iter().any(PartitionId::is_all) {
+        partitions.retain(PartitionId::is_all);
+        partitions.truncate(1);
+    }
+    let mut secret = None;
+    let auth = match args.auth {
+        AuthMethod::TlsClientAuth => {
+            let binding = match (&args.cert, &args.cert_subject) {
+                (Some(path), _) => {
+                    let pem = std::fs::read(path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+                        .map_err(|_| anyhow!("{} is not a PEM certificate", path.display()))?;
+                    let described = tessera_http::peer::describe_certificate(&pem.contents)
+                        .ok_or_else(|| anyhow!("{} is not a certificate", path.display()))?;
+                    CertBinding::Thumbprint(described.thumbprint)
+                }
+                (None, Some(subject)) => {
+                    let issuer = match &args.cert_issuer {
+                        Some(issuer) => issuer.clone(),
+                        None => ca_subject(loaded)?,
+                    };
+                    CertBinding::SubjectDn {
+                        subject: subject.clone(),
+                        issuer,
+                    }
+                }
+                (None, None) => bail!("tls_client_auth needs --cert FILE or --cert-subject DN"),
+            };
+            ClientAuth::TlsClientAuth(binding)
+        }
+        AuthMethod::PrivateKeyJwt => {
+            let source = match (&args.jwks, &args.jwks_uri, &args.public_key) {
+                (Some(path), _, _) => {
+                    let set: JwkSet = serde_json::from_str(&read_text(path)?)
+                        .with_context(|| format!("{} is not a JWK Set", path.display()))?;
+                    anyhow::ensure!(!set.keys.is_empty(), "{} has no keys", path.display());
+                    for key in &set.keys {
+                        key.validate()
+                            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
+                        anyhow::ensure!(
+                            key.kid.is_some() || set.keys.len() == 1,
+                            "{}: with several keys, each needs a kid",
+                            path.display()
+                        );
+                    }
+                    JwksSource::Inline(set)
+                }
+                (None, Some(uri), _) => {
+                    anyhow::ensure!(
+                        uri.starts_with("https://"),
+                        "--jwks-uri must be an https URL"
+                    );
+                    JwksSource::Uri(uri.clone())
+                }
+                (None, None, Some(pem)) => {
+                    let text = if pem.trim_start().starts_with("-----BEGIN") {
+                        pem.clone()
+                    } else {
+                        read_text(Path::new(pem))?
+                    };
+                    let alg = args
+                        .alg
+                        .as_deref()
+                        .map(Algorithm::parse)
+                        .transpose()
+                        .map_err(|e| anyhow!("--alg: {e}"))?;
+                    let jwk =
+                        public_pem_to_jwk(&text, alg).map_err(|e| anyhow!("--public-key: {e}"))?;
+                    JwksSource::Inline(JwkSet { keys: vec![jwk] })
+                }
+                (None, None, None) => {
+                    bail!("private_key_jwt needs --jwks FILE, --jwks-uri URL or --public-key PEM")
+                }
+            };
+            ClientAuth::PrivateKeyJwt(source)
+        }
+        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
+            let generated = random_b64(32)
+                .ok_or_else(|| anyhow!("the system random number generator failed"))?;
+            let auth = ClientAuth::ClientSecret {
+                secret_sha256: secret_hash(&generated),
+            };
+            secret = Some(generated);
+            auth
+        }
+    };
+    let client = Client {
+        realm: realm.clone(),
+        client_id: client_id.clone(),
+        enabled: true,
+        auth,
+        scopes,
+        partitions,
+        principal_id: args.principal_id,
+        principal_name: args.principal_name,
+        person_ids: args.person_ids,
+        iua: IuaAttributes {
+            subject_name: args.subject_name,
+            subject_organization: args.subject_organization,
+            subject_organization_id: args.subject_organization_id,
+            subject_role: coding("--subject-role", args.subject_role)?,
+            purpose_of_use: coding("--purpose-of-use", args.purpose_of_use)?,
+            home_community_id: args.home_community_id,
+            national_provider_identifier: args.national_provider_identifier,
+        },
+    };
+    store.insert_client(&client, now())?;
+    writeln!(
+        out,
+        "registered client '{client_id}' in realm '{realm}' ({})",
+        client.auth.method_name()
+    )?;
+    if let ClientAuth::PrivateKeyJwt(JwksSource::Inline(set)) = &client.auth {
+        for key in &set.keys {
+            writeln!(
+                out,
+                "key        kid={} alg={}",
+                key.kid.as_deref().unwrap_or("-"),
+                key.alg.as_deref().unwrap_or("-")
+            )?;
+        }
+    }
+    if let Some(secret) = secret {
+        writeln!(out, "client_secret: {secret}")?;
+        writeln!(out, "(shown once; only its hash is stored)")?;
+    }
+    writeln!(
+        out,
+        "token endpoint: {}/realms/{realm}/protocol/openid-connect/token",
+        loaded.public_url()
+    )?;
+    Ok(())
+}
+
+fn ca_subject(loaded: &Loaded) -> anyhow::Result<String> {
+    let path = loaded.base.join("pki").join(crate::pki::CA_CERT);
+    let pem = std::fs::read(&path)
+        .with_context(|| format!("cannot read {}; pass --cert-issuer", path.display()))?;
+    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
+        .map_err(|_| anyhow!("{} is not PEM", path.display()))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|_| anyhow!("{} is not a certificate", path.display()))?;
+    Ok(cert.subject().to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact_url;
+
+    #[test]
+    fn database_passwords_are_redacted() {
+        assert_eq!(redact_url("postgres://u:pw@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact_url("postgres://u@h/db"), "postgres://u@h/db");
+        assert_eq!(redact_url("sqlite:///x.db"), "sqlite:///x.db");
+    }
+}

@@ -1,0 +1,295 @@
+//! Configuration: built-in defaults, then `config/tessera.toml`, then `TESSERA_*`
+//! environment variables (`TESSERA_<SECTION>_<KEY>`, e.g. `TESSERA_DATABASE_URL`,
+//! `TESSERA_SERVER_LISTEN`), then command-line flags. Unknown keys are errors, so a
+//! typo never silently falls back to a default.
+//!
+//! Relative paths are resolved against the base directory: the directory `tessera init`
+//! ran in, i.e. the parent of the `config/` directory holding the file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context as _;
+use figment::providers::{Env, Format, Serialized, Toml};
+use figment::Figment;
+use serde::{Deserialize, Serialize};
+
+pub const CONFIG_FILE: &str = "config/tessera.toml";
+const SECTIONS: [&str; 4] = ["server", "database", "tls", "iam"];
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub database: DatabaseConfig,
+    pub tls: TlsConfig,
+    pub iam: IamConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    /// How clients reach this server; issuers and endpoint URLs derive from it.
+    /// Empty: `https://` + `listen`.
+    pub public_url: String,
+    pub workers: usize,
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: String,
+    pub max_connections: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: Vec<PathBuf>,
+    pub crl: Vec<PathBuf>,
+    pub crl_refresh_seconds: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IamConfig {
+    pub default_realm: String,
+    pub token_lifetime_seconds: i64,
+    pub audiences: Vec<String>,
+    pub max_assertion_lifetime_seconds: i64,
+    pub clock_skew_seconds: i64,
+    pub cache_seconds: i64,
+    pub jwks_uri_ca: Option<PathBuf>,
+    pub jwks_refresh_min_seconds: i64,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig {
+                listen: SocketAddr::from(([127, 0, 0, 1], 8443)),
+                public_url: String::new(),
+                workers: 0,
+                log_format: LogFormat::Human,
+            },
+            database: DatabaseConfig {
+                url: "sqlite://data/tessera.db".into(),
+                max_connections: 8,
+            },
+            tls: TlsConfig {
+                cert: "pki/server.crt".into(),
+                key: "pki/server.key".into(),
+                client_ca: vec!["pki/ca.crt".into()],
+                crl: vec!["pki/ca.crl".into()],
+                crl_refresh_seconds: 10,
+            },
+            iam: IamConfig {
+                default_realm: "cara".into(),
+                token_lifetime_seconds: 300,
+                audiences: Vec::new(),
+                max_assertion_lifetime_seconds: 300,
+                clock_skew_seconds: 30,
+                cache_seconds: 5,
+                jwks_uri_ca: None,
+                jwks_refresh_min_seconds: 30,
+            },
+        }
+    }
+}
+
+/// The commented file `tessera init` writes: every key, its default, what it does.
+pub const DEFAULT_TOML: &str = r#"# Tessera configuration. Every key is optional: the values below are the defaults.
+# Precedence: defaults < this file < environment (TESSERA_<SECTION>_<KEY>, for example
+# TESSERA_DATABASE_URL or TESSERA_SERVER_LISTEN) < command-line flags.
+# Relative paths are relative to the directory that holds config/ (where `init` ran).
+
+[server]
+# Address and port to listen on (HTTPS only).
+listen = "127.0.0.1:8443"
+# The URL clients use to reach this server. Token issuers ({public_url}/realms/{realm})
+# and endpoint URLs derive from it. Empty: "https://" + listen.
+public_url = ""
+# HTTP worker threads; 0 means one per CPU core.
+workers = 0
+# Log format: "human" or "json".
+log_format = "human"
+
+[database]
+# sqlite://PATH (embedded, the default) or postgres://USER@HOST:PORT/DB
+url = "sqlite://data/tessera.db"
+# Connections in the pool.
+max_connections = 8
+
+[tls]
+# The server's certificate chain and private key (PEM).
+cert = "pki/server.crt"
+key = "pki/server.key"
+# CAs whose client certificates are accepted for mutual TLS (PEM).
+client_ca = ["pki/ca.crt"]
+# Certificate revocation lists of those CAs (PEM); reloaded when they change.
+crl = ["pki/ca.crl"]
+# How often the CRL files are checked for changes, in seconds.
+crl_refresh_seconds = 10
+
+[iam]
+# The realm `init` creates and the CLI uses when --realm is not given.
+default_realm = "cara"
+# Access token lifetime in seconds (for realms created by `init`).
+token_lifetime_seconds = 300
+# Audiences (resource servers) tokens may be issued for; the `resource` parameter
+# picks among them. Empty: ["{public_url}/fhir"].
+audiences = []
+# How far ahead a client assertion's exp may be (SMART Backend Services: 5 minutes).
+max_assertion_lifetime_seconds = 300
+# Tolerated clock difference with clients, in seconds.
+clock_skew_seconds = 30
+# How long client registrations and realm keys are cached, in seconds. A disabled
+# client or a rotated key takes effect within this time on every instance.
+cache_seconds = 5
+# CA bundle (PEM) trusted when fetching clients' jwks_uri. Unset: Mozilla's roots.
+# jwks_uri_ca = "pki/ca.crt"
+# A jwks_uri is fetched again for an unknown kid at most this often, in seconds.
+jwks_refresh_min_seconds = 30
+"#;
+
+/// A loaded configuration with the directory its relative paths are relative to.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub config: Config,
+    pub base: PathBuf,
+    pub file: Option<PathBuf>,
+}
+
+impl Loaded {
+    pub fn path(&self, relative: &Path) -> PathBuf {
+        if relative.is_absolute() {
+            relative.to_owned()
+        } else {
+            self.base.join(relative)
+        }
+    }
+
+    /// The database URL with a relative SQLite path made absolute.
+    pub fn database_url(&self) -> String {
+        let url = &self.config.database.url;
+        match url.strip_prefix("sqlite://") {
+            Some(path) => format!("sqlite://{}", self.path(Path::new(path)).display()),
+            None => url.clone(),
+        }
+    }
+
+    pub fn public_url(&self) -> String {
+        let url = self.config.server.public_url.trim_end_matches('/');
+        if url.is_empty() {
+            format!("https://{}", self.config.server.listen)
+        } else {
+            url.to_owned()
+        }
+    }
+
+    pub fn audiences(&self) -> Vec<String> {
+        if self.config.iam.audiences.is_empty() {
+            vec![format!("{}/fhir", self.public_url())]
+        } else {
+            self.config.iam.audiences.clone()
+        }
+    }
+}
+
+/// Loads the configuration. `file` given: it must exist. Not given: `config/tessera.toml`
+/// under the current directory if present, else the defaults.
+pub fn load(file: Option<&Path>) -> anyhow::Result<Loaded> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let file = match file {
+        Some(f) => {
+            let f = cwd.join(f);
+            anyhow::ensure!(
+                f.is_file(),
+                "the configuration file {} does not exist",
+                f.display()
+            );
+            Some(f)
+        }
+        None => Some(cwd.join(CONFIG_FILE)).filter(|f| f.is_file()),
+    };
+    let base = match &file {
+        Some(f) => base_of(f),
+        None => cwd,
+    };
+    let mut figment = Figment::from(Serialized::defaults(Config::default()));
+    if let Some(f) = &file {
+        figment = figment.merge(Toml::file_exact(f));
+    }
+    let env = Env::prefixed("TESSERA_")
+        .filter(|key| {
+            SECTIONS
+                .iter()
+                .any(|s| key.as_str().starts_with(&format!("{s}_")))
+        })
+        .map(|key| key.as_str().replacen('_', ".", 1).into());
+    let config: Config = figment.merge(env).extract().map_err(|e| {
+        let source = file
+            .as_ref()
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| "defaults".into());
+        anyhow::anyhow!("invalid configuration ({source} and TESSERA_* variables): {e}")
+    })?;
+    Ok(Loaded { config, base, file })
+}
+
+fn base_of(file: &Path) -> PathBuf {
+    let dir = file.parent().map(Path::to_path_buf).unwrap_or_default();
+    if dir.file_name().is_some_and(|n| n == "config") {
+        dir.parent().map(Path::to_path_buf).unwrap_or(dir)
+    } else {
+        dir
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_written_file_equals_the_defaults() {
+        let from_file: Config = Figment::from(Toml::string(DEFAULT_TOML)).extract().unwrap();
+        let defaults = Config::default();
+        assert_eq!(
+            serde_json::to_value(&from_file).unwrap(),
+            serde_json::to_value(&defaults).unwrap()
+        );
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let result: Result<Config, _> = Figment::from(Serialized::defaults(Config::default()))
+            .merge(Toml::string(
+                "[server]\nlisten = \"127.0.0.1:1\"\nlisten_port = 3\n",
+            ))
+            .extract();
+        assert!(result.is_err());
+    }
+
+    #[test]
+    fn base_is_the_parent_of_config() {
+        assert_eq!(
+            base_of(Path::new("/srv/t/config/tessera.toml")),
+            PathBuf::from("/srv/t")
+        );
+        assert_eq!(
+            base_of(Path::new("/etc/tessera.toml")),
+            PathBuf::from("/etc")
+        );
+    }
+}

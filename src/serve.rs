@@ -1,0 +1,96 @@
+//! `tessera serve`: assemble the application from the configuration and run it.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use tessera_http::jwks::HttpJwksFetcher;
+use tessera_http::metrics::Metrics;
+use tessera_http::tls::TlsSettings;
+use tessera_http::{AppState, ServerSettings, Services};
+use tessera_iam::{IamSettings, TokenService};
+
+use crate::config::{Loaded, LogFormat};
+
+/// The shared application state: database, token service, metrics.
+pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
+    let store = crate::cli::open_store(loaded)?;
+    let iam = &loaded.config.iam;
+    let fetcher = HttpJwksFetcher::new(
+        iam.jwks_uri_ca
+            .as_deref()
+            .map(|p| loaded.path(p))
+            .as_deref(),
+        iam.jwks_refresh_min_seconds,
+    )?;
+    let settings = IamSettings {
+        public_base_url: loaded.public_url(),
+        audiences: loaded.audiences(),
+        max_assertion_lifetime_seconds: iam.max_assertion_lifetime_seconds,
+        clock_skew_seconds: iam.clock_skew_seconds,
+        cache_seconds: iam.cache_seconds,
+    };
+    Ok(Arc::new(AppState {
+        tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
+        store,
+        metrics: Metrics::default(),
+    }))
+}
+
+pub fn server_settings(loaded: &Loaded, services: Services) -> ServerSettings {
+    let tls = &loaded.config.tls;
+    ServerSettings {
+        listen: loaded.config.server.listen,
+        workers: loaded.config.server.workers,
+        tls: TlsSettings {
+            cert: loaded.path(&tls.cert),
+            key: loaded.path(&tls.key),
+            client_ca: tls.client_ca.iter().map(|p| loaded.path(p)).collect(),
+            crl: tls.crl.iter().map(|p| loaded.path(p)).collect(),
+            crl_refresh: Duration::from_secs(tls.crl_refresh_seconds.max(1)),
+        },
+        services,
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false);
+    let _ = match format {
+        LogFormat::Json => builder.json().try_init(),
+        LogFormat::Human => builder.try_init(),
+    };
+}
+
+pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::Result<()> {
+    init_logging(loaded.config.server.log_format);
+    let settings = server_settings(&loaded, services);
+    let state = app_state(&loaded)?;
+    actix_web::rt::System::new().block_on(async move {
+        let running = tessera_http::start(state.clone(), &settings).with_context(|| {
+            format!(
+                "cannot start the server; check [server] listen ({}) and the [tls] files, or run `tessera init`",
+                settings.listen
+            )
+        })?;
+        let base = loaded.public_url();
+        writeln!(out, "Tessera listening on https://{}", running.addr)?;
+        if let Some(file) = &loaded.file {
+            writeln!(out, "  configuration {}", file.display())?;
+        }
+        writeln!(out, "  database      {}", state.store.backend())?;
+        let enabled: Vec<&str> = Services::NAMES.iter().copied().filter(|_| services.iam).collect();
+        writeln!(out, "  services      {}, healthz, metrics", enabled.join(", "))?;
+        if services.iam {
+            let realm = &loaded.config.iam.default_realm;
+            writeln!(out, "  token         {base}/realms/{realm}/protocol/openid-connect/token")?;
+            writeln!(out, "  discovery     {base}/.well-known/oauth-authorization-server/realms/{realm}")?;
+        }
+        out.flush()?;
+        running.server.await.context("the server stopped with an error")
+    })
+}

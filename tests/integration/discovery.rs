@@ -1,0 +1,126 @@
+//! ITI-103 metadata, JWKS, health and metrics.
+
+use crate::support::{Client, Env};
+
+#[test]
+fn metadata_names_every_iua_member_and_both_paths_agree() {
+    let env = Env::new();
+    let _server = env.start();
+    let client = Client::new(&env, None);
+    let rfc8414 = client.get("/.well-known/oauth-authorization-server/realms/cara");
+    let oidc = client.get("/realms/cara/.well-known/openid-configuration");
+    assert_eq!(rfc8414.status, 200);
+    assert_eq!(rfc8414.json(), oidc.json());
+    let m = rfc8414.json();
+    assert_eq!(m["issuer"], env.issuer());
+    assert_eq!(m["token_endpoint"], env.token_url());
+    assert_eq!(
+        m["jwks_uri"],
+        format!("{}/protocol/openid-connect/certs", env.issuer())
+    );
+    assert_eq!(
+        m["grant_types_supported"],
+        serde_json::json!(["client_credentials"])
+    );
+    for method in [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+        "tls_client_auth",
+    ] {
+        assert!(
+            m["token_endpoint_auth_methods_supported"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == method),
+            "{method}"
+        );
+    }
+    for alg in ["ES256", "ES384", "RS256", "RS384"] {
+        assert!(m["token_endpoint_auth_signing_alg_values_supported"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|v| v == alg));
+    }
+    assert_eq!(m["tls_client_certificate_bound_access_tokens"], true);
+    assert_eq!(
+        m["access_token_signing_alg_values_supported"],
+        serde_json::json!(["ES256"])
+    );
+
+    assert_eq!(
+        client
+            .get("/.well-known/oauth-authorization-server/realms/nope")
+            .status,
+        404
+    );
+    assert_eq!(
+        client
+            .get("/realms/nope/.well-known/openid-configuration")
+            .status,
+        404
+    );
+    assert_eq!(
+        client
+            .get("/realms/Bad%20Name/protocol/openid-connect/certs")
+            .status,
+        404
+    );
+}
+
+#[test]
+fn jwks_publishes_the_signing_key_without_private_parts() {
+    let env = Env::new();
+    let _server = env.start();
+    let client = Client::new(&env, None);
+    let reply = client.get("/realms/cara/protocol/openid-connect/certs");
+    assert_eq!(reply.status, 200);
+    let jwks = reply.json();
+    let keys = jwks["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    let key = &keys[0];
+    assert_eq!(key["kty"], "EC");
+    assert_eq!(key["crv"], "P-256");
+    assert_eq!(key["alg"], "ES256");
+    assert_eq!(key["use"], "sig");
+    assert!(key.get("d").is_none());
+    let printed = std::fs::read_to_string(env.path("config/tessera.toml")).unwrap();
+    assert!(!printed.is_empty());
+}
+
+#[test]
+fn health_and_metrics_reflect_the_server() {
+    let env = Env::new();
+    let _server = env.start();
+    let client = Client::new(&env, None);
+    let health = client.get("/healthz");
+    assert_eq!(health.status, 200);
+    let expected = if crate::support::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    assert_eq!(health.json()["database"], expected);
+
+    client
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "nobody"),
+        ])
+        .oauth_error(401, "invalid_client");
+    let metrics = client.get("/metrics");
+    assert_eq!(metrics.status, 200);
+    assert!(
+        metrics
+            .body
+            .contains("tessera_token_requests_total{outcome=\"invalid_client\"} 1"),
+        "{}",
+        metrics.body
+    );
+    assert!(metrics
+        .body
+        .contains("tessera_token_request_duration_seconds_count 1"));
+    assert_eq!(client.get("/no/such/path").status, 404);
+}

@@ -1,0 +1,527 @@
+//! The test harness: a fresh directory set up by the real `tessera init`, a fresh
+//! database (a SQLite file, or a new PostgreSQL database when
+//! `TESSERA_TEST_DATABASE=postgres`), the real server started in-process on a free port,
+//! and an HTTPS client with the development CA and optional client certificates.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use diesel::{Connection, RunQueryDsl};
+use serde_json::Value;
+use tessera_http::Services;
+use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!("{prefix}_{}_{n}_{nanos}", std::process::id())
+}
+
+pub fn postgres_admin_url() -> String {
+    std::env::var("TESSERA_TEST_POSTGRES_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into())
+}
+
+pub fn on_postgres() -> bool {
+    std::env::var("TESSERA_TEST_DATABASE").is_ok_and(|v| v == "postgres")
+}
+
+/// A PostgreSQL database made for one test and dropped after it.
+struct PgDatabase {
+    name: String,
+}
+
+impl PgDatabase {
+    fn create() -> (Self, String) {
+        let name = unique("tessera_t");
+        let mut admin = diesel::PgConnection::establish(&postgres_admin_url())
+            .expect("PostgreSQL is not reachable");
+        diesel::sql_query(format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .unwrap();
+        let admin_url = postgres_admin_url();
+        let base = admin_url.rsplit_once('/').unwrap().0;
+        (Self { name: name.clone() }, format!("{base}/{name}"))
+    }
+}
+
+impl Drop for PgDatabase {
+    fn drop(&mut self) {
+        if let Ok(mut admin) = diesel::PgConnection::establish(&postgres_admin_url()) {
+            let _ = diesel::sql_query(format!(
+                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+                self.name
+            ))
+            .execute(&mut admin);
+        }
+    }
+}
+
+/// A directory with a Tessera installation in it, and its database.
+pub struct Env {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub port: u16,
+    _db: Option<PgDatabase>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Env {
+    pub fn new() -> Self {
+        let dir = std::env::temp_dir().join(unique("tessera-it"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (db, url) = if on_postgres() {
+            let (db, url) = PgDatabase::create();
+            (Some(db), Some(url))
+        } else {
+            (None, None)
+        };
+        let mut args = vec![
+            "init".to_string(),
+            "--dir".into(),
+            dir.display().to_string(),
+        ];
+        if let Some(url) = &url {
+            args.extend(["--database-url".into(), url.clone()]);
+        }
+        run_cli(&args).unwrap();
+        let config = dir.join("config/tessera.toml");
+        let port = free_port();
+        // Test-speed settings: quick CRL reloads, no client cache, the dev CA for jwks_uri.
+        let text = std::fs::read_to_string(&config)
+            .unwrap()
+            .replace(
+                "listen = \"127.0.0.1:8443\"",
+                &format!("listen = \"127.0.0.1:{port}\""),
+            )
+            .replace("crl_refresh_seconds = 10", "crl_refresh_seconds = 1")
+            .replace("workers = 0", "workers = 2")
+            .replace("cache_seconds = 5", "cache_seconds = 0")
+            .replace(
+                "# jwks_uri_ca = \"pki/ca.crt\"",
+                "jwks_uri_ca = \"pki/ca.crt\"",
+            )
+            .replace(
+                "jwks_refresh_min_seconds = 30",
+                "jwks_refresh_min_seconds = 0",
+            );
+        std::fs::write(&config, text).unwrap();
+        Self {
+            dir,
+            config,
+            port,
+            _db: db,
+        }
+    }
+
+    /// Runs `tessera --config <this env> ARGS...` and returns what it printed.
+    pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
+        let mut full = vec!["--config".to_string(), self.config.display().to_string()];
+        full.extend(args.iter().map(|a| a.to_string()));
+        run_cli(&full)
+    }
+
+    pub fn path(&self, relative: &str) -> PathBuf {
+        self.dir.join(relative)
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!(
+            "{}/realms/cara/protocol/openid-connect/token",
+            self.base_url()
+        )
+    }
+
+    pub fn issuer(&self) -> String {
+        format!("{}/realms/cara", self.base_url())
+    }
+
+    pub fn loaded(&self) -> tessera::config::Loaded {
+        tessera::config::load(Some(&self.config)).unwrap()
+    }
+
+    /// Issues a client certificate from the development CA; returns (cert, key) paths.
+    pub fn issue_client(&self, name: &str) -> (PathBuf, PathBuf) {
+        let out = self.path("clients");
+        self.cli(&["pki", "issue-client", name, "--out", out.to_str().unwrap()])
+            .unwrap();
+        (
+            out.join(format!("{name}.crt")),
+            out.join(format!("{name}.key")),
+        )
+    }
+
+    pub fn start(&self) -> Server {
+        Server::start(self, Services::all())
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+pub fn run_cli(args: &[String]) -> anyhow::Result<String> {
+    let mut out = Vec::new();
+    let mut full = vec!["tessera".to_string()];
+    full.extend(args.iter().cloned());
+    tessera::cli::run(full, &mut out)?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// The real server, in its own actix system on a thread; stopped on drop.
+pub struct Server {
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Server {
+    pub fn start(env: &Env, services: Services) -> Self {
+        Self::start_configured(env.loaded(), services)
+    }
+
+    /// A server of the same installation with some settings changed (e.g. a second
+    /// instance on another port sharing the database).
+    pub fn start_with(env: &Env, change: impl FnOnce(&mut tessera::config::Loaded)) -> Self {
+        let mut loaded = env.loaded();
+        change(&mut loaded);
+        Self::start_configured(loaded, Services::all())
+    }
+
+    fn start_configured(loaded: tessera::config::Loaded, services: Services) -> Self {
+        let thread_state = tessera::serve::app_state(&loaded).unwrap();
+        let settings = tessera::serve::server_settings(&loaded, services);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let running = tessera_http::start(thread_state, &settings).unwrap();
+                tx.send(running.server.handle()).unwrap();
+                running.server.await.unwrap();
+            });
+        });
+        let handle = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("the server did not start");
+        Self {
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        actix_web::rt::System::new().block_on(handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A response as the tests look at it.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Reply {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|_| panic!("not JSON: {}", self.body))
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Asserts an RFC 6749 error response and returns its description.
+    pub fn oauth_error(&self, status: u16, error: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.body);
+        let body = self.json();
+        assert_eq!(body["error"], error, "{}", self.body);
+        assert_eq!(self.header("cache-control"), Some("no-store"));
+        body["error_description"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+}
+
+/// An HTTPS client trusting the environment's CA, with or without a client certificate.
+pub struct Client {
+    agent: ureq::Agent,
+    base: String,
+}
+
+fn pem_certs(path: &Path) -> Vec<Certificate<'static>> {
+    let pem = std::fs::read(path).unwrap();
+    ureq::tls::parse_pem(&pem)
+        .filter_map(|item| match item.unwrap() {
+            ureq::tls::PemItem::Certificate(c) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
+impl Client {
+    pub fn new(env: &Env, cert: Option<(&Path, &Path)>) -> Self {
+        Self::with_ca(env, &env.path("pki/ca.crt"), cert)
+    }
+
+    /// A client of another instance of the same installation.
+    pub fn at(env: &Env, base: &str) -> Self {
+        let mut client = Self::new(env, None);
+        client.base = base.to_owned();
+        client
+    }
+
+    pub fn with_ca(env: &Env, ca: &Path, cert: Option<(&Path, &Path)>) -> Self {
+        let mut tls = TlsConfig::builder().root_certs(RootCerts::new_with_certs(&pem_certs(ca)));
+        if let Some((crt, key)) = cert {
+            let key = PrivateKey::from_pem(&std::fs::read(key).unwrap()).unwrap();
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&pem_certs(crt), key)));
+        }
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(20)))
+            .tls_config(tls.build())
+            .build()
+            .new_agent();
+        Self {
+            agent,
+            base: env.base_url(),
+        }
+    }
+
+    fn reply(
+        result: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<Reply, String> {
+        let mut response = result.map_err(|e| e.to_string())?;
+        let status = response.status().as_u16();
+        let headers = response
+            .headers()
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_owned()))
+            .collect();
+        let body = response
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| e.to_string())?;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+        })
+    }
+
+    pub fn get(&self, path: &str) -> Reply {
+        self.try_get(path).unwrap()
+    }
+
+    pub fn try_get(&self, path: &str) -> Result<Reply, String> {
+        Self::reply(self.agent.get(format!("{}{path}", self.base)).call())
+    }
+
+    pub fn post_form(&self, path: &str, form: &[(&str, &str)]) -> Reply {
+        self.try_post_form(path, form, None).unwrap()
+    }
+
+    pub fn try_post_form(
+        &self,
+        path: &str,
+        form: &[(&str, &str)],
+        basic: Option<&str>,
+    ) -> Result<Reply, String> {
+        let mut request = self.agent.post(format!("{}{path}", self.base));
+        if let Some(basic) = basic {
+            request = request.header("Authorization", basic);
+        }
+        Self::reply(request.send_form(form.iter().copied()))
+    }
+
+    pub fn post_raw(&self, path: &str, content_type: &str, body: &str) -> Reply {
+        let request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", content_type);
+        Self::reply(request.send(body)).unwrap()
+    }
+
+    /// Requests a token on realm `cara`.
+    pub fn token(&self, form: &[(&str, &str)]) -> Reply {
+        self.post_form("/realms/cara/protocol/openid-connect/token", form)
+    }
+}
+
+/// Decodes a JWS without verifying: (header, claims).
+pub fn decode_jwt(token: &str) -> (Value, Value) {
+    let mut parts = token.split('.');
+    let mut part = || {
+        let bytes = tessera_iam::jose::b64_decode(parts.next().unwrap()).unwrap();
+        serde_json::from_slice::<Value>(&bytes).unwrap()
+    };
+    (part(), part())
+}
+
+pub fn now() -> i64 {
+    tessera_http::now().0
+}
+
+/// An HTTPS server serving a JWK Set that a test can change, with a Cache-Control
+/// header, for `jwks_uri` clients. Uses the environment's server certificate.
+pub struct JwksServer {
+    pub url: String,
+    pub body: Arc<Mutex<String>>,
+    pub hits: Arc<AtomicU32>,
+    handle: actix_web::dev::ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl JwksServer {
+    pub fn start(env: &Env, cache_control: &'static str) -> Self {
+        use actix_web::{web, App, HttpResponse, HttpServer};
+        use rustls::pki_types::pem::PemObject;
+        let certs = rustls::pki_types::CertificateDer::pem_file_iter(env.path("pki/server.crt"))
+            .unwrap()
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let key =
+            rustls::pki_types::PrivateKeyDer::from_pem_file(env.path("pki/server.key")).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(tessera_http::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        let body = Arc::new(Mutex::new(String::from("{\"keys\":[]}")));
+        let hits = Arc::new(AtomicU32::new(0));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (b, h) = (body.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            actix_web::rt::System::new().block_on(async move {
+                let server = HttpServer::new(move || {
+                    let (b, h) = (b.clone(), h.clone());
+                    App::new().route(
+                        "/jwks.json",
+                        web::get().to(move || {
+                            let (b, h) = (b.clone(), h.clone());
+                            async move {
+                                h.fetch_add(1, Ordering::SeqCst);
+                                let text = b.lock().unwrap().clone();
+                                HttpResponse::Ok()
+                                    .insert_header(("Cache-Control", cache_control))
+                                    .content_type("application/json")
+                                    .body(text)
+                            }
+                        }),
+                    )
+                })
+                .workers(1)
+                .bind_rustls_0_23("127.0.0.1:0", config)
+                .unwrap();
+                let port = server.addrs()[0].port();
+                let server = server.run();
+                tx.send((port, server.handle())).unwrap();
+                server.await.unwrap();
+            });
+        });
+        let (port, handle) = rx.recv_timeout(Duration::from_secs(30)).unwrap();
+        Self {
+            url: format!("https://localhost:{port}/jwks.json"),
+            body,
+            hits,
+            handle,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for JwksServer {
+    fn drop(&mut self) {
+        let handle = self.handle.clone();
+        actix_web::rt::System::new().block_on(handle.stop(false));
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Opens a raw TLS connection with a client certificate and sends one request.
+/// Returns the response text, or the TLS error that ended the connection: the alert
+/// the server sent when it refused the certificate.
+pub fn tls_probe(
+    env: &Env,
+    cert: &Path,
+    key: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Result<String, rustls::Error> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    use std::io::{Read, Write};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(env.path("pki/ca.crt")).unwrap() {
+        roots.add(ca.unwrap()).unwrap();
+    }
+    let chain = CertificateDer::pem_file_iter(cert)
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(key).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(tessera_http::tls::provider())
+        .with_protocol_versions(&[version])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .unwrap();
+    let connection =
+        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+            .unwrap();
+    let socket = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut tls = rustls::StreamOwned::new(connection, socket);
+    let as_tls = |e: std::io::Error| -> rustls::Error {
+        match e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        {
+            Some(tls) => tls.clone(),
+            None => rustls::Error::General(e.to_string()),
+        }
+    };
+    // A write may meet a socket the server already closed; the alert is still there to read.
+    let _ = tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut response = String::new();
+    match tls.read_to_string(&mut response) {
+        Ok(_) => Ok(response),
+        Err(e) => Err(as_tls(e)),
+    }
+}
