@@ -109,59 +109,8 @@ impl Default for Config {
 }
 
 /// The commented file `tessera init` writes: every key, its default, what it does.
-pub const DEFAULT_TOML: &str = r#"# Tessera configuration. Every key is optional: the values below are the defaults.
-# Precedence: defaults < this file < environment (TESSERA_<SECTION>_<KEY>, for example
-# TESSERA_DATABASE_URL or TESSERA_SERVER_LISTEN) < command-line flags.
-# Relative paths are relative to the directory that holds config/ (where `init` ran).
-
-[server]
-# Address and port to listen on (HTTPS only).
-listen = "127.0.0.1:8443"
-# The URL clients use to reach this server. Token issuers ({public_url}/realms/{realm})
-# and endpoint URLs derive from it. Empty: "https://" + listen.
-public_url = ""
-# HTTP worker threads; 0 means one per CPU core.
-workers = 0
-# Log format: "human" or "json".
-log_format = "human"
-
-[database]
-# sqlite://PATH (embedded, the default) or postgres://USER@HOST:PORT/DB
-url = "sqlite://data/tessera.db"
-# Connections in the pool.
-max_connections = 8
-
-[tls]
-# The server's certificate chain and private key (PEM).
-cert = "pki/server.crt"
-key = "pki/server.key"
-# CAs whose client certificates are accepted for mutual TLS (PEM).
-client_ca = ["pki/ca.crt"]
-# Certificate revocation lists of those CAs (PEM); reloaded when they change.
-crl = ["pki/ca.crl"]
-# How often the CRL files are checked for changes, in seconds.
-crl_refresh_seconds = 10
-
-[iam]
-# The realm `init` creates and the CLI uses when --realm is not given.
-default_realm = "cara"
-# Access token lifetime in seconds (for realms created by `init`).
-token_lifetime_seconds = 300
-# Audiences (resource servers) tokens may be issued for; the `resource` parameter
-# picks among them. Empty: ["{public_url}/fhir"].
-audiences = []
-# How far ahead a client assertion's exp may be (SMART Backend Services: 5 minutes).
-max_assertion_lifetime_seconds = 300
-# Tolerated clock difference with clients, in seconds.
-clock_skew_seconds = 30
-# How long client registrations and realm keys are cached, in seconds. A disabled
-# client or a rotated key takes effect within this time on every instance.
-cache_seconds = 5
-# CA bundle (PEM) trusted when fetching clients' jwks_uri. Unset: Mozilla's roots.
-# jwks_uri_ca = "pki/ca.crt"
-# A jwks_uri is fetched again for an unknown kid at most this often, in seconds.
-jwks_refresh_min_seconds = 30
-"#;
+/// `the_written_file_equals_the_defaults` keeps it and [`Config::default`] in step.
+pub const DEFAULT_TOML: &str = include_str!("../config/tessera.toml");
 
 /// A loaded configuration with the directory its relative paths are relative to.
 #[derive(Debug, Clone)]
@@ -232,10 +181,10 @@ pub fn load(file: Option<&Path>) -> anyhow::Result<Loaded> {
         figment = figment.merge(Toml::file_exact(f));
     }
     let env = Env::prefixed("TESSERA_")
+        // Keys arrive here upper-case; figment lowercases them only afterwards.
         .filter(|key| {
-            SECTIONS
-                .iter()
-                .any(|s| key.as_str().starts_with(&format!("{s}_")))
+            let key = key.as_str().to_ascii_lowercase();
+            SECTIONS.iter().any(|s| key.starts_with(&format!("{s}_")))
         })
         .map(|key| key.as_str().replacen('_', ".", 1).into());
     let config: Config = figment.merge(env).extract().map_err(|e| {
@@ -291,5 +240,25 @@ mod tests {
             base_of(Path::new("/etc/tessera.toml")),
             PathBuf::from("/etc")
         );
+    }
+}
+
+#[cfg(test)]
+mod env_tests {
+    use super::*;
+
+    #[test]
+    fn environment_variables_override_by_section() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("TESSERA_SERVER_LISTEN", "127.0.0.1:9555");
+            jail.set_env("TESSERA_DATABASE_URL", "postgres://x@y/z");
+            jail.set_env("TESSERA_IAM_CACHE_SECONDS", "7");
+            jail.set_env("TESSERA_TEST_DATABASE", "postgres");
+            let loaded = load(None).map_err(|e| e.to_string())?;
+            assert_eq!(loaded.config.server.listen.port(), 9555);
+            assert_eq!(loaded.config.database.url, "postgres://x@y/z");
+            assert_eq!(loaded.config.iam.cache_seconds, 7);
+            Ok(())
+        });
     }
 }

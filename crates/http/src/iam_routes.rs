@@ -40,8 +40,11 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
 /// Loads the realm (from cache when fresh); unknown realms are 404.
 async fn realm_state(state: &web::Data<AppState>, name: &str) -> Result<Arc<RealmState>, ApiError> {
     let realm = RealmName::try_from(name).map_err(|_| ApiError::UnknownRealm(name.to_owned()))?;
-    let st = state.clone().into_inner();
     let at = now();
+    if let Some(cached) = state.tokens.cached_realm(&realm, at) {
+        return Ok(cached);
+    }
+    let st = state.clone().into_inner();
     let found = web::block(move || st.tokens.realm(&realm, at))
         .await
         .map_err(|e| ApiError::Internal(e.to_string()))??;

@@ -153,16 +153,24 @@ impl<S: IamStore> TokenService<S> {
         format!("{}/realms/{}", self.settings.public_base_url, realm)
     }
 
+    /// The realm from cache if it is fresh, without touching storage: the hot path of
+    /// every request, which then needs no trip to a blocking thread.
+    pub fn cached_realm(&self, name: &RealmName, now: UnixTime) -> Option<Arc<RealmState>> {
+        let realms = self.realms.read().ok()?;
+        realms
+            .get(name)
+            .filter(|state| fresh(state.loaded_at, now, self.settings.cache_seconds))
+            .cloned()
+    }
+
     /// The realm with its keys, from cache while fresh; `None` if it does not exist.
     pub fn realm(
         &self,
         name: &RealmName,
         now: UnixTime,
     ) -> Result<Option<Arc<RealmState>>, StoreError> {
-        if let Some(state) = self.realms.read().map_err(poisoned)?.get(name) {
-            if fresh(state.loaded_at, now, self.settings.cache_seconds) {
-                return Ok(Some(state.clone()));
-            }
+        if let Some(state) = self.cached_realm(name, now) {
+            return Ok(Some(state));
         }
         let Some(realm) = self.store.realm(name)? else {
             self.realms.write().map_err(poisoned)?.remove(name);
