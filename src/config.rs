@@ -248,6 +248,8 @@ mod env_tests {
     use super::*;
 
     #[test]
+    // figment's Jail closure must return figment's own (large) error type.
+    #[allow(clippy::result_large_err)]
     fn environment_variables_override_by_section() {
         figment::Jail::expect_with(|jail| {
             jail.set_env("TESSERA_SERVER_LISTEN", "127.0.0.1:9555");
