@@ -66,6 +66,25 @@ enum Command {
     /// Client registrations (technical users, backend services)
     #[command(subcommand)]
     Client(ClientCommand),
+    /// Realms: independent issuers, each with its own clients and signing key
+    #[command(subcommand)]
+    Realm(RealmCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum RealmCommand {
+    /// Create a realm with a new signing key
+    Add {
+        name: String,
+        /// Access token signing algorithm
+        #[arg(long, default_value = "ES256", value_parser = ["ES256", "RS256", "RS384"])]
+        alg: String,
+        /// Access token lifetime in seconds [default: iam.token_lifetime_seconds]
+        #[arg(long)]
+        token_lifetime: Option<i64>,
+    },
+    /// List the realms
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -243,6 +262,10 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
             client(cmd, &loaded, out)
         }
+        Command::Realm(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            realm(cmd, &loaded, out)
+        }
     }
 }
 
@@ -348,12 +371,10 @@ fn init(
         writeln!(out, "created    realm '{realm}'")?;
     }
     if store.signing_keys(&realm)?.iter().all(|k| !k.active) {
-        let (key, pkcs8) = SigningKey::generate_ec(Algorithm::ES256).map_err(|e| anyhow!("{e}"))?;
-        store.add_signing_key(&realm, key.kid(), Algorithm::ES256, &pkcs8, at)?;
+        let kid = add_signing_key(&store, &realm, Algorithm::ES256, at)?;
         writeln!(
             out,
-            "created    ES256 signing key {} for realm '{realm}'",
-            key.kid()
+            "created    ES256 signing key {kid} for realm '{realm}'"
         )?;
     }
     writeln!(
@@ -362,6 +383,67 @@ fn init(
         dir.display()
     )?;
     writeln!(out, "Issuer: {}/realms/{realm}", loaded.public_url())?;
+    Ok(())
+}
+
+/// Generates a signing key for `realm` and makes it the active one; returns its kid.
+fn add_signing_key(
+    store: &Store,
+    realm: &RealmName,
+    alg: Algorithm,
+    at: UnixTime,
+) -> anyhow::Result<String> {
+    let (key, pkcs8) = if alg.is_rsa() {
+        let pkcs8 = crate::pki::generate_rsa_pkcs8()?;
+        (
+            SigningKey::from_pkcs8(alg, &pkcs8).map_err(|e| anyhow!("{e}"))?,
+            pkcs8,
+        )
+    } else {
+        SigningKey::generate_ec(alg).map_err(|e| anyhow!("{e}"))?
+    };
+    store.add_signing_key(realm, key.kid(), alg, &pkcs8, at)?;
+    Ok(key.kid().to_owned())
+}
+
+fn realm(cmd: RealmCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_store(loaded)?;
+    match cmd {
+        RealmCommand::Add {
+            name,
+            alg,
+            token_lifetime,
+        } => {
+            let realm =
+                RealmName::try_from(name.as_str()).map_err(|e| anyhow!("realm name: {e}"))?;
+            let alg = Algorithm::parse(&alg).map_err(|e| anyhow!("--alg: {e}"))?;
+            let lifetime = token_lifetime.unwrap_or(loaded.config.iam.token_lifetime_seconds);
+            anyhow::ensure!(lifetime > 0, "--token-lifetime must be positive");
+            let at = now();
+            if !store.ensure_realm(&realm, lifetime, alg, at)? {
+                bail!("realm '{realm}' already exists");
+            }
+            let kid = add_signing_key(&store, &realm, alg, at)?;
+            writeln!(
+                out,
+                "created realm '{realm}': {} signing key {kid}, tokens valid {lifetime} s",
+                alg.name()
+            )?;
+            writeln!(out, "issuer: {}/realms/{realm}", loaded.public_url())?;
+        }
+        RealmCommand::List => {
+            writeln!(out, "{:<24} {:<6} TOKEN_LIFETIME", "REALM", "ALG")?;
+            for realm in store.list_realms()? {
+                writeln!(
+                    out,
+                    "{:<24} {:<6} {}",
+                    realm.name,
+                    realm.signing_alg.name(),
+                    realm.token_lifetime_seconds
+                )?;
+            }
+        }
+    }
     Ok(())
 }
 

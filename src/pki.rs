@@ -70,12 +70,21 @@ fn random_serial() -> anyhow::Result<SerialNumber> {
     Ok(SerialNumber::from_slice(&bytes))
 }
 
-fn rsa_key_pair() -> anyhow::Result<KeyPair> {
+/// A new RSA 2048 private key as PKCS#8 DER (ring, which signs, cannot generate RSA keys).
+pub fn generate_rsa_pkcs8() -> anyhow::Result<Vec<u8>> {
     use rsa::pkcs8::EncodePrivateKey as _;
     let key = rsa::RsaPrivateKey::new(&mut rand_core::OsRng, 2048)
         .context("RSA key generation failed")?;
-    let der = key.to_pkcs8_der().context("RSA key encoding failed")?;
-    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_bytes().into(), &rcgen::PKCS_RSA_SHA256)
+    Ok(key
+        .to_pkcs8_der()
+        .context("RSA key encoding failed")?
+        .as_bytes()
+        .to_vec())
+}
+
+fn rsa_key_pair() -> anyhow::Result<KeyPair> {
+    let der = generate_rsa_pkcs8()?;
+    KeyPair::from_pkcs8_der_and_sign_algo(&der.as_slice().into(), &rcgen::PKCS_RSA_SHA256)
         .context("RSA key loading failed")
 }
 

@@ -124,3 +124,102 @@ fn health_and_metrics_reflect_the_server() {
         .contains("tessera_token_request_duration_seconds_count 1"));
     assert_eq!(client.get("/no/such/path").status, 404);
 }
+
+#[test]
+fn a_realm_can_sign_with_rsa() {
+    let env = Env::new();
+    let printed = env
+        .cli(&[
+            "realm",
+            "add",
+            "hospital",
+            "--alg",
+            "RS256",
+            "--token-lifetime",
+            "120",
+        ])
+        .unwrap();
+    assert!(
+        printed.contains("created realm 'hospital': RS256"),
+        "{printed}"
+    );
+    let dup = env.cli(&["realm", "add", "hospital"]).unwrap_err();
+    assert!(dup.to_string().contains("already exists"), "{dup}");
+    let list = env.cli(&["realm", "list"]).unwrap();
+    assert!(
+        list.contains("cara") && list.contains("hospital") && list.contains("RS256"),
+        "{list}"
+    );
+
+    let added = env
+        .cli(&[
+            "client",
+            "add",
+            "--realm",
+            "hospital",
+            "--client-id",
+            "app",
+            "--auth",
+            "client_secret_post",
+            "--scope",
+            "system/Patient.rs",
+        ])
+        .unwrap();
+    let secret = added
+        .lines()
+        .find_map(|l| l.strip_prefix("client_secret: "))
+        .unwrap()
+        .to_owned();
+    let _server = env.start();
+    let client = Client::new(&env, None);
+    let meta = client
+        .get("/.well-known/oauth-authorization-server/realms/hospital")
+        .json();
+    assert_eq!(
+        meta["access_token_signing_alg_values_supported"],
+        serde_json::json!(["RS256"])
+    );
+    let reply = client.post_form(
+        "/realms/hospital/protocol/openid-connect/token",
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "app"),
+            ("client_secret", &secret),
+        ],
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    assert_eq!(reply.json()["expires_in"], 120);
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    let (header, claims) = crate::support::decode_jwt(&token);
+    assert_eq!(header["alg"], "RS256");
+    assert_eq!(claims["iss"], format!("{}/realms/hospital", env.base_url()));
+    let jwks: tessera_iam::jose::JwkSet = serde_json::from_str(
+        &client
+            .get("/realms/hospital/protocol/openid-connect/certs")
+            .body,
+    )
+    .unwrap();
+    assert_eq!(jwks.keys[0].kty, "RSA");
+    tessera_iam::jose::UnverifiedJws::parse(&token)
+        .unwrap()
+        .verify(&jwks.keys)
+        .unwrap();
+    // The cara realm's keys do not verify hospital's tokens, and its clients are separate.
+    let cara: tessera_iam::jose::JwkSet = serde_json::from_str(
+        &client
+            .get("/realms/cara/protocol/openid-connect/certs")
+            .body,
+    )
+    .unwrap();
+    assert!(tessera_iam::jose::UnverifiedJws::parse(&token)
+        .unwrap()
+        .verify(&cara.keys)
+        .is_err());
+    client
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "app"),
+            ("client_secret", &secret),
+        ])
+        .oauth_error(401, "invalid_client");
+}

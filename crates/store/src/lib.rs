@@ -232,6 +232,20 @@ impl Store {
         }
     }
 
+    pub fn list_realms(&self) -> Result<Vec<Realm>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, i64, String)> = realms::table
+            .order(realms::name.asc())
+            .select((
+                realms::name,
+                realms::token_lifetime_seconds,
+                realms::signing_alg,
+            ))
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        rows.into_iter().map(realm_from_row).collect()
+    }
+
     pub fn list_clients(&self, realm: &RealmName) -> Result<Vec<Client>, StoreError> {
         let mut conn = self.conn()?;
         let rows: Vec<ClientRow> = clients::table
@@ -284,14 +298,7 @@ impl IamStore for Store {
             .first(&mut *conn)
             .optional()
             .map_err(db_error)?;
-        row.map(|(name, lifetime, alg)| {
-            Ok(Realm {
-                name: RealmName::try_from(name).map_err(db_error)?,
-                token_lifetime_seconds: lifetime,
-                signing_alg: Algorithm::parse(&alg).map_err(db_error)?,
-            })
-        })
-        .transpose()
+        row.map(realm_from_row).transpose()
     }
 
     fn signing_keys(&self, realm: &RealmName) -> Result<Vec<StoredKey>, StoreError> {
@@ -362,6 +369,14 @@ impl IamStore for Store {
             Err(e) => Err(db_error(e)),
         }
     }
+}
+
+fn realm_from_row((name, lifetime, alg): (String, i64, String)) -> Result<Realm, StoreError> {
+    Ok(Realm {
+        name: RealmName::try_from(name).map_err(db_error)?,
+        token_lifetime_seconds: lifetime,
+        signing_alg: Algorithm::parse(&alg).map_err(db_error)?,
+    })
 }
 
 #[derive(Queryable, Insertable)]
