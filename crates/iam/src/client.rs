@@ -24,9 +24,9 @@ impl Coding {
 }
 
 /// The IUA attributes a registration fixes for every token of the client
-/// (IHE IUA 3.71.4.2.2.1.2, `extensions.ihe_iua`).
+/// (IHE IUA 3.71.4.2.2.1.2, `extensions.ihe_iua`). No `deny_unknown_fields`: the token's
+/// [`crate::token::IheIua`] flattens these beside `person_id`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct IuaAttributes {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subject_name: Option<String>,

@@ -11,7 +11,9 @@ use serde_json::Value;
 use tessera_types::smart::scope_allowed;
 use tessera_types::{ClientId, RealmName, Scope, ScopeSet, UnixTime};
 
-use crate::client::{CertBinding, Client, ClientAuth, Coding, JwksSource, ANY_PERSON};
+use crate::client::{
+    CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource, ANY_PERSON,
+};
 use crate::error::{OAuthError, OAuthErrorCode, StoreError};
 use crate::jose::{b64, Algorithm, JoseError, JwkSet, SigningKey, UnverifiedJws};
 use crate::request::{Credentials, TokenRequest, JWT_BEARER_ASSERTION};
@@ -663,24 +665,21 @@ impl<S: IamStore> TokenService<S> {
                 Some(asked)
             }
         };
-        let iua = &client.iua;
         Ok(Extensions {
             ihe_iua: IheIua {
-                subject_name: iua.subject_name.clone(),
-                subject_organization: iua.subject_organization.clone(),
-                subject_organization_id: iua.subject_organization_id.clone(),
-                subject_role: coding(
-                    "subject_role",
-                    param("subject_role", &request.subject_role)?,
-                    &iua.subject_role,
-                )?,
-                purpose_of_use: coding(
-                    "purpose_of_use",
-                    param("purpose_of_use", &request.purpose_of_use)?,
-                    &iua.purpose_of_use,
-                )?,
-                home_community_id: iua.home_community_id.clone(),
-                national_provider_identifier: iua.national_provider_identifier.clone(),
+                attributes: IuaAttributes {
+                    subject_role: coding(
+                        "subject_role",
+                        param("subject_role", &request.subject_role)?,
+                        &client.iua.subject_role,
+                    )?,
+                    purpose_of_use: coding(
+                        "purpose_of_use",
+                        param("purpose_of_use", &request.purpose_of_use)?,
+                        &client.iua.purpose_of_use,
+                    )?,
+                    ..client.iua.clone()
+                },
                 person_id,
             },
             ch_delegation: ChDelegation {

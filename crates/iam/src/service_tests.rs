@@ -292,9 +292,10 @@ fn ch_parameters_must_match_the_registration() {
     };
     let ok = run("system/Patient.rs principal_id=7601000000000 person_id=761337610411353650 purpose_of_use=urn:oid:2.16.756.5.30.1.127.3.10.5|NORM").unwrap();
     let iua = &ok.claims.extensions.ihe_iua;
+    let attributes = &iua.attributes;
     assert_eq!(iua.person_id.as_deref(), Some("761337610411353650"));
-    assert_eq!(iua.purpose_of_use.as_ref().unwrap().code, "NORM");
-    assert_eq!(iua.subject_name.as_deref(), Some("Best Clinic"));
+    assert_eq!(attributes.purpose_of_use.as_ref().unwrap().code, "NORM");
+    assert_eq!(attributes.subject_name.as_deref(), Some("Best Clinic"));
     assert_eq!(
         ok.claims.extensions.ch_delegation.principal_id.as_deref(),
         Some("7601000000000")

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::Coding;
+use crate::client::IuaAttributes;
 
 pub const ACCESS_TOKEN_TYP: &str = "at+jwt";
 
@@ -13,23 +13,13 @@ pub struct Confirmation {
     pub x5t_s256: String,
 }
 
-/// `extensions.ihe_iua`: only members with a value are written.
+/// `extensions.ihe_iua`: the registration's IUA attributes (with the request's
+/// `subject_role`/`purpose_of_use` where it gave them) and the requested `person_id`.
+/// Only members with a value are written.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IheIua {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_name: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_organization: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_organization_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub subject_role: Option<Coding>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub purpose_of_use: Option<Coding>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub home_community_id: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub national_provider_identifier: Option<String>,
+    #[serde(flatten)]
+    pub attributes: IuaAttributes,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub person_id: Option<String>,
 }
