@@ -69,6 +69,41 @@ enum Command {
     /// Realms: independent issuers, each with its own clients and signing key
     #[command(subcommand)]
     Realm(RealmCommand),
+    /// Signing keys of a realm
+    #[command(subcommand)]
+    Keys(KeysCommand),
+    /// Issued access tokens
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeysCommand {
+    /// Make a new signing key; the previous one stays published and verifies until every
+    /// token it signed has expired (token lifetime + clock skew), then retires
+    Rotate {
+        #[arg(long)]
+        realm: Option<String>,
+        /// Algorithm of the new key [default: the realm's current one]
+        #[arg(long, value_parser = ["ES256", "RS256", "RS384"])]
+        alg: Option<String>,
+    },
+    /// List a realm's keys, retired ones included
+    List {
+        #[arg(long)]
+        realm: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Revoke an access token by its jti (as logged when it was issued); it is inactive
+    /// at introspection at once, on every instance sharing the database
+    Revoke {
+        jti: String,
+        #[arg(long)]
+        realm: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -191,6 +226,10 @@ struct ClientAdd {
     /// A person_id the client may name in token requests (repeatable; "*" for any)
     #[arg(long = "person-id")]
     person_ids: Vec<String>,
+    /// The client is a resource server known by this audience URI (repeatable):
+    /// introspection tells it only about tokens whose aud names it
+    #[arg(long = "resource-server")]
+    resource_servers: Vec<String>,
     #[arg(long)]
     subject_name: Option<String>,
     #[arg(long)]
@@ -265,6 +304,14 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Realm(cmd) => {
             let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
             realm(cmd, &loaded, out)
+        }
+        Command::Keys(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            keys(cmd, &loaded, out)
+        }
+        Command::Token(TokenCommand::Revoke { jti, realm }) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            revoke_token(&jti, realm, &loaded, out)
         }
     }
 }
@@ -370,8 +417,8 @@ fn init(
     )? {
         writeln!(out, "created    realm '{realm}'")?;
     }
-    if store.signing_keys(&realm)?.iter().all(|k| !k.active) {
-        let kid = add_signing_key(&store, &realm, Algorithm::ES256, at)?;
+    if store.signing_keys(&realm, at)?.iter().all(|k| !k.active) {
+        let kid = add_signing_key(&store, &realm, Algorithm::ES256, at, at)?;
         writeln!(
             out,
             "created    ES256 signing key {kid} for realm '{realm}'"
@@ -386,12 +433,14 @@ fn init(
     Ok(())
 }
 
-/// Generates a signing key for `realm` and makes it the active one; returns its kid.
+/// Generates a signing key for `realm` and makes it the active one, retiring the
+/// previous keys at `retire_previous_at`; returns the new kid.
 fn add_signing_key(
     store: &Store,
     realm: &RealmName,
     alg: Algorithm,
     at: UnixTime,
+    retire_previous_at: UnixTime,
 ) -> anyhow::Result<String> {
     let (key, pkcs8) = if alg.is_rsa() {
         let pkcs8 = crate::pki::generate_rsa_pkcs8()?;
@@ -402,8 +451,102 @@ fn add_signing_key(
     } else {
         SigningKey::generate_ec(alg).map_err(|e| anyhow!("{e}"))?
     };
-    store.add_signing_key(realm, key.kid(), alg, &pkcs8, at)?;
+    store.add_signing_key(realm, key.kid(), alg, &pkcs8, at, retire_previous_at)?;
     Ok(key.kid().to_owned())
+}
+
+fn existing_realm(
+    store: &Store,
+    name: Option<String>,
+    loaded: &Loaded,
+) -> anyhow::Result<tessera_iam::Realm> {
+    let name = realm_of(name, loaded)?;
+    store
+        .realm(&name)?
+        .ok_or_else(|| anyhow!("realm '{name}' does not exist (see `tessera realm list`)"))
+}
+
+fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_store(loaded)?;
+    match cmd {
+        KeysCommand::Rotate { realm, alg } => {
+            let realm = existing_realm(&store, realm, loaded)?;
+            let alg = match alg {
+                Some(alg) => Algorithm::parse(&alg).map_err(|e| anyhow!("--alg: {e}"))?,
+                None => realm.signing_alg,
+            };
+            let at = now();
+            let retire_at = at
+                .plus_seconds(realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds);
+            let previous: Vec<String> = store
+                .list_keys(&realm.name)?
+                .into_iter()
+                .filter(|k| k.retired_at.is_none())
+                .map(|k| k.kid)
+                .collect();
+            let kid = add_signing_key(&store, &realm.name, alg, at, retire_at)?;
+            writeln!(
+                out,
+                "realm '{}' now signs with {} key {kid}",
+                realm.name,
+                alg.name()
+            )?;
+            for old in previous {
+                writeln!(
+                    out,
+                    "key {old} stops signing and retires in {} s (when its last token expires)",
+                    retire_at.0 - at.0
+                )?;
+            }
+            writeln!(
+                out,
+                "running servers pick this up within {} s; no restart needed",
+                loaded.config.iam.cache_seconds
+            )?;
+        }
+        KeysCommand::List { realm } => {
+            let realm = existing_realm(&store, realm, loaded)?;
+            let at = now();
+            writeln!(out, "{:<18} {:<6} {:<10} RETIRES", "KID", "ALG", "STATE")?;
+            for key in store.list_keys(&realm.name)? {
+                let (state, retires) = match key.retired_at {
+                    None => ("signing", "-".to_owned()),
+                    Some(t) if t > at => ("verifying", format!("in {} s", t.0 - at.0)),
+                    Some(_) => ("retired", "-".to_owned()),
+                };
+                let state = if key.active { "signing" } else { state };
+                writeln!(
+                    out,
+                    "{:<18} {:<6} {:<10} {retires}",
+                    key.kid, key.alg, state
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn revoke_token(
+    jti: &str,
+    realm: Option<String>,
+    loaded: &Loaded,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    use tessera_introspection::RevocationStore as _;
+    let store = open_store(loaded)?;
+    let realm = existing_realm(&store, realm, loaded)?;
+    tessera_types::Jti::try_from(jti).map_err(|e| anyhow!("{e}"))?;
+    let at = now();
+    // The token's own exp is unknown here; it is at most one lifetime away.
+    let keep_until =
+        at.plus_seconds(realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds);
+    store.revoke(&realm.name, jti, "(operator)", keep_until, at)?;
+    writeln!(
+        out,
+        "revoked token {jti} in realm '{}': inactive at introspection now, on every instance",
+        realm.name
+    )?;
+    Ok(())
 }
 
 fn realm(cmd: RealmCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
@@ -423,7 +566,7 @@ fn realm(cmd: RealmCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
             if !store.ensure_realm(&realm, lifetime, alg, at)? {
                 bail!("realm '{realm}' already exists");
             }
-            let kid = add_signing_key(&store, &realm, alg, at)?;
+            let kid = add_signing_key(&store, &realm, alg, at, at)?;
             writeln!(
                 out,
                 "created realm '{realm}': {} signing key {kid}, tokens valid {lifetime} s",
@@ -584,6 +727,7 @@ fn describe(client: &Client) -> serde_json::Value {
         "principal_id": client.principal_id,
         "principal_name": client.principal_name,
         "person_ids": client.person_ids,
+        "resource_servers": client.resource_servers,
         "ihe_iua": client.iua,
     })
 }
@@ -711,6 +855,7 @@ fn client_add(
         principal_id: args.principal_id,
         principal_name: args.principal_name,
         person_ids: args.person_ids,
+        resource_servers: args.resource_servers,
         iua: IuaAttributes {
             subject_name: args.subject_name,
             subject_organization: args.subject_organization,

@@ -33,6 +33,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
     };
     Ok(Arc::new(AppState {
         tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
+        introspection: tessera_introspection::Introspection::new(),
         store,
         metrics: Metrics::default(),
     }))

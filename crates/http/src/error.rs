@@ -17,6 +17,11 @@ pub enum ApiError {
         error: OAuthError,
         basic_realm: Option<String>,
     },
+    /// RFC 6750 3.1: the caller's Bearer token is invalid (`invalid_token`) or lacks a
+    /// scope (`insufficient_scope`). Both are 401 here: ITI-102 answers an introspection
+    /// caller that may not introspect with 401, not RFC 6750's 403.
+    #[error("bearer token refused: {error}")]
+    Bearer { realm: String, error: &'static str },
     #[error("realm '{0}' does not exist")]
     UnknownRealm(String),
     #[error("the service is not ready: {0}")]
@@ -58,6 +63,7 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::OAuth { error, .. } => oauth_status(error.code),
+            ApiError::Bearer { .. } => StatusCode::UNAUTHORIZED,
             ApiError::UnknownRealm(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -80,6 +86,13 @@ impl ResponseError for ApiError {
                     }
                 }
                 json!({ "error": error.code.as_str(), "error_description": error.description })
+            }
+            ApiError::Bearer { realm, error } => {
+                let challenge = format!("Bearer realm=\"{realm}\", error=\"{error}\"");
+                if let Ok(value) = HeaderValue::from_str(&challenge) {
+                    response.insert_header((header::WWW_AUTHENTICATE, value));
+                }
+                json!({ "error": error })
             }
             ApiError::UnknownRealm(_) => {
                 json!({ "error": "not_found", "error_description": self.to_string() })

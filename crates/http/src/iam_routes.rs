@@ -1,4 +1,5 @@
-//! ITI-71 token endpoint, JWKS and ITI-103 metadata.
+//! The OAuth endpoints of a realm: ITI-71 token, ITI-102 introspection, RFC 7009
+//! revocation, JWKS and ITI-103 metadata.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,8 +10,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 use tessera_iam::metadata::authorization_server_metadata;
-use tessera_iam::request::{Credentials, PresentedCertificate, TokenRequest};
+use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery, TokenRequest};
 use tessera_iam::{OAuthError, RealmState};
+use tessera_introspection::IntrospectionError;
 use tessera_types::{RealmName, Secret};
 
 use crate::{now, ApiError, AppState};
@@ -18,10 +20,18 @@ use crate::{now, ApiError, AppState};
 const FORM_LIMIT: usize = 64 * 1024;
 
 pub fn configure(cfg: &mut web::ServiceConfig) {
+    let form_endpoint =
+        |path: &str| web::resource(path.to_owned()).app_data(web::PayloadConfig::new(FORM_LIMIT));
     cfg.service(
-        web::resource("/realms/{realm}/protocol/openid-connect/token")
-            .app_data(web::PayloadConfig::new(FORM_LIMIT))
-            .route(web::post().to(token)),
+        form_endpoint("/realms/{realm}/protocol/openid-connect/token").route(web::post().to(token)),
+    )
+    .service(
+        form_endpoint("/realms/{realm}/protocol/openid-connect/token/introspect")
+            .route(web::post().to(introspect)),
+    )
+    .service(
+        form_endpoint("/realms/{realm}/protocol/openid-connect/revoke")
+            .route(web::post().to(revoke)),
     )
     .route(
         "/realms/{realm}/protocol/openid-connect/certs",
@@ -51,22 +61,31 @@ async fn realm_state(state: &web::Data<AppState>, name: &str) -> Result<Arc<Real
     found.ok_or_else(|| ApiError::UnknownRealm(name.to_owned()))
 }
 
-/// RFC 6749 2.3.1: `Basic base64(urlencode(id):urlencode(secret))`.
-fn basic_credentials(req: &HttpRequest) -> Result<Option<(String, Secret)>, OAuthError> {
+/// The `Authorization` header of a request to an OAuth endpoint.
+enum Authorization {
+    None,
+    /// RFC 6749 2.3.1: `Basic base64(urlencode(id):urlencode(secret))`.
+    Basic(String, Secret),
+    /// RFC 6750 2.1: the caller's own access token (introspection only).
+    Bearer(String),
+}
+
+fn authorization(req: &HttpRequest) -> Result<Authorization, OAuthError> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Ok(None);
+        return Ok(Authorization::None);
     };
     let bad = || OAuthError::invalid_request("malformed Authorization header");
     let value = value.to_str().map_err(|_| bad())?;
-    let Some(encoded) = value
-        .strip_prefix("Basic ")
-        .or_else(|| value.strip_prefix("basic "))
-    else {
+    let (scheme, rest) = value.split_once(' ').ok_or_else(bad)?;
+    if scheme.eq_ignore_ascii_case("bearer") {
+        return Ok(Authorization::Bearer(rest.trim().to_owned()));
+    }
+    if !scheme.eq_ignore_ascii_case("basic") {
         return Err(OAuthError::invalid_request(
-            "the token endpoint accepts only Basic authorization",
+            "Authorization must be Basic or Bearer",
         ));
-    };
-    let decoded = STANDARD.decode(encoded.trim()).map_err(|_| bad())?;
+    }
+    let decoded = STANDARD.decode(rest.trim()).map_err(|_| bad())?;
     let decoded = String::from_utf8(decoded).map_err(|_| bad())?;
     let (id, secret) = decoded.split_once(':').ok_or_else(bad)?;
     let form_decode = |s: &str| {
@@ -75,7 +94,62 @@ fn basic_credentials(req: &HttpRequest) -> Result<Option<(String, Secret)>, OAut
             .map(|c| c.into_owned())
             .map_err(|_| bad())
     };
-    Ok(Some((form_decode(id)?, Secret::new(form_decode(secret)?))))
+    Ok(Authorization::Basic(
+        form_decode(id)?,
+        Secret::new(form_decode(secret)?),
+    ))
+}
+
+/// The decoded pairs of an `application/x-www-form-urlencoded` body.
+fn form(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
+    let form_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.to_ascii_lowercase()
+                .starts_with("application/x-www-form-urlencoded")
+        });
+    if !form_type {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    }
+    Ok(url::form_urlencoded::parse(body).into_owned().collect())
+}
+
+/// Client credentials from the connection and a Basic header; a Bearer header is only
+/// for introspection and is refused here.
+fn client_credentials(req: &HttpRequest, auth: Authorization) -> Result<Credentials, OAuthError> {
+    let basic = match auth {
+        Authorization::None => None,
+        Authorization::Basic(id, secret) => Some((id, secret)),
+        Authorization::Bearer(_) => {
+            return Err(OAuthError::invalid_request(
+                "this endpoint needs client authentication, not a Bearer token",
+            ))
+        }
+    };
+    Ok(Credentials {
+        basic,
+        certificate: req.conn_data::<PresentedCertificate>().cloned(),
+    })
+}
+
+fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
+    response
+        .insert_header((header::CACHE_CONTROL, "no-store"))
+        .insert_header((header::PRAGMA, "no-cache"));
+    response
+}
+
+/// Runs blocking domain work (it may read the database) off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 async fn token(
@@ -103,66 +177,152 @@ async fn issue(
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let realm = realm_state(state, realm).await?;
-    let basic = basic_credentials(req)?;
-    let basic_realm = basic.as_ref().map(|_| realm.realm.name.to_string());
+    let auth = authorization(req)?;
+    let basic_realm =
+        matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string());
     let oauth = |error: OAuthError| ApiError::OAuth {
         error,
         basic_realm: basic_realm.clone(),
     };
-
-    let form_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-    if !form_type {
-        return Err(oauth(OAuthError::invalid_request(
-            "the body must be application/x-www-form-urlencoded",
-        )));
-    }
-    let pairs = url::form_urlencoded::parse(body).into_owned().collect();
-    let request = TokenRequest::from_form(pairs).map_err(oauth)?;
+    let credentials = client_credentials(req, auth).map_err(oauth)?;
+    let request = TokenRequest::from_form(form(req, body).map_err(oauth)?).map_err(oauth)?;
     let client_hint = request
+        .client
         .client_id
         .clone()
-        .or_else(|| basic.as_ref().map(|(id, _)| id.clone()));
-    let credentials = Credentials {
-        basic,
-        certificate: req.conn_data::<PresentedCertificate>().cloned(),
-    };
+        .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()));
 
     let st = state.clone().into_inner();
+    let realm_name = realm.realm.name.clone();
     let at = now();
-    let realm_for_log = realm.realm.name.clone();
-    let result = web::block(move || st.tokens.issue(&realm, request, &credentials, at))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
-    match result {
+    match blocking(move || st.tokens.issue(&realm, request, &credentials, at)).await? {
         Ok(issued) => {
             tracing::info!(
-                realm = %realm_for_log,
+                realm = %realm_name,
                 client_id = %issued.claims.client_id,
                 auth = issued.auth_method,
                 jti = %issued.claims.jti,
                 scope = %issued.claims.scope,
                 "token issued"
             );
-            Ok(HttpResponse::Ok()
-                .insert_header((header::CACHE_CONTROL, "no-store"))
-                .insert_header((header::PRAGMA, "no-cache"))
-                .json(issued.response))
+            Ok(no_store(HttpResponse::Ok()).json(issued.response))
         }
         Err(error) => {
             tracing::warn!(
-                realm = %realm_for_log,
+                realm = %realm_name,
                 client_id = client_hint.as_deref().unwrap_or("-"),
                 error = error.code.as_str(),
                 reason = %error.description,
                 "token refused"
             );
+            Err(oauth(error))
+        }
+    }
+}
+
+/// RFC 7662 / ITI-102.
+async fn introspect(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let realm = realm_state(&state, &path).await?;
+    let auth = authorization(&req)?;
+    let basic_realm =
+        matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string());
+    let oauth = |error: OAuthError| ApiError::OAuth {
+        error,
+        basic_realm: basic_realm.clone(),
+    };
+    let (credentials, bearer) = match auth {
+        Authorization::Bearer(token) => (
+            Credentials {
+                basic: None,
+                certificate: req.conn_data::<PresentedCertificate>().cloned(),
+            },
+            Some(token),
+        ),
+        other => (client_credentials(&req, other).map_err(oauth)?, None),
+    };
+    let query = TokenQuery::from_form(form(&req, &body).map_err(oauth)?).map_err(oauth)?;
+
+    let st = state.clone().into_inner();
+    let at = now();
+    let realm_name = realm.realm.name.to_string();
+    let result = blocking(move || {
+        st.introspection.introspect(
+            &st.tokens,
+            &st.store,
+            &realm,
+            &query,
+            &credentials,
+            bearer.as_deref(),
+            at,
+        )
+    })
+    .await?;
+    match result {
+        Ok(response) => {
+            let active = response.get("active") == Some(&serde_json::Value::Bool(true));
+            state
+                .metrics
+                .introspection(if active { "active" } else { "inactive" });
+            Ok(no_store(HttpResponse::Ok()).json(response))
+        }
+        Err(error) => {
+            state.metrics.introspection("refused");
+            tracing::warn!(realm = %realm_name, %error, "introspection refused");
+            Err(match error {
+                IntrospectionError::Client(error) => oauth(error),
+                IntrospectionError::InvalidBearer => ApiError::Bearer {
+                    realm: realm_name,
+                    error: "invalid_token",
+                },
+                IntrospectionError::InsufficientScope => ApiError::Bearer {
+                    realm: realm_name,
+                    error: "insufficient_scope",
+                },
+            })
+        }
+    }
+}
+
+/// RFC 7009.
+async fn revoke(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let realm = realm_state(&state, &path).await?;
+    let auth = authorization(&req)?;
+    let basic_realm =
+        matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string());
+    let oauth = |error: OAuthError| ApiError::OAuth {
+        error,
+        basic_realm: basic_realm.clone(),
+    };
+    let credentials = client_credentials(&req, auth).map_err(oauth)?;
+    let query = TokenQuery::from_form(form(&req, &body).map_err(oauth)?).map_err(oauth)?;
+
+    let st = state.clone().into_inner();
+    let at = now();
+    let realm_name = realm.realm.name.to_string();
+    let result = blocking(move || {
+        st.introspection
+            .revoke(&st.tokens, &st.store, &realm, &query, &credentials, at)
+    })
+    .await?;
+    match result {
+        Ok(revoked) => {
+            if let Some(jti) = revoked {
+                tracing::info!(realm = %realm_name, %jti, "token revoked");
+            }
+            Ok(no_store(HttpResponse::Ok()).finish())
+        }
+        Err(error) => {
+            tracing::warn!(realm = %realm_name, error = error.code.as_str(), reason = %error.description, "revocation refused");
             Err(oauth(error))
         }
     }

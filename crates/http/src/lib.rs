@@ -68,6 +68,7 @@ pub struct ServerSettings {
 /// What every handler shares.
 pub struct AppState {
     pub tokens: TokenService<Store>,
+    pub introspection: tessera_introspection::Introspection,
     pub store: Store,
     pub metrics: Metrics,
 }
@@ -138,9 +139,7 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
         loop {
             tick.tick().await;
             let state = state.clone();
-            if let Ok(Err(e)) =
-                web::block(move || state.store.purge_expired_assertions(now())).await
-            {
+            if let Ok(Err(e)) = web::block(move || state.store.purge_expired(now())).await {
                 tracing::warn!(error = %e, "could not purge expired assertion ids");
             }
         }

@@ -22,8 +22,11 @@ const BUCKETS: [f64; 12] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
 
+const INTROSPECTION_RESULTS: [&str; 3] = ["active", "inactive", "refused"];
+
 #[derive(Debug, Default)]
 pub struct Metrics {
+    introspections: [AtomicU64; INTROSPECTION_RESULTS.len()],
     outcomes: [AtomicU64; OUTCOMES.len()],
     buckets: [AtomicU64; BUCKETS.len()],
     count: AtomicU64,
@@ -51,8 +54,27 @@ impl Metrics {
         );
     }
 
+    /// Records one introspection: "active", "inactive" or "refused".
+    pub fn introspection(&self, result: &str) {
+        if let Some(i) = INTROSPECTION_RESULTS.iter().position(|r| *r == result) {
+            self.introspections[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     pub fn render(&self) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP tessera_introspections_total Introspection requests by result."
+        );
+        let _ = writeln!(out, "# TYPE tessera_introspections_total counter");
+        for (name, value) in INTROSPECTION_RESULTS.iter().zip(&self.introspections) {
+            let _ = writeln!(
+                out,
+                "tessera_introspections_total{{result=\"{name}\"}} {}",
+                value.load(Ordering::Relaxed)
+            );
+        }
         let _ = writeln!(
             out,
             "# HELP tessera_token_requests_total Token endpoint requests by outcome."

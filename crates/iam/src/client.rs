@@ -101,5 +101,8 @@ pub struct Client {
     pub principal_name: Option<String>,
     /// `person_id` values the client may ask for; [`ANY_PERSON`] allows every one.
     pub person_ids: Vec<String>,
+    /// When the client is a resource server: the audiences that name it. Introspection
+    /// reports a token as active to it only if the token's `aud` names one of them.
+    pub resource_servers: Vec<String>,
     pub iua: IuaAttributes,
 }

@@ -18,7 +18,8 @@ pub mod token;
 
 pub use error::{OAuthError, OAuthErrorCode, StoreError};
 pub use service::{
-    IamSettings, IamStore, Issued, JwksFetcher, Realm, RealmState, StoredKey, TokenService,
+    Authenticated, IamSettings, IamStore, InvalidToken, Issued, JwksFetcher, Realm, RealmState,
+    StoredKey, TokenService, VerifiedToken,
 };
 
 #[cfg(test)]

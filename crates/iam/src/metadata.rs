@@ -24,6 +24,20 @@ pub fn authorization_server_metadata(issuer: &str, token_signing_alg: Algorithm)
         "scopes_supported": ["system/*.cruds", "system/*.rs"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [token_signing_alg.name()],
-        "mtls_endpoint_aliases": { "token_endpoint": endpoint("token") },
+        "mtls_endpoint_aliases": {
+            "token_endpoint": endpoint("token"),
+            "introspection_endpoint": endpoint("token/introspect"),
+            "revocation_endpoint": endpoint("revoke"),
+        },
+        "introspection_endpoint": endpoint("token/introspect"),
+        "introspection_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "Bearer"
+        ],
+        "introspection_endpoint_auth_signing_alg_values_supported": assertion_algs,
+        "revocation_endpoint": endpoint("revoke"),
+        "revocation_endpoint_auth_methods_supported": [
+            "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"
+        ],
+        "revocation_endpoint_auth_signing_alg_values_supported": assertion_algs,
     })
 }

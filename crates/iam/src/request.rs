@@ -1,5 +1,6 @@
-//! The token request as the endpoint receives it (RFC 6749 section 4.4, RFC 7521/7523,
-//! RFC 8707, CH:IUA extension parameters), before any check against registrations.
+//! Requests to the OAuth endpoints as they arrive (RFC 6749 4.4, RFC 7521/7523,
+//! RFC 8707, RFC 7662, RFC 7009, CH:IUA extension parameters), before any check
+//! against registrations.
 
 use std::collections::HashMap;
 
@@ -28,13 +29,69 @@ pub struct PresentedCertificate {
     pub issuer: String,
 }
 
+/// A decoded `application/x-www-form-urlencoded` body. RFC 6749 section 3.2: parameters
+/// sent without a value are treated as omitted, and no parameter may appear twice
+/// (except `resource`, which RFC 8707 allows to repeat).
+#[derive(Debug, Default)]
+pub struct Form {
+    values: HashMap<String, String>,
+    resources: Vec<String>,
+}
+
+impl Form {
+    pub fn parse(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
+        let mut form = Form::default();
+        for (name, value) in pairs {
+            if value.is_empty() {
+                continue;
+            }
+            if name == "resource" {
+                form.resources.push(value);
+                continue;
+            }
+            if form.values.contains_key(&name) {
+                return Err(OAuthError::invalid_request(format!(
+                    "parameter '{name}' is repeated"
+                )));
+            }
+            form.values.insert(name, value);
+        }
+        Ok(form)
+    }
+
+    pub fn take(&mut self, name: &str) -> Option<String> {
+        self.values.remove(name)
+    }
+
+    fn require(&mut self, name: &str) -> Result<String, OAuthError> {
+        self.take(name)
+            .ok_or_else(|| OAuthError::invalid_request(format!("the {name} parameter is missing")))
+    }
+
+    /// The client authentication parameters of the body (RFC 6749 2.3.1, RFC 7523 2.2).
+    pub fn client_auth(&mut self) -> ClientAuthParams {
+        ClientAuthParams {
+            client_id: self.take("client_id"),
+            client_secret: self.take("client_secret").map(Secret::new),
+            client_assertion_type: self.take("client_assertion_type"),
+            client_assertion: self.take("client_assertion"),
+        }
+    }
+}
+
+/// How a client may authenticate in the body of a request to any OAuth endpoint.
 #[derive(Debug, Clone, Default)]
-pub struct TokenRequest {
-    pub grant_type: String,
+pub struct ClientAuthParams {
     pub client_id: Option<String>,
     pub client_secret: Option<Secret>,
     pub client_assertion_type: Option<String>,
     pub client_assertion: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct TokenRequest {
+    pub grant_type: String,
+    pub client: ClientAuthParams,
     pub scope: Option<String>,
     pub resource: Vec<String>,
     /// CH:IUA parameters; also accepted as `name=value` tokens inside `scope`.
@@ -46,49 +103,40 @@ pub struct TokenRequest {
 }
 
 impl TokenRequest {
-    /// Builds a request from decoded form pairs. RFC 6749 section 3.2: parameters sent
-    /// without a value are treated as omitted, and no parameter may appear twice
-    /// (except `resource`, which RFC 8707 allows to repeat).
+    /// Builds a token request from decoded form pairs; unknown parameters are ignored.
     pub fn from_form(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
-        let mut seen: HashMap<String, ()> = HashMap::new();
-        let mut req = TokenRequest::default();
-        let mut grant_type = None;
-        for (name, value) in pairs {
-            if value.is_empty() {
-                continue;
-            }
-            if name == "resource" {
-                req.resource.push(value);
-                continue;
-            }
-            if seen.insert(name.clone(), ()).is_some() {
-                return Err(OAuthError::invalid_request(format!(
-                    "parameter '{name}' is repeated"
-                )));
-            }
-            let slot = match name.as_str() {
-                "grant_type" => &mut grant_type,
-                "client_id" => &mut req.client_id,
-                "client_assertion_type" => &mut req.client_assertion_type,
-                "client_assertion" => &mut req.client_assertion,
-                "scope" => &mut req.scope,
-                "principal_id" => &mut req.principal_id,
-                "principal" => &mut req.principal,
-                "person_id" => &mut req.person_id,
-                "purpose_of_use" => &mut req.purpose_of_use,
-                "subject_role" => &mut req.subject_role,
-                "client_secret" => {
-                    req.client_secret = Some(Secret::new(value));
-                    continue;
-                }
-                // RFC 6749 3.2: unrecognised parameters are ignored.
-                _ => continue,
-            };
-            *slot = Some(value);
-        }
-        req.grant_type = grant_type
-            .ok_or_else(|| OAuthError::invalid_request("the grant_type parameter is missing"))?;
-        Ok(req)
+        let mut form = Form::parse(pairs)?;
+        Ok(TokenRequest {
+            grant_type: form.require("grant_type")?,
+            client: form.client_auth(),
+            scope: form.take("scope"),
+            resource: std::mem::take(&mut form.resources),
+            principal_id: form.take("principal_id"),
+            principal: form.take("principal"),
+            person_id: form.take("person_id"),
+            purpose_of_use: form.take("purpose_of_use"),
+            subject_role: form.take("subject_role"),
+        })
+    }
+}
+
+/// A token introspection (RFC 7662) or revocation (RFC 7009) request: the token, an
+/// optional hint, and the caller's client authentication.
+#[derive(Debug, Clone, Default)]
+pub struct TokenQuery {
+    pub token: String,
+    pub token_type_hint: Option<String>,
+    pub client: ClientAuthParams,
+}
+
+impl TokenQuery {
+    pub fn from_form(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
+        let mut form = Form::parse(pairs)?;
+        Ok(TokenQuery {
+            token: form.require("token")?,
+            token_type_hint: form.take("token_type_hint"),
+            client: form.client_auth(),
+        })
     }
 }
 
@@ -111,6 +159,8 @@ mod tests {
         ]))
         .unwrap_err();
         assert_eq!(err.code, crate::OAuthErrorCode::InvalidRequest);
+        let err = TokenQuery::from_form(pairs(&[("token", "a"), ("token", "b")])).unwrap_err();
+        assert_eq!(err.code, crate::OAuthErrorCode::InvalidRequest);
     }
 
     #[test]
@@ -127,8 +177,10 @@ mod tests {
     }
 
     #[test]
-    fn missing_grant_type_is_an_invalid_request() {
+    fn missing_required_parameters_are_invalid_requests() {
         let err = TokenRequest::from_form(pairs(&[("client_id", "x")])).unwrap_err();
+        assert_eq!(err.code, crate::OAuthErrorCode::InvalidRequest);
+        let err = TokenQuery::from_form(pairs(&[("token_type_hint", "access_token")])).unwrap_err();
         assert_eq!(err.code, crate::OAuthErrorCode::InvalidRequest);
     }
 }

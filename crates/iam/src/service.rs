@@ -16,7 +16,7 @@ use crate::client::{
 };
 use crate::error::{OAuthError, OAuthErrorCode, StoreError};
 use crate::jose::{b64, Algorithm, JoseError, JwkSet, SigningKey, UnverifiedJws};
-use crate::request::{Credentials, TokenRequest, JWT_BEARER_ASSERTION};
+use crate::request::{ClientAuthParams, Credentials, TokenRequest, JWT_BEARER_ASSERTION};
 use crate::token::{
     AccessTokenClaims, ChDelegation, Confirmation, Extensions, IheIua, TokenResponse,
     ACCESS_TOKEN_TYP,
@@ -41,8 +41,8 @@ pub struct StoredKey {
 /// What IAM needs from the database.
 pub trait IamStore: Send + Sync {
     fn realm(&self, name: &RealmName) -> Result<Option<Realm>, StoreError>;
-    /// The realm's keys that are not retired, newest first.
-    fn signing_keys(&self, realm: &RealmName) -> Result<Vec<StoredKey>, StoreError>;
+    /// The realm's keys that are not retired at `now`, newest first.
+    fn signing_keys(&self, realm: &RealmName, now: UnixTime) -> Result<Vec<StoredKey>, StoreError>;
     fn client(&self, realm: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError>;
     /// Records an assertion `jti` until `expires_at`. Returns false, changing nothing,
     /// when the same client already used it: the assertion is a replay.
@@ -97,6 +97,68 @@ struct Cached<T> {
     loaded_at: UnixTime,
 }
 
+/// Why an access token does not verify. Callers show at most "inactive".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidToken {
+    #[error("not a JWS with an accepted algorithm")]
+    Malformed,
+    #[error("typ is not at+jwt")]
+    NotAnAccessToken,
+    #[error("signed by no current key of the realm")]
+    UnknownKey,
+    #[error("bad signature")]
+    BadSignature,
+    #[error("issued by another realm")]
+    WrongIssuer,
+    #[error("expired")]
+    Expired,
+    #[error("not valid yet")]
+    NotYetValid,
+}
+
+/// An access token whose signature, issuer and validity period have been checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VerifiedToken {
+    pub claims: AccessTokenClaims,
+    /// The claims exactly as signed, for introspection responses.
+    pub raw: Value,
+}
+
+impl RealmState {
+    /// Verifies one of this realm's access tokens (RFC 9068 section 4): `typ` at+jwt, a
+    /// signature by a current or not yet retired realm key, this realm as `iss`, and
+    /// `iat`/`nbf` not in the future beyond `skew`, `exp` not reached.
+    pub fn verify_access_token(
+        &self,
+        token: &str,
+        now: UnixTime,
+        skew: i64,
+    ) -> Result<VerifiedToken, InvalidToken> {
+        let jws = UnverifiedJws::parse(token).map_err(|_| InvalidToken::Malformed)?;
+        if jws.header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
+            return Err(InvalidToken::NotAnAccessToken);
+        }
+        let raw = jws.verify(&self.jwks.keys).map_err(|e| match e {
+            JoseError::UnknownKey | JoseError::AmbiguousKey => InvalidToken::UnknownKey,
+            JoseError::BadSignature => InvalidToken::BadSignature,
+            _ => InvalidToken::Malformed,
+        })?;
+        let claims: AccessTokenClaims =
+            serde_json::from_value(raw.clone()).map_err(|_| InvalidToken::Malformed)?;
+        if claims.iss != self.issuer {
+            return Err(InvalidToken::WrongIssuer);
+        }
+        if claims.exp <= now.0 {
+            return Err(InvalidToken::Expired);
+        }
+        let nbf = raw.get("nbf").and_then(Value::as_i64).unwrap_or(claims.iat);
+        if claims.iat > now.0 + skew || nbf > now.0 + skew {
+            return Err(InvalidToken::NotYetValid);
+        }
+        Ok(VerifiedToken { claims, raw })
+    }
+}
+
 /// A token that was issued, with its claims for the caller's metrics and audit.
 #[derive(Debug, Clone)]
 pub struct Issued {
@@ -115,11 +177,11 @@ pub struct TokenService<S> {
 
 type ClientCache = HashMap<(RealmName, ClientId), Cached<Arc<Client>>>;
 
-/// The outcome of client authentication.
-struct Authenticated {
-    client: Arc<Client>,
+/// A client that has authenticated at an OAuth endpoint.
+pub struct Authenticated {
+    pub client: Arc<Client>,
     /// RFC 8705 confirmation, when the client proved a certificate.
-    cnf: Option<Confirmation>,
+    pub cnf: Option<Confirmation>,
     /// The assertion `jti` and its expiry, to record once the whole request passes.
     pending_jti: Option<(String, UnixTime)>,
 }
@@ -180,7 +242,7 @@ impl<S: IamStore> TokenService<S> {
         };
         let mut signer = None;
         let mut jwks = JwkSet::default();
-        for stored in self.store.signing_keys(name)? {
+        for stored in self.store.signing_keys(name, now)? {
             let key = SigningKey::from_pkcs8(stored.alg, &stored.pkcs8)
                 .map_err(|e| StoreError(format!("signing key of realm {name}: {e}")))?;
             jwks.keys.push(key.public_jwk());
@@ -209,7 +271,8 @@ impl<S: IamStore> TokenService<S> {
         Ok(Some(state))
     }
 
-    fn client(
+    /// A client registration, from cache while fresh.
+    pub fn client(
         &self,
         realm: &RealmName,
         id: &ClientId,
@@ -260,31 +323,19 @@ impl<S: IamStore> TokenService<S> {
                 "only the client_credentials grant is supported",
             ));
         }
-        let Authenticated {
-            client,
-            cnf,
-            pending_jti,
-        } = self.authenticate(realm, &request, credentials, now)?;
-        if !client.enabled {
-            return Err(invalid_client("client authentication failed"));
-        }
-        let scope = self.grant_scope(&client, &request)?;
-        let audience = self.audience(&request)?;
-        let extensions = self.extensions(&client, &request, &scope.extra)?;
-
-        // Every check has passed; only now may the assertion be marked as used.
-        if let Some((jti, exp)) = pending_jti {
-            let first_use = self.store.consume_assertion(
-                &realm.realm.name,
-                &client.client_id,
-                &jti,
-                exp,
-                now,
-            )?;
-            if !first_use {
-                return Err(invalid_client("the client assertion jti was already used"));
-            }
-        }
+        let (client, cnf, scope, audience, extensions) =
+            self.authenticate_then(realm, &request.client, credentials, now, |auth| {
+                let scope = self.grant_scope(&auth.client, &request)?;
+                let audience = self.audience(&request)?;
+                let extensions = self.extensions(&auth.client, &request, &scope.extra)?;
+                Ok((
+                    auth.client.clone(),
+                    auth.cnf.clone(),
+                    scope,
+                    audience,
+                    extensions,
+                ))
+            })?;
 
         let lifetime = realm.realm.token_lifetime_seconds;
         let claims = AccessTokenClaims {
@@ -316,11 +367,42 @@ impl<S: IamStore> TokenService<S> {
         })
     }
 
+    /// Authenticates the client of a request to any OAuth endpoint, runs the endpoint's
+    /// own `check`, and only when that passes too records the assertion `jti` (if the
+    /// client used one): a refused request changes nothing.
+    pub fn authenticate_then<T>(
+        &self,
+        realm: &RealmState,
+        params: &ClientAuthParams,
+        credentials: &Credentials,
+        now: UnixTime,
+        check: impl FnOnce(&Authenticated) -> Result<T, OAuthError>,
+    ) -> Result<T, OAuthError> {
+        let auth = self.authenticate(realm, params, credentials, now)?;
+        if !auth.client.enabled {
+            return Err(invalid_client("client authentication failed"));
+        }
+        let value = check(&auth)?;
+        if let Some((jti, exp)) = &auth.pending_jti {
+            let first_use = self.store.consume_assertion(
+                &realm.realm.name,
+                &auth.client.client_id,
+                jti,
+                *exp,
+                now,
+            )?;
+            if !first_use {
+                return Err(invalid_client("the client assertion jti was already used"));
+            }
+        }
+        Ok(value)
+    }
+
     /// RFC 6749 2.3, RFC 7523 3, RFC 8705 2: exactly one way of authenticating.
     fn authenticate(
         &self,
         realm: &RealmState,
-        request: &TokenRequest,
+        request: &ClientAuthParams,
         credentials: &Credentials,
         now: UnixTime,
     ) -> Result<Authenticated, OAuthError> {
@@ -427,7 +509,7 @@ impl<S: IamStore> TokenService<S> {
         &self,
         realm: &RealmState,
         assertion: &str,
-        request: &TokenRequest,
+        request: &ClientAuthParams,
         now: UnixTime,
     ) -> Result<(Arc<Client>, String, UnixTime), OAuthError> {
         let jws = UnverifiedJws::parse(assertion).map_err(|e| match e {

@@ -9,7 +9,9 @@ use tessera_types::{ClientId, RealmName, ScopeSet, Secret, UnixTime};
 
 use crate::client::{CertBinding, Client, ClientAuth, IuaAttributes, JwksSource};
 use crate::jose::{Algorithm, JwkSet, SigningKey};
-use crate::request::{Credentials, PresentedCertificate, TokenRequest, JWT_BEARER_ASSERTION};
+use crate::request::{
+    ClientAuthParams, Credentials, PresentedCertificate, TokenRequest, JWT_BEARER_ASSERTION,
+};
 use crate::service::secret_hash;
 use crate::*;
 
@@ -29,7 +31,7 @@ impl IamStore for MemoryStore {
             signing_alg: Algorithm::ES256,
         }))
     }
-    fn signing_keys(&self, _: &RealmName) -> Result<Vec<StoredKey>, StoreError> {
+    fn signing_keys(&self, _: &RealmName, _: UnixTime) -> Result<Vec<StoredKey>, StoreError> {
         Ok(vec![StoredKey {
             alg: Algorithm::ES256,
             pkcs8: self.realm_key.clone(),
@@ -78,6 +80,7 @@ fn client(id: &str, auth: ClientAuth) -> Client {
         principal_id: Some("7601000000000".into()),
         principal_name: None,
         person_ids: vec!["761337610411353650".into()],
+        resource_servers: vec![],
         iua: IuaAttributes {
             subject_name: Some("Best Clinic".into()),
             ..IuaAttributes::default()
@@ -145,8 +148,11 @@ impl Fixture {
     fn with_assertion(&self, assertion: String, scope: Option<&str>) -> Result<Issued, OAuthError> {
         let req = TokenRequest {
             grant_type: "client_credentials".into(),
-            client_assertion_type: Some(JWT_BEARER_ASSERTION.into()),
-            client_assertion: Some(assertion),
+            client: ClientAuthParams {
+                client_assertion_type: Some(JWT_BEARER_ASSERTION.into()),
+                client_assertion: Some(assertion),
+                ..ClientAuthParams::default()
+            },
             scope: scope.map(str::to_owned),
             ..TokenRequest::default()
         };
@@ -244,7 +250,10 @@ fn a_failed_request_does_not_burn_the_jti() {
 fn tls_request(scope: Option<&str>) -> TokenRequest {
     TokenRequest {
         grant_type: "client_credentials".into(),
-        client_id: Some("tcu".into()),
+        client: ClientAuthParams {
+            client_id: Some("tcu".into()),
+            ..ClientAuthParams::default()
+        },
         scope: scope.map(str::to_owned),
         ..TokenRequest::default()
     }
@@ -355,7 +364,10 @@ fn secrets_are_checked_and_methods_are_exclusive() {
         OAuthErrorCode::InvalidClient
     );
     let both = TokenRequest {
-        client_secret: Some(Secret::new("s3cret".into())),
+        client: ClientAuthParams {
+            client_secret: Some(Secret::new("s3cret".into())),
+            ..ClientAuthParams::default()
+        },
         ..req.clone()
     };
     assert_eq!(
@@ -363,8 +375,11 @@ fn secrets_are_checked_and_methods_are_exclusive() {
         OAuthErrorCode::InvalidRequest
     );
     let post = TokenRequest {
-        client_id: Some("secret".into()),
-        client_secret: Some(Secret::new("s3cret".into())),
+        client: ClientAuthParams {
+            client_id: Some("secret".into()),
+            client_secret: Some(Secret::new("s3cret".into())),
+            ..ClientAuthParams::default()
+        },
         ..req
     };
     assert!(f

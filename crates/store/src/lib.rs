@@ -21,9 +21,10 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tessera_iam::client::{Client, ClientAuth, IuaAttributes};
 use tessera_iam::jose::Algorithm;
 use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
+use tessera_introspection::RevocationStore;
 use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
-use crate::schema::{clients, realms, signing_keys, used_assertions};
+use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -180,6 +181,9 @@ impl Store {
 
     /// Adds a signing key and makes it the one that signs; earlier keys stay published
     /// for verification.
+    /// Makes a new key the realm's signing key, in one transaction. Keys that were
+    /// signing stop signing and are retired at `retire_previous_at` (when every token
+    /// they signed has expired); until then they stay in the JWKS and verify.
     pub fn add_signing_key(
         &self,
         realm: &RealmName,
@@ -187,12 +191,24 @@ impl Store {
         alg: Algorithm,
         pkcs8: &[u8],
         now: UnixTime,
+        retire_previous_at: UnixTime,
     ) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
         conn.transaction(|conn| {
+            let of_realm = signing_keys::realm.eq(realm.as_str());
+            diesel::update(
+                signing_keys::table
+                    .filter(of_realm)
+                    .filter(signing_keys::retired_at.is_null()),
+            )
+            .set(signing_keys::retired_at.eq(retire_previous_at.0))
+            .execute(conn)?;
             diesel::update(signing_keys::table.filter(signing_keys::realm.eq(realm.as_str())))
                 .set(signing_keys::active.eq(false))
+                .execute(conn)?;
+            diesel::update(realms::table.filter(realms::name.eq(realm.as_str())))
+                .set(realms::signing_alg.eq(alg.name()))
                 .execute(conn)?;
             diesel::insert_into(signing_keys::table)
                 .values((
@@ -276,12 +292,46 @@ impl Store {
         Ok(changed > 0)
     }
 
-    /// Deletes assertion ids whose assertions have expired; returns how many.
-    pub fn purge_expired_assertions(&self, now: UnixTime) -> Result<usize, StoreError> {
+    /// Deletes assertion ids and revocations that no longer matter: their assertions or
+    /// tokens have expired. Returns how many rows went.
+    pub fn purge_expired(&self, now: UnixTime) -> Result<usize, StoreError> {
         let mut conn = self.conn()?;
-        diesel::delete(used_assertions::table.filter(used_assertions::expires_at.lt(now.0)))
-            .execute(&mut *conn)
-            .map_err(db_error)
+        let assertions =
+            diesel::delete(used_assertions::table.filter(used_assertions::expires_at.lt(now.0)))
+                .execute(&mut *conn)
+                .map_err(db_error)?;
+        let revocations =
+            diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.lt(now.0)))
+                .execute(&mut *conn)
+                .map_err(db_error)?;
+        Ok(assertions + revocations)
+    }
+
+    /// The realm's keys, newest first, retired ones included.
+    pub fn list_keys(&self, realm: &RealmName) -> Result<Vec<KeyInfo>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String, bool, i64, Option<i64>)> = signing_keys::table
+            .filter(signing_keys::realm.eq(realm.as_str()))
+            .order(signing_keys::created_at.desc())
+            .select((
+                signing_keys::kid,
+                signing_keys::alg,
+                signing_keys::active,
+                signing_keys::created_at,
+                signing_keys::retired_at,
+            ))
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        Ok(rows
+            .into_iter()
+            .map(|(kid, alg, active, created_at, retired_at)| KeyInfo {
+                kid,
+                alg,
+                active,
+                created_at: UnixTime(created_at),
+                retired_at: retired_at.map(UnixTime),
+            })
+            .collect())
     }
 }
 
@@ -301,11 +351,15 @@ impl IamStore for Store {
         row.map(realm_from_row).transpose()
     }
 
-    fn signing_keys(&self, realm: &RealmName) -> Result<Vec<StoredKey>, StoreError> {
+    fn signing_keys(&self, realm: &RealmName, now: UnixTime) -> Result<Vec<StoredKey>, StoreError> {
         let mut conn = self.conn()?;
         let rows: Vec<(String, String, bool)> = signing_keys::table
             .filter(signing_keys::realm.eq(realm.as_str()))
-            .filter(signing_keys::retired_at.is_null())
+            .filter(
+                signing_keys::retired_at
+                    .is_null()
+                    .or(signing_keys::retired_at.gt(now.0)),
+            )
             .order(signing_keys::created_at.desc())
             .select((
                 signing_keys::alg,
@@ -379,6 +433,56 @@ fn realm_from_row((name, lifetime, alg): (String, i64, String)) -> Result<Realm,
     })
 }
 
+/// A signing key as `tessera keys list` shows it (no private part).
+#[derive(Debug, Clone)]
+pub struct KeyInfo {
+    pub kid: String,
+    pub alg: String,
+    pub active: bool,
+    pub created_at: UnixTime,
+    pub retired_at: Option<UnixTime>,
+}
+
+impl RevocationStore for Store {
+    fn revoke(
+        &self,
+        realm: &RealmName,
+        jti: &str,
+        client: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        let inserted = diesel::insert_into(revoked_tokens::table)
+            .values((
+                revoked_tokens::realm.eq(realm.as_str()),
+                revoked_tokens::jti.eq(jti),
+                revoked_tokens::client_id.eq(client),
+                revoked_tokens::expires_at.eq(expires_at.0),
+                revoked_tokens::revoked_at.eq(now.0),
+            ))
+            .execute(&mut *conn);
+        match inserted {
+            Ok(_) | Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                Ok(())
+            }
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    fn is_revoked(&self, realm: &RealmName, jti: &str) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let found: Option<String> = revoked_tokens::table
+            .filter(revoked_tokens::realm.eq(realm.as_str()))
+            .filter(revoked_tokens::jti.eq(jti))
+            .select(revoked_tokens::jti)
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        Ok(found.is_some())
+    }
+}
+
 #[derive(Queryable, Insertable)]
 #[diesel(table_name = clients)]
 struct ClientRow {
@@ -395,6 +499,7 @@ struct ClientRow {
     iua: String,
     created_at: i64,
     updated_at: i64,
+    resource_servers: String,
 }
 
 impl ClientRow {
@@ -414,6 +519,7 @@ impl ClientRow {
             iua: serde_json::to_string(&client.iua).map_err(db_error)?,
             created_at: now.0,
             updated_at: now.0,
+            resource_servers: join(client.resource_servers.clone()),
         })
     }
 
@@ -438,6 +544,7 @@ impl ClientRow {
             principal_id: self.principal_id,
             principal_name: self.principal_name,
             person_ids: words(&self.person_ids),
+            resource_servers: words(&self.resource_servers),
             iua: serde_json::from_str::<IuaAttributes>(&self.iua).map_err(db_error)?,
         })
     }

@@ -36,6 +36,7 @@ diesel::table! {
         iua -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
+        resource_servers -> Text,
     }
 }
 
@@ -45,5 +46,15 @@ diesel::table! {
         client_id -> Text,
         jti -> Text,
         expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    revoked_tokens (realm, jti) {
+        realm -> Text,
+        jti -> Text,
+        client_id -> Text,
+        expires_at -> BigInt,
+        revoked_at -> BigInt,
     }
 }

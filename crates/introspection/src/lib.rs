@@ -1,0 +1,277 @@
+//! Token introspection (RFC 7662, IHE ITI-102) and revocation (RFC 7009).
+//!
+//! Who may introspect: a client whose registration includes the `introspection` scope,
+//! authenticated like at the token endpoint (mutual TLS, client secret,
+//! private_key_jwt), or the holder of an access token with that scope (IUA's Bearer
+//! option). What it learns: `{"active": false}` and nothing else for any token that is
+//! not a current token of the realm, revoked, or (when the caller is a registered
+//! resource server) not meant for it; otherwise the token's claims as signed.
+//!
+//! This crate owns that policy. It depends on `iam` for the token format and client
+//! authentication, and must not depend on a web framework or a database library.
+
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use serde_json::{json, Value};
+use tessera_iam::request::{Credentials, TokenQuery};
+use tessera_iam::{
+    IamStore, OAuthError, OAuthErrorCode, RealmState, StoreError, TokenService, VerifiedToken,
+};
+use tessera_types::{ClientId, RealmName, Scope, UnixTime};
+
+/// The scope that lets a client or a token holder call the introspection endpoint.
+pub const INTROSPECTION_SCOPE: &str = "introspection";
+
+/// Revoked access tokens, by realm and `jti`.
+pub trait RevocationStore: Send + Sync {
+    /// Records the revocation; revoking twice is not an error. `expires_at` is when the
+    /// record may be forgotten (the token would be inactive anyway).
+    fn revoke(
+        &self,
+        realm: &RealmName,
+        jti: &str,
+        client: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    fn is_revoked(&self, realm: &RealmName, jti: &str) -> Result<bool, StoreError>;
+}
+
+/// Why the caller of the introspection endpoint was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum IntrospectionError {
+    /// Client authentication failed or the client may not introspect (RFC 6749 errors).
+    #[error(transparent)]
+    Client(#[from] OAuthError),
+    /// The caller's own Bearer token is not valid (RFC 6750 `invalid_token`).
+    #[error("the bearer token is not valid")]
+    InvalidBearer,
+    /// The caller's Bearer token lacks the introspection scope (RFC 6750
+    /// `insufficient_scope`; answered 401 as ITI-102 expects, not 403).
+    #[error("the bearer token lacks the introspection scope")]
+    InsufficientScope,
+}
+
+impl From<StoreError> for IntrospectionError {
+    fn from(err: StoreError) -> Self {
+        IntrospectionError::Client(err.into())
+    }
+}
+
+/// The identity behind an introspection request.
+struct Caller {
+    client_id: ClientId,
+    resource_servers: Vec<String>,
+}
+
+/// How many verified tokens are remembered. Verifying a signature costs far more than
+/// the rest of an introspection, and a gateway asks about the same token repeatedly.
+const CACHE_CAPACITY: usize = 16_384;
+
+#[derive(Default)]
+pub struct Introspection {
+    verified: Mutex<HashMap<(RealmName, String), Arc<VerifiedToken>>>,
+}
+
+impl Introspection {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Verifies `token` for `realm`, from cache when it was verified before. The cache
+    /// is keyed by the whole token, never by its unverified `jti`, so a forged token
+    /// can never be answered from it.
+    fn verify(
+        &self,
+        realm: &RealmState,
+        token: &str,
+        now: UnixTime,
+        skew: i64,
+    ) -> Option<Arc<VerifiedToken>> {
+        let key = (realm.realm.name.clone(), token.to_owned());
+        if let Some(hit) = self.verified.lock().ok()?.get(&key) {
+            return (hit.claims.exp > now.0).then(|| hit.clone());
+        }
+        let verified = Arc::new(realm.verify_access_token(token, now, skew).ok()?);
+        if let Ok(mut cache) = self.verified.lock() {
+            if cache.len() >= CACHE_CAPACITY {
+                cache.retain(|_, v| v.claims.exp > now.0);
+                if cache.len() >= CACHE_CAPACITY {
+                    cache.clear();
+                }
+            }
+            cache.insert(key, verified.clone());
+        }
+        Some(verified)
+    }
+
+    /// Is this a current, unrevoked token of the realm? Returns it if so.
+    pub fn active<R: RevocationStore>(
+        &self,
+        realm: &RealmState,
+        revocations: &R,
+        token: &str,
+        now: UnixTime,
+        skew: i64,
+    ) -> Result<Option<Arc<VerifiedToken>>, StoreError> {
+        let Some(verified) = self.verify(realm, token, now, skew) else {
+            return Ok(None);
+        };
+        if revocations.is_revoked(&realm.realm.name, &verified.claims.jti)? {
+            return Ok(None);
+        }
+        Ok(Some(verified))
+    }
+
+    /// RFC 7662 / ITI-102. `bearer` is the caller's own access token when it
+    /// authenticated with `Authorization: Bearer`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn introspect<S: IamStore, R: RevocationStore>(
+        &self,
+        tokens: &TokenService<S>,
+        revocations: &R,
+        realm: &RealmState,
+        query: &TokenQuery,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+        now: UnixTime,
+    ) -> Result<Value, IntrospectionError> {
+        let skew = tokens.settings().clock_skew_seconds;
+        let caller = match bearer {
+            Some(bearer) => self.bearer_caller(tokens, revocations, realm, query, credentials, bearer, now)?,
+            None => tokens.authenticate_then(realm, &query.client, credentials, now, |auth| {
+                if !may_introspect(auth.client.scopes.iter()) {
+                    return Err(OAuthError::invalid_client(format!(
+                        "this client may not introspect tokens (it needs the '{INTROSPECTION_SCOPE}' scope)"
+                    )));
+                }
+                Ok(Caller {
+                    client_id: auth.client.client_id.clone(),
+                    resource_servers: auth.client.resource_servers.clone(),
+                })
+            })?,
+        };
+        let inactive = json!({ "active": false });
+        let Some(token) = self.active(realm, revocations, &query.token, now, skew)? else {
+            return Ok(inactive);
+        };
+        let for_caller = caller.resource_servers.is_empty()
+            || token
+                .claims
+                .aud
+                .iter()
+                .any(|aud| caller.resource_servers.contains(aud));
+        if !for_caller {
+            tracing::info!(caller = %caller.client_id, "introspected token is not meant for this resource server");
+            return Ok(inactive);
+        }
+        let mut response = token.raw.clone();
+        if let Value::Object(map) = &mut response {
+            map.insert("active".into(), Value::Bool(true));
+        }
+        Ok(response)
+    }
+
+    /// IUA's Bearer option: the caller shows an access token of its own with the
+    /// introspection scope, bound to its certificate if the token says so.
+    #[allow(clippy::too_many_arguments)]
+    fn bearer_caller<S: IamStore, R: RevocationStore>(
+        &self,
+        tokens: &TokenService<S>,
+        revocations: &R,
+        realm: &RealmState,
+        query: &TokenQuery,
+        credentials: &Credentials,
+        bearer: &str,
+        now: UnixTime,
+    ) -> Result<Caller, IntrospectionError> {
+        let client = &query.client;
+        if client.client_id.is_some()
+            || client.client_secret.is_some()
+            || client.client_assertion.is_some()
+        {
+            return Err(OAuthError::invalid_request(
+                "authenticate with a Bearer token or as a client, not both",
+            )
+            .into());
+        }
+        let skew = tokens.settings().clock_skew_seconds;
+        let token = self
+            .active(realm, revocations, bearer, now, skew)?
+            .ok_or(IntrospectionError::InvalidBearer)?;
+        if let Some(cnf) = &token.claims.cnf {
+            let presented = credentials
+                .certificate
+                .as_ref()
+                .map(|c| c.thumbprint.as_str());
+            if presented != Some(cnf.x5t_s256.as_str()) {
+                return Err(IntrospectionError::InvalidBearer);
+            }
+        }
+        let scopes: Vec<Scope> = token
+            .claims
+            .scope
+            .split(' ')
+            .filter_map(|s| Scope::try_from(s).ok())
+            .collect();
+        if !may_introspect(scopes.iter()) {
+            return Err(IntrospectionError::InsufficientScope);
+        }
+        let client_id = ClientId::try_from(token.claims.client_id.as_str())
+            .map_err(|_| IntrospectionError::InvalidBearer)?;
+        let registration = tokens
+            .client(&realm.realm.name, &client_id, now)?
+            .filter(|c| c.enabled)
+            .ok_or(IntrospectionError::InvalidBearer)?;
+        Ok(Caller {
+            client_id,
+            resource_servers: registration.resource_servers.clone(),
+        })
+    }
+
+    /// RFC 7009: a client revokes one of its own tokens. Unknown, invalid and expired
+    /// tokens are not errors (there is nothing to revoke); another client's token is
+    /// refused and stays valid.
+    pub fn revoke<S: IamStore, R: RevocationStore>(
+        &self,
+        tokens: &TokenService<S>,
+        revocations: &R,
+        realm: &RealmState,
+        query: &TokenQuery,
+        credentials: &Credentials,
+        now: UnixTime,
+    ) -> Result<Option<String>, OAuthError> {
+        let skew = tokens.settings().clock_skew_seconds;
+        let target = tokens.authenticate_then(realm, &query.client, credentials, now, |auth| {
+            let Some(token) = self.verify(realm, &query.token, now, skew) else {
+                return Ok(None);
+            };
+            if token.claims.client_id != auth.client.client_id.as_str() {
+                return Err(OAuthError::new(
+                    OAuthErrorCode::UnauthorizedClient,
+                    "the token was not issued to this client",
+                ));
+            }
+            Ok(Some(token))
+        })?;
+        let Some(token) = target else {
+            return Ok(None);
+        };
+        let claims = &token.claims;
+        revocations.revoke(
+            &realm.realm.name,
+            &claims.jti,
+            &claims.client_id,
+            tessera_types::UnixTime(claims.exp),
+            now,
+        )?;
+        Ok(Some(claims.jti.clone()))
+    }
+}
+
+fn may_introspect<'a>(mut scopes: impl Iterator<Item = &'a Scope>) -> bool {
+    scopes.any(|s| s.as_str() == INTROSPECTION_SCOPE)
+}
