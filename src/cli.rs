@@ -87,6 +87,10 @@ enum KeysCommand {
         /// Algorithm of the new key [default: the realm's current one]
         #[arg(long, value_parser = ["ES256", "RS256", "RS384"])]
         alg: Option<String>,
+        /// Retire the previous key after this many seconds instead of when its last token
+        /// expires; 0 retires it now and invalidates its tokens (a compromised key)
+        #[arg(long, value_name = "SECONDS")]
+        retire_previous_in: Option<i64>,
     },
     /// List a realm's keys, retired ones included
     List {
@@ -469,15 +473,21 @@ fn existing_realm(
 fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
     let store = open_store(loaded)?;
     match cmd {
-        KeysCommand::Rotate { realm, alg } => {
+        KeysCommand::Rotate {
+            realm,
+            alg,
+            retire_previous_in,
+        } => {
             let realm = existing_realm(&store, realm, loaded)?;
             let alg = match alg {
                 Some(alg) => Algorithm::parse(&alg).map_err(|e| anyhow!("--alg: {e}"))?,
                 None => realm.signing_alg,
             };
             let at = now();
-            let retire_at = at
-                .plus_seconds(realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds);
+            let natural = realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds;
+            let delay = retire_previous_in.unwrap_or(natural);
+            anyhow::ensure!(delay >= 0, "--retire-previous-in cannot be negative");
+            let retire_at = at.plus_seconds(delay);
             let previous: Vec<String> = store
                 .list_keys(&realm.name)?
                 .into_iter()
@@ -492,11 +502,14 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
                 alg.name()
             )?;
             for old in previous {
-                writeln!(
-                    out,
-                    "key {old} stops signing and retires in {} s (when its last token expires)",
-                    retire_at.0 - at.0
-                )?;
+                if delay == 0 {
+                    writeln!(
+                        out,
+                        "key {old} is retired now: tokens it signed no longer verify"
+                    )?;
+                } else {
+                    writeln!(out, "key {old} stops signing and retires in {delay} s")?;
+                }
             }
             writeln!(
                 out,

@@ -46,6 +46,34 @@ fn metadata_names_every_iua_member_and_both_paths_agree() {
     }
     assert_eq!(m["tls_client_certificate_bound_access_tokens"], true);
     assert_eq!(
+        m["introspection_endpoint"],
+        format!("{}/protocol/openid-connect/token/introspect", env.issuer())
+    );
+    assert_eq!(
+        m["revocation_endpoint"],
+        format!("{}/protocol/openid-connect/revoke", env.issuer())
+    );
+    for method in [
+        "client_secret_basic",
+        "private_key_jwt",
+        "tls_client_auth",
+        "Bearer",
+    ] {
+        assert!(
+            m["introspection_endpoint_auth_methods_supported"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|v| v == method),
+            "{method}"
+        );
+    }
+    assert!(m["revocation_endpoint_auth_methods_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|v| v != "Bearer"));
+    assert_eq!(
         m["access_token_signing_alg_values_supported"],
         serde_json::json!(["ES256"])
     );

@@ -14,6 +14,7 @@ mod support;
 
 mod cli;
 mod discovery;
+mod introspection;
 mod token_jwt;
 mod token_mtls;
 mod token_secret;

@@ -130,6 +130,13 @@ impl Env {
         }
     }
 
+    /// Replaces a line of the configuration file (before the server starts).
+    pub fn set_config(&self, old: &str, new: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(text.contains(old), "the configuration has no '{old}'");
+        std::fs::write(&self.config, text.replacen(old, new, 1)).unwrap();
+    }
+
     /// Runs `tessera --config <this env> ARGS...` and returns what it printed.
     pub fn cli(&self, args: &[&str]) -> anyhow::Result<String> {
         let mut full = vec!["--config".to_string(), self.config.display().to_string()];

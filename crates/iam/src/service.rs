@@ -119,12 +119,20 @@ pub enum InvalidToken {
 /// An access token whose signature, issuer and validity period have been checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedToken {
+    /// The key that signed it: a cache of verified tokens must drop those whose key the
+    /// realm no longer publishes (an emergency rotation).
+    pub kid: String,
     pub claims: AccessTokenClaims,
     /// The claims exactly as signed, for introspection responses.
     pub raw: Value,
 }
 
 impl RealmState {
+    /// Does the realm still publish (and so accept) the key `kid`?
+    pub fn has_key(&self, kid: &str) -> bool {
+        self.jwks.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
     /// Verifies one of this realm's access tokens (RFC 9068 section 4): `typ` at+jwt, a
     /// signature by a current or not yet retired realm key, this realm as `iss`, and
     /// `iat`/`nbf` not in the future beyond `skew`, `exp` not reached.
@@ -138,6 +146,7 @@ impl RealmState {
         if jws.header.typ.as_deref() != Some(ACCESS_TOKEN_TYP) {
             return Err(InvalidToken::NotAnAccessToken);
         }
+        let kid = jws.header.kid.clone().ok_or(InvalidToken::UnknownKey)?;
         let raw = jws.verify(&self.jwks.keys).map_err(|e| match e {
             JoseError::UnknownKey | JoseError::AmbiguousKey => InvalidToken::UnknownKey,
             JoseError::BadSignature => InvalidToken::BadSignature,
@@ -155,7 +164,7 @@ impl RealmState {
         if claims.iat > now.0 + skew || nbf > now.0 + skew {
             return Err(InvalidToken::NotYetValid);
         }
-        Ok(VerifiedToken { claims, raw })
+        Ok(VerifiedToken { kid, claims, raw })
     }
 }
 

@@ -415,3 +415,65 @@ fn other_grant_types_are_unsupported() {
         OAuthErrorCode::UnsupportedGrantType
     );
 }
+
+#[test]
+fn access_token_verification_edges_are_exact() {
+    let f = fixture();
+    let issued = f
+        .service
+        .issue(&f.realm, tls_request(None), &cert("thumb"), NOW)
+        .unwrap();
+    let token = &issued.response.access_token;
+    let skew = 30;
+    assert!(f.realm.verify_access_token(token, NOW, skew).is_ok());
+    let exp = UnixTime(issued.claims.exp);
+    assert!(f
+        .realm
+        .verify_access_token(token, UnixTime(exp.0 - 1), skew)
+        .is_ok());
+    assert_eq!(
+        f.realm.verify_access_token(token, exp, skew).unwrap_err(),
+        InvalidToken::Expired
+    );
+    // Issued in the future: tolerated within the skew, refused beyond it.
+    assert!(f
+        .realm
+        .verify_access_token(token, UnixTime(NOW.0 - skew), skew)
+        .is_ok());
+    assert_eq!(
+        f.realm
+            .verify_access_token(token, UnixTime(NOW.0 - skew - 1), skew)
+            .unwrap_err(),
+        InvalidToken::NotYetValid
+    );
+
+    let mut claims = serde_json::to_value(&issued.claims).unwrap();
+    claims["iss"] = json!("https://iam.test/realms/other");
+    let other_issuer = f.realm.signer.sign("at+jwt", &claims).unwrap();
+    assert_eq!(
+        f.realm
+            .verify_access_token(&other_issuer, NOW, skew)
+            .unwrap_err(),
+        InvalidToken::WrongIssuer
+    );
+    let not_access = f.realm.signer.sign("JWT", &issued.claims).unwrap();
+    assert_eq!(
+        f.realm
+            .verify_access_token(&not_access, NOW, skew)
+            .unwrap_err(),
+        InvalidToken::NotAnAccessToken
+    );
+    let stranger = f.client_key.sign("at+jwt", &issued.claims).unwrap();
+    assert_eq!(
+        f.realm
+            .verify_access_token(&stranger, NOW, skew)
+            .unwrap_err(),
+        InvalidToken::UnknownKey
+    );
+    assert_eq!(
+        f.realm
+            .verify_access_token("garbage", NOW, skew)
+            .unwrap_err(),
+        InvalidToken::Malformed
+    );
+}

@@ -93,7 +93,8 @@ impl Introspection {
     ) -> Option<Arc<VerifiedToken>> {
         let key = (realm.realm.name.clone(), token.to_owned());
         if let Some(hit) = self.verified.lock().ok()?.get(&key) {
-            return (hit.claims.exp > now.0).then(|| hit.clone());
+            // Time passes and keys retire: a cached verification holds only while both allow.
+            return (hit.claims.exp > now.0 && realm.has_key(&hit.kid)).then(|| hit.clone());
         }
         let verified = Arc::new(realm.verify_access_token(token, now, skew).ok()?);
         if let Ok(mut cache) = self.verified.lock() {
