@@ -1,0 +1,53 @@
+# Shared by the bench/ scripts: a fresh installation of the release build, its server
+# pinned to CPU 0 with one worker, oha pinned to CPU 1, and a one-line report per run.
+# Source it; it defines $bin, $work, $url, $out and the functions below.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+out="$root/bench/out"
+mkdir -p "$out"
+
+if ! command -v oha >/dev/null; then
+  if [ ! -x /opt/oha/bin/oha ]; then
+    echo "installing oha (cargo install oha --locked --root /opt/oha)"
+    cargo install oha --locked --root /opt/oha
+  fi
+  export PATH="/opt/oha/bin:$PATH"
+fi
+(cd "$root" && cargo build --release --locked --quiet --bin tessera --example jwt_load)
+bin="$root/target/release/tessera"
+
+work=$(mktemp -d)
+server=""
+cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+trap cleanup EXIT
+"$bin" init --dir "$work" >/dev/null
+cd "$work"
+sed -i 's/^workers = 0/workers = 1/' config/tessera.toml
+url=https://127.0.0.1:18443
+
+start_server() {
+  # Logs at warn: per-request info lines would measure the terminal, not the server.
+  RUST_LOG=warn taskset -c 0 "$bin" serve --listen 127.0.0.1:18443 >"$out/server.log" 2>&1 &
+  server=$!
+  for _ in $(seq 1 100); do curl -fsS --cacert pki/ca.crt "$url/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  echo "the server did not start; see $out/server.log" >&2
+  return 1
+}
+
+report() { # name, oha json
+  python3 - "$1" "$2" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+d = json.load(open(path))
+s, p = d["summary"], d["latencyPercentiles"]
+codes = d.get("statusCodeDistribution", {})
+print(f"{name:18} {s['requestsPerSec']:9.0f} req/s  p50 {p['p50']*1000:6.2f} ms  p99 {p['p99']*1000:6.2f} ms  status {codes}")
+PY
+}
+
+run_oha() { # name, url, duration, extra oha args...
+  local name=$1 target=$2 seconds=$3; shift 3
+  taskset -c 1 oha --no-tui --output-format json -z "${seconds}s" -m POST \
+    -T application/x-www-form-urlencoded --cacert pki/ca.crt "$@" "$target" >"$out/$name.json"
+  report "$name" "$out/$name.json"
+}
