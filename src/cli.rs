@@ -53,7 +53,7 @@ enum Command {
         /// Address to listen on, e.g. 127.0.0.1:8443
         #[arg(long)]
         listen: Option<SocketAddr>,
-        /// Comma-separated services to run (default: all). Available: iam
+        /// Comma-separated services to run (default: all). Available: iam, aim
         #[arg(long)]
         only: Option<String>,
         /// Log as JSON lines instead of human-readable text
@@ -75,6 +75,51 @@ enum Command {
     /// Issued access tokens
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Patient accounts (AIM): Account URN, MPI-IDs, partitions
+    #[command(subcommand)]
+    Account(AccountCommand),
+    /// FHIR Vault partitions of an account
+    #[command(subcommand)]
+    Partition(PartitionCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AccountCommand {
+    /// Create an account for a patient's MPI-ID, with its default partition
+    Add {
+        /// urn:<namespace>:mpi_id:<OID>/<UUID>
+        #[arg(long)]
+        mpi_id: String,
+        /// Name of the default partition [default: the account id]
+        #[arg(long)]
+        partition_name: Option<String>,
+    },
+    /// List the accounts
+    List,
+    /// Show an account (by Account URN or by one of its MPI-IDs) as JSON
+    Show { urn: String },
+    /// Point another MPI-ID at an existing account (e.g. after a patient merge)
+    LinkMpi {
+        #[arg(long)]
+        account: String,
+        #[arg(long)]
+        mpi_id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PartitionCommand {
+    /// Add a partition for a specific use case to an account
+    Add {
+        #[arg(long)]
+        account: String,
+        /// The use case (letters, digits, '-', '_')
+        #[arg(long)]
+        use_case: String,
+        /// The partition id [default: <account id>-<use case>]
+        #[arg(long)]
+        name: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +362,34 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
             revoke_token(&jti, realm, &loaded, out)
         }
+        Command::Account(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            crate::accounts::account(cmd_account(cmd), &loaded, out)
+        }
+        Command::Partition(PartitionCommand::Add {
+            account,
+            use_case,
+            name,
+        }) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            crate::accounts::add_partition(&account, &use_case, name.as_deref(), &loaded, out)
+        }
+    }
+}
+
+fn cmd_account(cmd: AccountCommand) -> crate::accounts::AccountAction {
+    use crate::accounts::AccountAction;
+    match cmd {
+        AccountCommand::Add {
+            mpi_id,
+            partition_name,
+        } => AccountAction::Add {
+            mpi_id,
+            partition_name,
+        },
+        AccountCommand::List => AccountAction::List,
+        AccountCommand::Show { urn } => AccountAction::Show { urn },
+        AccountCommand::LinkMpi { account, mpi_id } => AccountAction::LinkMpi { account, mpi_id },
     }
 }
 

@@ -15,7 +15,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config/tessera.toml";
-const SECTIONS: [&str; 4] = ["server", "database", "tls", "iam"];
+const SECTIONS: [&str; 5] = ["server", "database", "tls", "iam", "aim"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -24,6 +24,18 @@ pub struct Config {
     pub database: DatabaseConfig,
     pub tls: TlsConfig,
     pub iam: IamConfig,
+    pub aim: AimConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AimConfig {
+    /// The realm whose tokens AIM accepts.
+    pub realm: String,
+    /// The audience AIM requires in tokens. Empty: `{public_url}/aim`.
+    pub audience: String,
+    /// Account URNs are this prefix followed by the account id.
+    pub account_urn_prefix: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -104,6 +116,11 @@ impl Default for Config {
                 jwks_uri_ca: None,
                 jwks_refresh_min_seconds: 30,
             },
+            aim: AimConfig {
+                realm: "cara".into(),
+                audience: String::new(),
+                account_urn_prefix: "urn:tessera:account:".into(),
+            },
         }
     }
 }
@@ -149,9 +166,16 @@ impl Loaded {
 
     pub fn audiences(&self) -> Vec<String> {
         if self.config.iam.audiences.is_empty() {
-            vec![format!("{}/fhir", self.public_url())]
+            vec![format!("{}/fhir", self.public_url()), self.aim_audience()]
         } else {
             self.config.iam.audiences.clone()
+        }
+    }
+
+    pub fn aim_audience(&self) -> String {
+        match self.config.aim.audience.as_str() {
+            "" => format!("{}/aim", self.public_url()),
+            audience => audience.to_owned(),
         }
     }
 }

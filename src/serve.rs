@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tessera_http::jwks::HttpJwksFetcher;
 use tessera_http::metrics::Metrics;
 use tessera_http::tls::TlsSettings;
-use tessera_http::{AppState, ServerSettings, Services};
+use tessera_http::{AimSettings, AppState, ServerSettings, Services};
 use tessera_iam::{IamSettings, TokenService};
 
 use crate::config::{Loaded, LogFormat};
@@ -31,8 +31,15 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         clock_skew_seconds: iam.clock_skew_seconds,
         cache_seconds: iam.cache_seconds,
     };
+    let aim = AimSettings {
+        realm: tessera_types::RealmName::try_from(loaded.config.aim.realm.as_str())
+            .map_err(|e| anyhow::anyhow!("aim.realm: {e}"))?,
+        audience: loaded.aim_audience(),
+        account_prefix: loaded.config.aim.account_urn_prefix.clone(),
+    };
     Ok(Arc::new(AppState {
         tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
+        aim,
         introspection: tessera_introspection::Introspection::new(),
         store,
         metrics: Metrics::default(),
@@ -84,12 +91,14 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
             writeln!(out, "  configuration {}", file.display())?;
         }
         writeln!(out, "  database      {}", state.store.backend())?;
-        let enabled: Vec<&str> = Services::NAMES.iter().copied().filter(|_| services.iam).collect();
-        writeln!(out, "  services      {}, healthz, metrics", enabled.join(", "))?;
+        writeln!(out, "  services      {}, healthz, metrics", services.names().join(", "))?;
         if services.iam {
             let realm = &loaded.config.iam.default_realm;
             writeln!(out, "  token         {base}/realms/{realm}/protocol/openid-connect/token")?;
             writeln!(out, "  discovery     {base}/.well-known/oauth-authorization-server/realms/{realm}")?;
+        }
+        if services.aim {
+            writeln!(out, "  aim           {base}/aim/api/v1/query/get-account-urn-from-mpi-id-urn")?;
         }
         out.flush()?;
         running.server.await.context("the server stopped with an error")

@@ -92,9 +92,13 @@ fn a_technical_user_gets_a_certificate_bound_iua_token() {
     assert_eq!(claims["iss"], env.issuer());
     assert_eq!(claims["sub"], CLIENT_ID);
     assert_eq!(claims["client_id"], CLIENT_ID);
+    // Without `resource`, every configured audience: the vault and AIM.
     assert_eq!(
         claims["aud"],
-        serde_json::json!([format!("{}/fhir", env.base_url())])
+        serde_json::json!([
+            format!("{}/fhir", env.base_url()),
+            format!("{}/aim", env.base_url())
+        ])
     );
     assert_eq!(claims["scope"], "system/Patient.rs");
     assert_eq!(claims["partitions"], serde_json::json!(["p-1"]));

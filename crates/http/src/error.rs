@@ -17,17 +17,65 @@ pub enum ApiError {
         error: OAuthError,
         basic_realm: Option<String>,
     },
-    /// RFC 6750 3.1: the caller's Bearer token is invalid (`invalid_token`) or lacks a
-    /// scope (`insufficient_scope`). Both are 401 here: ITI-102 answers an introspection
-    /// caller that may not introspect with 401, not RFC 6750's 403.
-    #[error("bearer token refused: {error}")]
-    Bearer { realm: String, error: &'static str },
+    /// RFC 6750 3.1: a request with no, an invalid, or an insufficient Bearer token.
+    #[error("bearer token refused: {error:?}")]
+    Bearer { realm: String, error: BearerError },
+    /// A malformed request to a JSON API (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// Nothing matches (404), said in JSON.
+    #[error("{0}")]
+    NotFound(String),
+    /// A FHIR interaction that failed: an OperationOutcome with the matching status.
+    #[error("{diagnostics}")]
+    Fhir {
+        issue: FhirIssue,
+        diagnostics: String,
+    },
     #[error("realm '{0}' does not exist")]
     UnknownRealm(String),
     #[error("the service is not ready: {0}")]
     Unavailable(String),
     #[error("internal error")]
     Internal(String),
+}
+
+/// Why a Bearer token was refused (RFC 6750 3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BearerError {
+    /// No token: 401 with a bare challenge.
+    Missing,
+    /// Not a current token of the realm, not bound to this connection's certificate, or
+    /// not for this audience: 401 `invalid_token`.
+    InvalidToken,
+    /// A valid token without the scope a resource server needs: 403 `insufficient_scope`.
+    InsufficientScope,
+    /// A valid token without the introspection scope: 401 `insufficient_scope`, since
+    /// ITI-102 answers an introspection caller without authority with 401, not 403.
+    NotAllowedToIntrospect,
+}
+
+impl BearerError {
+    fn code(self) -> Option<&'static str> {
+        match self {
+            BearerError::Missing => None,
+            BearerError::InvalidToken => Some("invalid_token"),
+            BearerError::InsufficientScope | BearerError::NotAllowedToIntrospect => {
+                Some("insufficient_scope")
+            }
+        }
+    }
+}
+
+/// The FHIR issue types (`OperationOutcome.issue.code`) Tessera answers with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FhirIssue {
+    /// 400 `invalid`.
+    Invalid,
+    /// 404 `not-found`.
+    NotFound,
+    /// 403 `forbidden`.
+    Forbidden,
 }
 
 impl From<OAuthError> for ApiError {
@@ -63,7 +111,19 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::OAuth { error, .. } => oauth_status(error.code),
-            ApiError::Bearer { .. } => StatusCode::UNAUTHORIZED,
+            ApiError::Bearer { error, .. } => match error {
+                BearerError::InsufficientScope => StatusCode::FORBIDDEN,
+                BearerError::Missing
+                | BearerError::InvalidToken
+                | BearerError::NotAllowedToIntrospect => StatusCode::UNAUTHORIZED,
+            },
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Fhir { issue, .. } => match issue {
+                FhirIssue::Invalid => StatusCode::BAD_REQUEST,
+                FhirIssue::NotFound => StatusCode::NOT_FOUND,
+                FhirIssue::Forbidden => StatusCode::FORBIDDEN,
+            },
             ApiError::UnknownRealm(_) => StatusCode::NOT_FOUND,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,11 +148,31 @@ impl ResponseError for ApiError {
                 json!({ "error": error.code.as_str(), "error_description": error.description })
             }
             ApiError::Bearer { realm, error } => {
-                let challenge = format!("Bearer realm=\"{realm}\", error=\"{error}\"");
+                let challenge = match error.code() {
+                    Some(code) => format!("Bearer realm=\"{realm}\", error=\"{code}\""),
+                    None => format!("Bearer realm=\"{realm}\""),
+                };
                 if let Ok(value) = HeaderValue::from_str(&challenge) {
                     response.insert_header((header::WWW_AUTHENTICATE, value));
                 }
-                json!({ "error": error })
+                json!({ "error": error.code().unwrap_or("invalid_request"), "error_description": "a valid Bearer access token is required" })
+            }
+            ApiError::BadRequest(detail) => {
+                json!({ "error": "invalid_request", "error_description": detail })
+            }
+            ApiError::NotFound(detail) => {
+                json!({ "error": "not_found", "error_description": detail })
+            }
+            ApiError::Fhir { issue, diagnostics } => {
+                let code = match issue {
+                    FhirIssue::Invalid => "invalid",
+                    FhirIssue::NotFound => "not-found",
+                    FhirIssue::Forbidden => "forbidden",
+                };
+                return response.content_type("application/fhir+json").json(json!({
+                    "resourceType": "OperationOutcome",
+                    "issue": [{ "severity": "error", "code": code, "diagnostics": diagnostics }],
+                }));
             }
             ApiError::UnknownRealm(_) => {
                 json!({ "error": "not_found", "error_description": self.to_string() })

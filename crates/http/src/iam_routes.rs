@@ -1,7 +1,6 @@
 //! The OAuth endpoints of a realm: ITI-71 token, ITI-102 introspection, RFC 7009
 //! revocation, JWKS and ITI-103 metadata.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::header;
@@ -11,11 +10,12 @@ use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 use tessera_iam::metadata::authorization_server_metadata;
 use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery, TokenRequest};
-use tessera_iam::{OAuthError, RealmState};
+use tessera_iam::OAuthError;
 use tessera_introspection::IntrospectionError;
-use tessera_types::{RealmName, Secret};
+use tessera_types::Secret;
 
-use crate::{now, ApiError, AppState};
+use crate::error::BearerError;
+use crate::{blocking, now, realm_state, ApiError, AppState};
 
 const FORM_LIMIT: usize = 64 * 1024;
 
@@ -45,20 +45,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         "/.well-known/oauth-authorization-server/realms/{realm}",
         web::get().to(metadata),
     );
-}
-
-/// Loads the realm (from cache when fresh); unknown realms are 404.
-async fn realm_state(state: &web::Data<AppState>, name: &str) -> Result<Arc<RealmState>, ApiError> {
-    let realm = RealmName::try_from(name).map_err(|_| ApiError::UnknownRealm(name.to_owned()))?;
-    let at = now();
-    if let Some(cached) = state.tokens.cached_realm(&realm, at) {
-        return Ok(cached);
-    }
-    let st = state.clone().into_inner();
-    let found = web::block(move || st.tokens.realm(&realm, at))
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))??;
-    found.ok_or_else(|| ApiError::UnknownRealm(name.to_owned()))
 }
 
 /// The `Authorization` header of a request to an OAuth endpoint.
@@ -141,15 +127,6 @@ fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResp
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .insert_header((header::PRAGMA, "no-cache"));
     response
-}
-
-/// Runs blocking domain work (it may read the database) off the async workers.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> T + Send + 'static,
-) -> Result<T, ApiError> {
-    web::block(work)
-        .await
-        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 async fn token(
@@ -277,11 +254,11 @@ async fn introspect(
                 IntrospectionError::Client(error) => oauth(error),
                 IntrospectionError::InvalidBearer => ApiError::Bearer {
                     realm: realm_name,
-                    error: "invalid_token",
+                    error: BearerError::InvalidToken,
                 },
                 IntrospectionError::InsufficientScope => ApiError::Bearer {
                     realm: realm_name,
-                    error: "insufficient_scope",
+                    error: BearerError::NotAllowedToIntrospect,
                 },
             })
         }

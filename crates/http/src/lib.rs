@@ -5,6 +5,8 @@
 
 #![forbid(unsafe_code)]
 
+mod aim_routes;
+pub mod bearer;
 pub mod error;
 mod iam_routes;
 pub mod jwks;
@@ -31,21 +33,40 @@ use crate::tls::TlsSettings;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Services {
     pub iam: bool,
+    pub aim: bool,
 }
 
 impl Services {
-    pub const NAMES: [&'static str; 1] = ["iam"];
+    pub const NAMES: [&'static str; 2] = ["iam", "aim"];
 
     pub fn all() -> Self {
-        Self { iam: true }
+        Self {
+            iam: true,
+            aim: true,
+        }
     }
 
-    /// Parses a comma-separated list such as `iam`.
+    /// The names of the selected services.
+    pub fn names(self) -> Vec<&'static str> {
+        let selected = [self.iam, self.aim];
+        Self::NAMES
+            .iter()
+            .zip(selected)
+            .filter(|(_, on)| *on)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+
+    /// Parses a comma-separated list such as `iam,aim`.
     pub fn parse(list: &str) -> anyhow::Result<Self> {
-        let mut services = Self { iam: false };
+        let mut services = Self {
+            iam: false,
+            aim: false,
+        };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "iam" => services.iam = true,
+                "aim" => services.aim = true,
                 other => anyhow::bail!(
                     "unknown or not yet available service '{other}'; available: {}",
                     Self::NAMES.join(", ")
@@ -68,9 +89,43 @@ pub struct ServerSettings {
 /// What every handler shares.
 pub struct AppState {
     pub tokens: TokenService<Store>,
+    pub aim: AimSettings,
     pub introspection: tessera_introspection::Introspection,
     pub store: Store,
     pub metrics: Metrics,
+}
+
+/// Where AIM takes its tokens from and how it names accounts.
+#[derive(Debug, Clone)]
+pub struct AimSettings {
+    pub realm: tessera_types::RealmName,
+    pub audience: String,
+    pub account_prefix: String,
+}
+
+/// Loads the realm (from cache when fresh); unknown realms are 404.
+pub(crate) async fn realm_state(
+    state: &web::Data<AppState>,
+    name: &str,
+) -> Result<Arc<tessera_iam::RealmState>, ApiError> {
+    let realm = tessera_types::RealmName::try_from(name)
+        .map_err(|_| ApiError::UnknownRealm(name.to_owned()))?;
+    let at = now();
+    if let Some(cached) = state.tokens.cached_realm(&realm, at) {
+        return Ok(cached);
+    }
+    let st = state.clone().into_inner();
+    let found = blocking(move || st.tokens.realm(&realm, at)).await??;
+    found.ok_or_else(|| ApiError::UnknownRealm(name.to_owned()))
+}
+
+/// Runs blocking domain work (it may read the database) off the async workers.
+pub(crate) async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, ApiError> {
+    web::block(work)
+        .await
+        .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// The wall clock, read here at the edge and passed into the domain.
@@ -102,6 +157,9 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
             .default_service(web::to(not_found));
         if services.iam {
             app = app.configure(iam_routes::configure);
+        }
+        if services.aim {
+            app = app.configure(aim_routes::configure);
         }
         app
     })

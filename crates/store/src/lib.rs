@@ -8,6 +8,7 @@
 
 #![forbid(unsafe_code)]
 
+mod aim;
 mod schema;
 
 use std::time::Duration;
@@ -118,7 +119,9 @@ impl Store {
         self.backend
     }
 
-    fn conn(&self) -> Result<PooledConnection<ConnectionManager<DbConnection>>, StoreError> {
+    pub(crate) fn conn(
+        &self,
+    ) -> Result<PooledConnection<ConnectionManager<DbConnection>>, StoreError> {
         self.pool.get().map_err(db_error)
     }
 

@@ -58,3 +58,29 @@ diesel::table! {
         revoked_at -> BigInt,
     }
 }
+
+diesel::table! {
+    accounts (urn) {
+        urn -> Text,
+        created_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    account_mpi_ids (mpi_id) {
+        mpi_id -> Text,
+        authority -> Text,
+        patient_id -> Text,
+        account_urn -> Text,
+        linked_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    partitions (id) {
+        id -> Text,
+        account_urn -> Text,
+        use_case -> Nullable<Text>,
+        created_at -> BigInt,
+    }
+}

@@ -187,6 +187,92 @@ impl PartitionId {
     }
 }
 
+/// CARA's MPI-ID URN: `urn:<namespace>:mpi_id:<OID>/<UUID>`, e.g.
+/// `urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1`.
+fn mpi_id_rule(value: &str) -> Result<(), &'static str> {
+    bounded(value, 200)?;
+    let parts = MpiIdUrn::split(value).ok_or("expected urn:<namespace>:mpi_id:<OID>/<UUID>")?;
+    let (namespace, oid, uuid) = parts;
+    if namespace.is_empty()
+        || !namespace
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    {
+        return Err("the namespace uses lowercase letters, digits and '-'");
+    }
+    let oid_ok = !oid.is_empty()
+        && oid.split('.').all(|arc| {
+            !arc.is_empty()
+                && arc.bytes().all(|b| b.is_ascii_digit())
+                && (arc == "0" || !arc.starts_with('0'))
+        });
+    if !oid_ok {
+        return Err("the assigning authority must be an OID such as 2.16.756.5.30.1");
+    }
+    let groups: Vec<&str> = uuid.split('-').collect();
+    let lengths_ok = groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n);
+    if !lengths_ok || !uuid.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-') {
+        return Err("the patient id must be a UUID");
+    }
+    Ok(())
+}
+
+/// An Account URN: a URN whose last segment is the account id (letters, digits, '-').
+fn account_urn_rule(value: &str) -> Result<(), &'static str> {
+    bounded(value, 200)?;
+    let rest = value
+        .strip_prefix("urn:")
+        .ok_or("an Account URN starts with urn:")?;
+    let (_, id) = rest
+        .rsplit_once(':')
+        .ok_or("expected urn:<namespace>:...:<id>")?;
+    if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        return Err("the account id uses letters, digits and '-'");
+    }
+    if !rest
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b':' || b == b'-' || b == b'.')
+    {
+        return Err("an Account URN uses letters, digits, ':', '.' and '-'");
+    }
+    Ok(())
+}
+
+string_newtype!(
+    /// A patient's MPI-ID in CARA's URN form.
+    MpiIdUrn,
+    "MPI-ID URN",
+    mpi_id_rule
+);
+string_newtype!(
+    /// The URN naming a patient's account (and so the data partitions of the account).
+    AccountUrn,
+    "Account URN",
+    account_urn_rule
+);
+
+impl MpiIdUrn {
+    /// (namespace, assigning authority OID, patient UUID) of an MPI-ID URN.
+    fn split(value: &str) -> Option<(&str, &str, &str)> {
+        let rest = value.strip_prefix("urn:")?;
+        let (namespace, rest) = rest.split_once(":mpi_id:")?;
+        let (oid, uuid) = rest.split_once('/')?;
+        Some((namespace, oid, uuid))
+    }
+
+    /// The assigning authority (an OID) and the patient's id within it.
+    pub fn authority_and_id(&self) -> (&str, &str) {
+        match Self::split(&self.0) {
+            Some((_, oid, uuid)) => (oid, uuid),
+            None => ("", ""),
+        }
+    }
+}
+
 /// A set of scope tokens, kept sorted so that its string form is stable.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScopeSet(BTreeSet<Scope>);
@@ -312,6 +398,39 @@ mod tests {
         assert!(PartitionId::try_from("*").unwrap().is_all());
         assert!(PartitionId::try_from("a*").is_err());
         assert!(PartitionId::try_from("..%2f").is_err());
+    }
+
+    #[test]
+    fn mpi_ids_follow_the_cara_form() {
+        let good =
+            "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
+        let mpi = MpiIdUrn::try_from(good).unwrap();
+        assert_eq!(
+            mpi.authority_and_id(),
+            (
+                "2.16.756.5.30.1.191.1.0.2.1",
+                "1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1"
+            )
+        );
+        for bad in [
+            "urn:cara:mpi:2.16.756/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1",
+            "urn:cara:mpi_id:2.16.756/not-a-uuid",
+            "urn:cara:mpi_id:2..16/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1",
+            "urn:cara:mpi_id:2.016/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1",
+            "urn:Cara:mpi_id:2.16/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1",
+            "urn:cara:mpi_id:2.16/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1x",
+            "cara:mpi_id:2.16/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1",
+        ] {
+            assert!(MpiIdUrn::try_from(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn account_urns_are_checked() {
+        assert!(AccountUrn::try_from("urn:tessera:account:0f3a").is_ok());
+        assert!(AccountUrn::try_from("urn:tessera:account:").is_err());
+        assert!(AccountUrn::try_from("urn:tessera:account:a/b").is_err());
+        assert!(AccountUrn::try_from("tessera:account:a").is_err());
     }
 
     #[test]

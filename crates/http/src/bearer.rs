@@ -1,0 +1,66 @@
+//! Authorization of requests to Tessera's resource servers (AIM, later the FHIR
+//! Vault) from their access token, as ITI-72 describes: the token comes only in
+//! `Authorization: Bearer` (a token in the query string is ignored), must be a current,
+//! unrevoked token of the realm, bound to this connection's certificate when it has
+//! `cnf`, meant for this service (`aud`), and carry the scope the call needs.
+
+use std::sync::Arc;
+
+use actix_web::http::header;
+use actix_web::{web, HttpRequest};
+use tessera_iam::request::PresentedCertificate;
+use tessera_iam::VerifiedToken;
+use tessera_types::RealmName;
+
+use crate::error::BearerError;
+use crate::{blocking, now, realm_state, ApiError, AppState};
+
+pub struct Requirement<'a> {
+    pub realm: &'a RealmName,
+    pub audience: &'a str,
+    pub scope: &'a str,
+}
+
+pub async fn authorize(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    need: Requirement<'_>,
+) -> Result<Arc<VerifiedToken>, ApiError> {
+    let refuse = |error| ApiError::Bearer {
+        realm: need.realm.to_string(),
+        error,
+    };
+    let token = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.split_once(' ')
+                .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        })
+        .map(|(_, token)| token.trim().to_owned())
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| refuse(BearerError::Missing))?;
+    let realm = realm_state(state, need.realm.as_str()).await?;
+    let st = state.clone().into_inner();
+    let skew = state.tokens.settings().clock_skew_seconds;
+    let at = now();
+    let verified =
+        blocking(move || st.introspection.active(&realm, &st.store, &token, at, skew)).await??;
+    let token = verified.ok_or_else(|| refuse(BearerError::InvalidToken))?;
+    if let Some(cnf) = &token.claims.cnf {
+        let presented = req
+            .conn_data::<PresentedCertificate>()
+            .map(|c| c.thumbprint.as_str());
+        if presented != Some(cnf.x5t_s256.as_str()) {
+            return Err(refuse(BearerError::InvalidToken));
+        }
+    }
+    if !token.claims.aud.iter().any(|aud| aud == need.audience) {
+        return Err(refuse(BearerError::InvalidToken));
+    }
+    if !token.claims.scope.split(' ').any(|s| s == need.scope) {
+        return Err(refuse(BearerError::InsufficientScope));
+    }
+    Ok(token)
+}

@@ -1,0 +1,3 @@
+DROP TABLE partitions;
+DROP TABLE account_mpi_ids;
+DROP TABLE accounts;
