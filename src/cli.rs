@@ -279,6 +279,9 @@ struct ClientAdd {
     /// introspection tells it only about tokens whose aud names it
     #[arg(long = "resource-server")]
     resource_servers: Vec<String>,
+    /// An Account URN the client may ask tokens for with `account=` (repeatable; "*" for any)
+    #[arg(long = "account")]
+    accounts: Vec<String>,
     #[arg(long)]
     subject_name: Option<String>,
     #[arg(long)]
@@ -813,7 +816,8 @@ fn describe(client: &Client) -> serde_json::Value {
         "principal_id": client.principal_id,
         "principal_name": client.principal_name,
         "person_ids": client.person_ids,
-        "resource_servers": client.resource_servers,
+                "resource_servers": client.resource_servers,
+        "accounts": client.accounts,
         "ihe_iua": client.iua,
     })
 }
@@ -942,6 +946,7 @@ fn client_add(
         principal_name: args.principal_name,
         person_ids: args.person_ids,
         resource_servers: args.resource_servers,
+        accounts: args.accounts,
         iua: IuaAttributes {
             subject_name: args.subject_name,
             subject_organization: args.subject_organization,

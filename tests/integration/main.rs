@@ -12,6 +12,7 @@
 
 mod support;
 
+mod aim;
 mod cli;
 mod discovery;
 mod introspection;

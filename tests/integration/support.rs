@@ -380,6 +380,27 @@ impl Client {
         Self::reply(request.send(body)).unwrap()
     }
 
+    /// POSTs a JSON body, with an access token if given.
+    pub fn post_json(&self, path: &str, token: Option<&str>, body: &str) -> Reply {
+        let mut request = self
+            .agent
+            .post(format!("{}{path}", self.base))
+            .header("Content-Type", "application/json");
+        if let Some(token) = token {
+            request = request.header("Authorization", &format!("Bearer {token}"));
+        }
+        Self::reply(request.send(body)).unwrap()
+    }
+
+    /// GETs with an access token.
+    pub fn get_with_token(&self, path: &str, token: &str) -> Reply {
+        let request = self
+            .agent
+            .get(format!("{}{path}", self.base))
+            .header("Authorization", &format!("Bearer {token}"));
+        Self::reply(request.call()).unwrap()
+    }
+
     /// Requests a token on realm `cara`.
     pub fn token(&self, form: &[(&str, &str)]) -> Reply {
         self.post_form("/realms/cara/protocol/openid-connect/token", form)

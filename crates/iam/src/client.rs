@@ -104,5 +104,8 @@ pub struct Client {
     /// When the client is a resource server: the audiences that name it. Introspection
     /// reports a token as active to it only if the token's `aud` names one of them.
     pub resource_servers: Vec<String>,
+    /// Account URNs the client may ask a token for (`account` parameter); [`ANY_PERSON`]
+    /// (`*`) allows every account.
+    pub accounts: Vec<String>,
     pub iua: IuaAttributes,
 }

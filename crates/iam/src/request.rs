@@ -100,6 +100,8 @@ pub struct TokenRequest {
     pub person_id: Option<String>,
     pub purpose_of_use: Option<String>,
     pub subject_role: Option<String>,
+    /// The Account URN of the patient whose data the token is for (AIM).
+    pub account: Option<String>,
 }
 
 impl TokenRequest {
@@ -116,6 +118,7 @@ impl TokenRequest {
             person_id: form.take("person_id"),
             purpose_of_use: form.take("purpose_of_use"),
             subject_role: form.take("subject_role"),
+            account: form.take("account"),
         })
     }
 }

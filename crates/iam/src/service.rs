@@ -9,7 +9,7 @@ use std::sync::{Arc, RwLock};
 use ring::digest;
 use serde_json::Value;
 use tessera_types::smart::scope_allowed;
-use tessera_types::{ClientId, RealmName, Scope, ScopeSet, UnixTime};
+use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, Scope, ScopeSet, UnixTime};
 
 use crate::client::{
     CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource, ANY_PERSON,
@@ -44,6 +44,11 @@ pub trait IamStore: Send + Sync {
     /// The realm's keys that are not retired at `now`, newest first.
     fn signing_keys(&self, realm: &RealmName, now: UnixTime) -> Result<Vec<StoredKey>, StoreError>;
     fn client(&self, realm: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError>;
+    /// The partitions of an account, or `None` if there is no such account.
+    fn account_partitions(
+        &self,
+        account: &AccountUrn,
+    ) -> Result<Option<Vec<PartitionId>>, StoreError>;
     /// Records an assertion `jti` until `expires_at`. Returns false, changing nothing,
     /// when the same client already used it: the assertion is a replay.
     fn consume_assertion(
@@ -332,34 +337,40 @@ impl<S: IamStore> TokenService<S> {
                 "only the client_credentials grant is supported",
             ));
         }
-        let (client, cnf, scope, audience, extensions) =
-            self.authenticate_then(realm, &request.client, credentials, now, |auth| {
-                let scope = self.grant_scope(&auth.client, &request)?;
-                let audience = self.audience(&request)?;
-                let extensions = self.extensions(&auth.client, &request, &scope.extra)?;
-                Ok((
-                    auth.client.clone(),
-                    auth.cnf.clone(),
-                    scope,
-                    audience,
-                    extensions,
-                ))
-            })?;
+        let grant = self.authenticate_then(realm, &request.client, credentials, now, |auth| {
+            let scope = self.grant_scope(&auth.client, &request)?;
+            Ok(Grant {
+                audience: self.audience(&request)?,
+                extensions: self.extensions(&auth.client, &request, &scope.extra)?,
+                account: self.account(&auth.client, &request)?,
+                scope,
+                client: auth.client.clone(),
+                cnf: auth.cnf.clone(),
+            })
+        })?;
 
         let lifetime = realm.realm.token_lifetime_seconds;
+        // A token for an account may be used on that account's partitions; otherwise on
+        // the partitions the client is registered for.
+        let (account, partitions) = match grant.account {
+            Some((urn, partitions)) => (Some(urn.to_string()), partitions),
+            None => (None, grant.client.partitions.clone()),
+        };
         let claims = AccessTokenClaims {
             iss: realm.issuer.clone(),
-            sub: client.client_id.to_string(),
-            client_id: client.client_id.to_string(),
-            aud: audience,
+            sub: grant.client.client_id.to_string(),
+            client_id: grant.client.client_id.to_string(),
+            aud: grant.audience,
             jti: random_id().ok_or_else(OAuthError::server_error)?,
             iat: now.0,
             exp: now.0 + lifetime,
-            scope: scope.granted.to_string(),
-            cnf,
-            partitions: client.partitions.iter().map(|p| p.to_string()).collect(),
-            extensions,
+            scope: grant.scope.granted.to_string(),
+            cnf: grant.cnf,
+            account,
+            partitions: partitions.iter().map(|p| p.to_string()).collect(),
+            extensions: grant.extensions,
         };
+        let client = grant.client;
         let access_token = realm.signer.sign(ACCESS_TOKEN_TYP, &claims).map_err(|e| {
             tracing::error!(error = %e, "could not sign an access token");
             OAuthError::server_error()
@@ -665,6 +676,34 @@ impl<S: IamStore> TokenService<S> {
         })
     }
 
+    /// The `account` a token is asked for: allowed by the registration (that account or
+    /// `*`) and existing; returns it with its partitions.
+    fn account(
+        &self,
+        client: &Client,
+        request: &TokenRequest,
+    ) -> Result<Option<(AccountUrn, Vec<PartitionId>)>, OAuthError> {
+        let Some(asked) = request.account.as_deref() else {
+            return Ok(None);
+        };
+        let urn = AccountUrn::try_from(asked)
+            .map_err(|e| OAuthError::invalid_request(format!("account: {e}")))?;
+        let allowed = client
+            .accounts
+            .iter()
+            .any(|a| a == ANY_PERSON || a == urn.as_str());
+        if !allowed {
+            return Err(invalid_client(
+                "this client may not ask for tokens for that account",
+            ));
+        }
+        let partitions = self
+            .store
+            .account_partitions(&urn)?
+            .ok_or_else(|| OAuthError::invalid_request("no such account"))?;
+        Ok(Some((urn, partitions)))
+    }
+
     /// RFC 8707: `resource` narrows the audience to the named, known resource servers.
     fn audience(&self, request: &TokenRequest) -> Result<Vec<String>, OAuthError> {
         if request.resource.is_empty() {
@@ -788,6 +827,16 @@ const CH_PARAMETERS: [&str; 5] = [
     "purpose_of_use",
     "subject_role",
 ];
+
+/// Everything the checks of a token request decided.
+struct Grant {
+    client: Arc<Client>,
+    cnf: Option<Confirmation>,
+    scope: ScopeGrant,
+    audience: Vec<String>,
+    extensions: Extensions,
+    account: Option<(AccountUrn, Vec<PartitionId>)>,
+}
 
 struct ScopeGrant {
     granted: ScopeSet,

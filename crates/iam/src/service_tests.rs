@@ -41,6 +41,12 @@ impl IamStore for MemoryStore {
     fn client(&self, _: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError> {
         Ok(self.clients.iter().find(|c| &c.client_id == id).cloned())
     }
+    fn account_partitions(
+        &self,
+        _: &tessera_types::AccountUrn,
+    ) -> Result<Option<Vec<tessera_types::PartitionId>>, StoreError> {
+        Ok(None)
+    }
     fn consume_assertion(
         &self,
         _: &RealmName,
@@ -81,6 +87,7 @@ fn client(id: &str, auth: ClientAuth) -> Client {
         principal_name: None,
         person_ids: vec!["761337610411353650".into()],
         resource_servers: vec![],
+        accounts: vec![],
         iua: IuaAttributes {
             subject_name: Some("Best Clinic".into()),
             ..IuaAttributes::default()

@@ -58,6 +58,9 @@ pub struct AccessTokenClaims {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cnf: Option<Confirmation>,
+    /// The patient account the token is for, when the client asked for one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account: Option<String>,
     /// The FHIR Vault partitions the token may be used on (`*`: all).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partitions: Vec<String>,

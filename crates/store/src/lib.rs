@@ -23,7 +23,7 @@ use tessera_iam::client::{Client, ClientAuth, IuaAttributes};
 use tessera_iam::jose::Algorithm;
 use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
 use tessera_introspection::RevocationStore;
-use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
+use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 
@@ -395,6 +395,17 @@ impl IamStore for Store {
         row.map(ClientRow::into_client).transpose()
     }
 
+    fn account_partitions(
+        &self,
+        account: &AccountUrn,
+    ) -> Result<Option<Vec<PartitionId>>, StoreError> {
+        use tessera_aim::AccountStore as _;
+        let account = self
+            .account(account)
+            .map_err(|e| StoreError(e.to_string()))?;
+        Ok(account.map(|a| a.partitions.into_iter().map(|p| p.id).collect()))
+    }
+
     fn consume_assertion(
         &self,
         realm: &RealmName,
@@ -503,6 +514,7 @@ struct ClientRow {
     created_at: i64,
     updated_at: i64,
     resource_servers: String,
+    accounts: String,
 }
 
 impl ClientRow {
@@ -523,6 +535,7 @@ impl ClientRow {
             created_at: now.0,
             updated_at: now.0,
             resource_servers: join(client.resource_servers.clone()),
+            accounts: join(client.accounts.clone()),
         })
     }
 
@@ -548,6 +561,7 @@ impl ClientRow {
             principal_name: self.principal_name,
             person_ids: words(&self.person_ids),
             resource_servers: words(&self.resource_servers),
+            accounts: words(&self.accounts),
             iua: serde_json::from_str::<IuaAttributes>(&self.iua).map_err(db_error)?,
         })
     }

@@ -36,7 +36,8 @@ diesel::table! {
         iua -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
-        resource_servers -> Text,
+                resource_servers -> Text,
+        accounts -> Text,
     }
 }
 

@@ -25,3 +25,6 @@ CREATE TABLE partitions (
     created_at BIGINT NOT NULL
 );
 CREATE INDEX partitions_account ON partitions (account_urn);
+
+-- Accounts a client may ask a token for (space-separated Account URNs, or *).
+ALTER TABLE clients ADD COLUMN accounts TEXT NOT NULL DEFAULT '';
