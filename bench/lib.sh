@@ -45,9 +45,9 @@ print(f"{name:18} {s['requestsPerSec']:9.0f} req/s  p50 {p['p50']*1000:6.2f} ms 
 PY
 }
 
-run_oha() { # name, url, duration, extra oha args...
+run_oha() { # name, url, duration, extra oha args... ($content_type overrides the form type)
   local name=$1 target=$2 seconds=$3; shift 3
   taskset -c 1 oha --no-tui --output-format json -z "${seconds}s" -m POST \
-    -T application/x-www-form-urlencoded --cacert pki/ca.crt "$@" "$target" >"$out/$name.json"
+    -T "${content_type:-application/x-www-form-urlencoded}" --cacert pki/ca.crt "$@" "$target" >"$out/$name.json"
   report "$name" "$out/$name.json"
 }

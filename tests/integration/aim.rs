@@ -2,7 +2,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{decode_jwt, Client, Env, Reply};
+use crate::support::{assert_valid_fhir, decode_jwt, Client, Env, Reply};
 
 const RESOLVE: &str = "/aim/api/v1/query/get-account-urn-from-mpi-id-urn";
 const MPI_A: &str =
@@ -272,44 +272,6 @@ fn resolution_needs_a_bound_token_for_aim_with_the_aim_scope() {
     assert_eq!(resolve(&a.tcu, Some(&token), &body).status, 401);
 }
 
-/// The FHIR R4 rules these two resources must meet: required elements and the codes of
-/// their required value sets.
-fn assert_fhir(resource: &Value) {
-    match resource["resourceType"].as_str() {
-        Some("OperationOutcome") => {
-            let issues = resource["issue"]
-                .as_array()
-                .expect("OperationOutcome.issue is 1..*");
-            assert!(!issues.is_empty());
-            for issue in issues {
-                assert!(["fatal", "error", "warning", "information"]
-                    .contains(&issue["severity"].as_str().unwrap()));
-                assert!([
-                    "invalid",
-                    "not-found",
-                    "forbidden",
-                    "exception",
-                    "processing"
-                ]
-                .contains(&issue["code"].as_str().unwrap()));
-            }
-        }
-        Some("Parameters") => {
-            for p in resource["parameter"].as_array().into_iter().flatten() {
-                assert!(p["name"].is_string(), "Parameters.parameter.name is 1..1");
-                let values = p
-                    .as_object()
-                    .unwrap()
-                    .keys()
-                    .filter(|k| k.starts_with("value"))
-                    .count();
-                assert!(values <= 1, "at most one value[x]");
-            }
-        }
-        other => panic!("unexpected resource {other:?}"),
-    }
-}
-
 #[test]
 fn pixm_answers_with_fhir_resources_and_pixm_statuses() {
     let a = aim();
@@ -335,7 +297,7 @@ fn pixm_answers_with_fhir_resources_and_pixm_statuses() {
         assert_eq!(found.status, 200, "{query}: {}", found.body);
         assert_eq!(found.header("content-type"), Some("application/fhir+json"));
         let parameters = found.json();
-        assert_fhir(&parameters);
+        assert_valid_fhir(&parameters);
         assert_eq!(
             parameters,
             json!({"resourceType": "Parameters", "parameter": [{
@@ -371,7 +333,7 @@ fn pixm_answers_with_fhir_resources_and_pixm_statuses() {
         let reply = pix(&query);
         assert_eq!(reply.status, status, "{query}: {}", reply.body);
         let outcome = reply.json();
-        assert_fhir(&outcome);
+        assert_valid_fhir(&outcome);
         assert_eq!(outcome["issue"][0]["code"], code, "{query}");
     }
     let anonymous = Client::new(&a.env, None).get(&format!("/aim/fhir/Patient/$ihe-pix?{source}"));

@@ -553,3 +553,28 @@ pub fn tls_probe(
         Err(e) => Err(as_tls(e)),
     }
 }
+
+/// Validates a FHIR R4 resource with the `fhir` npm package's validator
+/// (tests/fhir/validate.js; `scripts/test` runs `npm ci --prefix tests/fhir` first).
+pub fn assert_valid_fhir(resource: &Value) {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir");
+    assert!(
+        dir.join("node_modules/fhir").is_dir(),
+        "the FHIR validator is not installed: run `npm ci --prefix tests/fhir` (scripts/test does)"
+    );
+    let mut child = Command::new("node")
+        .arg(dir.join("validate.js"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node is needed to validate FHIR resources");
+    child.stdin.take().unwrap().write_all(resource.to_string().as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "not valid FHIR R4: {}\n{resource:#}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
