@@ -570,7 +570,12 @@ pub fn assert_valid_fhir(resource: &Value) {
         .stdout(Stdio::piped())
         .spawn()
         .expect("node is needed to validate FHIR resources");
-    child.stdin.take().unwrap().write_all(resource.to_string().as_bytes()).unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(resource.to_string().as_bytes())
+        .unwrap();
     let output = child.wait_with_output().unwrap();
     assert!(
         output.status.success(),
