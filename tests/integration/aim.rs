@@ -358,46 +358,26 @@ fn a_token_for_an_account_names_it_and_exactly_its_partitions() {
         "account",
     )
     .to_owned();
-    let one = a
-        .env
-        .cli(&[
-            "client",
-            "add",
-            "--client-id",
-            "app",
-            "--auth",
-            "client_secret_post",
-            "--scope",
-            "system/*.rs",
-            "--account",
-            &a.urn,
-        ])
-        .unwrap();
-    let one_secret = one
-        .lines()
-        .find_map(|l| l.strip_prefix("client_secret: "))
-        .unwrap()
-        .to_owned();
-    let any = a
-        .env
-        .cli(&[
-            "client",
-            "add",
-            "--client-id",
-            "hub",
-            "--auth",
-            "client_secret_post",
-            "--scope",
-            "system/*.rs",
-            "--account",
-            "*",
-        ])
-        .unwrap();
-    let any_secret = any
-        .lines()
-        .find_map(|l| l.strip_prefix("client_secret: "))
-        .unwrap()
-        .to_owned();
+    let one_secret = a.env.add_secret_client(&[
+        "--client-id",
+        "app",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/*.rs",
+        "--account",
+        &a.urn,
+    ]);
+    let any_secret = a.env.add_secret_client(&[
+        "--client-id",
+        "hub",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/*.rs",
+        "--account",
+        "*",
+    ]);
     let _server = a.env.start();
     let client = Client::new(&a.env, None);
     let ask = |id: &str, secret: &str, account: &str| {

@@ -179,25 +179,16 @@ fn a_realm_can_sign_with_rsa() {
         "{list}"
     );
 
-    let added = env
-        .cli(&[
-            "client",
-            "add",
-            "--realm",
-            "hospital",
-            "--client-id",
-            "app",
-            "--auth",
-            "client_secret_post",
-            "--scope",
-            "system/Patient.rs",
-        ])
-        .unwrap();
-    let secret = added
-        .lines()
-        .find_map(|l| l.strip_prefix("client_secret: "))
-        .unwrap()
-        .to_owned();
+    let secret = env.add_secret_client(&[
+        "--realm",
+        "hospital",
+        "--client-id",
+        "app",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/Patient.rs",
+    ]);
     let _server = env.start();
     let client = Client::new(&env, None);
     let meta = client

@@ -56,23 +56,14 @@ fn setup() -> Setup {
         &fhir,
     ])
     .unwrap();
-    let added = env
-        .cli(&[
-            "client",
-            "add",
-            "--client-id",
-            "auditor",
-            "--auth",
-            "client_secret_basic",
-            "--scope",
-            "introspection",
-        ])
-        .unwrap();
-    let auditor_secret = added
-        .lines()
-        .find_map(|l| l.strip_prefix("client_secret: "))
-        .unwrap()
-        .to_owned();
+    let auditor_secret = env.add_secret_client(&[
+        "--client-id",
+        "auditor",
+        "--auth",
+        "client_secret_basic",
+        "--scope",
+        "introspection",
+    ]);
     let tcu = Client::new(&env, Some((&tcu_crt, &tcu_key)));
     let gateway = Client::new(&env, Some((&gw_crt, &gw_key)));
     Setup {
@@ -174,26 +165,16 @@ fn every_inactive_token_gets_active_false_and_nothing_else() {
     let s = setup();
     let other_realm = s.env.cli(&["realm", "add", "hospital"]).unwrap();
     assert!(other_realm.contains("created realm"));
-    let added = s
-        .env
-        .cli(&[
-            "client",
-            "add",
-            "--realm",
-            "hospital",
-            "--client-id",
-            "h",
-            "--auth",
-            "client_secret_post",
-            "--scope",
-            "x",
-        ])
-        .unwrap();
-    let h_secret = added
-        .lines()
-        .find_map(|l| l.strip_prefix("client_secret: "))
-        .unwrap()
-        .to_owned();
+    let h_secret = s.env.add_secret_client(&[
+        "--realm",
+        "hospital",
+        "--client-id",
+        "h",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "x",
+    ]);
     let _server = s.env.start();
 
     let good = s.token(&[]);

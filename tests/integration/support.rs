@@ -130,6 +130,18 @@ impl Env {
         }
     }
 
+    /// Runs `tessera client add ARGS...` for a secret client; returns the secret it printed.
+    pub fn add_secret_client(&self, args: &[&str]) -> String {
+        let mut full = vec!["client", "add"];
+        full.extend_from_slice(args);
+        let printed = self.cli(&full).unwrap();
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix("client_secret: "))
+            .expect("the secret is printed once")
+            .to_owned()
+    }
+
     /// Replaces a line of the configuration file (before the server starts).
     pub fn set_config(&self, old: &str, new: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

@@ -6,26 +6,6 @@ use tessera_types::{ClientId, RealmName};
 
 use crate::support::{Client, Env};
 
-fn add_secret_client(env: &Env, id: &str) -> String {
-    let printed = env
-        .cli(&[
-            "client",
-            "add",
-            "--client-id",
-            id,
-            "--auth",
-            "client_secret_basic",
-            "--scope",
-            "system/Patient.rs",
-        ])
-        .unwrap();
-    let line = printed
-        .lines()
-        .find(|l| l.starts_with("client_secret: "))
-        .expect("the secret is printed once");
-    line.trim_start_matches("client_secret: ").to_owned()
-}
-
 fn basic(id: &str, secret: &str) -> String {
     let pair = format!("{id}:{secret}");
     format!(
@@ -37,7 +17,14 @@ fn basic(id: &str, secret: &str) -> String {
 #[test]
 fn a_secret_client_authenticates_with_basic_or_post_and_only_its_hash_is_stored() {
     let env = Env::new();
-    let secret = add_secret_client(&env, "gateway");
+    let secret = env.add_secret_client(&[
+        "--client-id",
+        "gateway",
+        "--auth",
+        "client_secret_basic",
+        "--scope",
+        "system/Patient.rs",
+    ]);
     assert!(secret.len() >= 43, "a 256-bit secret");
 
     let shown = env.cli(&["client", "show", "gateway"]).unwrap();

@@ -1,6 +1,7 @@
 //! The OAuth endpoints of a realm: ITI-71 token, ITI-102 introspection, RFC 7009
 //! revocation, JWKS and ITI-103 metadata.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::header;
@@ -10,8 +11,8 @@ use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 use tessera_iam::metadata::authorization_server_metadata;
 use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery, TokenRequest};
-use tessera_iam::OAuthError;
-use tessera_introspection::IntrospectionError;
+use tessera_iam::{OAuthError, RealmState};
+use tessera_introspection::{IntrospectionError, IntrospectionRequest};
 use tessera_types::Secret;
 
 use crate::error::BearerError;
@@ -129,6 +130,33 @@ fn no_store(mut response: actix_web::HttpResponseBuilder) -> actix_web::HttpResp
     response
 }
 
+/// How an OAuth endpoint answers an RFC 6749 error: with a Basic challenge when the
+/// client authenticated with HTTP Basic (RFC 6749 5.2).
+struct Challenge(Option<String>);
+
+impl Challenge {
+    fn error(&self, error: OAuthError) -> ApiError {
+        ApiError::OAuth {
+            error,
+            basic_realm: self.0.clone(),
+        }
+    }
+}
+
+/// What every OAuth endpoint starts from: its realm, the Authorization header, and how to
+/// answer errors.
+async fn begin(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    realm: &str,
+) -> Result<(Arc<RealmState>, Authorization, Challenge), ApiError> {
+    let realm = realm_state(state, realm).await?;
+    let auth = authorization(req)?;
+    let challenge =
+        Challenge(matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string()));
+    Ok((realm, auth, challenge))
+}
+
 async fn token(
     req: HttpRequest,
     path: web::Path<String>,
@@ -153,14 +181,8 @@ async fn issue(
     body: &[u8],
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let realm = realm_state(state, realm).await?;
-    let auth = authorization(req)?;
-    let basic_realm =
-        matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string());
-    let oauth = |error: OAuthError| ApiError::OAuth {
-        error,
-        basic_realm: basic_realm.clone(),
-    };
+    let (realm, auth, challenge) = begin(req, state, realm).await?;
+    let oauth = |error: OAuthError| challenge.error(error);
     let credentials = client_credentials(req, auth).map_err(oauth)?;
     let request = TokenRequest::from_form(form(req, body).map_err(oauth)?).map_err(oauth)?;
     let client_hint = request
@@ -204,14 +226,8 @@ async fn introspect(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let realm = realm_state(&state, &path).await?;
-    let auth = authorization(&req)?;
-    let basic_realm =
-        matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string());
-    let oauth = |error: OAuthError| ApiError::OAuth {
-        error,
-        basic_realm: basic_realm.clone(),
-    };
+    let (realm, auth, challenge) = begin(&req, &state, &path).await?;
+    let oauth = |error: OAuthError| challenge.error(error);
     let (credentials, bearer) = match auth {
         Authorization::Bearer(token) => (
             Credentials {
@@ -228,15 +244,13 @@ async fn introspect(
     let at = now();
     let realm_name = realm.realm.name.to_string();
     let result = blocking(move || {
-        st.introspection.introspect(
-            &st.tokens,
-            &st.store,
-            &realm,
-            &query,
-            &credentials,
-            bearer.as_deref(),
-            at,
-        )
+        let request = IntrospectionRequest {
+            query: &query,
+            credentials: &credentials,
+            bearer: bearer.as_deref(),
+        };
+        st.introspection
+            .introspect(&st.tokens, &st.store, &realm, &request, at)
     })
     .await?;
     match result {
@@ -272,14 +286,8 @@ async fn revoke(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let realm = realm_state(&state, &path).await?;
-    let auth = authorization(&req)?;
-    let basic_realm =
-        matches!(auth, Authorization::Basic(..)).then(|| realm.realm.name.to_string());
-    let oauth = |error: OAuthError| ApiError::OAuth {
-        error,
-        basic_realm: basic_realm.clone(),
-    };
+    let (realm, auth, challenge) = begin(&req, &state, &path).await?;
+    let oauth = |error: OAuthError| challenge.error(error);
     let credentials = client_credentials(&req, auth).map_err(oauth)?;
     let query = TokenQuery::from_form(form(&req, &body).map_err(oauth)?).map_err(oauth)?;
 

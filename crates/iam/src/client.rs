@@ -84,8 +84,8 @@ impl ClientAuth {
     }
 }
 
-/// Person ids a client may name in `person_id`: none, some, or any.
-pub const ANY_PERSON: &str = "*";
+/// In a registration's list of person ids or accounts: any of them.
+pub const WILDCARD: &str = "*";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Client {
@@ -99,12 +99,12 @@ pub struct Client {
     pub principal_id: Option<String>,
     /// CH:IUA `principal`: the name of that principal.
     pub principal_name: Option<String>,
-    /// `person_id` values the client may ask for; [`ANY_PERSON`] allows every one.
+    /// `person_id` values the client may ask for; [`WILDCARD`] allows every one.
     pub person_ids: Vec<String>,
     /// When the client is a resource server: the audiences that name it. Introspection
     /// reports a token as active to it only if the token's `aud` names one of them.
     pub resource_servers: Vec<String>,
-    /// Account URNs the client may ask a token for (`account` parameter); [`ANY_PERSON`]
+    /// Account URNs the client may ask a token for (`account` parameter); [`WILDCARD`]
     /// (`*`) allows every account.
     pub accounts: Vec<String>,
     pub iua: IuaAttributes,

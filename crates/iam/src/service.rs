@@ -11,9 +11,7 @@ use serde_json::Value;
 use tessera_types::smart::scope_allowed;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, Scope, ScopeSet, UnixTime};
 
-use crate::client::{
-    CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource, ANY_PERSON,
-};
+use crate::client::{CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource, WILDCARD};
 use crate::error::{OAuthError, OAuthErrorCode, StoreError};
 use crate::jose::{b64, Algorithm, JoseError, JwkSet, SigningKey, UnverifiedJws};
 use crate::request::{ClientAuthParams, Credentials, TokenRequest, JWT_BEARER_ASSERTION};
@@ -311,16 +309,6 @@ impl<S: IamStore> TokenService<S> {
             },
         );
         Ok(Some(client))
-    }
-
-    /// Drops cached realms and clients, so the next request reads the database.
-    pub fn invalidate_caches(&self) {
-        if let Ok(mut realms) = self.realms.write() {
-            realms.clear();
-        }
-        if let Ok(mut clients) = self.clients.write() {
-            clients.clear();
-        }
     }
 
     /// Handles a token request on `realm` (ITI-71).
@@ -691,7 +679,7 @@ impl<S: IamStore> TokenService<S> {
         let allowed = client
             .accounts
             .iter()
-            .any(|a| a == ANY_PERSON || a == urn.as_str());
+            .any(|a| a == WILDCARD || a == urn.as_str());
         if !allowed {
             return Err(invalid_client(
                 "this client may not ask for tokens for that account",
@@ -788,7 +776,7 @@ impl<S: IamStore> TokenService<S> {
                 let allowed = client
                     .person_ids
                     .iter()
-                    .any(|p| p == ANY_PERSON || *p == asked);
+                    .any(|p| p == WILDCARD || *p == asked);
                 if !allowed {
                     return Err(invalid_client("person_id is not allowed for this client"));
                 }

@@ -61,6 +61,15 @@ impl From<StoreError> for IntrospectionError {
     }
 }
 
+/// An introspection request as the caller sent it: the form, what the connection and
+/// headers proved, and the caller's own access token when it used `Authorization: Bearer`.
+#[derive(Clone, Copy)]
+pub struct IntrospectionRequest<'a> {
+    pub query: &'a TokenQuery,
+    pub credentials: &'a Credentials,
+    pub bearer: Option<&'a str>,
+}
+
 /// The identity behind an introspection request.
 struct Caller {
     client_id: ClientId,
@@ -127,22 +136,23 @@ impl Introspection {
         Ok(Some(verified))
     }
 
-    /// RFC 7662 / ITI-102. `bearer` is the caller's own access token when it
-    /// authenticated with `Authorization: Bearer`.
-    #[allow(clippy::too_many_arguments)]
+    /// RFC 7662 / ITI-102.
     pub fn introspect<S: IamStore, R: RevocationStore>(
         &self,
         tokens: &TokenService<S>,
         revocations: &R,
         realm: &RealmState,
-        query: &TokenQuery,
-        credentials: &Credentials,
-        bearer: Option<&str>,
+        request: &IntrospectionRequest<'_>,
         now: UnixTime,
     ) -> Result<Value, IntrospectionError> {
+        let IntrospectionRequest {
+            query,
+            credentials,
+            bearer,
+        } = *request;
         let skew = tokens.settings().clock_skew_seconds;
         let caller = match bearer {
-            Some(bearer) => self.bearer_caller(tokens, revocations, realm, query, credentials, bearer, now)?,
+            Some(bearer) => self.bearer_caller(tokens, revocations, realm, request, bearer, now)?,
             None => tokens.authenticate_then(realm, &query.client, credentials, now, |auth| {
                 if !may_introspect(auth.client.scopes.iter()) {
                     return Err(OAuthError::invalid_client(format!(
@@ -178,18 +188,17 @@ impl Introspection {
 
     /// IUA's Bearer option: the caller shows an access token of its own with the
     /// introspection scope, bound to its certificate if the token says so.
-    #[allow(clippy::too_many_arguments)]
     fn bearer_caller<S: IamStore, R: RevocationStore>(
         &self,
         tokens: &TokenService<S>,
         revocations: &R,
         realm: &RealmState,
-        query: &TokenQuery,
-        credentials: &Credentials,
+        request: &IntrospectionRequest<'_>,
         bearer: &str,
         now: UnixTime,
     ) -> Result<Caller, IntrospectionError> {
-        let client = &query.client;
+        let credentials = request.credentials;
+        let client = &request.query.client;
         if client.client_id.is_some()
             || client.client_secret.is_some()
             || client.client_assertion.is_some()
