@@ -1,0 +1,211 @@
+//! ATNA: the audit trail. Typed audit events, their two encodings (FHIR R4 AuditEvent
+//! following IHE BALP, and the DICOM PS3.15 audit message that ATNA syslog carries), the
+//! redaction of requests before they are recorded, and the hash chain that makes the
+//! stored trail tamper-evident.
+//!
+//! This crate must not depend on a web framework or a database library, and reads no
+//! clock: every record carries the time it is given.
+
+#![forbid(unsafe_code)]
+
+mod dicom;
+mod fhir;
+
+pub use dicom::to_dicom_xml;
+pub use fhir::to_fhir;
+use ring::digest;
+use serde::{Deserialize, Serialize};
+use tessera_types::UnixTime;
+
+/// The outcome codes of DICOM and FHIR (`audit-event-outcome`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Success,
+    /// The request was refused (a client error).
+    MinorFailure,
+    /// The server failed.
+    SeriousFailure,
+}
+
+impl Outcome {
+    pub fn code(self) -> u8 {
+        match self {
+            Outcome::Success => 0,
+            Outcome::MinorFailure => 4,
+            Outcome::SeriousFailure => 8,
+        }
+    }
+}
+
+/// What happened. Each variant knows its event type and subtype codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// ITI-71 Get Access Token, granted or refused (BALP `IHE.IUA.71`).
+    TokenRequest {
+        /// The client's id (or what it claimed, when refused).
+        client_id: Option<String>,
+        /// The granted token's `jti`; `None` when refused.
+        token_id: Option<String>,
+        scope: Option<String>,
+        /// The token endpoint URL: the auth-server agent.
+        token_endpoint: String,
+        /// The request as sent, redacted by [`redact_token_request`].
+        request: String,
+        /// RFC 6749 error code and description, when refused.
+        error: Option<String>,
+    },
+}
+
+/// An audit record: an event with its identity, time, outcome and network facts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// A stable id (UUID): delivery is at-least-once, receivers deduplicate by it.
+    pub id: String,
+    pub recorded: UnixTime,
+    /// The node that observed the event (`AuditSourceIdentification`).
+    pub observer: String,
+    /// The peer's IP address.
+    pub client_address: Option<String>,
+    pub outcome: Outcome,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Removes what an audit trail must never hold from a token request body: the client
+/// secret, and the signature of a client assertion (its header and claims stay, as the
+/// evidence of who asked). Returns the body in form encoding.
+pub fn redact_token_request(pairs: &[(String, String)]) -> String {
+    let redacted: Vec<(String, String)> = pairs
+        .iter()
+        .map(|(name, value)| {
+            let value = match name.as_str() {
+                "client_secret" => "[redacted]".to_owned(),
+                "client_assertion" => match value.rsplit_once('.') {
+                    Some((signed_part, _)) => format!("{signed_part}.[signature redacted]"),
+                    None => "[redacted]".to_owned(),
+                },
+                _ => value.clone(),
+            };
+            (name.clone(), value)
+        })
+        .collect();
+    let mut out = String::new();
+    for (i, (name, value)) in redacted.iter().enumerate() {
+        if i > 0 {
+            out.push('&');
+        }
+        out.push_str(&form_encode(name));
+        out.push('=');
+        out.push_str(&form_encode(value));
+    }
+    out
+}
+
+fn form_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".to_owned(),
+            other => format!("%{other:02X}"),
+        })
+        .collect()
+}
+
+/// The hash of the chain so far including `record`: SHA-256 over the previous hash and
+/// the record's canonical JSON, hex. The first record's previous hash is empty.
+pub fn chain_hash(previous: &str, canonical: &str) -> String {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(previous.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(canonical.as_bytes());
+    ctx.finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The canonical text of a record, the one that is hashed and stored.
+pub fn canonical(record: &Record) -> String {
+    // serde_json writes struct fields in declaration order: stable for a given version.
+    serde_json::to_string(record).unwrap_or_default()
+}
+
+/// RFC 3339 UTC, second precision, as FHIR `instant` and DICOM `EventDateTime` take it.
+pub fn timestamp(t: UnixTime) -> String {
+    time::OffsetDateTime::from_unix_timestamp(t.0)
+        .ok()
+        .and_then(|d| {
+            d.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub(crate) fn issued() -> Record {
+        Record {
+            id: "4b7e6e1c-4c66-4a7e-9d8a-0c1b2d3e4f50".into(),
+            recorded: UnixTime(1_795_395_890),
+            observer: "https://tessera.example/realms/cara".into(),
+            client_address: Some("192.0.2.7".into()),
+            outcome: Outcome::Success,
+            event: Event::TokenRequest {
+                client_id: Some("bestclinic-tcu".into()),
+                token_id: Some("3ZCRX77v-XmgKziJgvtSjg".into()),
+                scope: Some("system/Patient.rs".into()),
+                token_endpoint: "https://tessera.example/realms/cara/protocol/openid-connect/token"
+                    .into(),
+                request: "grant_type=client_credentials&client_id=bestclinic-tcu".into(),
+                error: None,
+            },
+        }
+    }
+
+    #[test]
+    fn secrets_and_signatures_never_reach_the_trail() {
+        let pairs = vec![
+            ("grant_type".to_owned(), "client_credentials".to_owned()),
+            ("client_secret".to_owned(), "s3cret value".to_owned()),
+            (
+                "client_assertion".to_owned(),
+                "aGVhZA.Y2xhaW1z.c2lnbmF0dXJl".to_owned(),
+            ),
+        ];
+        let text = redact_token_request(&pairs);
+        assert!(
+            !text.contains("s3cret") && !text.contains("c2lnbmF0dXJl"),
+            "{text}"
+        );
+        assert!(text.contains("aGVhZA.Y2xhaW1z."), "{text}");
+        assert!(
+            text.starts_with("grant_type=client_credentials&client_secret=%5Bredacted%5D"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_chain_depends_on_every_record_and_its_order() {
+        let a = canonical(&issued());
+        let mut other = issued();
+        other.id = "other".into();
+        let b = canonical(&other);
+        let h1 = chain_hash("", &a);
+        let h2 = chain_hash(&h1, &b);
+        assert_eq!(h2, chain_hash(&chain_hash("", &a), &b));
+        assert_ne!(h2, chain_hash(&chain_hash("", &b), &a));
+        assert_ne!(h1, chain_hash("", &a.replace("Patient", "Patienx")));
+        assert_eq!(h1.len(), 64);
+    }
+
+    #[test]
+    fn timestamps_are_rfc3339_utc() {
+        assert_eq!(timestamp(UnixTime(1_795_395_890)), "2026-11-23T01:04:50Z");
+    }
+}
