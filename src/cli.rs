@@ -81,6 +81,21 @@ enum Command {
     /// FHIR Vault partitions of an account
     #[command(subcommand)]
     Partition(PartitionCommand),
+    /// The audit trail: verify its hash chain, export it
+    #[command(subcommand)]
+    Audit(AuditCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Recompute the hash chain over every stored event; fails naming the first broken link
+    Verify,
+    /// Write events as NDJSON (one FHIR AuditEvent per line) to standard output
+    Export {
+        /// Only events recorded at or after this date (YYYY-MM-DD) or time (RFC 3339)
+        #[arg(long)]
+        since: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -369,6 +384,10 @@ pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
             let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
             crate::accounts::account(cmd_account(cmd), &loaded, out)
         }
+        Command::Audit(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            audit(cmd, &loaded, out)
+        }
         Command::Partition(PartitionCommand::Add {
             account,
             use_case,
@@ -613,6 +632,47 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
         }
     }
     Ok(())
+}
+
+fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
+    let store = open_store(loaded)?;
+    match cmd {
+        AuditCommand::Verify => {
+            let report = store.verify_audit_chain()?;
+            match report.first_broken {
+                None => writeln!(out, "audit chain intact: {} events verified", report.checked)?,
+                Some((seq, id)) => bail!(
+                    "audit chain broken at event #{seq} ({id}): {} events before it verify, this one does not; \
+                     it or an earlier event was changed, removed or reordered",
+                    report.checked
+                ),
+            }
+        }
+        AuditCommand::Export { since } => {
+            let since = match since {
+                None => UnixTime(0),
+                Some(text) => parse_since(&text)?,
+            };
+            for record in store.audit_since(since)? {
+                writeln!(out, "{}", tessera_atna::to_fhir(&record))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 time.
+fn parse_since(text: &str) -> anyhow::Result<UnixTime> {
+    use time::format_description::well_known::Rfc3339;
+    let full = if text.len() == 10 {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_owned()
+    };
+    let parsed = time::OffsetDateTime::parse(&full, &Rfc3339).map_err(|_| {
+        anyhow!("--since: expected YYYY-MM-DD or an RFC 3339 time such as 2026-11-23T10:00:00Z")
+    })?;
+    Ok(UnixTime(parsed.unix_timestamp()))
 }
 
 fn revoke_token(

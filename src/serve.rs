@@ -39,6 +39,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
     };
     Ok(Arc::new(AppState {
         tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
+        audit: tessera_store::AuditWriter::start(store.clone()),
         aim,
         introspection: tessera_introspection::Introspection::new(),
         store,

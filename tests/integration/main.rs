@@ -13,6 +13,7 @@
 mod support;
 
 mod aim;
+mod audit;
 mod cli;
 mod discovery;
 mod introspection;

@@ -142,6 +142,22 @@ impl Env {
             .to_owned()
     }
 
+    /// Runs a SQL statement on this installation's database, as an attacker with
+    /// database access would (for tamper tests).
+    pub fn sql(&self, statement: &str) -> usize {
+        let url = self.loaded().database_url();
+        match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                diesel::sql_query(statement).execute(&mut conn).unwrap()
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(&url).unwrap();
+                diesel::sql_query(statement).execute(&mut conn).unwrap()
+            }
+        }
+    }
+
     /// Replaces a line of the configuration file (before the server starts).
     pub fn set_config(&self, old: &str, new: &str) {
         let text = std::fs::read_to_string(&self.config).unwrap();

@@ -134,6 +134,24 @@ pub fn canonical(record: &Record) -> String {
     serde_json::to_string(record).unwrap_or_default()
 }
 
+/// A new event id: a random (version 4) UUID; `None` if the system RNG fails.
+pub fn new_event_id() -> Option<String> {
+    use ring::rand::SecureRandom as _;
+    let mut b = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut b).ok()?;
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    Some(format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    ))
+}
+
 /// RFC 3339 UTC, second precision, as FHIR `instant` and DICOM `EventDateTime` take it.
 pub fn timestamp(t: UnixTime) -> String {
     time::OffsetDateTime::from_unix_timestamp(t.0)

@@ -9,9 +9,10 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
+use tessera_atna::{redact_token_request, Event, Outcome, Record};
 use tessera_iam::metadata::authorization_server_metadata;
 use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery, TokenRequest};
-use tessera_iam::{OAuthError, RealmState};
+use tessera_iam::{Issued, OAuthError, RealmState};
 use tessera_introspection::{IntrospectionError, IntrospectionRequest};
 use tessera_types::Secret;
 
@@ -182,19 +183,44 @@ async fn issue(
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (realm, auth, challenge) = begin(req, state, realm).await?;
-    let oauth = |error: OAuthError| challenge.error(error);
-    let credentials = client_credentials(req, auth).map_err(oauth)?;
-    let request = TokenRequest::from_form(form(req, body).map_err(oauth)?).map_err(oauth)?;
-    let client_hint = request
-        .client
-        .client_id
-        .clone()
-        .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()));
+    let pairs = form(req, body);
+    // What the trail may keep of the request: no secret, no assertion signature.
+    let redacted = pairs
+        .as_ref()
+        .map(|p| redact_token_request(p))
+        .unwrap_or_default();
+    let prepared = client_credentials(req, auth).and_then(|credentials| {
+        let request = TokenRequest::from_form(pairs?)?;
+        Ok((credentials, request))
+    });
+    let client_hint = prepared.as_ref().ok().and_then(|(credentials, request)| {
+        request
+            .client
+            .client_id
+            .clone()
+            .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()))
+    });
+    let audit = TokenAudit {
+        observer: realm.issuer.clone(),
+        token_endpoint: realm.token_endpoint.clone(),
+        client_address: req.peer_addr().map(|a| a.ip().to_string()),
+        request: redacted,
+        client_hint: client_hint.clone(),
+    };
 
     let st = state.clone().into_inner();
     let realm_name = realm.realm.name.clone();
     let at = now();
-    match blocking(move || st.tokens.issue(&realm, request, &credentials, at)).await? {
+    // The outcome is recorded durably before anyone sees it; if it cannot be, no token
+    // leaves the server.
+    let result = blocking(move || {
+        let result = prepared
+            .and_then(|(credentials, request)| st.tokens.issue(&realm, request, &credentials, at));
+        st.audit.append(audit.record(&result, at)?)?;
+        Ok::<_, tessera_iam::StoreError>(result)
+    })
+    .await??;
+    match result {
         Ok(issued) => {
             tracing::info!(
                 realm = %realm_name,
@@ -214,8 +240,63 @@ async fn issue(
                 reason = %error.description,
                 "token refused"
             );
-            Err(oauth(error))
+            Err(challenge.error(error))
         }
+    }
+}
+
+/// What the audit record of a token request needs besides the outcome.
+struct TokenAudit {
+    observer: String,
+    token_endpoint: String,
+    client_address: Option<String>,
+    request: String,
+    client_hint: Option<String>,
+}
+
+impl TokenAudit {
+    fn record(
+        self,
+        result: &Result<Issued, OAuthError>,
+        at: tessera_types::UnixTime,
+    ) -> Result<Record, tessera_iam::StoreError> {
+        let id = tessera_atna::new_event_id()
+            .ok_or_else(|| tessera_iam::StoreError("no randomness for an event id".into()))?;
+        let (outcome, client_id, token_id, scope, error) = match result {
+            Ok(issued) => (
+                Outcome::Success,
+                Some(issued.claims.client_id.clone()),
+                Some(issued.claims.jti.clone()),
+                Some(issued.claims.scope.clone()),
+                None,
+            ),
+            Err(error) => (
+                if error.code == tessera_iam::OAuthErrorCode::ServerError {
+                    Outcome::SeriousFailure
+                } else {
+                    Outcome::MinorFailure
+                },
+                self.client_hint,
+                None,
+                None,
+                Some(format!("{}: {}", error.code.as_str(), error.description)),
+            ),
+        };
+        Ok(Record {
+            id,
+            recorded: at,
+            observer: self.observer,
+            client_address: self.client_address,
+            outcome,
+            event: Event::TokenRequest {
+                client_id,
+                token_id,
+                scope,
+                token_endpoint: self.token_endpoint,
+                request: self.request,
+                error,
+            },
+        })
     }
 }
 

@@ -89,6 +89,8 @@ pub struct ServerSettings {
 /// What every handler shares.
 pub struct AppState {
     pub tokens: TokenService<Store>,
+    /// Durable audit trail: handlers append before they answer.
+    pub audit: tessera_store::AuditWriter,
     pub aim: AimSettings,
     pub introspection: tessera_introspection::Introspection,
     pub store: Store,

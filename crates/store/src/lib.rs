@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 mod aim;
+mod audit;
 mod schema;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
 use tessera_introspection::RevocationStore;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
+pub use crate::audit::{AuditWriter, ChainReport};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
@@ -65,7 +67,7 @@ fn connection_url(url: &str) -> String {
     }
 }
 
-fn db_error(err: impl std::fmt::Display) -> StoreError {
+pub(crate) fn db_error(err: impl std::fmt::Display) -> StoreError {
     StoreError(err.to_string())
 }
 

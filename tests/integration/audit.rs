@@ -1,0 +1,242 @@
+//! ATNA: every token request leaves an audit record, durable before the answer, in
+//! both encodings, without secrets; the hash chain exposes tampering.
+
+use serde_json::{json, Value};
+use tessera_atna::{to_dicom_xml, to_fhir, Event, Outcome, Record};
+use tessera_iam::jose::{Algorithm, SigningKey};
+
+use crate::support::{assert_valid_fhir, decode_jwt, now, Client, Env};
+
+fn records(env: &Env) -> Vec<Record> {
+    tessera::cli::open_store(&env.loaded())
+        .unwrap()
+        .audit_since(tessera_types::UnixTime(0))
+        .unwrap()
+}
+
+fn parts(record: &Record) -> (Option<&str>, Option<&str>, &str, Option<&str>) {
+    let Event::TokenRequest {
+        client_id,
+        token_id,
+        request,
+        error,
+        ..
+    } = &record.event;
+    (
+        client_id.as_deref(),
+        token_id.as_deref(),
+        request.as_str(),
+        error.as_deref(),
+    )
+}
+
+#[test]
+fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
+    let env = Env::new();
+    let (crt, key) = env.issue_client("tcu");
+    env.cli(&[
+        "client",
+        "add",
+        "--client-id",
+        "tcu",
+        "--auth",
+        "tls_client_auth",
+        "--cert",
+        crt.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ])
+    .unwrap();
+    let secret = env.add_secret_client(&[
+        "--client-id",
+        "app",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/*.rs",
+    ]);
+    let (assertion_key, _) = SigningKey::generate_ec(Algorithm::ES256).unwrap();
+    let pem = env.path("be.pem");
+    std::fs::write(
+        &pem,
+        tessera_iam::pem::jwk_to_pem(&assertion_key.public_jwk()).unwrap(),
+    )
+    .unwrap();
+    env.cli(&[
+        "client",
+        "add",
+        "--client-id",
+        "be",
+        "--auth",
+        "private_key_jwt",
+        "--public-key",
+        pem.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ])
+    .unwrap();
+    let _server = env.start();
+
+    // Granted over mTLS: the record is there the moment the answer is.
+    let reply = Client::new(&env, Some((&crt, &key)))
+        .token(&[("grant_type", "client_credentials"), ("client_id", "tcu")]);
+    let jti = decode_jwt(reply.json()["access_token"].as_str().unwrap()).1["jti"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let trail = records(&env);
+    assert_eq!(trail.len(), 1);
+    let granted = &trail[0];
+    assert_eq!(granted.outcome, Outcome::Success);
+    assert_eq!(parts(granted).0, Some("tcu"));
+    assert_eq!(parts(granted).1, Some(jti.as_str()));
+    assert_eq!(granted.client_address.as_deref(), Some("127.0.0.1"));
+    assert_eq!(granted.observer, env.issuer());
+    let fhir = to_fhir(granted);
+    assert_valid_fhir(&fhir);
+    assert_eq!(fhir["subtype"][0]["code"], "ITI-71");
+    assert_eq!(fhir["entity"][1]["what"]["identifier"]["value"], jti);
+    let xml = to_dicom_xml(granted);
+    assert!(
+        xml.contains(&format!("ParticipantObjectID=\"{jti}\"")),
+        "{xml}"
+    );
+
+    // Refused with a wrong secret: recorded as a failure; the secret tried is nowhere.
+    let anonymous = Client::new(&env, None);
+    anonymous
+        .token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "app"),
+            ("client_secret", "wrong-secret-xyz"),
+        ])
+        .oauth_error(401, "invalid_client");
+    assert_eq!(
+        anonymous
+            .token(&[
+                ("grant_type", "client_credentials"),
+                ("client_id", "app"),
+                ("client_secret", &secret)
+            ])
+            .status,
+        200
+    );
+    // A client assertion: its claims are evidence, its signature is not kept.
+    let assertion = assertion_key
+        .sign("JWT", &json!({"iss": "be", "sub": "be", "aud": env.token_url(), "exp": now() + 60, "jti": "a-1"}))
+        .unwrap();
+    let signature = assertion.rsplit('.').next().unwrap().to_owned();
+    assert_eq!(
+        anonymous
+            .token(&[
+                ("grant_type", "client_credentials"),
+                (
+                    "client_assertion_type",
+                    tessera_iam::request::JWT_BEARER_ASSERTION
+                ),
+                ("client_assertion", &assertion),
+            ])
+            .status,
+        200
+    );
+    // Malformed requests are recorded too.
+    anonymous
+        .token(&[("client_id", "app")])
+        .oauth_error(400, "invalid_request");
+
+    let trail = records(&env);
+    assert_eq!(trail.len(), 5, "{trail:#?}");
+    let refused = &trail[1];
+    assert_eq!(refused.outcome, Outcome::MinorFailure);
+    assert_eq!(parts(refused).0, Some("app"));
+    assert!(parts(refused).3.unwrap().starts_with("invalid_client"));
+    assert_valid_fhir(&to_fhir(refused));
+    assert_eq!(to_fhir(refused)["outcome"], "4");
+    let stored: String = trail.iter().map(tessera_atna::canonical).collect();
+    assert!(
+        !stored.contains("wrong-secret-xyz") && !stored.contains(&secret),
+        "a secret reached the trail"
+    );
+    assert!(
+        !stored.contains(&signature),
+        "an assertion signature reached the trail"
+    );
+    assert!(parts(&trail[3])
+        .2
+        .contains(&assertion[..assertion.len() - signature.len()]));
+    assert_eq!(
+        parts(&trail[4]).3.map(|e| e.starts_with("invalid_request")),
+        Some(true)
+    );
+    for record in &trail {
+        assert_valid_fhir(&to_fhir(record));
+    }
+}
+
+#[test]
+fn the_hash_chain_names_the_first_tampered_or_missing_event() {
+    let env = Env::new();
+    let (crt, key) = env.issue_client("tcu");
+    env.cli(&[
+        "client",
+        "add",
+        "--client-id",
+        "tcu",
+        "--auth",
+        "tls_client_auth",
+        "--cert",
+        crt.to_str().unwrap(),
+        "--scope",
+        "system/*.rs",
+    ])
+    .unwrap();
+    let _server = env.start();
+    let client = Client::new(&env, Some((&crt, &key)));
+    for _ in 0..4 {
+        assert_eq!(
+            client
+                .token(&[("grant_type", "client_credentials"), ("client_id", "tcu")])
+                .status,
+            200
+        );
+    }
+    assert_eq!(
+        env.cli(&["audit", "verify"]).unwrap().trim(),
+        "audit chain intact: 4 events verified"
+    );
+
+    let export = env
+        .cli(&["audit", "export", "--since", "2020-01-01"])
+        .unwrap();
+    let lines: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4);
+    assert!(lines.iter().all(|e| e["resourceType"] == "AuditEvent"));
+    assert_eq!(
+        env.cli(&["audit", "export", "--since", "2999-01-01"])
+            .unwrap(),
+        ""
+    );
+    assert!(env
+        .cli(&["audit", "export", "--since", "yesterday"])
+        .is_err());
+
+    // Someone with database access rewrites the third event.
+    assert_eq!(env.sql("UPDATE audit_events SET record = replace(record, '\"tcu\"', '\"someone\"') WHERE seq = 3"), 1);
+    let broken = env.cli(&["audit", "verify"]).unwrap_err().to_string();
+    assert!(
+        broken.contains("broken at event #3") && broken.contains("2 events before it verify"),
+        "{broken}"
+    );
+
+    // Put it back; then delete the newest event instead: the chain head catches that.
+    env.sql(
+        "UPDATE audit_events SET record = replace(record, '\"someone\"', '\"tcu\"') WHERE seq = 3",
+    );
+    assert!(env.cli(&["audit", "verify"]).is_ok());
+    env.sql("DELETE FROM audit_events WHERE seq = 4");
+    let missing = env.cli(&["audit", "verify"]).unwrap_err().to_string();
+    assert!(missing.contains("#4"), "{missing}");
+}
