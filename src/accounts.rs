@@ -35,21 +35,11 @@ fn account_urn(text: &str) -> anyhow::Result<AccountUrn> {
 /// A random version 4 UUID: the account id.
 fn new_account_id() -> anyhow::Result<String> {
     use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 16];
+    let mut bytes = [0u8; 16];
     ring::rand::SystemRandom::new()
-        .fill(&mut b)
+        .fill(&mut bytes)
         .map_err(|_| anyhow!("the system random number generator failed"))?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    ))
+    Ok(tessera_types::uuid_v4(bytes))
 }
 
 fn describe(account: &Account) -> serde_json::Value {

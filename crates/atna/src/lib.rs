@@ -137,19 +137,9 @@ pub fn canonical(record: &Record) -> String {
 /// A new event id: a random (version 4) UUID; `None` if the system RNG fails.
 pub fn new_event_id() -> Option<String> {
     use ring::rand::SecureRandom as _;
-    let mut b = [0u8; 16];
-    ring::rand::SystemRandom::new().fill(&mut b).ok()?;
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let hex: String = b.iter().map(|x| format!("{x:02x}")).collect();
-    Some(format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    ))
+    let mut bytes = [0u8; 16];
+    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
+    Some(tessera_types::uuid_v4(bytes))
 }
 
 /// RFC 3339 UTC, second precision, as FHIR `instant` and DICOM `EventDateTime` take it.

@@ -347,6 +347,22 @@ impl fmt::Debug for Secret {
     }
 }
 
+/// Formats 16 random bytes as a version 4 UUID (RFC 9562), setting the version and
+/// variant bits. The caller brings the randomness (this crate has no RNG).
+pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// Seconds since the Unix epoch. Domain functions take the current time as one of these
 /// instead of reading the clock, so tests can pin it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -431,6 +447,13 @@ mod tests {
         assert!(AccountUrn::try_from("urn:tessera:account:").is_err());
         assert!(AccountUrn::try_from("urn:tessera:account:a/b").is_err());
         assert!(AccountUrn::try_from("tessera:account:a").is_err());
+    }
+
+    #[test]
+    fn uuids_carry_version_4_and_the_rfc_variant() {
+        let id = uuid_v4([0xff; 16]);
+        assert_eq!(id, "ffffffff-ffff-4fff-bfff-ffffffffffff");
+        assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
     }
 
     #[test]
