@@ -163,20 +163,7 @@ fn aim() -> Aim {
         field(&printed, "account").to_owned(),
         field(&printed, "partition").to_owned(),
     );
-    let (crt, key) = env.issue_client("tcu");
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
-        "tcu",
-        "--auth",
-        "tls_client_auth",
-        "--cert",
-        crt.to_str().unwrap(),
-        "--scope",
-        "aim/resolve system/*.rs",
-    ])
-    .unwrap();
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "aim/resolve system/*.rs"]);
     let tcu = Client::new(&env, Some((&crt, &key)));
     Aim {
         env,

@@ -33,20 +33,7 @@ fn parts(record: &Record) -> (Option<&str>, Option<&str>, &str, Option<&str>) {
 #[test]
 fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
     let env = Env::new();
-    let (crt, key) = env.issue_client("tcu");
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
-        "tcu",
-        "--auth",
-        "tls_client_auth",
-        "--cert",
-        crt.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ])
-    .unwrap();
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
     let secret = env.add_secret_client(&[
         "--client-id",
         "app",
@@ -176,20 +163,7 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
 #[test]
 fn the_hash_chain_names_the_first_tampered_or_missing_event() {
     let env = Env::new();
-    let (crt, key) = env.issue_client("tcu");
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
-        "tcu",
-        "--auth",
-        "tls_client_auth",
-        "--cert",
-        crt.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ])
-    .unwrap();
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
     let _server = env.start();
     let client = Client::new(&env, Some((&crt, &key)));
     for _ in 0..4 {

@@ -26,36 +26,11 @@ fn setup() -> Setup {
         "audiences = []",
         &format!("audiences = [\"{fhir}\", \"https://other.example/fhir\"]"),
     );
-    let (tcu_crt, tcu_key) = env.issue_client("tcu");
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
-        "tcu",
-        "--auth",
-        "tls_client_auth",
-        "--cert",
-        tcu_crt.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ])
-    .unwrap();
-    let (gw_crt, gw_key) = env.issue_client("gateway");
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
+    let (tcu_crt, tcu_key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
+    let (gw_crt, gw_key) = env.add_mtls_client(
         "gateway",
-        "--auth",
-        "tls_client_auth",
-        "--cert",
-        gw_crt.to_str().unwrap(),
-        "--scope",
-        "introspection",
-        "--resource-server",
-        &fhir,
-    ])
-    .unwrap();
+        &["--scope", "introspection", "--resource-server", &fhir],
+    );
     let auditor_secret = env.add_secret_client(&[
         "--client-id",
         "auditor",

@@ -130,6 +130,26 @@ impl Env {
         }
     }
 
+    /// Issues a certificate named `client_id` and registers it as a `tls_client_auth`
+    /// client with `extra` arguments (scope, ...); returns (certificate, key) paths.
+    pub fn add_mtls_client(&self, client_id: &str, extra: &[&str]) -> (PathBuf, PathBuf) {
+        let (crt, key) = self.issue_client(client_id);
+        let cert = crt.to_str().unwrap().to_owned();
+        let mut args = vec![
+            "client",
+            "add",
+            "--client-id",
+            client_id,
+            "--auth",
+            "tls_client_auth",
+            "--cert",
+            &cert,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args).unwrap();
+        (crt, key)
+    }
+
     /// Runs `tessera client add ARGS...` for a secret client; returns the secret it printed.
     pub fn add_secret_client(&self, args: &[&str]) -> String {
         let mut full = vec!["client", "add"];
