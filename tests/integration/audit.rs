@@ -43,25 +43,7 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
         "system/*.rs",
     ]);
     let (assertion_key, _) = SigningKey::generate_ec(Algorithm::ES256).unwrap();
-    let pem = env.path("be.pem");
-    std::fs::write(
-        &pem,
-        tessera_iam::pem::jwk_to_pem(&assertion_key.public_jwk()).unwrap(),
-    )
-    .unwrap();
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
-        "be",
-        "--auth",
-        "private_key_jwt",
-        "--public-key",
-        pem.to_str().unwrap(),
-        "--scope",
-        "system/*.rs",
-    ])
-    .unwrap();
+    env.add_key_client("be", &assertion_key, "system/*.rs");
     let _server = env.start();
 
     // Granted over mTLS: the record is there the moment the answer is.

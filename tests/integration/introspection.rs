@@ -248,26 +248,7 @@ fn a_resource_server_learns_only_about_tokens_meant_for_it() {
 fn callers_must_authenticate_and_be_allowed_to_introspect() {
     let s = setup();
     let (be_key, _) = SigningKey::generate_ec(Algorithm::ES256).unwrap();
-    let pem = s.env.path("be.pem");
-    std::fs::write(
-        &pem,
-        tessera_iam::pem::jwk_to_pem(&be_key.public_jwk()).unwrap(),
-    )
-    .unwrap();
-    s.env
-        .cli(&[
-            "client",
-            "add",
-            "--client-id",
-            "be",
-            "--auth",
-            "private_key_jwt",
-            "--public-key",
-            pem.to_str().unwrap(),
-            "--scope",
-            "introspection",
-        ])
-        .unwrap();
+    s.env.add_key_client("be", &be_key, "introspection");
     let _server = s.env.start();
     let token = s.token(&[]);
     let anonymous = Client::new(&s.env, None);

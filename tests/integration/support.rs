@@ -150,6 +150,37 @@ impl Env {
         (crt, key)
     }
 
+    /// Registers a `private_key_jwt` client from `key`'s public key (written as PEM, as a
+    /// client hands it to the operator) with the key's algorithm; returns what the CLI printed.
+    pub fn add_key_client(
+        &self,
+        client_id: &str,
+        key: &tessera_iam::jose::SigningKey,
+        scope: &str,
+    ) -> String {
+        let pem = self.path(&format!("{client_id}.pub.pem"));
+        std::fs::write(
+            &pem,
+            tessera_iam::pem::jwk_to_pem(&key.public_jwk()).unwrap(),
+        )
+        .unwrap();
+        self.cli(&[
+            "client",
+            "add",
+            "--client-id",
+            client_id,
+            "--auth",
+            "private_key_jwt",
+            "--public-key",
+            pem.to_str().unwrap(),
+            "--alg",
+            key.alg().name(),
+            "--scope",
+            scope,
+        ])
+        .unwrap()
+    }
+
     /// Runs `tessera client add ARGS...` for a secret client; returns the secret it printed.
     pub fn add_secret_client(&self, args: &[&str]) -> String {
         let mut full = vec!["client", "add"];

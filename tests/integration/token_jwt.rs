@@ -12,26 +12,6 @@ use crate::support::{decode_jwt, now, Client, Env, JwksServer, Reply, Server};
 
 const CLIENT_ID: &str = "a6ac14a8-e87a-4b0c-8b2d-407fedab9c62";
 
-fn register_public_key(env: &Env, client_id: &str, key: &SigningKey) -> String {
-    let pem_file = env.path(&format!("{client_id}.pub.pem"));
-    std::fs::write(&pem_file, jwk_to_pem(&key.public_jwk()).unwrap()).unwrap();
-    env.cli(&[
-        "client",
-        "add",
-        "--client-id",
-        client_id,
-        "--auth",
-        "private_key_jwt",
-        "--public-key",
-        pem_file.to_str().unwrap(),
-        "--alg",
-        key.alg().name(),
-        "--scope",
-        "system/Patient.rs system/Observation.rs",
-    ])
-    .unwrap()
-}
-
 fn claims(env: &Env, jti: &str) -> Value {
     json!({
         "iss": CLIENT_ID, "sub": CLIENT_ID, "aud": env.token_url(),
@@ -52,7 +32,7 @@ fn request(client: &Client, assertion: &str, scope: &str) -> Reply {
 fn an_es384_backend_service_gets_a_token_and_cannot_replay_its_assertion() {
     let env = Env::new();
     let (key, _) = SigningKey::generate_ec(Algorithm::ES384).unwrap();
-    let printed = register_public_key(&env, CLIENT_ID, &key);
+    let printed = env.add_key_client(CLIENT_ID, &key, "system/Patient.rs system/Observation.rs");
     assert!(printed.contains(&format!("kid={}", key.kid())), "{printed}");
     let _server = env.start();
     let client = Client::new(&env, None);
@@ -83,7 +63,7 @@ fn the_seed_002_rs384_flow_works_with_a_pem_registration() {
         .unwrap();
     let der = pem_block(&std::fs::read_to_string(key_file).unwrap(), "PRIVATE KEY").unwrap();
     let key = SigningKey::from_pkcs8(Algorithm::RS384, &der).unwrap();
-    register_public_key(&env, CLIENT_ID, &key);
+    env.add_key_client(CLIENT_ID, &key, "system/Patient.rs system/Observation.rs");
     let _server = env.start();
     let assertion = key.sign("JWT", &claims(&env, "rs-1")).unwrap();
     assert_eq!(decode_jwt(&assertion).0["alg"], "RS384");
@@ -106,7 +86,7 @@ fn hmac_forgery(header: Value, claims: &Value, secret: &[u8]) -> String {
 fn every_bad_assertion_is_invalid_client_and_changes_nothing() {
     let env = Env::new();
     let (key, _) = SigningKey::generate_ec(Algorithm::ES384).unwrap();
-    register_public_key(&env, CLIENT_ID, &key);
+    env.add_key_client(CLIENT_ID, &key, "system/Patient.rs system/Observation.rs");
     let _server = env.start();
     let client = Client::new(&env, None);
     let (stranger, _) = SigningKey::generate_ec(Algorithm::ES384).unwrap();
@@ -276,7 +256,7 @@ fn a_jwks_uri_is_fetched_cached_and_refreshed_when_the_client_rotates() {
 fn an_assertion_cannot_be_replayed_on_another_instance_sharing_the_database() {
     let env = Env::new();
     let (key, _) = SigningKey::generate_ec(Algorithm::ES256).unwrap();
-    register_public_key(&env, CLIENT_ID, &key);
+    env.add_key_client(CLIENT_ID, &key, "system/Patient.rs system/Observation.rs");
     let _first = env.start();
     let second_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

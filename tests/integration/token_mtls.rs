@@ -13,30 +13,20 @@ use crate::support::{decode_jwt, now, tls_probe, Client, Env};
 
 const CLIENT_ID: &str = "bestclinic-tcu";
 
+/// A certificate client with the scopes and partition most tests need, plus `extra`.
 fn register(
     env: &Env,
-    name: &str,
     client_id: &str,
     extra: &[&str],
 ) -> (std::path::PathBuf, std::path::PathBuf) {
-    let (crt, key) = env.issue_client(name);
     let mut args = vec![
-        "client",
-        "add",
-        "--client-id",
-        client_id,
-        "--auth",
-        "tls_client_auth",
-        "--cert",
-        crt.to_str().unwrap(),
         "--scope",
         "system/*.rs system/Observation.cruds aim/resolve",
         "--partition",
         "p-1",
     ];
     args.extend_from_slice(extra);
-    env.cli(&args).unwrap();
-    (crt, key)
+    env.add_mtls_client(client_id, &args)
 }
 
 fn cara_form(client_id: &str) -> Vec<(&str, &str)> {
@@ -57,7 +47,6 @@ fn a_technical_user_gets_a_certificate_bound_iua_token() {
     let env = Env::new();
     let (crt, key) = register(
         &env,
-        "bestclinic",
         CLIENT_ID,
         &[
             "--principal-id",
@@ -143,8 +132,8 @@ fn a_technical_user_gets_a_certificate_bound_iua_token() {
 #[test]
 fn certificate_failures_are_refused() {
     let env = Env::new();
-    let (crt, key) = register(&env, "bestclinic", CLIENT_ID, &[]);
-    let (other_crt, other_key) = register(&env, "otherclinic", "other-tcu", &[]);
+    let (crt, key) = register(&env, CLIENT_ID, &[]);
+    let (other_crt, other_key) = register(&env, "other-tcu", &[]);
     let _server = env.start();
 
     // No certificate at all.
@@ -205,7 +194,7 @@ fn assert_refused(env: &Env, cert: &Path, key: &Path, alert: AlertDescription) {
 #[test]
 fn foreign_and_expired_certificates_fail_the_handshake() {
     let env = Env::new();
-    register(&env, "bestclinic", CLIENT_ID, &[]);
+    register(&env, CLIENT_ID, &[]);
 
     // An impostor CA that copies the real CA's name: the chain is found by name and its
     // signature fails (rustls: decrypt_error).
@@ -262,7 +251,7 @@ fn foreign_and_expired_certificates_fail_the_handshake() {
 #[test]
 fn a_revoked_certificate_is_refused_once_the_crl_reloads() {
     let env = Env::new();
-    let (crt, key) = register(&env, "bestclinic", CLIENT_ID, &[]);
+    let (crt, key) = register(&env, CLIENT_ID, &[]);
     let _server = env.start();
     assert_eq!(
         Client::new(&env, Some((&crt, &key)))
@@ -334,7 +323,7 @@ fn a_subject_dn_binding_accepts_a_renewed_certificate() {
 #[test]
 fn scopes_beyond_the_registration_are_invalid_scope() {
     let env = Env::new();
-    let (crt, key) = register(&env, "bestclinic", CLIENT_ID, &[]);
+    let (crt, key) = register(&env, CLIENT_ID, &[]);
     let _server = env.start();
     let client = Client::new(&env, Some((&crt, &key)));
     for scope in [
@@ -366,7 +355,6 @@ fn ch_iua_parameters_must_match_the_registration() {
     let env = Env::new();
     let (crt, key) = register(
         &env,
-        "bestclinic",
         CLIENT_ID,
         &[
             "--principal-id",
@@ -414,7 +402,7 @@ fn ch_iua_parameters_must_match_the_registration() {
 #[test]
 fn a_disabled_client_gets_no_token_until_enabled() {
     let env = Env::new();
-    let (crt, key) = register(&env, "bestclinic", CLIENT_ID, &[]);
+    let (crt, key) = register(&env, CLIENT_ID, &[]);
     let _server = env.start();
     let client = Client::new(&env, Some((&crt, &key)));
     assert_eq!(client.token(&cara_form(CLIENT_ID)).status, 200);
@@ -429,7 +417,7 @@ fn a_disabled_client_gets_no_token_until_enabled() {
 #[test]
 fn malformed_requests_are_rfc_6749_errors() {
     let env = Env::new();
-    let (crt, key) = register(&env, "bestclinic", CLIENT_ID, &[]);
+    let (crt, key) = register(&env, CLIENT_ID, &[]);
     let _server = env.start();
     let client = Client::new(&env, Some((&crt, &key)));
     let path = "/realms/cara/protocol/openid-connect/token";
