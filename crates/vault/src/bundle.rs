@@ -1,0 +1,525 @@
+//! Bundles: searchset and history results with paging links, and the batch and
+//! transaction interactions (R4 http.html#transaction): a batch runs each entry on its
+//! own; a transaction runs all its writes in one store transaction (all or nothing),
+//! after resolving `urn:uuid:` full URLs of created resources to the ids assigned, then
+//! its reads. Every entry is authorized on its own.
+
+use std::collections::HashMap;
+
+use serde_json::{json, Map, Value};
+
+use crate::dates::format_instant;
+use crate::search::SearchQuery;
+use crate::{
+    Ctx, Interaction, Stored, Vault, VaultError, VaultStore, WriteKind, WriteOp, WriteOutcome,
+};
+
+fn query_string(pairs: &[(String, String)]) -> String {
+    let encode = |s: &str| {
+        s.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z'
+                | b'a'..=b'z'
+                | b'0'..=b'9'
+                | b'-'
+                | b'_'
+                | b'.'
+                | b'~'
+                | b':'
+                | b','
+                | b'|' => (b as char).to_string(),
+                _ => format!("%{b:02X}"),
+            })
+            .collect::<String>()
+    };
+    pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+        .collect::<Vec<_>>()
+        .join("&")
+}
+
+fn link(relation: &str, url: String) -> Value {
+    json!({ "relation": relation, "url": url })
+}
+
+/// Links `self`, `first`, `previous`, `next` for a page at `offset` of `count`.
+fn page_links(
+    url: &str,
+    params: &[(String, String)],
+    offset: usize,
+    count: usize,
+    total: u64,
+) -> Vec<Value> {
+    let page = |offset: usize| {
+        let mut all = params.to_vec();
+        all.push(("_count".into(), count.to_string()));
+        if offset > 0 {
+            all.push(("_offset".into(), offset.to_string()));
+        }
+        format!("{url}?{}", query_string(&all))
+    };
+    let mut links = vec![link("self", page(offset))];
+    if count > 0 {
+        links.push(link("first", page(0)));
+        if offset > 0 {
+            links.push(link("previous", page(offset.saturating_sub(count))));
+        }
+        if ((offset + count) as u64) < total {
+            links.push(link("next", page(offset + count)));
+        }
+    }
+    links
+}
+
+pub(crate) fn searchset(
+    base: &str,
+    resource_type: &str,
+    query: &SearchQuery,
+    total: u64,
+    found: &[Stored],
+) -> Result<Value, VaultError> {
+    let params: Vec<(String, String)> = query
+        .used
+        .iter()
+        .filter(|(k, _)| k != "_count" && k != "_offset")
+        .cloned()
+        .collect();
+    let count = if query.summary_count { 0 } else { query.count };
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "link": page_links(&format!("{base}/{resource_type}"), &params, query.offset, count, total),
+    });
+    if query.total || query.summary_count {
+        bundle["total"] = json!(total);
+    }
+    let entries = found
+        .iter()
+        .map(|s| {
+            Ok(json!({
+                "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+                "resource": s.json()?,
+                "search": { "mode": "match" },
+            }))
+        })
+        .collect::<Result<Vec<_>, VaultError>>()?;
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(bundle)
+}
+
+pub(crate) fn history(
+    base: &str,
+    path: &str,
+    pairs: &[(String, String)],
+    total: u64,
+    offset: usize,
+    count: usize,
+    versions: &[Stored],
+) -> Result<Value, VaultError> {
+    let params: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_since")
+        .cloned()
+        .collect();
+    let entries = versions
+        .iter()
+        .map(|s| {
+            let mut entry = json!({
+                "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+                "request": {
+                    "method": if s.deleted { "DELETE" } else if s.version == 1 { "POST" } else { "PUT" },
+                    "url": if s.version == 1 && !s.deleted { s.resource_type.clone() } else { format!("{}/{}", s.resource_type, s.id) },
+                },
+                "response": {
+                    "status": if s.deleted { "204" } else if s.version == 1 { "201" } else { "200" },
+                    "etag": s.etag(),
+                    "lastModified": format_instant(s.last_updated),
+                },
+            });
+            if !s.deleted {
+                entry["resource"] = s.json()?;
+            }
+            Ok(entry)
+        })
+        .collect::<Result<Vec<_>, VaultError>>()?;
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": total,
+        "link": page_links(&format!("{base}/{path}"), &params, offset, count, total),
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(bundle)
+}
+
+/// What an entry asked for.
+#[derive(Debug, Clone)]
+enum EntryRequest {
+    Read {
+        resource_type: String,
+        id: String,
+        version: Option<String>,
+    },
+    Search {
+        resource_type: String,
+        pairs: Vec<(String, String)>,
+    },
+    Write(WriteOp),
+}
+
+/// The result of one entry.
+#[derive(Debug, Clone, PartialEq)]
+pub enum EntryResult {
+    Read(Stored),
+    Searched(Value),
+    Written(WriteOutcome),
+    Failed(VaultError),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchOutcome {
+    pub transaction: bool,
+    pub entries: Vec<EntryResult>,
+}
+
+impl BatchOutcome {
+    /// The `batch-response` or `transaction-response` Bundle; `status` gives an entry's
+    /// HTTP status (chosen by the HTTP layer).
+    pub fn to_bundle(
+        &self,
+        base: &str,
+        status: &dyn Fn(&EntryResult) -> u16,
+    ) -> Result<Value, VaultError> {
+        let entries = self
+            .entries
+            .iter()
+            .map(|result| {
+                let code = status(result).to_string();
+                Ok(match result {
+                    EntryResult::Read(stored) => json!({
+                        "fullUrl": format!("{base}/{}/{}", stored.resource_type, stored.id),
+                        "resource": stored.json()?,
+                        "response": { "status": code, "etag": stored.etag(), "lastModified": format_instant(stored.last_updated) },
+                    }),
+                    EntryResult::Searched(bundle) => json!({ "resource": bundle, "response": { "status": code } }),
+                    EntryResult::Written(WriteOutcome::Created(s) | WriteOutcome::Updated(s)) => json!({
+                        "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+                        "response": {
+                            "status": code,
+                            "location": format!("{}/{}/_history/{}", s.resource_type, s.id, s.version),
+                            "etag": s.etag(),
+                            "lastModified": format_instant(s.last_updated),
+                        },
+                    }),
+                    EntryResult::Written(WriteOutcome::Deleted(_)) => json!({ "response": { "status": code } }),
+                    EntryResult::Failed(error) => json!({
+                        "response": {
+                            "status": code,
+                            "outcome": crate::operation_outcome("error", "processing", &error.to_string()),
+                        },
+                    }),
+                })
+            })
+            .collect::<Result<Vec<_>, VaultError>>()?;
+        Ok(json!({
+            "resourceType": "Bundle",
+            "type": if self.transaction { "transaction-response" } else { "batch-response" },
+            "entry": entries,
+        }))
+    }
+}
+
+/// Splits `Patient/1/_history/2?x=y` (relative, or absolute under `base`).
+fn split_url<'a>(url: &'a str, base: &str) -> (Vec<&'a str>, Option<&'a str>) {
+    let url = url
+        .strip_prefix(base)
+        .map(|u| u.trim_start_matches('/'))
+        .unwrap_or(url);
+    let (path, query) = match url.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (url, None),
+    };
+    (path.split('/').filter(|s| !s.is_empty()).collect(), query)
+}
+
+fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let decode = |s: &str| crate::search::percent_decode(&s.replace('+', " "));
+            match p.split_once('=') {
+                Some((k, v)) => (decode(k), decode(v)),
+                None => (decode(p), String::new()),
+            }
+        })
+        .collect()
+}
+
+fn parse_entry(
+    vault: &Vault,
+    entry: &Value,
+    base: &str,
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<(EntryRequest, Option<String>), VaultError> {
+    let request = entry
+        .get("request")
+        .ok_or_else(|| VaultError::Invalid("an entry needs a request".into()))?;
+    let method = request
+        .get("method")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let url = request
+        .get("url")
+        .and_then(Value::as_str)
+        .ok_or_else(|| VaultError::Invalid("an entry's request needs a url".into()))?;
+    let (segments, query) = split_url(url, base);
+    let resource = || -> Result<Map<String, Value>, VaultError> {
+        match entry.get("resource") {
+            Some(Value::Object(map)) => {
+                crate::resource::check(vault.registry(), map.clone(), segments.first().copied())
+            }
+            _ => Err(VaultError::Invalid(format!(
+                "the {method} entry for '{url}' has no resource"
+            ))),
+        }
+    };
+    let if_match = || crate::parse_if_match(request.get("ifMatch").and_then(Value::as_str));
+    let full_url = entry
+        .get("fullUrl")
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let write =
+        |resource_type: &str, id: String, kind: WriteKind, resource: Option<Map<String, Value>>| {
+            EntryRequest::Write(WriteOp {
+                resource_type: resource_type.to_owned(),
+                id,
+                kind,
+                resource,
+                restrictions: None,
+            })
+        };
+    let parsed = match (method, segments.as_slice()) {
+        ("GET", [ty]) => EntryRequest::Search {
+            resource_type: (*ty).to_owned(),
+            pairs: query_pairs(query),
+        },
+        ("GET", [ty, id]) => EntryRequest::Read {
+            resource_type: (*ty).to_owned(),
+            id: (*id).to_owned(),
+            version: None,
+        },
+        ("GET", [ty, id, "_history", v]) => EntryRequest::Read {
+            resource_type: (*ty).to_owned(),
+            id: (*id).to_owned(),
+            version: Some((*v).to_owned()),
+        },
+        ("POST", [ty]) => {
+            if request.get("ifNoneExist").is_some() {
+                return Err(VaultError::NotSupported(
+                    "conditional create (ifNoneExist) is not supported".into(),
+                ));
+            }
+            write(ty, new_id(), WriteKind::Create, Some(resource()?))
+        }
+        ("PUT", [ty, id]) => {
+            let resource = resource()?;
+            if resource.get("id").and_then(Value::as_str) != Some(*id) {
+                return Err(VaultError::Invalid(format!(
+                    "the resource's id is not the one of '{url}'"
+                )));
+            }
+            write(
+                ty,
+                (*id).to_owned(),
+                WriteKind::Update {
+                    if_match: if_match()?,
+                    may_create: false,
+                },
+                Some(resource),
+            )
+        }
+        ("DELETE", [ty, id]) => write(
+            ty,
+            (*id).to_owned(),
+            WriteKind::Delete {
+                if_match: if_match()?,
+            },
+            None,
+        ),
+        _ => {
+            return Err(VaultError::NotSupported(format!(
+                "'{method} {url}' is not an interaction this vault supports in a Bundle"
+            )))
+        }
+    };
+    Ok((parsed, full_url))
+}
+
+/// Replaces references to `urn:uuid:` full URLs with the ids they were given.
+fn rewrite_references(value: &mut Value, ids: &HashMap<String, String>) {
+    match value {
+        Value::Object(map) => {
+            for (key, item) in map.iter_mut() {
+                if key == "reference" {
+                    if let Some(target) = item.as_str().and_then(|r| ids.get(r)) {
+                        *item = Value::String(target.clone());
+                        continue;
+                    }
+                }
+                rewrite_references(item, ids);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| rewrite_references(i, ids)),
+        _ => {}
+    }
+}
+
+fn read_entry<S: VaultStore>(
+    vault: &Vault,
+    store: &S,
+    ctx: &Ctx<'_>,
+    request: &EntryRequest,
+) -> EntryResult {
+    let result = match request {
+        EntryRequest::Read {
+            resource_type,
+            id,
+            version: None,
+        } => vault
+            .read(store, ctx, resource_type, id)
+            .map(EntryResult::Read),
+        EntryRequest::Read {
+            resource_type,
+            id,
+            version: Some(v),
+        } => vault
+            .vread(store, ctx, resource_type, id, v)
+            .map(EntryResult::Read),
+        EntryRequest::Search {
+            resource_type,
+            pairs,
+        } => vault
+            .search(store, ctx, resource_type, pairs, false)
+            .map(EntryResult::Searched),
+        EntryRequest::Write(_) => Err(VaultError::Store("a write is not a read".into())),
+    };
+    result.unwrap_or_else(EntryResult::Failed)
+}
+
+pub(crate) fn run<S: VaultStore>(
+    vault: &Vault,
+    store: &S,
+    ctx: &Ctx<'_>,
+    body: &[u8],
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<BatchOutcome, VaultError> {
+    let bundle = crate::resource::parse(vault.registry(), body, Some("Bundle"))?;
+    let transaction = match bundle.get("type").and_then(Value::as_str) {
+        Some("transaction") => true,
+        Some("batch") => false,
+        other => {
+            return Err(VaultError::Invalid(format!(
+                "only batch and transaction Bundles can be posted to the base, not {}",
+                other.unwrap_or("a Bundle without type")
+            )))
+        }
+    };
+    let entries: Vec<Value> = bundle
+        .get("entry")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if !transaction {
+        let results = entries
+            .iter()
+            .map(|entry| match parse_entry(vault, entry, ctx.base, new_id) {
+                Err(e) => EntryResult::Failed(e),
+                Ok((EntryRequest::Write(op), _)) => match vault.write_op(store, ctx, op) {
+                    Ok(op) => match vault.apply(store, ctx, std::slice::from_ref(&op)) {
+                        Ok(mut outcomes) => {
+                            outcomes.pop().map(EntryResult::Written).unwrap_or_else(|| {
+                                EntryResult::Failed(VaultError::Store("no outcome".into()))
+                            })
+                        }
+                        Err((_, e)) => EntryResult::Failed(e),
+                    },
+                    Err(e) => EntryResult::Failed(e),
+                },
+                Ok((read, _)) => read_entry(vault, store, ctx, &read),
+            })
+            .collect();
+        return Ok(BatchOutcome {
+            transaction,
+            entries: results,
+        });
+    }
+    // Transaction: parse and authorize everything before writing anything.
+    let mut parsed = Vec::with_capacity(entries.len());
+    let mut ids = HashMap::new();
+    for entry in &entries {
+        let (request, full_url) = parse_entry(vault, entry, ctx.base, new_id)?;
+        if let (EntryRequest::Write(op), Some(full_url)) = (&request, &full_url) {
+            let created = matches!(op.kind, WriteKind::Create) && full_url.starts_with("urn:uuid:");
+            let local = format!("{}/{}", op.resource_type, op.id);
+            if created && ids.insert(full_url.clone(), local).is_some() {
+                return Err(VaultError::Invalid(format!(
+                    "fullUrl {full_url} appears twice"
+                )));
+            }
+        }
+        parsed.push(request);
+    }
+    let mut writes = Vec::new();
+    let mut positions = Vec::new();
+    for (position, request) in parsed.iter_mut().enumerate() {
+        match request {
+            EntryRequest::Write(op) => {
+                if let Some(resource) = op.resource.take() {
+                    let mut value = Value::Object(resource);
+                    rewrite_references(&mut value, &ids);
+                    if let Value::Object(map) = value {
+                        op.resource = Some(map);
+                    }
+                }
+                writes.push(vault.write_op(store, ctx, op.clone())?);
+                positions.push(position);
+            }
+            EntryRequest::Read { resource_type, .. } => {
+                vault.authorize(store, ctx, resource_type, Interaction::Read)?;
+            }
+            EntryRequest::Search { resource_type, .. } => {
+                vault.authorize(store, ctx, resource_type, Interaction::Search)?;
+            }
+        }
+    }
+    // R4 processing order: DELETE, then POST, then PUT (then GET, after the commit).
+    let rank = |op: &WriteOp| match op.kind {
+        WriteKind::Delete { .. } => 0,
+        WriteKind::Create => 1,
+        WriteKind::Update { .. } => 2,
+    };
+    let mut order: Vec<usize> = (0..writes.len()).collect();
+    order.sort_by_key(|&i| rank(&writes[i]));
+    let ordered: Vec<WriteOp> = order.iter().map(|&i| writes[i].clone()).collect();
+    let outcomes = vault.apply(store, ctx, &ordered).map_err(|(_, e)| e)?;
+    let mut results: Vec<Option<EntryResult>> = vec![None; parsed.len()];
+    for (outcome, &i) in outcomes.into_iter().zip(&order) {
+        results[positions[i]] = Some(EntryResult::Written(outcome));
+    }
+    for (position, request) in parsed.iter().enumerate() {
+        if results[position].is_none() {
+            results[position] = Some(read_entry(vault, store, ctx, request));
+        }
+    }
+    Ok(BatchOutcome {
+        transaction,
+        entries: results.into_iter().flatten().collect(),
+    })
+}

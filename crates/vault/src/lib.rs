@@ -1,0 +1,627 @@
+//! The FHIR Vault (seed 003): a FHIR R4 server with one partition per patient account.
+//! This crate owns the FHIR semantics: which resources are valid, how they are indexed
+//! and searched (from the specification's SearchParameter data), versioning, Bundles
+//! (searchset, history, batch and transaction) and the ITI-72 authorization decision.
+//! Storage is behind [`VaultStore`]; the HTTP layer parses requests and formats
+//! responses. This crate must not depend on a web framework or a database library, and
+//! takes the current time as a parameter.
+
+#![forbid(unsafe_code)]
+
+pub mod authz;
+mod bundle;
+pub mod capability;
+pub mod dates;
+pub mod fhirpath;
+pub mod index;
+pub mod registry;
+pub mod resource;
+pub mod search;
+
+use serde_json::{json, Map, Value};
+
+pub use crate::authz::{Access, Denial, Grant, Interaction};
+pub use crate::bundle::BatchOutcome;
+use crate::index::IndexEntry;
+pub use crate::registry::Registry;
+use crate::search::{Criterion, Match, SortKey};
+
+/// A stored version of a resource.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub resource_type: String,
+    pub id: String,
+    pub version: i64,
+    /// Milliseconds since the Unix epoch.
+    pub last_updated: i64,
+    pub deleted: bool,
+    /// The resource's JSON as stored (with `id` and `meta` set); empty when deleted.
+    pub content: String,
+}
+
+impl Stored {
+    pub fn etag(&self) -> String {
+        format!("W/\"{}\"", self.version)
+    }
+
+    pub fn json(&self) -> Result<Value, VaultError> {
+        serde_json::from_str(&self.content)
+            .map_err(|e| VaultError::Store(format!("stored resource: {e}")))
+    }
+}
+
+/// What the store writes for one version.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub content: String,
+    pub index: Vec<IndexEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WriteKind {
+    Create,
+    /// `may_create`: the resource may be created with this id if it does not exist.
+    Update {
+        if_match: Option<i64>,
+        may_create: bool,
+    },
+    Delete {
+        if_match: Option<i64>,
+    },
+}
+
+/// One write of a (possibly one-entry) atomic group.
+#[derive(Debug, Clone)]
+pub struct WriteOp {
+    pub resource_type: String,
+    pub id: String,
+    pub kind: WriteKind,
+    /// The resource for creates and updates (not yet stamped).
+    pub resource: Option<Map<String, Value>>,
+    /// Restrictions from query-restricted scopes: the resource before and after the
+    /// write must meet one of them.
+    pub restrictions: Option<Vec<Vec<Criterion>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WriteOutcome {
+    Created(Stored),
+    Updated(Stored),
+    /// The deleted version, or `None` when there was nothing to delete.
+    Deleted(Option<Stored>),
+}
+
+/// Everything that can go wrong in a FHIR interaction. The HTTP layer gives each
+/// its status and an OperationOutcome.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VaultError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Gone(String),
+    /// `If-Match` did not match the current version (412).
+    #[error("{0}")]
+    VersionConflict(String),
+    /// A concurrent write won (409); the client may retry.
+    #[error("{0}")]
+    Conflict(String),
+    #[error("access denied: {0:?}")]
+    Denied(Denial),
+    #[error("{0}")]
+    NotSupported(String),
+    #[error("storage error: {0}")]
+    Store(String),
+}
+
+/// What the vault needs from the database. `write` applies its operations in one
+/// transaction: all of them, or (on the first error, returned with its index) none.
+pub trait VaultStore: Send + Sync {
+    fn partition_exists(&self, partition: &str) -> Result<bool, VaultError>;
+    /// The current version (possibly a deletion) of a resource.
+    fn current(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Stored>, VaultError>;
+    fn version(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Stored>, VaultError>;
+    /// Versions, newest first, of the partition, a type or one resource; with the total.
+    fn history(
+        &self,
+        partition: &str,
+        resource_type: Option<&str>,
+        id: Option<&str>,
+        since: Option<i64>,
+        offset: usize,
+        count: usize,
+    ) -> Result<(u64, Vec<Stored>), VaultError>;
+    /// Current, not deleted resources of a type meeting every criterion and, when given,
+    /// at least one of the restrictions; sorted, then one page; with the total.
+    #[allow(clippy::too_many_arguments)]
+    fn search(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        criteria: &[Criterion],
+        restrictions: Option<&[Vec<Criterion>]>,
+        sort: &[SortKey],
+        offset: usize,
+        count: usize,
+    ) -> Result<(u64, Vec<Stored>), VaultError>;
+    fn write(
+        &self,
+        partition: &str,
+        ops: &[WriteOp],
+        now_ms: i64,
+        prepare: &dyn Fn(&WriteOp, i64) -> Result<Prepared, VaultError>,
+    ) -> Result<Vec<WriteOutcome>, (usize, VaultError)>;
+}
+
+/// One request's context: who asks, where, and when.
+#[derive(Debug, Clone, Copy)]
+pub struct Ctx<'a> {
+    pub grant: Grant<'a>,
+    pub partition: &'a str,
+    /// This partition's FHIR base URL (`https://host/fhir/{partition}`).
+    pub base: &'a str,
+    pub now_ms: i64,
+}
+
+/// A search or history result Bundle, or just its count.
+pub type BundleJson = Value;
+
+/// The vault's FHIR semantics over a store.
+#[derive(Debug)]
+pub struct Vault {
+    registry: Registry,
+}
+
+/// An `_id` criterion, to check one resource against restrictions.
+fn id_criterion(id: &str) -> Criterion {
+    Criterion {
+        param: "_id".into(),
+        any_of: vec![Match::Token {
+            system: None,
+            code: Some(id.to_owned()),
+        }],
+        negate: false,
+        missing: None,
+    }
+}
+
+impl Vault {
+    pub fn new() -> Result<Self, String> {
+        Ok(Self {
+            registry: Registry::load()?,
+        })
+    }
+
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
+    fn known_type(&self, resource_type: &str) -> Result<(), VaultError> {
+        if self.registry.is_resource_type(resource_type) {
+            Ok(())
+        } else {
+            Err(VaultError::NotFound(format!(
+                "'{resource_type}' is not a FHIR R4 resource type"
+            )))
+        }
+    }
+
+    /// Authorizes, then makes sure the partition exists (only an authorized caller
+    /// learns whether it does).
+    pub fn authorize<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        interaction: Interaction,
+    ) -> Result<Access, VaultError> {
+        let access = authz::authorize(
+            &self.registry,
+            ctx.grant,
+            ctx.partition,
+            resource_type,
+            interaction,
+        )
+        .map_err(VaultError::Denied)?;
+        self.known_type(resource_type)?;
+        if !store.partition_exists(ctx.partition)? {
+            return Err(VaultError::NotFound(format!(
+                "partition '{}' does not exist",
+                ctx.partition
+            )));
+        }
+        Ok(access)
+    }
+
+    /// Is `stored` within the restrictions of `access`?
+    fn visible<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        access: &Access,
+        stored: &Stored,
+    ) -> Result<bool, VaultError> {
+        match access {
+            Access::All => Ok(true),
+            Access::Restricted(restrictions) => {
+                let (total, _) = store.search(
+                    ctx.partition,
+                    &stored.resource_type,
+                    &[id_criterion(&stored.id)],
+                    Some(restrictions),
+                    &[],
+                    0,
+                    0,
+                )?;
+                Ok(total > 0)
+            }
+        }
+    }
+
+    fn not_found(resource_type: &str, id: &str) -> VaultError {
+        VaultError::NotFound(format!("{resource_type}/{id} is not known"))
+    }
+
+    /// `read`: the current version; 410 when deleted.
+    pub fn read<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Stored, VaultError> {
+        let access = self.authorize(store, ctx, resource_type, Interaction::Read)?;
+        let stored = store
+            .current(ctx.partition, resource_type, id)?
+            .ok_or_else(|| Self::not_found(resource_type, id))?;
+        if stored.deleted {
+            return Err(VaultError::Gone(format!(
+                "{resource_type}/{id} was deleted"
+            )));
+        }
+        if !self.visible(store, ctx, &access, &stored)? {
+            return Err(Self::not_found(resource_type, id));
+        }
+        Ok(stored)
+    }
+
+    /// `vread`: one version; 410 for the version that recorded a deletion.
+    pub fn vread<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: &str,
+        version: &str,
+    ) -> Result<Stored, VaultError> {
+        let access = self.authorize(store, ctx, resource_type, Interaction::VRead)?;
+        let number: i64 = version
+            .parse()
+            .map_err(|_| Self::not_found(resource_type, &format!("{id}/_history/{version}")))?;
+        let stored = store
+            .version(ctx.partition, resource_type, id, number)?
+            .ok_or_else(|| Self::not_found(resource_type, &format!("{id}/_history/{version}")))?;
+        if stored.deleted {
+            return Err(VaultError::Gone(format!(
+                "{resource_type}/{id}/_history/{version} is a deletion"
+            )));
+        }
+        if let Access::Restricted(_) = access {
+            // The restriction applies to what the resource is now.
+            let current = store.current(ctx.partition, resource_type, id)?;
+            if !current.is_some_and(|c| {
+                !c.deleted && self.visible(store, ctx, &access, &c).unwrap_or(false)
+            }) {
+                return Err(Self::not_found(resource_type, id));
+            }
+        }
+        Ok(stored)
+    }
+
+    /// `search-type`: a searchset Bundle (or only its total for `_summary=count`).
+    pub fn search<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        pairs: &[(String, String)],
+        strict: bool,
+    ) -> Result<BundleJson, VaultError> {
+        let access = self.authorize(store, ctx, resource_type, Interaction::Search)?;
+        let query = search::parse(&self.registry, resource_type, pairs, strict, ctx.base)
+            .map_err(|e| VaultError::Invalid(e.to_string()))?;
+        let restrictions = match &access {
+            Access::All => None,
+            Access::Restricted(r) => Some(r.as_slice()),
+        };
+        let count = if query.summary_count { 0 } else { query.count };
+        let (total, found) = store.search(
+            ctx.partition,
+            resource_type,
+            &query.criteria,
+            restrictions,
+            &query.sort,
+            query.offset,
+            count,
+        )?;
+        bundle::searchset(ctx.base, resource_type, &query, total, &found)
+    }
+
+    /// `history-instance` (with `id`) or `history-type`.
+    pub fn history<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: Option<&str>,
+        pairs: &[(String, String)],
+    ) -> Result<BundleJson, VaultError> {
+        let interaction = if id.is_some() {
+            Interaction::HistoryInstance
+        } else {
+            Interaction::HistoryType
+        };
+        let access = self.authorize(store, ctx, resource_type, interaction)?;
+        if !matches!(access, Access::All) {
+            // Past versions cannot be checked against today's restriction one by one.
+            return Err(VaultError::Denied(Denial::Scope));
+        }
+        let mut since = None;
+        let mut count = search::DEFAULT_COUNT;
+        let mut offset = 0;
+        for (key, value) in pairs {
+            match key.as_str() {
+                "_since" => {
+                    since = Some(
+                        dates::parse(value)
+                            .ok_or_else(|| {
+                                VaultError::Invalid(format!("_since: '{value}' is not an instant"))
+                            })?
+                            .lo,
+                    )
+                }
+                "_count" => {
+                    count = value
+                        .parse::<usize>()
+                        .map_err(|_| VaultError::Invalid("_count must be a whole number".into()))?
+                        .min(search::MAX_COUNT)
+                }
+                "_offset" => {
+                    offset = value
+                        .parse()
+                        .map_err(|_| VaultError::Invalid("_offset must be a whole number".into()))?
+                }
+                _ => {}
+            }
+        }
+        if let Some(id) = id {
+            if store.current(ctx.partition, resource_type, id)?.is_none() {
+                return Err(Self::not_found(resource_type, id));
+            }
+        }
+        let (total, versions) =
+            store.history(ctx.partition, Some(resource_type), id, since, offset, count)?;
+        let path = match id {
+            Some(id) => format!("{resource_type}/{id}/_history"),
+            None => format!("{resource_type}/_history"),
+        };
+        bundle::history(ctx.base, &path, pairs, total, offset, count, &versions)
+    }
+
+    /// Builds what the store writes for `op` at `version`.
+    fn prepare(
+        &self,
+        op: &WriteOp,
+        version: i64,
+        now_ms: i64,
+        base: &str,
+    ) -> Result<Prepared, VaultError> {
+        let Some(resource) = &op.resource else {
+            return Ok(Prepared {
+                content: String::new(),
+                index: Vec::new(),
+            });
+        };
+        let mut resource = resource.clone();
+        resource::stamp(&mut resource, &op.id, version, now_ms);
+        let value = Value::Object(resource);
+        let index = index::entries(&self.registry, &op.resource_type, &value, base);
+        let content =
+            serde_json::to_string(&value).map_err(|e| VaultError::Store(e.to_string()))?;
+        Ok(Prepared { content, index })
+    }
+
+    fn write_op(
+        &self,
+        store: &impl VaultStore,
+        ctx: &Ctx<'_>,
+        mut op: WriteOp,
+    ) -> Result<WriteOp, VaultError> {
+        let interaction = match op.kind {
+            WriteKind::Create => Interaction::Create,
+            WriteKind::Update { .. } => Interaction::Update,
+            WriteKind::Delete { .. } => Interaction::Delete,
+        };
+        let access = self.authorize(store, ctx, &op.resource_type, interaction)?;
+        if let WriteKind::Update { may_create, .. } = &mut op.kind {
+            // An update that creates is a create too.
+            *may_create = authz::authorize(
+                &self.registry,
+                ctx.grant,
+                ctx.partition,
+                &op.resource_type,
+                Interaction::Create,
+            ) == Ok(Access::All)
+                || matches!(access, Access::Restricted(_));
+        }
+        if let Access::Restricted(r) = access {
+            op.restrictions = Some(r);
+        }
+        Ok(op)
+    }
+
+    fn apply<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        ops: &[WriteOp],
+    ) -> Result<Vec<WriteOutcome>, (usize, VaultError)> {
+        let base = ctx.base.to_owned();
+        let now = ctx.now_ms;
+        store.write(ctx.partition, ops, now, &|op, version| {
+            self.prepare(op, version, now, &base)
+        })
+    }
+
+    fn single<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        op: WriteOp,
+    ) -> Result<WriteOutcome, VaultError> {
+        let op = self.write_op(store, ctx, op)?;
+        let mut outcomes = self
+            .apply(store, ctx, std::slice::from_ref(&op))
+            .map_err(|(_, e)| e)?;
+        outcomes
+            .pop()
+            .ok_or_else(|| VaultError::Store("the store returned no outcome".into()))
+    }
+
+    /// `create`: the server assigns `new_id` (a client's `id` is ignored, as R4 says).
+    pub fn create<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        body: &[u8],
+        new_id: String,
+    ) -> Result<Stored, VaultError> {
+        let resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        let op = WriteOp {
+            resource_type: resource_type.to_owned(),
+            id: new_id,
+            kind: WriteKind::Create,
+            resource: Some(resource),
+            restrictions: None,
+        };
+        match self.single(store, ctx, op)? {
+            WriteOutcome::Created(stored) => Ok(stored),
+            other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// `update` (or create with the client's id, within this partition).
+    /// Returns the new version and whether it was created.
+    pub fn update<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: &str,
+        body: &[u8],
+        if_match: Option<&str>,
+    ) -> Result<(Stored, bool), VaultError> {
+        let resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        match resource.get("id").and_then(Value::as_str) {
+            Some(body_id) if body_id == id => {}
+            Some(body_id) => {
+                return Err(VaultError::Invalid(format!(
+                    "the resource's id '{body_id}' is not the URL's '{id}'"
+                )))
+            }
+            None => {
+                return Err(VaultError::Invalid(
+                    "an update must carry the resource's id".into(),
+                ))
+            }
+        }
+        let op = WriteOp {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            kind: WriteKind::Update {
+                if_match: parse_if_match(if_match)?,
+                may_create: false,
+            },
+            resource: Some(resource),
+            restrictions: None,
+        };
+        match self.single(store, ctx, op)? {
+            WriteOutcome::Created(stored) => Ok((stored, true)),
+            WriteOutcome::Updated(stored) => Ok((stored, false)),
+            other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// `delete` (logical: a new version records it). Deleting what does not exist, or
+    /// is deleted already, succeeds and changes nothing.
+    pub fn delete<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: &str,
+        if_match: Option<&str>,
+    ) -> Result<Option<Stored>, VaultError> {
+        if !resource::valid_id(id) {
+            return Err(Self::not_found(resource_type, id));
+        }
+        let op = WriteOp {
+            resource_type: resource_type.to_owned(),
+            id: id.to_owned(),
+            kind: WriteKind::Delete {
+                if_match: parse_if_match(if_match)?,
+            },
+            resource: None,
+            restrictions: None,
+        };
+        match self.single(store, ctx, op)? {
+            WriteOutcome::Deleted(stored) => Ok(stored),
+            other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// `batch` or `transaction` (POST of a Bundle to the partition's base).
+    pub fn batch<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        body: &[u8],
+        new_id: &mut dyn FnMut() -> String,
+    ) -> Result<BatchOutcome, VaultError> {
+        bundle::run(self, store, ctx, body, new_id)
+    }
+}
+
+/// `If-Match: W/"3"` (or `"3"`) -> 3.
+pub fn parse_if_match(header: Option<&str>) -> Result<Option<i64>, VaultError> {
+    let Some(header) = header else {
+        return Ok(None);
+    };
+    let tag = header.trim().trim_start_matches("W/").trim_matches('"');
+    tag.parse().map(Some).map_err(|_| {
+        VaultError::Invalid(format!(
+            "If-Match '{header}' is not a version ETag such as W/\"1\""
+        ))
+    })
+}
+
+/// An OperationOutcome for an error (or information).
+pub fn operation_outcome(severity: &str, code: &str, diagnostics: &str) -> Value {
+    json!({
+        "resourceType": "OperationOutcome",
+        "issue": [{ "severity": severity, "code": code, "diagnostics": diagnostics }],
+    })
+}

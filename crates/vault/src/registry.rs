@@ -1,0 +1,241 @@
+//! The search parameters the vault knows, loaded from the FHIR R4 specification's own
+//! SearchParameter definitions (`data/search-parameters.json`, made by
+//! `scripts/fhir-search-parameters.py` from the npm package `hl7.fhir.r4.examples`).
+//! A parameter is supported when its kind is one the vault indexes and its expression
+//! is within [`crate::fhirpath`]; the CapabilityStatement lists exactly those.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+use crate::fhirpath::{paths_for, Path};
+
+const DATA: &str = include_str!("../data/search-parameters.json");
+
+/// The kinds of search parameter the vault indexes and searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ParamKind {
+    String,
+    Token,
+    Date,
+    Reference,
+    Uri,
+}
+
+impl ParamKind {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "string" => Self::String,
+            "token" => Self::Token,
+            "date" => Self::Date,
+            "reference" => Self::Reference,
+            "uri" => Self::Uri,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::String => "string",
+            Self::Token => "token",
+            Self::Date => "date",
+            Self::Reference => "reference",
+            Self::Uri => "uri",
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SearchParam {
+    pub code: String,
+    pub kind: ParamKind,
+    pub paths: Vec<Path>,
+    /// Resource types a reference parameter may point to.
+    pub targets: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct Definition {
+    code: String,
+    #[serde(rename = "type")]
+    kind: String,
+    base: Vec<String>,
+    expression: String,
+    #[serde(default)]
+    target: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Data {
+    resource_types: Vec<String>,
+    parameters: Vec<Definition>,
+}
+
+/// Every resource type of FHIR R4 and the search parameters supported on each.
+#[derive(Debug)]
+pub struct Registry {
+    types: BTreeSet<String>,
+    params: BTreeMap<String, BTreeMap<String, SearchParam>>,
+}
+
+impl Registry {
+    /// Builds the registry from the embedded specification data.
+    pub fn load() -> Result<Self, String> {
+        let data: Data =
+            serde_json::from_str(DATA).map_err(|e| format!("search parameter data: {e}"))?;
+        let types: BTreeSet<String> = data.resource_types.into_iter().collect();
+        let mut params: BTreeMap<String, BTreeMap<String, SearchParam>> = BTreeMap::new();
+        for definition in &data.parameters {
+            let Some(kind) = ParamKind::parse(&definition.kind) else {
+                continue;
+            };
+            let bases: Vec<&String> = if definition
+                .base
+                .iter()
+                .any(|b| b == "Resource" || b == "DomainResource")
+            {
+                types.iter().collect()
+            } else {
+                definition.base.iter().collect()
+            };
+            for base in bases {
+                let Some(paths) = paths_for(&definition.expression, base) else {
+                    continue;
+                };
+                if paths.is_empty() {
+                    continue;
+                }
+                // `Observation.subject.where(resolve() is Patient)` can only reach Patients,
+                // whatever the definition's shared target list says.
+                let narrowed: Option<Vec<String>> = paths
+                    .iter()
+                    .map(|p| p.resolves_to().map(str::to_owned))
+                    .collect();
+                let mut targets = narrowed.unwrap_or_else(|| definition.target.clone());
+                targets.dedup();
+                params.entry(base.clone()).or_default().insert(
+                    definition.code.clone(),
+                    SearchParam {
+                        code: definition.code.clone(),
+                        kind,
+                        paths,
+                        targets,
+                    },
+                );
+            }
+        }
+        Ok(Self { types, params })
+    }
+
+    pub fn is_resource_type(&self, name: &str) -> bool {
+        self.types.contains(name)
+    }
+
+    pub fn resource_types(&self) -> impl Iterator<Item = &str> {
+        self.types.iter().map(String::as_str)
+    }
+
+    pub fn param(&self, resource_type: &str, code: &str) -> Option<&SearchParam> {
+        self.params.get(resource_type)?.get(code)
+    }
+
+    /// The supported parameters of a type, by code.
+    pub fn params(&self, resource_type: &str) -> impl Iterator<Item = &SearchParam> {
+        self.params
+            .get(resource_type)
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parameters issue 5 names, on the types it names, come from the spec's data.
+    #[test]
+    fn the_clinical_parameters_are_supported() {
+        let registry = Registry::load().unwrap();
+        let expected: &[(&str, &[&str])] = &[
+            (
+                "Patient",
+                &[
+                    "_id",
+                    "_lastUpdated",
+                    "identifier",
+                    "name",
+                    "family",
+                    "given",
+                    "birthdate",
+                    "gender",
+                ],
+            ),
+            (
+                "Observation",
+                &[
+                    "code",
+                    "category",
+                    "status",
+                    "date",
+                    "patient",
+                    "subject",
+                    "identifier",
+                ],
+            ),
+            (
+                "Immunization",
+                &["vaccine-code", "patient", "date", "status"],
+            ),
+            (
+                "Condition",
+                &["clinical-status", "code", "category", "patient", "subject"],
+            ),
+            (
+                "AllergyIntolerance",
+                &["clinical-status", "code", "patient", "date"],
+            ),
+            (
+                "MedicationStatement",
+                &["code", "status", "patient", "effective"],
+            ),
+            (
+                "MedicationRequest",
+                &["code", "status", "patient", "authoredon"],
+            ),
+            ("Encounter", &["status", "patient", "date", "class"]),
+            (
+                "DocumentReference",
+                &["status", "patient", "category", "date", "type"],
+            ),
+            (
+                "DiagnosticReport",
+                &["code", "category", "status", "patient", "date"],
+            ),
+            (
+                "Procedure",
+                &["code", "status", "patient", "date", "category"],
+            ),
+        ];
+        for (ty, codes) in expected {
+            for code in *codes {
+                assert!(registry.param(ty, code).is_some(), "{ty}.{code}");
+            }
+        }
+        let date = registry.param("Observation", "date").unwrap();
+        assert_eq!(date.kind, ParamKind::Date);
+        let patient = registry.param("Observation", "patient").unwrap();
+        assert_eq!(patient.targets, vec!["Patient"]);
+        assert!(registry.is_resource_type("Observation"));
+        assert!(!registry.is_resource_type("Observations"));
+    }
+
+    #[test]
+    fn expressions_outside_the_subset_are_not_supported() {
+        let registry = Registry::load().unwrap();
+        // `Patient.deceased.exists() and Patient.deceased != false`
+        assert!(registry.param("Patient", "deceased").is_none());
+        // quantity parameters are not indexed
+        assert!(registry.param("Observation", "value-quantity").is_none());
+    }
+}

@@ -1,0 +1,589 @@
+//! Search requests: parameters parsed and checked against the type's search parameters
+//! with the FHIR R4 rules for each kind (token `system|code`, string prefix matching,
+//! date prefixes over ranges, references by id or `Type/id`, uri), and the result
+//! parameters `_count`, `_offset`, `_sort`, `_total`, `_summary`.
+//! <https://hl7.org/fhir/R4/search.html>
+
+use crate::dates::{self, DateRange};
+use crate::index::{normalize, reference_parts};
+use crate::registry::{ParamKind, Registry};
+
+pub const DEFAULT_COUNT: usize = 50;
+pub const MAX_COUNT: usize = 1000;
+
+/// Date comparison prefixes (R4 search 3.1.1.4.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prefix {
+    Eq,
+    Ne,
+    Gt,
+    Lt,
+    Ge,
+    Le,
+    Sa,
+    Eb,
+    Ap,
+}
+
+impl Prefix {
+    fn parse(text: &str) -> Option<Self> {
+        Some(match text {
+            "eq" => Self::Eq,
+            "ne" => Self::Ne,
+            "gt" => Self::Gt,
+            "lt" => Self::Lt,
+            "ge" => Self::Ge,
+            "le" => Self::Le,
+            "sa" => Self::Sa,
+            "eb" => Self::Eb,
+            "ap" => Self::Ap,
+            _ => return None,
+        })
+    }
+
+    /// Does a resource value `[lo, hi)` satisfy `prefix` against the search range `q`?
+    pub fn matches(self, lo: i64, hi: i64, q: DateRange) -> bool {
+        let contained = lo >= q.lo && hi <= q.hi;
+        match self {
+            Self::Eq => contained,
+            Self::Ne => !contained,
+            Self::Gt => hi > q.hi,
+            Self::Lt => lo < q.lo,
+            Self::Ge => hi > q.hi || contained,
+            Self::Le => lo < q.lo || contained,
+            Self::Sa => lo >= q.hi,
+            Self::Eb => hi <= q.lo,
+            Self::Ap => lo < q.hi && hi > q.lo,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StringMode {
+    /// Case-insensitive "starts with" (the default).
+    Starts,
+    Exact,
+    Contains,
+}
+
+/// What one value of a search parameter asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Match {
+    /// `code`, `system|code`, `|code` (no system), `system|` (any code).
+    Token {
+        system: Option<Option<String>>,
+        code: Option<String>,
+    },
+    String {
+        value: String,
+        mode: StringMode,
+    },
+    Date {
+        prefix: Prefix,
+        range: DateRange,
+    },
+    /// `Type/id` when the type is known, else any reference ending in `id`.
+    Reference {
+        reference: Option<String>,
+        id: String,
+    },
+    Uri(String),
+}
+
+/// One search parameter of a request: matches if any of its values matches (`,` is OR);
+/// the criteria of a request must all match (`&` is AND).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Criterion {
+    pub param: String,
+    pub any_of: Vec<Match>,
+    /// `:not` (tokens): the resources that do NOT match.
+    pub negate: bool,
+    /// `:missing=true|false`: whether the resource has no value for the parameter.
+    pub missing: Option<bool>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SortKey {
+    pub param: String,
+    pub kind: ParamKind,
+    pub descending: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SearchQuery {
+    pub criteria: Vec<Criterion>,
+    pub sort: Vec<SortKey>,
+    pub count: usize,
+    pub offset: usize,
+    /// `_total=none` leaves the total out.
+    pub total: bool,
+    /// `_summary=count`: the total only.
+    pub summary_count: bool,
+    /// The parameters used, as they go into the `self` and paging links.
+    pub used: Vec<(String, String)>,
+    /// Parameters ignored under lenient handling.
+    pub ignored: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SearchError {
+    #[error("unknown search parameter '{0}' for this resource type")]
+    UnknownParameter(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Splits on `sep` where it is not escaped with `\`, and unescapes `\,` `\|` `\$` `\\`.
+fn split_escaped(text: &str, sep: char) -> Vec<String> {
+    let mut parts = vec![String::new()];
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                if let Some(next) = chars.next() {
+                    if let Some(last) = parts.last_mut() {
+                        if next != sep {
+                            last.push('\\');
+                        }
+                        last.push(next);
+                    }
+                }
+            }
+            c if c == sep => parts.push(String::new()),
+            c => {
+                if let Some(last) = parts.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    parts
+}
+
+fn invalid(text: String) -> SearchError {
+    SearchError::Invalid(text)
+}
+
+fn parse_value(
+    kind: ParamKind,
+    modifier: Option<&str>,
+    targets: &[String],
+    raw: &str,
+    base: &str,
+    code: &str,
+) -> Result<Match, SearchError> {
+    if raw.is_empty() {
+        return Err(invalid(format!("empty value for '{code}'")));
+    }
+    Ok(match kind {
+        ParamKind::Token => {
+            let parts = split_escaped(raw, '|');
+            match parts.as_slice() {
+                [code] => Match::Token {
+                    system: None,
+                    code: Some(code.clone()),
+                },
+                [system, code] => Match::Token {
+                    system: Some((!system.is_empty()).then(|| system.clone())),
+                    code: (!code.is_empty()).then(|| code.clone()),
+                },
+                _ => return Err(invalid(format!("'{code}': a token is [system]|[code]"))),
+            }
+        }
+        ParamKind::String => Match::String {
+            value: match modifier {
+                Some("exact") => raw.to_owned(),
+                _ => normalize(raw),
+            },
+            mode: match modifier {
+                Some("exact") => StringMode::Exact,
+                Some("contains") => StringMode::Contains,
+                _ => StringMode::Starts,
+            },
+        },
+        ParamKind::Date => {
+            let (prefix, date) = match raw.get(..2).and_then(Prefix::parse) {
+                Some(prefix) => (prefix, &raw[2..]),
+                None => (Prefix::Eq, raw),
+            };
+            let range = dates::parse(date)
+                .ok_or_else(|| invalid(format!("'{code}': '{raw}' is not a FHIR date")))?;
+            Match::Date { prefix, range }
+        }
+        ParamKind::Reference => {
+            let (local, id) = reference_parts(raw, base);
+            let reference = match modifier {
+                Some(ty) => Some(format!("{ty}/{id}")),
+                None if local.contains('/') => Some(local),
+                None if targets.len() == 1 => Some(format!("{}/{id}", targets[0])),
+                None => None,
+            };
+            Match::Reference { reference, id }
+        }
+        ParamKind::Uri => Match::Uri(raw.to_owned()),
+    })
+}
+
+/// Which modifiers each kind accepts (besides `missing`).
+fn modifier_allowed(kind: ParamKind, modifier: &str, targets: &[String]) -> bool {
+    match kind {
+        ParamKind::Token => modifier == "not",
+        ParamKind::String => matches!(modifier, "exact" | "contains"),
+        ParamKind::Reference => targets.iter().any(|t| t == modifier),
+        ParamKind::Date | ParamKind::Uri => false,
+    }
+}
+
+/// Parses a search request for `resource_type`. With `strict` (`Prefer: handling=strict`)
+/// an unknown parameter is an error; otherwise it is ignored and left out of the links.
+/// `base` is the partition's FHIR base URL (absolute references to it match relative ones).
+pub fn parse(
+    registry: &Registry,
+    resource_type: &str,
+    pairs: &[(String, String)],
+    strict: bool,
+    base: &str,
+) -> Result<SearchQuery, SearchError> {
+    let mut query = SearchQuery {
+        criteria: Vec::new(),
+        sort: Vec::new(),
+        count: DEFAULT_COUNT,
+        offset: 0,
+        total: true,
+        summary_count: false,
+        used: Vec::new(),
+        ignored: Vec::new(),
+    };
+    for (key, value) in pairs {
+        let number = |what: &str| {
+            value
+                .parse::<usize>()
+                .map_err(|_| invalid(format!("{what} must be a whole number, not '{value}'")))
+        };
+        let (name, modifier) = match key.split_once(':') {
+            Some((n, m)) => (n, Some(m)),
+            None => (key.as_str(), None),
+        };
+        match (name, modifier) {
+            ("_count", None) => query.count = number("_count")?.min(MAX_COUNT),
+            ("_offset", None) => query.offset = number("_offset")?,
+            ("_total", None) => match value.as_str() {
+                "none" => query.total = false,
+                "estimate" | "accurate" => query.total = true,
+                _ => {
+                    return Err(invalid(format!(
+                        "_total must be none, estimate or accurate, not '{value}'"
+                    )))
+                }
+            },
+            ("_summary", None) => match value.as_str() {
+                "count" => query.summary_count = true,
+                "false" => {}
+                other if strict => {
+                    return Err(invalid(format!("_summary={other} is not supported")))
+                }
+                other => {
+                    query.ignored.push(format!("_summary={other}"));
+                    continue;
+                }
+            },
+            ("_format" | "_pretty", None) => continue,
+            // `_sort=-date,code`, and `_sort:desc=date` as some clients write it.
+            ("_sort", modifier) => {
+                let descending_all = match modifier {
+                    None | Some("asc") => false,
+                    Some("desc") => true,
+                    Some(other) => {
+                        return Err(invalid(format!("unknown _sort modifier ':{other}'")))
+                    }
+                };
+                for item in value.split(',').filter(|s| !s.is_empty()) {
+                    let (descending, code) = match item.strip_prefix('-') {
+                        Some(code) => (true, code),
+                        None => (descending_all, item),
+                    };
+                    let param = registry.param(resource_type, code).ok_or_else(|| {
+                        invalid(format!("cannot sort by unknown parameter '{code}'"))
+                    })?;
+                    query.sort.push(SortKey {
+                        param: code.to_owned(),
+                        kind: param.kind,
+                        descending,
+                    });
+                }
+                query.used.push((key.clone(), value.clone()));
+                continue;
+            }
+            _ => {
+                let Some(param) = registry.param(resource_type, name) else {
+                    if strict {
+                        return Err(SearchError::UnknownParameter(key.clone()));
+                    }
+                    query.ignored.push(key.clone());
+                    continue;
+                };
+                let criterion = if modifier == Some("missing") {
+                    let missing = match value.as_str() {
+                        "true" => true,
+                        "false" => false,
+                        _ => return Err(invalid(format!("'{key}' takes true or false"))),
+                    };
+                    Criterion {
+                        param: name.to_owned(),
+                        any_of: Vec::new(),
+                        negate: false,
+                        missing: Some(missing),
+                    }
+                } else {
+                    if let Some(m) = modifier {
+                        if !modifier_allowed(param.kind, m, &param.targets) {
+                            return Err(invalid(format!(
+                                "modifier ':{m}' is not supported on {} parameter '{name}'",
+                                param.kind.name()
+                            )));
+                        }
+                    }
+                    let any_of = split_escaped(value, ',')
+                        .iter()
+                        .map(|v| parse_value(param.kind, modifier, &param.targets, v, base, name))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    Criterion {
+                        param: name.to_owned(),
+                        any_of,
+                        negate: modifier == Some("not"),
+                        missing: None,
+                    }
+                };
+                query.criteria.push(criterion);
+            }
+        }
+        query.used.push((key.clone(), value.clone()));
+    }
+    Ok(query)
+}
+
+/// Parses the query of a SMART scope such as `patient/Observation.rs?category=laboratory`
+/// into the criteria every resource the scope grants must meet. Every parameter must be
+/// known: a restriction that cannot be enforced grants nothing.
+pub fn parse_restriction(
+    registry: &Registry,
+    resource_type: &str,
+    query: &str,
+) -> Result<Vec<Criterion>, SearchError> {
+    let pairs: Vec<(String, String)> = query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.split_once('=') {
+            Some((k, v)) => (percent_decode(k), percent_decode(v)),
+            None => (percent_decode(p), String::new()),
+        })
+        .collect();
+    let parsed = parse(registry, resource_type, &pairs, true, "")?;
+    if !parsed.sort.is_empty() || parsed.criteria.len() != pairs.len() {
+        return Err(invalid(format!(
+            "scope restriction '{query}' may only hold search parameters"
+        )));
+    }
+    Ok(parsed.criteria)
+}
+
+/// Decodes `%XX` escapes (and leaves anything malformed as it is).
+pub fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = |b: u8| (b as char).to_digit(16);
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push((h * 16 + l) as u8);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn q(pairs: &[(&str, &str)]) -> Result<SearchQuery, SearchError> {
+        let registry = Registry::load().unwrap();
+        let pairs: Vec<_> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse(&registry, "Observation", &pairs, false, "https://h/fhir/p1")
+    }
+
+    #[test]
+    fn the_seed_002_query_parses() {
+        let query = q(&[("code", "4548-4"), ("_sort:desc", "date"), ("_count", "10")]).unwrap();
+        assert_eq!(query.count, 10);
+        assert_eq!(
+            query.sort,
+            vec![SortKey {
+                param: "date".into(),
+                kind: ParamKind::Date,
+                descending: true
+            }]
+        );
+        assert_eq!(
+            query.criteria[0].any_of,
+            vec![Match::Token {
+                system: None,
+                code: Some("4548-4".into())
+            }]
+        );
+    }
+
+    #[test]
+    fn token_forms() {
+        let c = q(&[("code", "http://loinc.org|4548-4,|x,http://loinc.org|")])
+            .unwrap()
+            .criteria
+            .remove(0);
+        assert_eq!(
+            c.any_of,
+            vec![
+                Match::Token {
+                    system: Some(Some("http://loinc.org".into())),
+                    code: Some("4548-4".into())
+                },
+                Match::Token {
+                    system: Some(None),
+                    code: Some("x".into())
+                },
+                Match::Token {
+                    system: Some(Some("http://loinc.org".into())),
+                    code: None
+                },
+            ]
+        );
+        assert!(q(&[("status:not", "final")]).unwrap().criteria[0].negate);
+        assert_eq!(q(&[("code", "a\\,b")]).unwrap().criteria[0].any_of.len(), 1);
+    }
+
+    #[test]
+    fn references_use_the_single_target() {
+        let c = q(&[("patient", "123")]).unwrap().criteria.remove(0);
+        assert_eq!(
+            c.any_of,
+            vec![Match::Reference {
+                reference: Some("Patient/123".into()),
+                id: "123".into()
+            }]
+        );
+        let c = q(&[("subject", "https://h/fhir/p1/Patient/9")])
+            .unwrap()
+            .criteria
+            .remove(0);
+        assert_eq!(
+            c.any_of,
+            vec![Match::Reference {
+                reference: Some("Patient/9".into()),
+                id: "9".into()
+            }]
+        );
+        let c = q(&[("subject:Group", "9")]).unwrap().criteria.remove(0);
+        assert_eq!(
+            c.any_of,
+            vec![Match::Reference {
+                reference: Some("Group/9".into()),
+                id: "9".into()
+            }]
+        );
+        let c = q(&[("subject", "9")]).unwrap().criteria.remove(0);
+        assert_eq!(
+            c.any_of,
+            vec![Match::Reference {
+                reference: None,
+                id: "9".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn dates_and_prefixes() {
+        let c = q(&[("date", "ge2021-01-01")]).unwrap().criteria.remove(0);
+        assert!(matches!(
+            c.any_of[0],
+            Match::Date {
+                prefix: Prefix::Ge,
+                ..
+            }
+        ));
+        assert!(matches!(
+            q(&[("date", "2021-13-01")]),
+            Err(SearchError::Invalid(_))
+        ));
+        let day = dates::parse("2021-06-15").unwrap();
+        let (lo, hi) = (day.lo, day.hi);
+        let table = [
+            (Prefix::Eq, "2021-06-15", true),
+            (Prefix::Eq, "2021-06", true),
+            (Prefix::Eq, "2021-06-15T10:00", false),
+            (Prefix::Ne, "2021-06-16", true),
+            (Prefix::Gt, "2021-06-14", true),
+            (Prefix::Gt, "2021-06-15", false),
+            (Prefix::Ge, "2021-06-15", true),
+            (Prefix::Ge, "2021-06-16", false),
+            (Prefix::Lt, "2021-06-16", true),
+            (Prefix::Lt, "2021-06-15", false),
+            (Prefix::Le, "2021-06-15", true),
+            (Prefix::Le, "2021-06-14", false),
+            (Prefix::Sa, "2021-06-14", true),
+            (Prefix::Eb, "2021-06-16", true),
+            (Prefix::Eb, "2021-06-15", false),
+            (Prefix::Ap, "2021-06", true),
+        ];
+        for (prefix, value, expected) in table {
+            assert_eq!(
+                prefix.matches(lo, hi, dates::parse(value).unwrap()),
+                expected,
+                "{prefix:?}{value}"
+            );
+        }
+    }
+
+    #[test]
+    fn unknown_parameters_follow_the_handling_preference() {
+        let lenient = q(&[("nonsense", "1"), ("code", "x")]).unwrap();
+        assert_eq!(lenient.ignored, vec!["nonsense".to_string()]);
+        assert_eq!(lenient.used, vec![("code".to_string(), "x".to_string())]);
+        let registry = Registry::load().unwrap();
+        let strict = parse(
+            &registry,
+            "Observation",
+            &[("nonsense".into(), "1".into())],
+            true,
+            "",
+        );
+        assert_eq!(
+            strict,
+            Err(SearchError::UnknownParameter("nonsense".into()))
+        );
+        assert!(matches!(
+            q(&[("code:below", "x")]),
+            Err(SearchError::Invalid(_))
+        ));
+        assert!(matches!(
+            q(&[("_count", "many")]),
+            Err(SearchError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn restrictions_must_be_fully_understood() {
+        let registry = Registry::load().unwrap();
+        let criteria = parse_restriction(&registry, "Observation", "category=laboratory").unwrap();
+        assert_eq!(criteria.len(), 1);
+        assert!(parse_restriction(&registry, "Observation", "nonsense=1").is_err());
+        assert!(parse_restriction(&registry, "Observation", "_count=1").is_err());
+        assert_eq!(percent_decode("a%7Cb%2"), "a|b%2");
+    }
+}

@@ -1,0 +1,59 @@
+#!/usr/bin/env python3
+"""Regenerates crates/vault/data/search-parameters.json from the FHIR R4 specification's
+own data: the SearchParameter definitions in Bundle-searchParams.json and the resource
+types of the examples, both in the npm package hl7.fhir.r4.examples 4.0.1 (CC0).
+
+    scripts/fhir-search-parameters.py        # needs npm and network access to the registry
+
+Only what the vault evaluates is kept: code, type, base types, FHIRPath expression and
+reference targets. Composite and special parameters have no expression the vault can
+index and are left out here; the vault decides at start-up which of the rest it supports.
+"""
+import json, pathlib, subprocess, tarfile, tempfile
+
+PACKAGE = "hl7.fhir.r4.examples@4.0.1"
+KINDS = {"string", "token", "date", "reference", "uri", "number", "quantity"}
+out = pathlib.Path(__file__).resolve().parent.parent / "crates/vault/data/search-parameters.json"
+
+with tempfile.TemporaryDirectory() as tmp:
+    subprocess.run(["npm", "pack", PACKAGE, "--silent"], cwd=tmp, check=True, stdout=subprocess.DEVNULL)
+    archive = next(pathlib.Path(tmp).glob("*.tgz"))
+    types, params = set(), []
+    with tarfile.open(archive) as tar:
+        for member in tar.getmembers():
+            if not member.name.endswith(".json"):
+                continue
+            try:
+                resource = json.load(tar.extractfile(member))
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                continue
+            if not isinstance(resource, dict):
+                continue
+            if "resourceType" in resource and not member.name.endswith("Bundle-searchParams.json"):
+                types.add(resource["resourceType"])
+            if member.name.endswith("Bundle-searchParams.json"):
+                for entry in resource["entry"]:
+                    sp = entry["resource"]
+                    if sp.get("type") not in KINDS or not sp.get("expression"):
+                        continue
+                    params.append({
+                        "code": sp["code"],
+                        "type": sp["type"],
+                        "base": sp["base"],
+                        "expression": sp["expression"],
+                        **({"target": sp["target"]} if sp.get("target") else {}),
+                    })
+    bases = {b for p in params for b in p["base"]} - {"Resource", "DomainResource"}
+    data = {
+        "source": f"{PACKAGE} (package/Bundle-searchParams.json and the examples' resource types)",
+        "resourceTypes": sorted(types | bases),
+        "parameters": sorted(params, key=lambda p: (p["base"][0], p["code"])),
+    }
+    # One parameter a line: small, and diffs stay readable when the data is regenerated.
+    lines = [json.dumps(p, separators=(",", ":")) for p in data["parameters"]]
+    out.write_text(
+        "{\"source\":" + json.dumps(data["source"]) + ",\n"
+        + "\"resourceTypes\":" + json.dumps(data["resourceTypes"], separators=(",", ":")) + ",\n"
+        + "\"parameters\":[\n" + ",\n".join(lines) + "\n]}\n"
+    )
+    print(f"{out}: {len(data['resourceTypes'])} resource types, {len(params)} search parameters")
