@@ -15,7 +15,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config/tessera.toml";
-const SECTIONS: [&str; 5] = ["server", "database", "tls", "iam", "aim"];
+const SECTIONS: [&str; 6] = ["server", "database", "tls", "iam", "aim", "vault"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -25,6 +25,18 @@ pub struct Config {
     pub tls: TlsConfig,
     pub iam: IamConfig,
     pub aim: AimConfig,
+    pub vault: VaultConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultConfig {
+    /// The realm whose tokens the FHIR Vault accepts.
+    pub realm: String,
+    /// The audience the vault requires in tokens. Empty: `{public_url}/fhir`.
+    pub audience: String,
+    /// Largest request body (a resource or a Bundle), in bytes.
+    pub max_body_bytes: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -121,6 +133,11 @@ impl Default for Config {
                 audience: String::new(),
                 account_urn_prefix: "urn:tessera:account:".into(),
             },
+            vault: VaultConfig {
+                realm: "cara".into(),
+                audience: String::new(),
+                max_body_bytes: 8 * 1024 * 1024,
+            },
         }
     }
 }
@@ -166,9 +183,16 @@ impl Loaded {
 
     pub fn audiences(&self) -> Vec<String> {
         if self.config.iam.audiences.is_empty() {
-            vec![format!("{}/fhir", self.public_url()), self.aim_audience()]
+            vec![self.vault_audience(), self.aim_audience()]
         } else {
             self.config.iam.audiences.clone()
+        }
+    }
+
+    pub fn vault_audience(&self) -> String {
+        match self.config.vault.audience.as_str() {
+            "" => format!("{}/fhir", self.public_url()),
+            audience => audience.to_owned(),
         }
     }
 

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use tessera_http::jwks::HttpJwksFetcher;
 use tessera_http::metrics::Metrics;
 use tessera_http::tls::TlsSettings;
-use tessera_http::{AimSettings, AppState, ServerSettings, Services};
+use tessera_http::{AimSettings, AppState, ServerSettings, Services, VaultState};
 use tessera_iam::{IamSettings, TokenService};
 
 use crate::config::{Loaded, LogFormat};
@@ -37,7 +37,25 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         audience: loaded.aim_audience(),
         account_prefix: loaded.config.aim.account_urn_prefix.clone(),
     };
+    let vault_realm = loaded.config.vault.realm.as_str();
+    let issuer = format!("{}/realms/{vault_realm}", loaded.public_url());
+    let vault = VaultState {
+        vault: tessera_vault::Vault::new().map_err(|e| anyhow::anyhow!(e))?,
+        realm: tessera_types::RealmName::try_from(vault_realm)
+            .map_err(|e| anyhow::anyhow!("vault.realm: {e}"))?,
+        audience: loaded.vault_audience(),
+        base: format!("{}/fhir", loaded.public_url()),
+        auth: tessera_vault::capability::AuthServer {
+            token_endpoint: format!("{issuer}/protocol/openid-connect/token"),
+            introspection_endpoint: format!("{issuer}/protocol/openid-connect/token/introspect"),
+            revocation_endpoint: format!("{issuer}/protocol/openid-connect/revoke"),
+            jwks_uri: format!("{issuer}/protocol/openid-connect/certs"),
+            issuer,
+        },
+        max_body_bytes: loaded.config.vault.max_body_bytes,
+    };
     Ok(Arc::new(AppState {
+        vault,
         tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
         audit: tessera_store::AuditWriter::start(store.clone()),
         aim,
@@ -100,6 +118,9 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         }
         if services.aim {
             writeln!(out, "  aim           {base}/aim/api/v1/query/get-account-urn-from-mpi-id-urn")?;
+        }
+        if services.vault {
+            writeln!(out, "  fhir vault    {base}/fhir/{{partition}}  (CapabilityStatement: {base}/fhir/{{partition}}/metadata)")?;
         }
         out.flush()?;
         running.server.await.context("the server stopped with an error")

@@ -20,3 +20,4 @@ mod introspection;
 mod token_jwt;
 mod token_mtls;
 mod token_secret;
+mod vault;

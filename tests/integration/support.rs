@@ -480,6 +480,38 @@ impl Client {
         Self::reply(request.call()).unwrap()
     }
 
+    /// Any request: method, path, optional Bearer token, extra headers, optional body.
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Option<&str>,
+    ) -> Reply {
+        let mut request = ureq::http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.base));
+        if let Some(token) = token {
+            request = request.header("Authorization", format!("Bearer {token}"));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        if body.is_some()
+            && !headers
+                .iter()
+                .any(|(n, _)| n.eq_ignore_ascii_case("content-type"))
+        {
+            request = request.header("Content-Type", "application/fhir+json");
+        }
+        let result = match body {
+            Some(body) => self.agent.run(request.body(body.to_owned()).unwrap()),
+            None => self.agent.run(request.body(()).unwrap()),
+        };
+        Self::reply(result).unwrap()
+    }
+
     /// Requests a token on realm `cara`.
     pub fn token(&self, form: &[(&str, &str)]) -> Reply {
         self.post_form("/realms/cara/protocol/openid-connect/token", form)

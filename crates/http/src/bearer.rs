@@ -1,5 +1,4 @@
-//! Authorization of requests to Tessera's resource servers (AIM, later the FHIR
-//! Vault) from their access token, as ITI-72 describes: the token comes only in
+//! Authorization of requests to Tessera's resource servers (AIM and the FHIR Vault) from their access token, as ITI-72 describes: the token comes only in
 //! `Authorization: Bearer` (a token in the query string is ignored), must be a current,
 //! unrevoked token of the realm, bound to this connection's certificate when it has
 //! `cnf`, meant for this service (`aud`), and carry the scope the call needs.
@@ -26,8 +25,27 @@ pub async fn authorize(
     state: &web::Data<AppState>,
     need: Requirement<'_>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
+    let token = verify(req, state, need.realm, need.audience).await?;
+    if !token.claims.scope.split(' ').any(|s| s == need.scope) {
+        return Err(ApiError::Bearer {
+            realm: need.realm.to_string(),
+            error: BearerError::InsufficientScope,
+        });
+    }
+    Ok(token)
+}
+
+/// Everything but the scope: a current, unrevoked token of `realm` in the
+/// Authorization header, bound to this connection's certificate if it has `cnf`, and
+/// meant for `audience`. What the token permits is for the caller to decide.
+pub async fn verify(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    realm_name: &RealmName,
+    audience: &str,
+) -> Result<Arc<VerifiedToken>, ApiError> {
     let refuse = |error| ApiError::Bearer {
-        realm: need.realm.to_string(),
+        realm: realm_name.to_string(),
         error,
     };
     let token = req
@@ -41,7 +59,7 @@ pub async fn authorize(
         .map(|(_, token)| token.trim().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| refuse(BearerError::Missing))?;
-    let realm = realm_state(state, need.realm.as_str()).await?;
+    let realm = realm_state(state, realm_name.as_str()).await?;
     let st = state.clone().into_inner();
     let skew = state.tokens.settings().clock_skew_seconds;
     let at = now();
@@ -56,11 +74,8 @@ pub async fn authorize(
             return Err(refuse(BearerError::InvalidToken));
         }
     }
-    if !token.claims.aud.iter().any(|aud| aud == need.audience) {
+    if !token.claims.aud.iter().any(|aud| aud == audience) {
         return Err(refuse(BearerError::InvalidToken));
-    }
-    if !token.claims.scope.split(' ').any(|s| s == need.scope) {
-        return Err(refuse(BearerError::InsufficientScope));
     }
     Ok(token)
 }

@@ -7,6 +7,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 use tessera_iam::{OAuthError, OAuthErrorCode, StoreError};
+use tessera_vault::VaultError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -20,6 +21,12 @@ pub enum ApiError {
     /// RFC 6750 3.1: a request with no, an invalid, or an insufficient Bearer token.
     #[error("bearer token refused: {error:?}")]
     Bearer { realm: String, error: BearerError },
+    /// The same refusal at the FHIR Vault, whose bodies are OperationOutcomes.
+    #[error("bearer token refused at the vault: {error:?}")]
+    FhirBearer { realm: String, error: BearerError },
+    /// A FHIR Vault interaction that failed.
+    #[error("{0}")]
+    Vault(VaultError),
     /// A malformed request to a JSON API (400).
     #[error("{0}")]
     BadRequest(String),
@@ -93,6 +100,85 @@ impl From<StoreError> for ApiError {
     }
 }
 
+impl From<VaultError> for ApiError {
+    fn from(err: VaultError) -> Self {
+        ApiError::Vault(err)
+    }
+}
+
+impl ApiError {
+    /// The FHIR form of a Bearer refusal (OperationOutcome body, same status).
+    pub fn into_fhir(self) -> Self {
+        match self {
+            ApiError::Bearer { realm, error } => ApiError::FhirBearer { realm, error },
+            other => other,
+        }
+    }
+}
+
+/// RFC 6750 3.1: no or a bad token is 401; a good token without the authority is 403.
+fn bearer_status(error: BearerError) -> StatusCode {
+    match error {
+        BearerError::InsufficientScope => StatusCode::FORBIDDEN,
+        BearerError::Missing | BearerError::InvalidToken | BearerError::NotAllowedToIntrospect => {
+            StatusCode::UNAUTHORIZED
+        }
+    }
+}
+
+/// FHIR's status for each vault error (R4 http.html): a refused partition or scope is
+/// 403 `insufficient_scope`, as DESIGN.md chooses over IUA's 401.
+pub fn vault_status(error: &VaultError) -> StatusCode {
+    match error {
+        VaultError::Invalid(_) | VaultError::NotSupported(_) => StatusCode::BAD_REQUEST,
+        VaultError::NotFound(_) => StatusCode::NOT_FOUND,
+        VaultError::Gone(_) => StatusCode::GONE,
+        VaultError::VersionConflict(_) => StatusCode::PRECONDITION_FAILED,
+        VaultError::Conflict(_) => StatusCode::CONFLICT,
+        VaultError::Denied(_) => StatusCode::FORBIDDEN,
+        VaultError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// The OperationOutcome issue type of each vault error.
+fn vault_issue(error: &VaultError) -> &'static str {
+    match error {
+        VaultError::Invalid(_) => "invalid",
+        VaultError::NotSupported(_) => "not-supported",
+        VaultError::NotFound(_) => "not-found",
+        VaultError::Gone(_) => "deleted",
+        VaultError::VersionConflict(_) | VaultError::Conflict(_) => "conflict",
+        VaultError::Denied(_) => "forbidden",
+        VaultError::Store(_) => "exception",
+    }
+}
+
+fn fhir_response(
+    response: &mut actix_web::HttpResponseBuilder,
+    code: &str,
+    diagnostics: &str,
+) -> HttpResponse {
+    response
+        .content_type("application/fhir+json")
+        .json(tessera_vault::operation_outcome("error", code, diagnostics))
+}
+
+fn challenge(response: &mut actix_web::HttpResponseBuilder, realm: &str, error: BearerError) {
+    let mut params = Vec::new();
+    if !realm.is_empty() {
+        params.push(format!("realm=\"{realm}\""));
+    }
+    if let Some(code) = error.code() {
+        params.push(format!("error=\"{code}\""));
+    }
+    let challenge = format!("Bearer {}", params.join(", "))
+        .trim_end()
+        .to_owned();
+    if let Ok(value) = HeaderValue::from_str(&challenge) {
+        response.insert_header((header::WWW_AUTHENTICATE, value));
+    }
+}
+
 /// RFC 6749 5.2: 401 for a failed client authentication, 400 for the rest.
 pub fn oauth_status(code: OAuthErrorCode) -> StatusCode {
     match code {
@@ -111,12 +197,10 @@ impl ResponseError for ApiError {
     fn status_code(&self) -> StatusCode {
         match self {
             ApiError::OAuth { error, .. } => oauth_status(error.code),
-            ApiError::Bearer { error, .. } => match error {
-                BearerError::InsufficientScope => StatusCode::FORBIDDEN,
-                BearerError::Missing
-                | BearerError::InvalidToken
-                | BearerError::NotAllowedToIntrospect => StatusCode::UNAUTHORIZED,
-            },
+            ApiError::Bearer { error, .. } | ApiError::FhirBearer { error, .. } => {
+                bearer_status(*error)
+            }
+            ApiError::Vault(error) => vault_status(error),
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Fhir { issue, .. } => match issue {
@@ -147,14 +231,33 @@ impl ResponseError for ApiError {
                 }
                 json!({ "error": error.code.as_str(), "error_description": error.description })
             }
-            ApiError::Bearer { realm, error } => {
-                let challenge = match error.code() {
-                    Some(code) => format!("Bearer realm=\"{realm}\", error=\"{code}\""),
-                    None => format!("Bearer realm=\"{realm}\""),
+            ApiError::FhirBearer { realm, error } => {
+                challenge(&mut response, realm, *error);
+                let (code, diagnostics) = match error {
+                    BearerError::Missing => ("login", "an access token is required in the Authorization header (Bearer)"),
+                    BearerError::InvalidToken => ("login", "the access token is not valid here: expired, revoked, not for this vault, or bound to another certificate"),
+                    BearerError::InsufficientScope | BearerError::NotAllowedToIntrospect => ("forbidden", "the access token does not grant this"),
                 };
-                if let Ok(value) = HeaderValue::from_str(&challenge) {
-                    response.insert_header((header::WWW_AUTHENTICATE, value));
+                return fhir_response(&mut response, code, diagnostics);
+            }
+            ApiError::Vault(error) => {
+                if let VaultError::Denied(_) = error {
+                    // Whether the partition or the scope refused stays unsaid.
+                    challenge(&mut response, "", BearerError::InsufficientScope);
+                    return fhir_response(
+                        &mut response,
+                        "forbidden",
+                        "the access token does not grant this interaction on this partition",
+                    );
                 }
+                if let VaultError::Store(detail) = error {
+                    tracing::error!(detail, "vault storage error");
+                    return fhir_response(&mut response, "exception", "internal error");
+                }
+                return fhir_response(&mut response, vault_issue(error), &error.to_string());
+            }
+            ApiError::Bearer { realm, error } => {
+                challenge(&mut response, realm, *error);
                 json!({ "error": error.code().unwrap_or("invalid_request"), "error_description": "a valid Bearer access token is required" })
             }
             ApiError::BadRequest(detail) => {

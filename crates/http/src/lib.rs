@@ -13,6 +13,7 @@ pub mod jwks;
 pub mod metrics;
 pub mod peer;
 pub mod tls;
+mod vault_routes;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,27 +29,30 @@ use tessera_types::UnixTime;
 pub use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::tls::TlsSettings;
+pub use crate::vault_routes::VaultState;
 
 /// The services `tessera serve --only` can select. Services of later issues join here.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Services {
     pub iam: bool,
     pub aim: bool,
+    pub vault: bool,
 }
 
 impl Services {
-    pub const NAMES: [&'static str; 2] = ["iam", "aim"];
+    pub const NAMES: [&'static str; 3] = ["iam", "aim", "vault"];
 
     pub fn all() -> Self {
         Self {
             iam: true,
             aim: true,
+            vault: true,
         }
     }
 
     /// The names of the selected services.
     pub fn names(self) -> Vec<&'static str> {
-        let selected = [self.iam, self.aim];
+        let selected = [self.iam, self.aim, self.vault];
         Self::NAMES
             .iter()
             .zip(selected)
@@ -62,11 +66,13 @@ impl Services {
         let mut services = Self {
             iam: false,
             aim: false,
+            vault: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "iam" => services.iam = true,
                 "aim" => services.aim = true,
+                "vault" => services.vault = true,
                 other => anyhow::bail!(
                     "unknown or not yet available service '{other}'; available: {}",
                     Self::NAMES.join(", ")
@@ -92,6 +98,7 @@ pub struct AppState {
     /// Durable audit trail: handlers append before they answer.
     pub audit: tessera_store::AuditWriter,
     pub aim: AimSettings,
+    pub vault: VaultState,
     pub introspection: tessera_introspection::Introspection,
     pub store: Store,
     pub metrics: Metrics,
@@ -151,6 +158,7 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
     let (tls_config, verifier) = tls::server_config(&settings.tls)?;
     let data = web::Data::from(state.clone());
     let services = settings.services;
+    let max_body = state.vault.max_body_bytes;
     let mut server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(data.clone())
@@ -162,6 +170,9 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
         }
         if services.aim {
             app = app.configure(aim_routes::configure);
+        }
+        if services.vault {
+            app = app.configure(|cfg| vault_routes::configure(cfg, max_body));
         }
         app
     })

@@ -11,6 +11,7 @@
 mod aim;
 mod audit;
 mod schema;
+mod vault;
 
 use std::time::Duration;
 

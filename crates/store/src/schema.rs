@@ -103,3 +103,43 @@ diesel::table! {
         hash -> Text,
     }
 }
+
+diesel::table! {
+    fhir_resources (partition_id, resource_type, id) {
+        partition_id -> Text,
+        resource_type -> Text,
+        id -> Text,
+        version -> BigInt,
+        last_updated -> BigInt,
+        deleted -> Bool,
+        content -> Text,
+    }
+}
+
+diesel::table! {
+    fhir_versions (partition_id, resource_type, id, version) {
+        partition_id -> Text,
+        resource_type -> Text,
+        id -> Text,
+        version -> BigInt,
+        last_updated -> BigInt,
+        deleted -> Bool,
+        content -> Text,
+    }
+}
+
+diesel::table! {
+    fhir_index (partition_id, resource_type, resource_id, ordinal) {
+        partition_id -> Text,
+        resource_type -> Text,
+        resource_id -> Text,
+        ordinal -> Integer,
+        param -> Text,
+        system -> Nullable<Text>,
+        code -> Nullable<Text>,
+        text_value -> Nullable<Text>,
+        lo -> Nullable<BigInt>,
+        hi -> Nullable<BigInt>,
+        reference -> Nullable<Text>,
+    }
+}

@@ -9,7 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod authz;
-mod bundle;
+pub mod bundle;
 pub mod capability;
 pub mod dates;
 pub mod fhirpath;
@@ -455,6 +455,12 @@ impl Vault {
             WriteKind::Delete { .. } => Interaction::Delete,
         };
         let access = self.authorize(store, ctx, &op.resource_type, interaction)?;
+        if !resource::valid_id(&op.id) {
+            return Err(VaultError::Invalid(format!(
+                "'{}' is not a valid id",
+                op.id
+            )));
+        }
         if let WriteKind::Update { may_create, .. } = &mut op.kind {
             // An update that creates is a create too.
             *may_create = authz::authorize(
@@ -509,6 +515,7 @@ impl Vault {
         body: &[u8],
         new_id: String,
     ) -> Result<Stored, VaultError> {
+        self.known_type(resource_type)?;
         let resource = resource::parse(&self.registry, body, Some(resource_type))?;
         let op = WriteOp {
             resource_type: resource_type.to_owned(),
@@ -534,6 +541,7 @@ impl Vault {
         body: &[u8],
         if_match: Option<&str>,
     ) -> Result<(Stored, bool), VaultError> {
+        self.known_type(resource_type)?;
         let resource = resource::parse(&self.registry, body, Some(resource_type))?;
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id => {}

@@ -1,0 +1,441 @@
+//! The FHIR Vault over HTTP (ITI-72): `/fhir/{partition}/...`. Every interaction but
+//! the discovery documents needs a Bearer token for this vault's audience; what the
+//! token permits is decided by `tessera_vault::authz`. Handlers parse the request, call
+//! the vault on the blocking pool, and format the FHIR response.
+
+use std::sync::Arc;
+
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use tessera_iam::VerifiedToken;
+use tessera_vault::bundle::EntryResult;
+use tessera_vault::capability::AuthServer;
+use tessera_vault::{dates, Ctx, Grant, Stored, Vault, VaultError, WriteOutcome};
+
+use crate::bearer::verify;
+use crate::error::vault_status;
+use crate::{blocking, ApiError, AppState};
+
+/// What the vault needs besides the store.
+pub struct VaultState {
+    pub vault: Vault,
+    pub realm: tessera_types::RealmName,
+    pub audience: String,
+    /// `{public_url}/fhir`: a partition's base is this plus `/{partition}`.
+    pub base: String,
+    pub auth: AuthServer,
+    pub max_body_bytes: usize,
+}
+
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.service(
+        web::scope("/fhir/{partition}")
+            .app_data(web::PayloadConfig::new(max_body_bytes))
+            .route("/metadata", web::get().to(metadata))
+            .route(
+                "/.well-known/smart-configuration",
+                web::get().to(smart_configuration),
+            )
+            .route("", web::post().to(batch))
+            .route("/", web::post().to(batch))
+            .route("/{type}/_search", web::post().to(search_post))
+            .route("/{type}/_history", web::get().to(history_type))
+            .route("/{type}/{id}/_history/{vid}", web::get().to(vread))
+            .route("/{type}/{id}/_history", web::get().to(history_instance))
+            .route("/{type}", web::get().to(search))
+            .route("/{type}", web::post().to(create))
+            .route("/{type}/{id}", web::get().to(read))
+            .route("/{type}/{id}", web::put().to(update))
+            .route("/{type}/{id}", web::delete().to(delete))
+            .default_service(web::to(unsupported)),
+    );
+}
+
+const FHIR_JSON: &str = "application/fhir+json";
+
+/// A random UUID for a new resource.
+fn new_id() -> Result<String, ApiError> {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .map_err(|_| ApiError::Internal("no randomness for a resource id".into()))?;
+    Ok(tessera_types::uuid_v4(bytes))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
+fn partition_base(state: &AppState, partition: &str) -> String {
+    format!("{}/{partition}", state.vault.base)
+}
+
+async fn token(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<Arc<VerifiedToken>, ApiError> {
+    let vault = &state.vault;
+    verify(req, state, &vault.realm, &vault.audience)
+        .await
+        .map_err(ApiError::into_fhir)
+}
+
+/// Runs a vault call with the request's context on the blocking pool.
+async fn call<T: Send + 'static>(
+    state: &web::Data<AppState>,
+    token: Arc<VerifiedToken>,
+    partition: String,
+    work: impl FnOnce(&AppState, &Ctx<'_>) -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let st = state.clone().into_inner();
+    blocking(move || {
+        let base = partition_base(&st, &partition);
+        let ctx = Ctx {
+            grant: Grant {
+                partitions: &token.claims.partitions,
+                scope: &token.claims.scope,
+            },
+            partition: &partition,
+            base: &base,
+            now_ms: now_ms(),
+        };
+        work(&st, &ctx)
+    })
+    .await?
+    .map_err(ApiError::Vault)
+}
+
+fn http_date(ms: i64) -> Option<HeaderValue> {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).ok()?);
+    HeaderValue::from_str(&header::HttpDate::from(time).to_string()).ok()
+}
+
+/// A resource response with its version headers; `Prefer: return=minimal` leaves out the body.
+fn resource_response(
+    req: &HttpRequest,
+    status: StatusCode,
+    stored: &Stored,
+    base: &str,
+) -> HttpResponse {
+    let mut response = HttpResponse::build(status);
+    response.content_type(FHIR_JSON);
+    if let Ok(etag) = HeaderValue::from_str(&stored.etag()) {
+        response.insert_header((header::ETAG, etag));
+    }
+    if let Some(date) = http_date(stored.last_updated) {
+        response.insert_header((header::LAST_MODIFIED, date));
+    }
+    if status == StatusCode::CREATED
+        || status == StatusCode::OK && req.method() == actix_web::http::Method::PUT
+    {
+        let location = format!(
+            "{base}/{}/{}/_history/{}",
+            stored.resource_type, stored.id, stored.version
+        );
+        if let Ok(location) = HeaderValue::from_str(&location) {
+            response.insert_header((header::LOCATION, location.clone()));
+            response.insert_header((header::CONTENT_LOCATION, location));
+        }
+    }
+    if prefer(req, "return").as_deref() == Some("minimal") {
+        return response.finish();
+    }
+    response.body(stored.content.clone())
+}
+
+fn json_response(value: &serde_json::Value) -> HttpResponse {
+    HttpResponse::Ok().content_type(FHIR_JSON).json(value)
+}
+
+/// A token of the `Prefer` header (RFC 7240), e.g. `return` or `handling`.
+fn prefer(req: &HttpRequest, name: &str) -> Option<String> {
+    req.headers()
+        .get_all("prefer")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split([',', ';']))
+        .find_map(|p| {
+            let (k, v) = p.trim().split_once('=')?;
+            (k.trim() == name).then(|| v.trim().trim_matches('"').to_owned())
+        })
+}
+
+fn if_match(req: &HttpRequest) -> Option<String> {
+    req.headers()
+        .get(header::IF_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}
+
+fn query_pairs(text: &str) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(text.as_bytes())
+        .into_owned()
+        .collect()
+}
+
+/// JSON only: a body in another format is refused before it is read as a resource.
+fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+    let Some(value) = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return Ok(());
+    };
+    let mime = value
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    if mime == FHIR_JSON || mime == "application/json" || mime == "application/json+fhir" {
+        Ok(())
+    } else {
+        Err(ApiError::Vault(VaultError::NotSupported(format!(
+            "this vault speaks FHIR JSON ({FHIR_JSON}), not {mime}"
+        ))))
+    }
+}
+
+async fn metadata(path: web::Path<String>, state: web::Data<AppState>) -> HttpResponse {
+    let base = partition_base(&state, &path.into_inner());
+    let date = dates::format_instant(now_ms());
+    let statement = tessera_vault::capability::capability_statement(
+        state.vault.vault.registry(),
+        &base,
+        &state.vault.auth,
+        env!("CARGO_PKG_VERSION"),
+        &date[..10],
+    );
+    json_response(&statement)
+}
+
+async fn smart_configuration(state: web::Data<AppState>) -> HttpResponse {
+    HttpResponse::Ok().json(tessera_vault::capability::smart_configuration(
+        &state.vault.auth,
+    ))
+}
+
+async fn read(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let (partition, ty, id) = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let stored = call(&state, token, partition, move |st, ctx| {
+        st.vault.vault.read(&st.store, ctx, &ty, &id)
+    })
+    .await?;
+    Ok(resource_response(&req, StatusCode::OK, &stored, &base))
+}
+
+async fn vread(
+    req: HttpRequest,
+    path: web::Path<(String, String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let (partition, ty, id, vid) = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let stored = call(&state, token, partition, move |st, ctx| {
+        st.vault.vault.vread(&st.store, ctx, &ty, &id, &vid)
+    })
+    .await?;
+    Ok(resource_response(&req, StatusCode::OK, &stored, &base))
+}
+
+async fn run_search(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    partition: String,
+    ty: String,
+    pairs: Vec<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(req, state).await?;
+    let strict = prefer(req, "handling").as_deref() == Some("strict");
+    let bundle = call(state, token, partition, move |st, ctx| {
+        st.vault.vault.search(&st.store, ctx, &ty, &pairs, strict)
+    })
+    .await?;
+    Ok(json_response(&bundle))
+}
+
+async fn search(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (partition, ty) = path.into_inner();
+    let pairs = query_pairs(req.query_string());
+    run_search(&req, &state, partition, ty, pairs).await
+}
+
+/// `POST [type]/_search` with `application/x-www-form-urlencoded` parameters (and any in the URL).
+async fn search_post(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (partition, ty) = path.into_inner();
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
+    if !body.is_empty() && !form {
+        return Err(ApiError::Vault(VaultError::Invalid(
+            "_search takes its parameters as application/x-www-form-urlencoded".into(),
+        )));
+    }
+    let mut pairs = query_pairs(req.query_string());
+    pairs.extend(query_pairs(&String::from_utf8_lossy(&body)));
+    run_search(&req, &state, partition, ty, pairs).await
+}
+
+async fn history_type(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let (partition, ty) = path.into_inner();
+    let pairs = query_pairs(req.query_string());
+    let bundle = call(&state, token, partition, move |st, ctx| {
+        st.vault.vault.history(&st.store, ctx, &ty, None, &pairs)
+    })
+    .await?;
+    Ok(json_response(&bundle))
+}
+
+async fn history_instance(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let (partition, ty, id) = path.into_inner();
+    let pairs = query_pairs(req.query_string());
+    let bundle = call(&state, token, partition, move |st, ctx| {
+        st.vault
+            .vault
+            .history(&st.store, ctx, &ty, Some(&id), &pairs)
+    })
+    .await?;
+    Ok(json_response(&bundle))
+}
+
+async fn create(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    check_content_type(&req)?;
+    if req.headers().contains_key("if-none-exist") {
+        return Err(ApiError::Vault(VaultError::NotSupported(
+            "conditional create (If-None-Exist) is not supported".into(),
+        )));
+    }
+    let (partition, ty) = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let id = new_id()?;
+    let stored = call(&state, token, partition, move |st, ctx| {
+        st.vault.vault.create(&st.store, ctx, &ty, &body, id)
+    })
+    .await?;
+    Ok(resource_response(&req, StatusCode::CREATED, &stored, &base))
+}
+
+async fn update(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    check_content_type(&req)?;
+    let (partition, ty, id) = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let precondition = if_match(&req);
+    let (stored, created) = call(&state, token, partition, move |st, ctx| {
+        st.vault
+            .vault
+            .update(&st.store, ctx, &ty, &id, &body, precondition.as_deref())
+    })
+    .await?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(resource_response(&req, status, &stored, &base))
+}
+
+async fn delete(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let (partition, ty, id) = path.into_inner();
+    let precondition = if_match(&req);
+    let deleted = call(&state, token, partition, move |st, ctx| {
+        st.vault
+            .vault
+            .delete(&st.store, ctx, &ty, &id, precondition.as_deref())
+    })
+    .await?;
+    let mut response = HttpResponse::NoContent();
+    if let Some(etag) = deleted.and_then(|d| HeaderValue::from_str(&d.etag()).ok()) {
+        response.insert_header((header::ETAG, etag));
+    }
+    Ok(response.finish())
+}
+
+/// The HTTP status of a batch or transaction entry, from the one mapping in error.rs.
+fn entry_status(result: &EntryResult) -> u16 {
+    match result {
+        EntryResult::Read(_) | EntryResult::Searched(_) => StatusCode::OK,
+        EntryResult::Written(WriteOutcome::Created(_)) => StatusCode::CREATED,
+        EntryResult::Written(WriteOutcome::Updated(_)) => StatusCode::OK,
+        EntryResult::Written(WriteOutcome::Deleted(_)) => StatusCode::NO_CONTENT,
+        EntryResult::Failed(error) => vault_status(error),
+    }
+    .as_u16()
+}
+
+async fn batch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    check_content_type(&req)?;
+    let partition = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let outcome = call(&state, token, partition, move |st, ctx| {
+        let mut ids = || new_id().unwrap_or_default();
+        st.vault.vault.batch(&st.store, ctx, &body, &mut ids)
+    })
+    .await?;
+    Ok(json_response(
+        &outcome
+            .to_bundle(&base, &entry_status)
+            .map_err(ApiError::Vault)?,
+    ))
+}
+
+async fn unsupported(req: HttpRequest) -> Result<HttpResponse, ApiError> {
+    Err(ApiError::Vault(VaultError::NotSupported(format!(
+        "{} {} is not an interaction this vault supports",
+        req.method(),
+        req.path()
+    ))))
+}

@@ -1,0 +1,721 @@
+//! The FHIR Vault's tables: current resources, every version, and the search index.
+//!
+//! Search runs one indexed query per token, reference or uri value; date and string
+//! values are compared in Rust with the vault crate's own rules over that parameter's
+//! rows of the partition (a partition is one patient's data, so these are few).
+//! Criteria combine as sets of ids; the page is cut after sorting, so totals are exact.
+
+use std::collections::{HashMap, HashSet};
+
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use tessera_vault::index::{IndexEntry, IndexValue};
+use tessera_vault::registry::ParamKind;
+use tessera_vault::search::{Criterion, Match, SortKey, StringMode};
+use tessera_vault::{Prepared, Stored, VaultError, VaultStore, WriteKind, WriteOp, WriteOutcome};
+
+use crate::schema::{fhir_index, fhir_resources, fhir_versions, partitions};
+use crate::{DbConnection, Store};
+
+type Row = (String, String, i64, i64, bool, String);
+
+fn stored((resource_type, id, version, last_updated, deleted, content): Row) -> Stored {
+    Stored {
+        resource_type,
+        id,
+        version,
+        last_updated,
+        deleted,
+        content,
+    }
+}
+
+fn store_error(err: impl std::fmt::Display) -> VaultError {
+    VaultError::Store(err.to_string())
+}
+
+/// Why a write transaction stopped.
+enum TxError {
+    Db(DieselError),
+    Vault(usize, VaultError),
+}
+
+impl From<DieselError> for TxError {
+    fn from(err: DieselError) -> Self {
+        TxError::Db(err)
+    }
+}
+
+/// The rows of one entry, in the index table's columns.
+struct IndexColumns {
+    system: Option<String>,
+    code: Option<String>,
+    text_value: Option<String>,
+    lo: Option<i64>,
+    hi: Option<i64>,
+    reference: Option<String>,
+}
+
+fn columns(value: &IndexValue) -> IndexColumns {
+    let mut c = IndexColumns {
+        system: None,
+        code: None,
+        text_value: None,
+        lo: None,
+        hi: None,
+        reference: None,
+    };
+    match value {
+        IndexValue::Token { system, code } => {
+            c.system = system.clone();
+            c.code = Some(code.clone());
+        }
+        IndexValue::String { exact, normalized } => {
+            c.code = Some(exact.clone());
+            c.text_value = Some(normalized.clone());
+        }
+        IndexValue::Date(range) => {
+            c.lo = Some(range.lo);
+            c.hi = Some(range.hi);
+        }
+        IndexValue::Reference { reference, id } => {
+            c.reference = Some(reference.clone());
+            c.code = Some(id.clone());
+        }
+        IndexValue::Uri(uri) => c.code = Some(uri.clone()),
+    }
+    c
+}
+
+/// The scope of one search: a partition and a type.
+struct Scope<'a> {
+    partition: &'a str,
+    resource_type: &'a str,
+}
+
+impl Scope<'_> {
+    /// Ids whose `param` has a value matching `m`.
+    fn ids_matching(
+        &self,
+        conn: &mut DbConnection,
+        param: &str,
+        m: &Match,
+    ) -> QueryResult<HashSet<String>> {
+        let rows = fhir_index::table
+            .filter(fhir_index::partition_id.eq(self.partition))
+            .filter(fhir_index::resource_type.eq(self.resource_type))
+            .filter(fhir_index::param.eq(param));
+        let ids: Vec<String> = match m {
+            Match::Token { system, code } => {
+                let mut query = rows.select(fhir_index::resource_id).into_boxed();
+                if let Some(code) = code {
+                    query = query.filter(fhir_index::code.eq(code));
+                }
+                match system {
+                    None => {}
+                    Some(None) => query = query.filter(fhir_index::system.is_null()),
+                    Some(Some(system)) => query = query.filter(fhir_index::system.eq(system)),
+                }
+                query.load(conn)?
+            }
+            Match::Reference {
+                reference: Some(reference),
+                ..
+            } => rows
+                .filter(fhir_index::reference.eq(reference))
+                .select(fhir_index::resource_id)
+                .load(conn)?,
+            Match::Reference {
+                reference: None,
+                id,
+            } => rows
+                .filter(fhir_index::code.eq(id))
+                .select(fhir_index::resource_id)
+                .load(conn)?,
+            Match::Uri(uri) => rows
+                .filter(fhir_index::code.eq(uri))
+                .select(fhir_index::resource_id)
+                .load(conn)?,
+            Match::Date { prefix, range } => {
+                let values: Vec<(String, Option<i64>, Option<i64>)> = rows
+                    .select((fhir_index::resource_id, fhir_index::lo, fhir_index::hi))
+                    .load(conn)?;
+                values
+                    .into_iter()
+                    .filter(|(_, lo, hi)| match (lo, hi) {
+                        (Some(lo), Some(hi)) => prefix.matches(*lo, *hi, *range),
+                        _ => false,
+                    })
+                    .map(|(id, _, _)| id)
+                    .collect()
+            }
+            Match::String { value, mode } => {
+                let values: Vec<(String, Option<String>, Option<String>)> = rows
+                    .select((
+                        fhir_index::resource_id,
+                        fhir_index::code,
+                        fhir_index::text_value,
+                    ))
+                    .load(conn)?;
+                values
+                    .into_iter()
+                    .filter(|(_, exact, normalized)| match mode {
+                        StringMode::Exact => exact.as_deref() == Some(value.as_str()),
+                        StringMode::Starts => normalized
+                            .as_deref()
+                            .is_some_and(|n| n.starts_with(value.as_str())),
+                        StringMode::Contains => normalized
+                            .as_deref()
+                            .is_some_and(|n| n.contains(value.as_str())),
+                    })
+                    .map(|(id, _, _)| id)
+                    .collect()
+            }
+        };
+        Ok(ids.into_iter().collect())
+    }
+
+    fn ids_with(&self, conn: &mut DbConnection, param: &str) -> QueryResult<HashSet<String>> {
+        let ids: Vec<String> = fhir_index::table
+            .filter(fhir_index::partition_id.eq(self.partition))
+            .filter(fhir_index::resource_type.eq(self.resource_type))
+            .filter(fhir_index::param.eq(param))
+            .select(fhir_index::resource_id)
+            .load(conn)?;
+        Ok(ids.into_iter().collect())
+    }
+
+    /// The ids meeting every criterion, within `all`.
+    fn ids_meeting(
+        &self,
+        conn: &mut DbConnection,
+        criteria: &[Criterion],
+        all: &HashSet<String>,
+    ) -> QueryResult<HashSet<String>> {
+        let mut result = all.clone();
+        for criterion in criteria {
+            let found = match criterion.missing {
+                Some(missing) => {
+                    let with = self.ids_with(conn, &criterion.param)?;
+                    if missing {
+                        all.difference(&with).cloned().collect()
+                    } else {
+                        with
+                    }
+                }
+                None => {
+                    let mut matched = HashSet::new();
+                    for m in &criterion.any_of {
+                        matched.extend(self.ids_matching(conn, &criterion.param, m)?);
+                    }
+                    if criterion.negate {
+                        all.difference(&matched).cloned().collect()
+                    } else {
+                        matched
+                    }
+                }
+            };
+            result.retain(|id| found.contains(id));
+            if result.is_empty() {
+                break;
+            }
+        }
+        Ok(result)
+    }
+
+    /// Current, not deleted resources: id -> last_updated.
+    fn all(&self, conn: &mut DbConnection) -> QueryResult<HashMap<String, i64>> {
+        let rows: Vec<(String, i64)> = fhir_resources::table
+            .filter(fhir_resources::partition_id.eq(self.partition))
+            .filter(fhir_resources::resource_type.eq(self.resource_type))
+            .filter(fhir_resources::deleted.eq(false))
+            .select((fhir_resources::id, fhir_resources::last_updated))
+            .load(conn)?;
+        Ok(rows.into_iter().collect())
+    }
+
+    fn search_ids(
+        &self,
+        conn: &mut DbConnection,
+        criteria: &[Criterion],
+        restrictions: Option<&[Vec<Criterion>]>,
+    ) -> QueryResult<(HashMap<String, i64>, HashSet<String>)> {
+        let all = self.all(conn)?;
+        let ids: HashSet<String> = all.keys().cloned().collect();
+        let mut found = self.ids_meeting(conn, criteria, &ids)?;
+        if let Some(restrictions) = restrictions {
+            let mut allowed = HashSet::new();
+            for restriction in restrictions {
+                allowed.extend(self.ids_meeting(conn, restriction, &found)?);
+            }
+            found = allowed;
+        }
+        Ok((all, found))
+    }
+
+    /// Sort keys of `param` per resource: the least value ascending, the greatest descending.
+    fn sort_values(
+        &self,
+        conn: &mut DbConnection,
+        key: &SortKey,
+    ) -> QueryResult<HashMap<String, SortValue>> {
+        let rows = fhir_index::table
+            .filter(fhir_index::partition_id.eq(self.partition))
+            .filter(fhir_index::resource_type.eq(self.resource_type))
+            .filter(fhir_index::param.eq(&key.param));
+        let keyed: Vec<(String, Option<SortValue>)> = match key.kind {
+            ParamKind::Date => rows
+                .select((fhir_index::resource_id, fhir_index::lo))
+                .load::<(String, Option<i64>)>(conn)?
+                .into_iter()
+                .map(|(id, lo)| (id, lo.map(SortValue::Number)))
+                .collect(),
+            kind => {
+                let column = match kind {
+                    ParamKind::String => rows
+                        .select((fhir_index::resource_id, fhir_index::text_value))
+                        .into_boxed(),
+                    ParamKind::Reference => rows
+                        .select((fhir_index::resource_id, fhir_index::reference))
+                        .into_boxed(),
+                    _ => rows
+                        .select((fhir_index::resource_id, fhir_index::code))
+                        .into_boxed(),
+                };
+                column
+                    .load::<(String, Option<String>)>(conn)?
+                    .into_iter()
+                    .map(|(id, text)| (id, text.map(SortValue::Text)))
+                    .collect()
+            }
+        };
+        let mut values: HashMap<String, SortValue> = HashMap::new();
+        for (id, value) in keyed {
+            let Some(value) = value else { continue };
+            values
+                .entry(id)
+                .and_modify(|v| {
+                    if (key.descending && value > *v) || (!key.descending && value < *v) {
+                        *v = value.clone();
+                    }
+                })
+                .or_insert(value);
+        }
+        Ok(values)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum SortValue {
+    Number(i64),
+    Text(String),
+}
+
+fn load_current(
+    conn: &mut DbConnection,
+    partition: &str,
+    resource_type: &str,
+    id: &str,
+) -> QueryResult<Option<Stored>> {
+    fhir_resources::table
+        .filter(fhir_resources::partition_id.eq(partition))
+        .filter(fhir_resources::resource_type.eq(resource_type))
+        .filter(fhir_resources::id.eq(id))
+        .select((
+            fhir_resources::resource_type,
+            fhir_resources::id,
+            fhir_resources::version,
+            fhir_resources::last_updated,
+            fhir_resources::deleted,
+            fhir_resources::content,
+        ))
+        .first::<Row>(conn)
+        .optional()
+        .map(|row| row.map(stored))
+}
+
+fn id_criterion(id: &str) -> Criterion {
+    Criterion {
+        param: "_id".into(),
+        any_of: vec![Match::Token {
+            system: None,
+            code: Some(id.to_owned()),
+        }],
+        negate: false,
+        missing: None,
+    }
+}
+
+/// Does the resource meet one of the restrictions (as it is in this transaction)?
+fn within(conn: &mut DbConnection, partition: &str, op: &WriteOp) -> QueryResult<bool> {
+    let Some(restrictions) = &op.restrictions else {
+        return Ok(true);
+    };
+    let scope = Scope {
+        partition,
+        resource_type: &op.resource_type,
+    };
+    let (_, found) = scope.search_ids(conn, &[id_criterion(&op.id)], Some(restrictions))?;
+    Ok(!found.is_empty())
+}
+
+fn write_version(
+    conn: &mut DbConnection,
+    partition: &str,
+    op: &WriteOp,
+    version: i64,
+    now_ms: i64,
+    deleted: bool,
+    prepared: &Prepared,
+) -> QueryResult<Stored> {
+    let key = (
+        fhir_resources::partition_id.eq(partition),
+        fhir_resources::resource_type.eq(&op.resource_type),
+        fhir_resources::id.eq(&op.id),
+    );
+    let values = (
+        fhir_resources::version.eq(version),
+        fhir_resources::last_updated.eq(now_ms),
+        fhir_resources::deleted.eq(deleted),
+        fhir_resources::content.eq(&prepared.content),
+    );
+    if version == 1 {
+        diesel::insert_into(fhir_resources::table)
+            .values((key, values))
+            .execute(conn)?;
+    } else {
+        diesel::update(
+            fhir_resources::table
+                .filter(fhir_resources::partition_id.eq(partition))
+                .filter(fhir_resources::resource_type.eq(&op.resource_type))
+                .filter(fhir_resources::id.eq(&op.id)),
+        )
+        .set(values)
+        .execute(conn)?;
+    }
+    diesel::insert_into(fhir_versions::table)
+        .values((
+            fhir_versions::partition_id.eq(partition),
+            fhir_versions::resource_type.eq(&op.resource_type),
+            fhir_versions::id.eq(&op.id),
+            fhir_versions::version.eq(version),
+            fhir_versions::last_updated.eq(now_ms),
+            fhir_versions::deleted.eq(deleted),
+            fhir_versions::content.eq(&prepared.content),
+        ))
+        .execute(conn)?;
+    diesel::delete(
+        fhir_index::table
+            .filter(fhir_index::partition_id.eq(partition))
+            .filter(fhir_index::resource_type.eq(&op.resource_type))
+            .filter(fhir_index::resource_id.eq(&op.id)),
+    )
+    .execute(conn)?;
+    let rows: Vec<_> = prepared
+        .index
+        .iter()
+        .enumerate()
+        .map(|(ordinal, IndexEntry { param, value })| {
+            let c = columns(value);
+            (
+                fhir_index::partition_id.eq(partition),
+                fhir_index::resource_type.eq(&op.resource_type),
+                fhir_index::resource_id.eq(&op.id),
+                fhir_index::ordinal.eq(i32::try_from(ordinal).unwrap_or(i32::MAX)),
+                fhir_index::param.eq(param),
+                fhir_index::system.eq(c.system),
+                fhir_index::code.eq(c.code),
+                fhir_index::text_value.eq(c.text_value),
+                fhir_index::lo.eq(c.lo),
+                fhir_index::hi.eq(c.hi),
+                fhir_index::reference.eq(c.reference),
+            )
+        })
+        .collect();
+    // SQLite allows 32766 bound values a statement: 11 a row.
+    // Multi-row inserts are per backend (diesel's MultiBackend has none).
+    for chunk in rows.chunks(2000) {
+        let insert = diesel::insert_into(fhir_index::table).values(chunk);
+        match conn {
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+            DbConnection::Postgres(c) => insert.execute(c)?,
+        };
+    }
+    Ok(Stored {
+        resource_type: op.resource_type.clone(),
+        id: op.id.clone(),
+        version,
+        last_updated: now_ms,
+        deleted,
+        content: prepared.content.clone(),
+    })
+}
+
+fn apply_one(
+    conn: &mut DbConnection,
+    partition: &str,
+    op: &WriteOp,
+    now_ms: i64,
+    prepare: &dyn Fn(&WriteOp, i64) -> Result<Prepared, VaultError>,
+) -> Result<Result<WriteOutcome, VaultError>, DieselError> {
+    let current = load_current(conn, partition, &op.resource_type, &op.id)?;
+    let live = current.as_ref().filter(|c| !c.deleted);
+    let if_match = match &op.kind {
+        WriteKind::Update { if_match, .. } | WriteKind::Delete { if_match } => *if_match,
+        WriteKind::Create => None,
+    };
+    if let Some(expected) = if_match {
+        if live.map(|c| c.version) != Some(expected) {
+            return Ok(Err(VaultError::VersionConflict(format!(
+                "If-Match W/\"{expected}\" does not match the current version of {}/{}",
+                op.resource_type, op.id
+            ))));
+        }
+    }
+    if live.is_some() && !within(conn, partition, op)? {
+        return Ok(Err(VaultError::Denied(tessera_vault::Denial::Scope)));
+    }
+    let version = current.as_ref().map_or(1, |c| c.version + 1);
+    let outcome = match &op.kind {
+        WriteKind::Create if current.is_some() => {
+            return Ok(Err(VaultError::Conflict(format!(
+                "{}/{} exists already",
+                op.resource_type, op.id
+            ))))
+        }
+        WriteKind::Update {
+            may_create: false, ..
+        } if current.is_none() => return Ok(Err(VaultError::Denied(tessera_vault::Denial::Scope))),
+        WriteKind::Delete { .. } => {
+            if live.is_none() {
+                return Ok(Ok(WriteOutcome::Deleted(None)));
+            }
+            let none = Prepared {
+                content: String::new(),
+                index: Vec::new(),
+            };
+            return Ok(Ok(WriteOutcome::Deleted(Some(write_version(
+                conn, partition, op, version, now_ms, true, &none,
+            )?))));
+        }
+        WriteKind::Create | WriteKind::Update { .. } => {
+            let prepared = match prepare(op, version) {
+                Ok(p) => p,
+                Err(e) => return Ok(Err(e)),
+            };
+            let written = write_version(conn, partition, op, version, now_ms, false, &prepared)?;
+            if current.is_none() {
+                WriteOutcome::Created(written)
+            } else {
+                WriteOutcome::Updated(written)
+            }
+        }
+    };
+    if !within(conn, partition, op)? {
+        return Ok(Err(VaultError::Denied(tessera_vault::Denial::Scope)));
+    }
+    Ok(Ok(outcome))
+}
+
+impl VaultStore for Store {
+    fn partition_exists(&self, partition: &str) -> Result<bool, VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        partitions::table
+            .filter(partitions::id.eq(partition))
+            .count()
+            .get_result::<i64>(&mut *conn)
+            .map(|n| n > 0)
+            .map_err(store_error)
+    }
+
+    fn current(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        id: &str,
+    ) -> Result<Option<Stored>, VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        load_current(&mut conn, partition, resource_type, id).map_err(store_error)
+    }
+
+    fn version(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        id: &str,
+        version: i64,
+    ) -> Result<Option<Stored>, VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        fhir_versions::table
+            .filter(fhir_versions::partition_id.eq(partition))
+            .filter(fhir_versions::resource_type.eq(resource_type))
+            .filter(fhir_versions::id.eq(id))
+            .filter(fhir_versions::version.eq(version))
+            .select((
+                fhir_versions::resource_type,
+                fhir_versions::id,
+                fhir_versions::version,
+                fhir_versions::last_updated,
+                fhir_versions::deleted,
+                fhir_versions::content,
+            ))
+            .first::<Row>(&mut *conn)
+            .optional()
+            .map(|row| row.map(stored))
+            .map_err(store_error)
+    }
+
+    fn history(
+        &self,
+        partition: &str,
+        resource_type: Option<&str>,
+        id: Option<&str>,
+        since: Option<i64>,
+        offset: usize,
+        count: usize,
+    ) -> Result<(u64, Vec<Stored>), VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        let filtered = || {
+            let mut query = fhir_versions::table
+                .filter(fhir_versions::partition_id.eq(partition))
+                .into_boxed();
+            if let Some(ty) = resource_type {
+                query = query.filter(fhir_versions::resource_type.eq(ty));
+            }
+            if let Some(id) = id {
+                query = query.filter(fhir_versions::id.eq(id));
+            }
+            if let Some(since) = since {
+                query = query.filter(fhir_versions::last_updated.ge(since));
+            }
+            query
+        };
+        let total: i64 = filtered()
+            .count()
+            .get_result(&mut *conn)
+            .map_err(store_error)?;
+        let rows: Vec<Row> = filtered()
+            .order((
+                fhir_versions::last_updated.desc(),
+                fhir_versions::version.desc(),
+                fhir_versions::id.asc(),
+            ))
+            .offset(i64::try_from(offset).unwrap_or(i64::MAX))
+            .limit(i64::try_from(count).unwrap_or(i64::MAX))
+            .select((
+                fhir_versions::resource_type,
+                fhir_versions::id,
+                fhir_versions::version,
+                fhir_versions::last_updated,
+                fhir_versions::deleted,
+                fhir_versions::content,
+            ))
+            .load(&mut *conn)
+            .map_err(store_error)?;
+        Ok((
+            u64::try_from(total).unwrap_or_default(),
+            rows.into_iter().map(stored).collect(),
+        ))
+    }
+
+    fn search(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        criteria: &[Criterion],
+        restrictions: Option<&[Vec<Criterion>]>,
+        sort: &[SortKey],
+        offset: usize,
+        count: usize,
+    ) -> Result<(u64, Vec<Stored>), VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        let scope = Scope {
+            partition,
+            resource_type,
+        };
+        let (all, found) = scope
+            .search_ids(&mut conn, criteria, restrictions)
+            .map_err(store_error)?;
+        let total = found.len() as u64;
+        if count == 0 || offset >= found.len() {
+            return Ok((total, Vec::new()));
+        }
+        let keys = sort
+            .iter()
+            .map(|key| scope.sort_values(&mut conn, key))
+            .collect::<QueryResult<Vec<_>>>()
+            .map_err(store_error)?;
+        let mut ordered: Vec<String> = found.into_iter().collect();
+        ordered.sort_by(|a, b| {
+            for (key, values) in sort.iter().zip(&keys) {
+                let order = match (values.get(a), values.get(b)) {
+                    (Some(x), Some(y)) if key.descending => y.cmp(x),
+                    (Some(x), Some(y)) => x.cmp(y),
+                    // Resources without a value come last either way.
+                    (Some(_), None) => std::cmp::Ordering::Less,
+                    (None, Some(_)) => std::cmp::Ordering::Greater,
+                    (None, None) => std::cmp::Ordering::Equal,
+                };
+                if order.is_ne() {
+                    return order;
+                }
+            }
+            all.get(a).cmp(&all.get(b)).then_with(|| a.cmp(b))
+        });
+        let page: Vec<String> = ordered.into_iter().skip(offset).take(count).collect();
+        let rows: Vec<Row> = fhir_resources::table
+            .filter(fhir_resources::partition_id.eq(partition))
+            .filter(fhir_resources::resource_type.eq(resource_type))
+            .filter(fhir_resources::id.eq_any(&page))
+            .select((
+                fhir_resources::resource_type,
+                fhir_resources::id,
+                fhir_resources::version,
+                fhir_resources::last_updated,
+                fhir_resources::deleted,
+                fhir_resources::content,
+            ))
+            .load(&mut *conn)
+            .map_err(store_error)?;
+        let mut by_id: HashMap<String, Stored> =
+            rows.into_iter().map(|r| (r.1.clone(), stored(r))).collect();
+        Ok((
+            total,
+            page.iter().filter_map(|id| by_id.remove(id)).collect(),
+        ))
+    }
+
+    fn write(
+        &self,
+        partition: &str,
+        ops: &[WriteOp],
+        now_ms: i64,
+        prepare: &dyn Fn(&WriteOp, i64) -> Result<Prepared, VaultError>,
+    ) -> Result<Vec<WriteOutcome>, (usize, VaultError)> {
+        let mut conn = self.conn().map_err(|e| (0, store_error(e)))?;
+        let result = conn.transaction::<_, TxError, _>(|conn| {
+            // Take the write lock first: the partition's row lock on PostgreSQL serialises
+            // writers of one partition, so versions follow one another; on SQLite it makes
+            // this the writer at once instead of failing to upgrade a read later.
+            diesel::update(partitions::table.filter(partitions::id.eq(partition)))
+                .set(partitions::id.eq(partitions::id))
+                .execute(conn)?;
+            let mut outcomes = Vec::with_capacity(ops.len());
+            for (i, op) in ops.iter().enumerate() {
+                match apply_one(conn, partition, op, now_ms, prepare)? {
+                    Ok(outcome) => outcomes.push(outcome),
+                    Err(e) => return Err(TxError::Vault(i, e)),
+                }
+            }
+            Ok(outcomes)
+        });
+        result.map_err(|e| match e {
+            TxError::Vault(i, e) => (i, e),
+            TxError::Db(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => (
+                0,
+                VaultError::Conflict("the resource was changed at the same time; retry".into()),
+            ),
+            TxError::Db(e) => (0, store_error(e)),
+        })
+    }
+}

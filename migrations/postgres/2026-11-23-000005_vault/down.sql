@@ -1,0 +1,3 @@
+DROP TABLE fhir_index;
+DROP TABLE fhir_versions;
+DROP TABLE fhir_resources;
