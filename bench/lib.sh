@@ -47,7 +47,7 @@ PY
 
 run_oha() { # name, url, duration, extra oha args... ($content_type overrides the form type)
   local name=$1 target=$2 seconds=$3; shift 3
-  taskset -c 1 oha --no-tui --output-format json -z "${seconds}s" -m POST \
+  taskset -c 1 oha --no-tui --output-format json -z "${seconds}s" -m "${method:-POST}" \
     -T "${content_type:-application/x-www-form-urlencoded}" --cacert pki/ca.crt "$@" "$target" >"$out/$name.json"
   report "$name" "$out/$name.json"
 }

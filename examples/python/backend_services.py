@@ -7,8 +7,11 @@
         `tessera client add --auth private_key_jwt --public-key public.pem ...`.
 
     backend_services.py token --base-url URL --ca CA.crt --client-id ID --key DIR/private.pem [--scope S]
+                              [--fhir-base URL/fhir/PARTITION --expect-observations N]
         Signs an RS384 client assertion, requests a token, verifies it against the realm's
-        JWKS, prints its claims, and checks that the assertion cannot be replayed.
+        JWKS, prints its claims, and checks that the assertion cannot be replayed. With
+        --fhir-base, then makes seed 002's FHIR call with the token:
+        GET [base]/Observation?code=4548-4&_sort:desc=date&_count=10
 """
 import argparse
 import base64
@@ -82,7 +85,7 @@ def token(args: argparse.Namespace) -> int:
         print(f"Error: {response.status_code} - {response.text}", file=sys.stderr)
         return 1
     body = response.json()
-    assert body["token_type"] == "Bearer" and body["scope"] == args.scope, body
+    assert body["token_type"] == "Bearer" and set(body["scope"].split()) == set(args.scope.split()), body
 
     # Verify the access token as a resource server would: the realm's JWKS, by kid.
     jwks = requests.get(metadata["jwks_uri"], verify=args.ca).json()
@@ -97,6 +100,30 @@ def token(args: argparse.Namespace) -> int:
     replay = requests.post(token_endpoint, data=form, verify=args.ca)
     assert replay.status_code == 401 and replay.json()["error"] == "invalid_client", replay.text
     print("replayed assertion refused: invalid_client")
+    if args.fhir_base:
+        return fhir_query(args, body["access_token"])
+    return 0
+
+
+def fhir_query(args: argparse.Namespace, access_token: str) -> int:
+    """Seed 002's resource call, verbatim but for the base URL."""
+    response = requests.get(
+        f"{args.fhir_base}/Observation?code=4548-4&_sort%3Adesc=date&_count=10",
+        headers={"accept": "application/json", "authorization": f"Bearer {access_token}"},
+        verify=args.ca,
+    )
+    if response.status_code != 200:
+        print(f"Error: {response.status_code} - {response.text}", file=sys.stderr)
+        return 1
+    bundle = response.json()
+    assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset", bundle
+    dates = [e["resource"]["effectiveDateTime"] for e in bundle.get("entry", [])]
+    assert bundle["total"] == args.expect_observations, bundle
+    assert dates == sorted(dates, reverse=True), dates
+    print(json.dumps({"fhir_total": bundle["total"], "effective_dates_newest_first": dates}))
+    # Without the token the vault answers 401 with a Bearer challenge.
+    anonymous = requests.get(f"{args.fhir_base}/Observation", verify=args.ca)
+    assert anonymous.status_code == 401 and anonymous.headers["WWW-Authenticate"].startswith("Bearer"), anonymous.text
     return 0
 
 
@@ -112,6 +139,8 @@ def main() -> int:
     t.add_argument("--client-id", required=True)
     t.add_argument("--key", required=True)
     t.add_argument("--scope", default="system/Patient.rs")
+    t.add_argument("--fhir-base", help="a FHIR Vault partition base, e.g. https://host/fhir/p-1")
+    t.add_argument("--expect-observations", type=int, default=0)
     args = parser.parse_args()
     if args.command == "keygen":
         keygen(args.dir)

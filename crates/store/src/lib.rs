@@ -77,6 +77,8 @@ pub(crate) fn db_error(err: impl std::fmt::Display) -> StoreError {
 pub struct Store {
     pool: DbPool,
     backend: &'static str,
+    /// Partitions seen to exist. Nothing deletes a partition, so a hit stays true.
+    known_partitions: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -113,7 +115,11 @@ impl Store {
             .connection_customizer(Box::new(SqliteSettings))
             .build(manager)
             .map_err(|e| StoreError(format!("cannot connect to the {backend} database: {e}")))?;
-        let store = Self { pool, backend };
+        let store = Self {
+            pool,
+            backend,
+            known_partitions: Default::default(),
+        };
         store.migrate()?;
         Ok(store)
     }

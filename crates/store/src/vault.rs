@@ -519,13 +519,23 @@ fn apply_one(
 
 impl VaultStore for Store {
     fn partition_exists(&self, partition: &str) -> Result<bool, VaultError> {
+        let known = |p: &str| self.known_partitions.read().is_ok_and(|set| set.contains(p));
+        if known(partition) {
+            return Ok(true);
+        }
         let mut conn = self.conn().map_err(store_error)?;
-        partitions::table
+        let exists = partitions::table
             .filter(partitions::id.eq(partition))
             .count()
             .get_result::<i64>(&mut *conn)
-            .map(|n| n > 0)
-            .map_err(store_error)
+            .map_err(store_error)?
+            > 0;
+        if exists {
+            if let Ok(mut set) = self.known_partitions.write() {
+                set.insert(partition.to_owned());
+            }
+        }
+        Ok(exists)
     }
 
     fn current(
