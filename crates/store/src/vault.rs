@@ -519,7 +519,11 @@ fn apply_one(
 
 impl VaultStore for Store {
     fn partition_exists(&self, partition: &str) -> Result<bool, VaultError> {
-        let known = |p: &str| self.known_partitions.read().is_ok_and(|set| set.contains(p));
+        let known = |p: &str| {
+            self.known_partitions
+                .read()
+                .is_ok_and(|set| set.contains(p))
+        };
         if known(partition) {
             return Ok(true);
         }
