@@ -37,6 +37,26 @@ pub struct VaultConfig {
     pub audience: String,
     /// Largest request body (a resource or a Bundle), in bytes.
     pub max_body_bytes: usize,
+    /// How access tokens are checked.
+    pub verify: VerifyMode,
+    /// Gateway mode: the ITI-102 endpoint. Empty: this server's own, for `realm`.
+    pub introspection_url: String,
+    pub introspection_client_id: String,
+    /// Better given as TESSERA_VAULT_INTROSPECTION_CLIENT_SECRET than in the file.
+    pub introspection_client_secret: String,
+    /// CA bundle trusted for the introspection endpoint. Unset: Mozilla's roots.
+    pub introspection_ca: Option<PathBuf>,
+    /// An active answer is reused until the token's exp, and at most this long.
+    pub introspection_cache_seconds: i64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyMode {
+    /// Signature with the realm's keys from the database, revocation read per request.
+    Local,
+    /// ITI-102 introspection at an authorization server (gateway mode).
+    Introspection,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -137,6 +157,12 @@ impl Default for Config {
                 realm: "cara".into(),
                 audience: String::new(),
                 max_body_bytes: 8 * 1024 * 1024,
+                verify: VerifyMode::Local,
+                introspection_url: String::new(),
+                introspection_client_id: String::new(),
+                introspection_client_secret: String::new(),
+                introspection_ca: Some("pki/ca.crt".into()),
+                introspection_cache_seconds: 30,
             },
         }
     }

@@ -11,7 +11,8 @@ use tessera_http::tls::TlsSettings;
 use tessera_http::{AimSettings, AppState, ServerSettings, Services, VaultState};
 use tessera_iam::{IamSettings, TokenService};
 
-use crate::config::{Loaded, LogFormat};
+use crate::config::{Loaded, LogFormat, VerifyMode};
+use tessera_http::gateway::Introspector;
 
 /// The shared application state: database, token service, metrics.
 pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
@@ -53,6 +54,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
             issuer,
         },
         max_body_bytes: loaded.config.vault.max_body_bytes,
+        introspector: gateway(loaded)?,
     };
     Ok(Arc::new(AppState {
         vault,
@@ -63,6 +65,40 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         store,
         metrics: Metrics::default(),
     }))
+}
+
+/// The vault's introspection client in gateway mode (`vault.verify = "introspection"`).
+fn gateway(loaded: &Loaded) -> anyhow::Result<Option<Arc<Introspector>>> {
+    let vault = &loaded.config.vault;
+    if vault.verify == VerifyMode::Local {
+        return Ok(None);
+    }
+    anyhow::ensure!(
+        !vault.introspection_client_id.is_empty() && !vault.introspection_client_secret.is_empty(),
+        "vault.verify = \"introspection\" needs vault.introspection_client_id and \
+         vault.introspection_client_secret (or TESSERA_VAULT_INTROSPECTION_CLIENT_SECRET): \
+         a client of the authorization server with the scope `introspection`"
+    );
+    let url = match vault.introspection_url.as_str() {
+        "" => format!(
+            "{}/realms/{}/protocol/openid-connect/token/introspect",
+            loaded.public_url(),
+            vault.realm
+        ),
+        url => url.to_owned(),
+    };
+    let introspector = Introspector::new(
+        url,
+        &vault.introspection_client_id,
+        &tessera_types::Secret::new(vault.introspection_client_secret.clone()),
+        vault
+            .introspection_ca
+            .as_deref()
+            .map(|p| loaded.path(p))
+            .as_deref(),
+        vault.introspection_cache_seconds,
+    )?;
+    Ok(Some(Arc::new(introspector)))
 }
 
 pub fn server_settings(loaded: &Loaded, services: Services) -> ServerSettings {

@@ -1192,3 +1192,101 @@ fn metadata_and_smart_discovery_need_no_token() {
     assert!(smart["code_challenge_methods_supported"].is_array());
     assert!(smart["scopes_supported"].is_array());
 }
+
+fn introspections(client: &Client) -> u64 {
+    client
+        .get("/metrics")
+        .body
+        .lines()
+        .filter(|l| l.starts_with("tessera_introspections_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[test]
+fn gateway_mode_checks_tokens_by_introspection() {
+    for cache_seconds in ["30", "0"] {
+        let env = Env::new();
+        env.cli(&[
+            "account",
+            "add",
+            "--mpi-id",
+            MPI_A,
+            "--partition-name",
+            "pa",
+        ])
+        .unwrap();
+        let audience = format!("{}/fhir", env.base_url());
+        let secret = env.add_secret_client(&[
+            "--client-id",
+            "vault-gateway",
+            "--auth",
+            "client_secret_basic",
+            "--scope",
+            "introspection",
+            "--resource-server",
+            &audience,
+        ]);
+        env.set_config("verify = \"local\"", "verify = \"introspection\"");
+        env.set_config(
+            "introspection_client_id = \"\"",
+            "introspection_client_id = \"vault-gateway\"",
+        );
+        env.set_config(
+            "introspection_client_secret = \"\"",
+            &format!("introspection_client_secret = \"{secret}\""),
+        );
+        env.set_config(
+            "introspection_cache_seconds = 30",
+            &format!("introspection_cache_seconds = {cache_seconds}"),
+        );
+        let v = Vault {
+            _server: env.start(),
+            env,
+        };
+        let c = v.client();
+        let token = v.token("app", "system/*.cruds", &["pa"]);
+        let created = create(
+            &c,
+            &token,
+            "/fhir/pa/Patient",
+            r#"{"resourceType":"Patient","active":true}"#,
+        );
+        let path = format!("/fhir/pa/Patient/{}", created["id"].as_str().unwrap());
+        let before = introspections(&c);
+        assert_eq!(c.send("GET", &path, Some(&token), &[], None).status, 200);
+        let after = introspections(&c);
+        let forged = format!("{}x", &token[..token.len() - 1]);
+        outcome(
+            &c.send("GET", &path, Some(&forged), &[], None),
+            401,
+            "login",
+        );
+        // The partition and scope rules are the same as in local mode.
+        let other = v.token("other", "system/*.rs", &["pb"]);
+        outcome(
+            &c.send("GET", &path, Some(&other), &[], None),
+            403,
+            "forbidden",
+        );
+        let jti = crate::support::decode_jwt(&token).1["jti"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        v.env.cli(&["token", "revoke", &jti]).unwrap();
+        let revoked = c.send("GET", &path, Some(&token), &[], None);
+        if cache_seconds == "0" {
+            assert!(
+                after > before,
+                "every request asks the authorization server"
+            );
+            outcome(&revoked, 401, "login");
+        } else {
+            assert_eq!(after, before, "a cached answer needs no introspection");
+            assert_eq!(
+                revoked.status, 200,
+                "cached until introspection_cache_seconds pass"
+            );
+        }
+    }
+}

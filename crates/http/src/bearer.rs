@@ -12,6 +12,7 @@ use tessera_iam::VerifiedToken;
 use tessera_types::RealmName;
 
 use crate::error::BearerError;
+use crate::gateway::Introspector;
 use crate::{blocking, now, realm_state, ApiError, AppState};
 
 pub struct Requirement<'a> {
@@ -25,7 +26,7 @@ pub async fn authorize(
     state: &web::Data<AppState>,
     need: Requirement<'_>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
-    let token = verify(req, state, need.realm, need.audience).await?;
+    let token = verify(req, state, need.realm, need.audience, None).await?;
     if !token.claims.scope.split(' ').any(|s| s == need.scope) {
         return Err(ApiError::Bearer {
             realm: need.realm.to_string(),
@@ -37,12 +38,15 @@ pub async fn authorize(
 
 /// Everything but the scope: a current, unrevoked token of `realm` in the
 /// Authorization header, bound to this connection's certificate if it has `cnf`, and
-/// meant for `audience`. What the token permits is for the caller to decide.
+/// meant for `audience`. What the token permits is for the caller to decide. With
+/// `remote`, an authorization server's introspection endpoint says whether the token is
+/// active (gateway mode) instead of this installation's keys and revocation list.
 pub async fn verify(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     realm_name: &RealmName,
     audience: &str,
+    remote: Option<Arc<Introspector>>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
     let refuse = |error| ApiError::Bearer {
         realm: realm_name.to_string(),
@@ -59,12 +63,18 @@ pub async fn verify(
         .map(|(_, token)| token.trim().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| refuse(BearerError::Missing))?;
-    let realm = realm_state(state, realm_name.as_str()).await?;
-    let st = state.clone().into_inner();
-    let skew = state.tokens.settings().clock_skew_seconds;
     let at = now();
-    let verified =
-        blocking(move || st.introspection.active(&realm, &st.store, &token, at, skew)).await??;
+    let verified = match remote {
+        Some(remote) => blocking(move || remote.active(&token, at))
+            .await?
+            .map_err(ApiError::Unavailable)?,
+        None => {
+            let realm = realm_state(state, realm_name.as_str()).await?;
+            let st = state.clone().into_inner();
+            let skew = state.tokens.settings().clock_skew_seconds;
+            blocking(move || st.introspection.active(&realm, &st.store, &token, at, skew)).await??
+        }
+    };
     let token = verified.ok_or_else(|| refuse(BearerError::InvalidToken))?;
     if let Some(cnf) = &token.claims.cnf {
         let presented = req

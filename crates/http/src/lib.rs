@@ -8,6 +8,7 @@
 mod aim_routes;
 pub mod bearer;
 pub mod error;
+pub mod gateway;
 mod iam_routes;
 pub mod jwks;
 pub mod metrics;

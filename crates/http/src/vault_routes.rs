@@ -26,6 +26,8 @@ pub struct VaultState {
     pub base: String,
     pub auth: AuthServer,
     pub max_body_bytes: usize,
+    /// Gateway mode: tokens are checked by introspection at an authorization server.
+    pub introspector: Option<Arc<crate::gateway::Introspector>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
@@ -78,9 +80,15 @@ async fn token(
     state: &web::Data<AppState>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
     let vault = &state.vault;
-    verify(req, state, &vault.realm, &vault.audience)
-        .await
-        .map_err(ApiError::into_fhir)
+    verify(
+        req,
+        state,
+        &vault.realm,
+        &vault.audience,
+        vault.introspector.clone(),
+    )
+    .await
+    .map_err(ApiError::into_fhir)
 }
 
 /// Runs a vault call with the request's context on the blocking pool.
