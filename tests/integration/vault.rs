@@ -1290,3 +1290,68 @@ fn gateway_mode_checks_tokens_by_introspection() {
         }
     }
 }
+
+#[test]
+fn expired_and_foreign_realm_tokens_are_refused() {
+    let env = Env::new();
+    env.cli(&[
+        "account",
+        "add",
+        "--mpi-id",
+        MPI_A,
+        "--partition-name",
+        "pa",
+    ])
+    .unwrap();
+    env.cli(&["realm", "add", "short", "--token-lifetime", "1"])
+        .unwrap();
+    env.set_config("[vault]\n# The realm whose access tokens the FHIR Vault (/fhir/{partition}) accepts.\nrealm = \"cara\"", "[vault]\nrealm = \"short\"");
+    let mut secrets = Vec::new();
+    for realm in ["short", "cara"] {
+        secrets.push(env.add_secret_client(&[
+            "--realm",
+            realm,
+            "--client-id",
+            "app",
+            "--auth",
+            "client_secret_post",
+            "--scope",
+            "system/*.rs",
+            "--partition",
+            "pa",
+        ]));
+    }
+    let _server = env.start();
+    let c = Client::new(&env, None);
+    let token = |realm: &str, secret: &str| {
+        let reply = c.post_form(
+            &format!("/realms/{realm}/protocol/openid-connect/token"),
+            &[
+                ("grant_type", "client_credentials"),
+                ("client_id", "app"),
+                ("client_secret", secret),
+            ],
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    let short = token("short", &secrets[0]);
+    let foreign = token("cara", &secrets[1]);
+    assert_eq!(
+        c.send("GET", "/fhir/pa/Patient", Some(&short), &[], None)
+            .status,
+        200
+    );
+    outcome(
+        &c.send("GET", "/fhir/pa/Patient", Some(&foreign), &[], None),
+        401,
+        "login",
+    );
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let expired = c.send("GET", "/fhir/pa/Patient", Some(&short), &[], None);
+    outcome(&expired, 401, "login");
+    assert!(expired
+        .header("www-authenticate")
+        .unwrap()
+        .contains("invalid_token"));
+}
