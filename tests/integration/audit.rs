@@ -7,7 +7,7 @@ use tessera_iam::jose::{Algorithm, SigningKey};
 
 use crate::support::{assert_valid_fhir, decode_jwt, now, Client, Env};
 
-fn records(env: &Env) -> Vec<Record> {
+pub fn records(env: &Env) -> Vec<Record> {
     tessera::cli::open_store(&env.loaded())
         .unwrap()
         .audit_since(tessera_types::UnixTime(0))
@@ -21,7 +21,10 @@ fn parts(record: &Record) -> (Option<&str>, Option<&str>, &str, Option<&str>) {
         request,
         error,
         ..
-    } = &record.event;
+    } = &record.event
+    else {
+        panic!("not a token request: {record:?}")
+    };
     (
         client_id.as_deref(),
         token_id.as_deref(),

@@ -2,88 +2,77 @@
 
 use std::fmt::Write as _;
 
+use crate::shape::escape;
 use crate::{timestamp, Event, Record};
-
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for ch in text.chars() {
-        match ch {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&apos;"),
-            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => {}
-            c => out.push(c),
-        }
-    }
-    out
-}
 
 /// The record as a DICOM `AuditMessage` document.
 pub fn to_dicom_xml(record: &Record) -> String {
     let mut xml = String::from("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<AuditMessage>\n");
-    match &record.event {
-        Event::TokenRequest {
-            client_id,
-            token_id,
-            token_endpoint,
-            request,
-            ..
-        } => {
-            let _ = writeln!(
+    let Event::TokenRequest {
+        client_id,
+        token_id,
+        token_endpoint,
+        request,
+        ..
+    } = &record.event
+    else {
+        if let Some(shape) = record.shape() {
+            shape.to_dicom(record, &mut xml);
+        }
+        xml.push_str("</AuditMessage>\n");
+        return xml;
+    };
+    let _ = writeln!(
                 xml,
                 "  <EventIdentification EventActionCode=\"E\" EventDateTime=\"{}\" EventOutcomeIndicator=\"{}\">",
                 timestamp(record.recorded),
                 record.outcome.code()
             );
-            xml.push_str("    <EventID csd-code=\"110114\" codeSystemName=\"DCM\" originalText=\"User Authentication\"/>\n");
-            xml.push_str("    <EventTypeCode csd-code=\"ITI-71\" codeSystemName=\"IHE Transactions\" originalText=\"Get Access Token\"/>\n");
-            xml.push_str("  </EventIdentification>\n");
-            let address = record.client_address.as_deref().map(|a| {
-                format!(
-                    " NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"2\"",
-                    escape(a)
-                )
-            });
-            let _ = writeln!(
-                xml,
-                "  <ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"{}>",
-                escape(client_id.as_deref().unwrap_or("unknown")),
-                address.unwrap_or_default()
-            );
-            xml.push_str("    <RoleIDCode csd-code=\"110150\" codeSystemName=\"DCM\" originalText=\"Application\"/>\n");
-            xml.push_str("  </ActiveParticipant>\n");
-            let _ = writeln!(
-                xml,
-                "  <ActiveParticipant UserID=\"{}\" UserIsRequestor=\"false\">",
-                escape(token_endpoint)
-            );
-            xml.push_str("    <RoleIDCode csd-code=\"110152\" codeSystemName=\"DCM\" originalText=\"Destination Role ID\"/>\n");
-            xml.push_str("  </ActiveParticipant>\n");
-            let _ = writeln!(
-                xml,
-                "  <AuditSourceIdentification AuditSourceID=\"{}\"/>",
-                escape(&record.observer)
-            );
-            xml.push_str("  <ParticipantObjectIdentification ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"24\" ParticipantObjectID=\"token-request\">\n");
-            xml.push_str("    <ParticipantObjectIDTypeCode csd-code=\"ITI-71\" codeSystemName=\"IHE Transactions\" originalText=\"Get Access Token\"/>\n");
-            let _ = writeln!(
-                xml,
-                "    <ParticipantObjectQuery>{}</ParticipantObjectQuery>",
-                base64(request)
-            );
-            xml.push_str("  </ParticipantObjectIdentification>\n");
-            if let Some(jti) = token_id {
-                let _ = writeln!(
+    xml.push_str("    <EventID csd-code=\"110114\" codeSystemName=\"DCM\" originalText=\"User Authentication\"/>\n");
+    xml.push_str("    <EventTypeCode csd-code=\"ITI-71\" codeSystemName=\"IHE Transactions\" originalText=\"Get Access Token\"/>\n");
+    xml.push_str("  </EventIdentification>\n");
+    let address = record.client_address.as_deref().map(|a| {
+        format!(
+            " NetworkAccessPointID=\"{}\" NetworkAccessPointTypeCode=\"2\"",
+            escape(a)
+        )
+    });
+    let _ = writeln!(
+        xml,
+        "  <ActiveParticipant UserID=\"{}\" UserIsRequestor=\"true\"{}>",
+        escape(client_id.as_deref().unwrap_or("unknown")),
+        address.unwrap_or_default()
+    );
+    xml.push_str("    <RoleIDCode csd-code=\"110150\" codeSystemName=\"DCM\" originalText=\"Application\"/>\n");
+    xml.push_str("  </ActiveParticipant>\n");
+    let _ = writeln!(
+        xml,
+        "  <ActiveParticipant UserID=\"{}\" UserIsRequestor=\"false\">",
+        escape(token_endpoint)
+    );
+    xml.push_str("    <RoleIDCode csd-code=\"110152\" codeSystemName=\"DCM\" originalText=\"Destination Role ID\"/>\n");
+    xml.push_str("  </ActiveParticipant>\n");
+    let _ = writeln!(
+        xml,
+        "  <AuditSourceIdentification AuditSourceID=\"{}\"/>",
+        escape(&record.observer)
+    );
+    xml.push_str("  <ParticipantObjectIdentification ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"24\" ParticipantObjectID=\"token-request\">\n");
+    xml.push_str("    <ParticipantObjectIDTypeCode csd-code=\"ITI-71\" codeSystemName=\"IHE Transactions\" originalText=\"Get Access Token\"/>\n");
+    let _ = writeln!(
+        xml,
+        "    <ParticipantObjectQuery>{}</ParticipantObjectQuery>",
+        base64(request)
+    );
+    xml.push_str("  </ParticipantObjectIdentification>\n");
+    if let Some(jti) = token_id {
+        let _ = writeln!(
                     xml,
                     "  <ParticipantObjectIdentification ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"13\" ParticipantObjectID=\"{}\">",
                     escape(jti)
                 );
-                xml.push_str("    <ParticipantObjectIDTypeCode csd-code=\"access-token\" codeSystemName=\"OAuth\" originalText=\"Access Token jti\"/>\n");
-                xml.push_str("  </ParticipantObjectIdentification>\n");
-            }
-        }
+        xml.push_str("    <ParticipantObjectIDTypeCode csd-code=\"access-token\" codeSystemName=\"OAuth\" originalText=\"Access Token jti\"/>\n");
+        xml.push_str("  </ParticipantObjectIdentification>\n");
     }
     xml.push_str("</AuditMessage>\n");
     xml

@@ -13,67 +13,70 @@ fn coding(system: &str, code: &str, display: &str) -> Value {
 
 /// The record as a FHIR R4 AuditEvent resource.
 pub fn to_fhir(record: &Record) -> Value {
-    match &record.event {
-        Event::TokenRequest {
-            client_id,
-            token_id,
-            scope,
-            token_endpoint,
-            request,
-            error,
-        } => {
-            let mut client = json!({
-                "type": { "coding": [coding(DCM, "110150", "Application")] },
-                "who": { "identifier": { "value": client_id.as_deref().unwrap_or("unknown") } },
-                "requestor": true,
-            });
-            if let Some(address) = &record.client_address {
-                client["network"] = json!({ "address": address, "type": "2" });
-            }
-            let server = json!({
-                "type": { "coding": [coding(BALP_AGENT_TYPES, "AuthzOauthService", "OAuth Authorization Server")] },
-                "who": { "display": token_endpoint },
-                "requestor": false,
-                "network": { "address": token_endpoint, "type": "5" },
-            });
-            let mut entities = vec![json!({
-                "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
-                "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query"),
-                "query": base64(request),
-            })];
-            if let Some(jti) = token_id {
-                let mut detail = Vec::new();
-                if let Some(scope) = scope {
-                    detail.push(json!({ "type": "scope", "valueString": scope }));
-                }
-                entities.push(json!({
+    let Event::TokenRequest {
+        client_id,
+        token_id,
+        scope,
+        token_endpoint,
+        request,
+        error,
+    } = &record.event
+    else {
+        return record
+            .shape()
+            .map(|s| s.to_fhir(record))
+            .unwrap_or(Value::Null);
+    };
+    let mut client = json!({
+        "type": { "coding": [coding(DCM, "110150", "Application")] },
+        "who": { "identifier": { "value": client_id.as_deref().unwrap_or("unknown") } },
+        "requestor": true,
+    });
+    if let Some(address) = &record.client_address {
+        client["network"] = json!({ "address": address, "type": "2" });
+    }
+    let server = json!({
+        "type": { "coding": [coding(BALP_AGENT_TYPES, "AuthzOauthService", "OAuth Authorization Server")] },
+        "who": { "display": token_endpoint },
+        "requestor": false,
+        "network": { "address": token_endpoint, "type": "5" },
+    });
+    let mut entities = vec![json!({
+        "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
+        "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "24", "Query"),
+        "query": base64(request),
+    })];
+    if let Some(jti) = token_id {
+        let mut detail = Vec::new();
+        if let Some(scope) = scope {
+            detail.push(json!({ "type": "scope", "valueString": scope }));
+        }
+        entities.push(json!({
                     "type": coding("http://terminology.hl7.org/CodeSystem/audit-entity-type", "2", "System Object"),
                     "role": coding("http://terminology.hl7.org/CodeSystem/object-role", "13", "Security Resource"),
                     "what": { "identifier": { "value": jti } },
                     "detail": detail,
                 }));
-            }
-            let mut event = json!({
-                "resourceType": "AuditEvent",
-                "id": record.id,
-                "type": coding(DCM, "110114", "User Authentication"),
-                "subtype": [coding("urn:ihe:event-type-code", "ITI-71", "Get Access Token")],
-                "action": "E",
-                "recorded": timestamp(record.recorded),
-                "outcome": outcome(record.outcome),
-                "agent": [client, server],
-                "source": { "observer": { "display": record.observer } },
-                "entity": entities,
-            });
-            if record.outcome == Outcome::Success {
-                event["meta"] = json!({ "profile": ["https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.IUA.71"] });
-            } else {
-                // IHE.IUA.71 profiles success; a refusal keeps its shape without claiming it.
-                event["outcomeDesc"] = json!(error.as_deref().unwrap_or("refused"));
-            }
-            event
-        }
     }
+    let mut event = json!({
+        "resourceType": "AuditEvent",
+        "id": record.id,
+        "type": coding(DCM, "110114", "User Authentication"),
+        "subtype": [coding("urn:ihe:event-type-code", "ITI-71", "Get Access Token")],
+        "action": "E",
+        "recorded": timestamp(record.recorded),
+        "outcome": outcome(record.outcome),
+        "agent": [client, server],
+        "source": { "observer": { "display": record.observer } },
+        "entity": entities,
+    });
+    if record.outcome == Outcome::Success {
+        event["meta"] = json!({ "profile": ["https://profiles.ihe.net/ITI/BALP/StructureDefinition/IHE.IUA.71"] });
+    } else {
+        // IHE.IUA.71 profiles success; a refusal keeps its shape without claiming it.
+        event["outcomeDesc"] = json!(error.as_deref().unwrap_or("refused"));
+    }
+    event
 }
 
 fn outcome(outcome: Outcome) -> String {
@@ -119,7 +122,10 @@ mod tests {
         record.outcome = Outcome::MinorFailure;
         let Event::TokenRequest {
             token_id, error, ..
-        } = &mut record.event;
+        } = &mut record.event
+        else {
+            panic!("the fixture is a token request")
+        };
         *token_id = None;
         *error = Some("invalid_client".into());
         let event = to_fhir(&record);

@@ -9,9 +9,12 @@
 #![forbid(unsafe_code)]
 
 mod dicom;
+mod events;
 mod fhir;
+pub mod shape;
 
 pub use dicom::to_dicom_xml;
+pub use events::{AimTransaction, TokenUse};
 pub use fhir::to_fhir;
 use ring::digest;
 use serde::{Deserialize, Serialize};
@@ -55,6 +58,112 @@ pub enum Event {
         /// RFC 6749 error code and description, when refused.
         error: Option<String>,
     },
+    /// ITI-72: an interaction at the FHIR Vault, allowed or refused (BALP PatientRead,
+    /// PatientQuery, PatientCreate, PatientUpdate, PatientDelete; a refusal with 401 or
+    /// 403 is a Security Alert).
+    FhirRequest {
+        /// The FHIR restful-interaction code (`read`, `search-type`, `create`, ...).
+        interaction: String,
+        /// The access token used, when one was accepted.
+        token: Option<TokenUse>,
+        partition: String,
+        /// The Account URN the partition belongs to.
+        patient: Option<String>,
+        /// The resource's URL (`{base}/Type/id[/_history/n]`).
+        resource: Option<String>,
+        /// The search parameters, as sent.
+        query: Option<String>,
+        /// The partition's FHIR base URL.
+        endpoint: String,
+        /// The HTTP status answered.
+        status: u16,
+    },
+    /// ITI-102 Introspect Token.
+    Introspection {
+        /// The authenticated caller (client id), if it authenticated.
+        caller: Option<String>,
+        /// The introspected token's `jti`, when it was active.
+        token_id: Option<String>,
+        endpoint: String,
+        error: Option<String>,
+    },
+    /// AIM: an MPI-ID resolved to an Account URN (CARA resolution or PIXm ITI-83).
+    AccountLookup {
+        transaction: AimTransaction,
+        token: Option<TokenUse>,
+        /// The identifier asked about.
+        queried: Option<String>,
+        /// The Account URN found.
+        account: Option<String>,
+        endpoint: String,
+        status: u16,
+    },
+}
+
+impl Record {
+    /// The encoding-independent facts of every event but ITI-71's.
+    fn shape(&self) -> Option<shape::Shape> {
+        Some(match &self.event {
+            Event::TokenRequest { .. } => return None,
+            Event::FhirRequest {
+                interaction,
+                token,
+                patient,
+                resource,
+                query,
+                endpoint,
+                status,
+                ..
+            } => events::fhir_request(
+                self,
+                interaction,
+                token.as_ref(),
+                patient.as_deref(),
+                resource.as_deref(),
+                query.as_deref(),
+                endpoint,
+                *status,
+            ),
+            Event::Introspection {
+                caller,
+                token_id,
+                endpoint,
+                error,
+            } => events::introspection(
+                self,
+                caller.as_deref(),
+                token_id.as_deref(),
+                endpoint,
+                error.as_deref(),
+            ),
+            Event::AccountLookup {
+                transaction,
+                token,
+                queried,
+                account,
+                endpoint,
+                status,
+            } => events::account_lookup(
+                self,
+                *transaction,
+                token.as_ref(),
+                queried.as_deref(),
+                account.as_deref(),
+                endpoint,
+                *status,
+            ),
+        })
+    }
+}
+
+/// The outcome of an HTTP exchange by its status: 2xx/3xx success, 4xx the client's
+/// failure, 5xx the server's.
+pub fn outcome_of_status(status: u16) -> Outcome {
+    match status {
+        0..=399 => Outcome::Success,
+        400..=499 => Outcome::MinorFailure,
+        _ => Outcome::SeriousFailure,
+    }
 }
 
 /// An audit record: an event with its identity, time, outcome and network facts.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 mod aim_routes;
+pub mod audit;
 pub mod bearer;
 pub mod error;
 pub mod gateway;

@@ -13,6 +13,9 @@ use tessera_vault::bundle::EntryResult;
 use tessera_vault::capability::AuthServer;
 use tessera_vault::{dates, Ctx, Grant, Stored, Vault, VaultError, WriteOutcome};
 
+use actix_web::HttpMessage as _;
+
+use crate::audit::{SearchBody, VaultToken};
 use crate::bearer::verify;
 use crate::error::vault_status;
 use crate::{blocking, ApiError, AppState};
@@ -33,6 +36,9 @@ pub struct VaultState {
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.service(
         web::scope("/fhir/{partition}")
+            .wrap(actix_web::middleware::from_fn(
+                crate::audit::vault_middleware,
+            ))
             .app_data(web::PayloadConfig::new(max_body_bytes))
             .route("/metadata", web::get().to(metadata))
             .route(
@@ -80,7 +86,7 @@ async fn token(
     state: &web::Data<AppState>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
     let vault = &state.vault;
-    verify(
+    let token = verify(
         req,
         state,
         &vault.realm,
@@ -88,7 +94,9 @@ async fn token(
         vault.introspector.clone(),
     )
     .await
-    .map_err(ApiError::into_fhir)
+    .map_err(ApiError::into_fhir)?;
+    req.extensions_mut().insert(VaultToken(token.clone()));
+    Ok(token)
 }
 
 /// Runs a vault call with the request's context on the blocking pool.
@@ -300,8 +308,10 @@ async fn search_post(
             "_search takes its parameters as application/x-www-form-urlencoded".into(),
         )));
     }
+    let form_text = String::from_utf8_lossy(&body).into_owned();
     let mut pairs = query_pairs(req.query_string());
-    pairs.extend(query_pairs(&String::from_utf8_lossy(&body)));
+    pairs.extend(query_pairs(&form_text));
+    req.extensions_mut().insert(SearchBody(form_text));
     run_search(&req, &state, partition, ty, pairs).await
 }
 

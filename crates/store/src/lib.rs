@@ -77,8 +77,9 @@ pub(crate) fn db_error(err: impl std::fmt::Display) -> StoreError {
 pub struct Store {
     pool: DbPool,
     backend: &'static str,
-    /// Partitions seen to exist. Nothing deletes a partition, so a hit stays true.
-    known_partitions: std::sync::Arc<std::sync::RwLock<std::collections::HashSet<String>>>,
+    /// Partitions seen to exist, with their account. Nothing deletes a partition or
+    /// moves it to another account, so an entry stays true.
+    known_partitions: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
 }
 
 impl std::fmt::Debug for Store {

@@ -517,29 +517,39 @@ fn apply_one(
     Ok(Ok(outcome))
 }
 
+impl Store {
+    /// The Account URN a partition belongs to; `None` if there is no such partition.
+    pub fn account_of_partition(
+        &self,
+        partition: &str,
+    ) -> Result<Option<String>, tessera_iam::StoreError> {
+        if let Some(account) = self
+            .known_partitions
+            .read()
+            .ok()
+            .and_then(|known| known.get(partition).cloned())
+        {
+            return Ok(Some(account));
+        }
+        let mut conn = self.conn()?;
+        let account: Option<String> = partitions::table
+            .filter(partitions::id.eq(partition))
+            .select(partitions::account_urn)
+            .first(&mut *conn)
+            .optional()
+            .map_err(crate::db_error)?;
+        if let (Some(account), Ok(mut known)) = (&account, self.known_partitions.write()) {
+            known.insert(partition.to_owned(), account.clone());
+        }
+        Ok(account)
+    }
+}
+
 impl VaultStore for Store {
     fn partition_exists(&self, partition: &str) -> Result<bool, VaultError> {
-        let known = |p: &str| {
-            self.known_partitions
-                .read()
-                .is_ok_and(|set| set.contains(p))
-        };
-        if known(partition) {
-            return Ok(true);
-        }
-        let mut conn = self.conn().map_err(store_error)?;
-        let exists = partitions::table
-            .filter(partitions::id.eq(partition))
-            .count()
-            .get_result::<i64>(&mut *conn)
-            .map_err(store_error)?
-            > 0;
-        if exists {
-            if let Ok(mut set) = self.known_partitions.write() {
-                set.insert(partition.to_owned());
-            }
-        }
-        Ok(exists)
+        self.account_of_partition(partition)
+            .map(|account| account.is_some())
+            .map_err(store_error)
     }
 
     fn current(

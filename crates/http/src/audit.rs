@@ -1,0 +1,154 @@
+//! Recording audit events from the HTTP layer: every transaction's record is committed
+//! (through the durable audit writer) before its response leaves; if it cannot be, the
+//! answer is 500 instead, so nothing happens unaudited.
+
+use std::sync::Arc;
+
+use actix_web::body::BoxBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
+use tessera_atna::{outcome_of_status, Event, Record, TokenUse};
+use tessera_iam::VerifiedToken;
+
+use crate::{blocking, now, ApiError, AppState};
+
+/// A record of `event` observed by `observer` now, for the request's peer.
+pub fn record(
+    req: &HttpRequest,
+    observer: &str,
+    status: u16,
+    event: Event,
+) -> Result<Record, ApiError> {
+    Ok(Record {
+        id: tessera_atna::new_event_id()
+            .ok_or_else(|| ApiError::Internal("no randomness for an event id".into()))?,
+        recorded: now(),
+        observer: observer.to_owned(),
+        client_address: req.peer_addr().map(|a| a.ip().to_string()),
+        outcome: outcome_of_status(status),
+        event,
+    })
+}
+
+/// Commits the record before the caller answers.
+pub async fn append(state: &web::Data<AppState>, record: Record) -> Result<(), ApiError> {
+    let st = state.clone().into_inner();
+    blocking(move || st.audit.append(record)).await??;
+    Ok(())
+}
+
+/// How BALP records the access token a request was made with.
+pub fn token_use(token: &VerifiedToken) -> TokenUse {
+    let claims = &token.claims;
+    TokenUse {
+        jti: claims.jti.clone(),
+        client_id: claims.client_id.clone(),
+        sub: claims.sub.clone(),
+        iss: claims.iss.clone(),
+        subject_name: claims.extensions.ihe_iua.attributes.subject_name.clone(),
+    }
+}
+
+/// Put in a request's extensions by the vault's handlers for its audit record.
+#[derive(Clone)]
+pub struct VaultToken(pub Arc<VerifiedToken>);
+
+/// The search parameters of a `POST _search` (the middleware sees no body).
+#[derive(Clone)]
+pub struct SearchBody(pub String);
+
+/// The FHIR interaction of a vault request, from its route and method; `None` for the
+/// discovery documents, which are not audited.
+fn interaction(req: &HttpRequest) -> Option<&'static str> {
+    let pattern = req.match_pattern()?;
+    let route = pattern.strip_prefix("/fhir/{partition}")?;
+    let method = req.method().as_str();
+    Some(match (method, route) {
+        (_, "/metadata" | "/.well-known/smart-configuration") => return None,
+        ("POST", "" | "/") => "batch",
+        ("POST", "/{type}/_search") | ("GET", "/{type}") => "search-type",
+        ("GET", "/{type}/_history") => "history-type",
+        ("GET", "/{type}/{id}/_history/{vid}") => "vread",
+        ("GET", "/{type}/{id}/_history") => "history-instance",
+        ("POST", "/{type}") => "create",
+        ("GET", "/{type}/{id}") => "read",
+        ("PUT", "/{type}/{id}") => "update",
+        ("DELETE", "/{type}/{id}") => "delete",
+        _ => "operation",
+    })
+}
+
+/// Middleware of the vault's scope: after the handler, records the interaction (allowed
+/// or refused) durably, then lets the response go; 500 if it could not be recorded.
+pub async fn vault_middleware(
+    req: ServiceRequest,
+    next: actix_web::middleware::Next<BoxBody>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let response = next.call(req).await?;
+    let request = response.request().clone();
+    let Some(interaction) = interaction(&request) else {
+        return Ok(response);
+    };
+    let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
+        return Ok(response);
+    };
+    let status = response.status().as_u16();
+    let partition = request
+        .match_info()
+        .get("partition")
+        .unwrap_or_default()
+        .to_owned();
+    let endpoint = format!("{}/{partition}", state.vault.base);
+    let info = request.match_info();
+    let resource = match (info.get("type"), info.get("id"), info.get("vid")) {
+        (Some(ty), Some(id), Some(vid)) => Some(format!("{endpoint}/{ty}/{id}/_history/{vid}")),
+        (Some(ty), Some(id), None) => Some(format!("{endpoint}/{ty}/{id}")),
+        // A create names its resource in Location.
+        _ => response
+            .headers()
+            .get(actix_web::http::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned),
+    };
+    let query = match request.extensions().get::<SearchBody>() {
+        Some(SearchBody(body)) => Some(body.clone()),
+        None => Some(request.query_string().to_owned()).filter(|q| !q.is_empty()),
+    };
+    let token = request
+        .extensions()
+        .get::<VaultToken>()
+        .map(|t| token_use(&t.0));
+    let st = state.clone().into_inner();
+    let lookup = partition.clone();
+    let patient = blocking(move || st.store.account_of_partition(&lookup)).await;
+    let result = match patient {
+        Ok(Ok(patient)) => {
+            let event = Event::FhirRequest {
+                interaction: interaction.to_owned(),
+                token,
+                partition,
+                patient,
+                resource,
+                query,
+                endpoint,
+                status,
+            };
+            match record(&request, &state.vault.base, status, event) {
+                Ok(record) => append(&state, record).await,
+                Err(e) => Err(e),
+            }
+        }
+        Ok(Err(e)) => Err(ApiError::from(e)),
+        Err(e) => Err(e),
+    };
+    match result {
+        Ok(()) => Ok(response),
+        Err(error) => {
+            tracing::error!(%error, "the vault request could not be audited; answering 500");
+            let failed = HttpResponse::from_error(ApiError::Vault(
+                tessera_vault::VaultError::Store("audit record not committed".into()),
+            ));
+            Ok(response.into_response(failed))
+        }
+    }
+}
