@@ -37,6 +37,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
             .map_err(|e| anyhow::anyhow!("aim.realm: {e}"))?,
         audience: loaded.aim_audience(),
         account_prefix: loaded.config.aim.account_urn_prefix.clone(),
+        public_base: loaded.public_url(),
     };
     let vault_realm = loaded.config.vault.realm.as_str();
     let issuer = format!("{}/realms/{vault_realm}", loaded.public_url());

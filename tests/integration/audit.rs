@@ -199,3 +199,97 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
     let missing = env.cli(&["audit", "verify"]).unwrap_err().to_string();
     assert!(missing.contains("#4"), "{missing}");
 }
+
+#[test]
+fn introspections_and_aim_lookups_are_audited_too() {
+    const MPI: &str =
+        "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
+    const UNKNOWN: &str =
+        "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/00000000-0000-4000-8000-000000000000";
+    let env = Env::new();
+    let printed = env.cli(&["account", "add", "--mpi-id", MPI]).unwrap();
+    let account = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("account").map(str::trim))
+        .unwrap()
+        .to_owned();
+    let (crt, key) = env.add_mtls_client("gw", &["--scope", "introspection aim/resolve"]);
+    let _server = env.start();
+    let c = Client::new(&env, Some((&crt, &key)));
+    let reply = c.token(&[
+        ("grant_type", "client_credentials"),
+        ("client_id", "gw"),
+        ("scope", "aim/resolve"),
+    ]);
+    let token = reply.json()["access_token"].as_str().unwrap().to_owned();
+    let jti = decode_jwt(&token).1["jti"].as_str().unwrap().to_owned();
+    let introspected = c.post_form(
+        "/realms/cara/protocol/openid-connect/token/introspect",
+        &[("token", &token), ("client_id", "gw")],
+    );
+    assert_eq!(introspected.json()["active"], true, "{}", introspected.body);
+    let resolve = "/aim/api/v1/query/get-account-urn-from-mpi-id-urn";
+    let found = c.post_json(
+        resolve,
+        Some(&token),
+        &json!({ "mpiIdUrn": MPI }).to_string(),
+    );
+    assert_eq!(found.status, 200, "{}", found.body);
+    let missing = c.post_json(
+        resolve,
+        Some(&token),
+        &json!({ "mpiIdUrn": UNKNOWN }).to_string(),
+    );
+    assert_eq!(missing.status, 404);
+
+    let trail: Vec<Record> = records(&env)
+        .into_iter()
+        .filter(|r| !matches!(r.event, Event::TokenRequest { .. }))
+        .collect();
+    assert_eq!(trail.len(), 3, "{trail:?}");
+    match &trail[0].event {
+        Event::Introspection {
+            caller,
+            token_id,
+            error,
+            ..
+        } => {
+            assert_eq!(caller.as_deref(), Some("gw"));
+            assert_eq!(token_id.as_deref(), Some(jti.as_str()));
+            assert!(error.is_none());
+        }
+        other => panic!("{other:?}"),
+    }
+    match (&trail[1].event, &trail[2].event) {
+        (
+            Event::AccountLookup {
+                account: found,
+                status: 200,
+                token: Some(used),
+                queried,
+                ..
+            },
+            Event::AccountLookup {
+                account: None,
+                status: 404,
+                ..
+            },
+        ) => {
+            assert_eq!(found.as_deref(), Some(account.as_str()));
+            assert_eq!(used.jti, jti);
+            assert_eq!(queried.as_deref(), Some(MPI));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(trail[2].outcome, Outcome::MinorFailure);
+    for record in &trail {
+        let event = to_fhir(record);
+        assert_valid_fhir(&event);
+        assert!(to_dicom_xml(record).contains("<EventID csd-code=\"110112\""));
+    }
+    assert_eq!(to_fhir(&trail[0])["subtype"][0]["code"], "ITI-102");
+    assert_eq!(
+        to_fhir(&trail[1])["entity"][0]["what"]["identifier"]["value"],
+        json!(account)
+    );
+}

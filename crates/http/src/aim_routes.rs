@@ -6,6 +6,12 @@ use tessera_aim::{
     RESOLVE_SCOPE,
 };
 
+use std::sync::Arc;
+
+use tessera_atna::{AimTransaction, Event, TokenUse};
+use tessera_iam::VerifiedToken;
+
+use crate::audit;
 use crate::bearer::{authorize, Requirement};
 use crate::error::FhirIssue;
 use crate::{blocking, ApiError, AppState};
@@ -25,9 +31,12 @@ impl From<AimError> for ApiError {
     }
 }
 
-async fn authorized(req: &HttpRequest, state: &web::Data<AppState>) -> Result<String, ApiError> {
+async fn authorized(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<Arc<VerifiedToken>, ApiError> {
     let aim = &state.aim;
-    let token = authorize(
+    authorize(
         req,
         state,
         Requirement {
@@ -36,8 +45,51 @@ async fn authorized(req: &HttpRequest, state: &web::Data<AppState>) -> Result<St
             scope: RESOLVE_SCOPE,
         },
     )
-    .await?;
-    Ok(token.claims.client_id.clone())
+    .await
+}
+
+/// The facts of an AIM lookup, filled in as the request is handled, recorded (durably,
+/// before the answer) whatever its outcome.
+struct Lookup {
+    transaction: AimTransaction,
+    token: Option<TokenUse>,
+    queried: Option<String>,
+    account: Option<String>,
+}
+
+impl Lookup {
+    fn new(transaction: AimTransaction) -> Self {
+        Self {
+            transaction,
+            token: None,
+            queried: None,
+            account: None,
+        }
+    }
+
+    async fn answer(
+        self,
+        req: &HttpRequest,
+        state: &web::Data<AppState>,
+        result: Result<HttpResponse, ApiError>,
+    ) -> Result<HttpResponse, ApiError> {
+        let status = match &result {
+            Ok(response) => response.status().as_u16(),
+            Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
+        };
+        let endpoint = format!("{}{}", state.aim.public_base, req.path());
+        let event = Event::AccountLookup {
+            transaction: self.transaction,
+            token: self.token,
+            queried: self.queried,
+            account: self.account,
+            endpoint,
+            status,
+        };
+        let observer = format!("{}/aim", state.aim.public_base);
+        audit::append(state, audit::record(req, &observer, status, event)?).await?;
+        result
+    }
 }
 
 async fn resolve(
@@ -45,18 +97,33 @@ async fn resolve(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let client = authorized(&req, &state).await?;
-    let mpi_id = parse_resolution_request(&body).map_err(ApiError::BadRequest)?;
+    let mut lookup = Lookup::new(AimTransaction::Resolution);
+    let result = resolve_inner(&req, &body, &state, &mut lookup).await;
+    lookup.answer(&req, &state, result).await
+}
+
+async fn resolve_inner(
+    req: &HttpRequest,
+    body: &[u8],
+    state: &web::Data<AppState>,
+    lookup: &mut Lookup,
+) -> Result<HttpResponse, ApiError> {
+    let token = authorized(req, state).await?;
+    lookup.token = Some(audit::token_use(&token));
+    let client = token.claims.client_id.clone();
+    let mpi_id = parse_resolution_request(body).map_err(ApiError::BadRequest)?;
+    lookup.queried = Some(mpi_id.to_string());
     let st = state.clone().into_inner();
-    let lookup = mpi_id.clone();
+    let search = mpi_id.clone();
     let account = blocking(move || {
-        let (authority, patient) = lookup.authority_and_id();
+        let (authority, patient) = search.authority_and_id();
         st.store.account_of_mpi_id(authority, patient)
     })
     .await??;
     match account {
         Some(account) => {
             tracing::info!(%client, account = %account.urn, "MPI-ID resolved");
+            lookup.account = Some(account.urn.to_string());
             Ok(HttpResponse::Ok().json(resolution(&account)))
         }
         None => {
@@ -69,7 +136,19 @@ async fn resolve(
 }
 
 async fn pix(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    authorized(&req, &state).await?;
+    let mut lookup = Lookup::new(AimTransaction::Pixm);
+    let result = pix_inner(&req, &state, &mut lookup).await;
+    lookup.answer(&req, &state, result).await
+}
+
+async fn pix_inner(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    lookup: &mut Lookup,
+) -> Result<HttpResponse, ApiError> {
+    let token = authorized(req, state).await?;
+    lookup.token = Some(audit::token_use(&token));
+    lookup.queried = Some(req.query_string().to_owned());
     let mut source = None;
     let mut targets = Vec::new();
     for (name, value) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
@@ -102,9 +181,14 @@ async fn pix(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespons
     })
     .await??;
     match outcome {
-        PixOutcome::Found(parameters) => Ok(HttpResponse::Ok()
-            .content_type("application/fhir+json")
-            .json(parameters)),
+        PixOutcome::Found(parameters) => {
+            lookup.account = parameters["parameter"][0]["valueIdentifier"]["value"]
+                .as_str()
+                .map(str::to_owned);
+            Ok(HttpResponse::Ok()
+                .content_type("application/fhir+json")
+                .json(parameters))
+        }
         PixOutcome::Invalid(diagnostics) => Err(ApiError::Fhir {
             issue: FhirIssue::Invalid,
             diagnostics,

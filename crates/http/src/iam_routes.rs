@@ -320,6 +320,15 @@ async fn introspect(
         other => (client_credentials(&req, other).map_err(oauth)?, None),
     };
     let query = TokenQuery::from_form(form(&req, &body).map_err(oauth)?).map_err(oauth)?;
+    // Who asked, as far as the request says (the audit record's requestor).
+    let caller = query
+        .client
+        .client_id
+        .clone()
+        .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()))
+        .or_else(|| bearer.as_ref().map(|_| "bearer".to_owned()));
+    let endpoint = format!("{}/protocol/openid-connect/token/introspect", realm.issuer);
+    let observer = realm.issuer.clone();
 
     let st = state.clone().into_inner();
     let at = now();
@@ -333,6 +342,35 @@ async fn introspect(
         st.introspection
             .introspect(&st.tokens, &st.store, &realm, &request, at)
     })
+    .await?;
+    let (status, token_id, error) = match &result {
+        Ok(response) => (
+            200,
+            response
+                .get("jti")
+                .and_then(|j| j.as_str())
+                .map(str::to_owned),
+            None,
+        ),
+        Err(error) => (
+            match error {
+                IntrospectionError::Client(e) => crate::error::oauth_status(e.code).as_u16(),
+                _ => 401,
+            },
+            None,
+            Some(error.to_string()),
+        ),
+    };
+    let event = tessera_atna::Event::Introspection {
+        caller,
+        token_id,
+        endpoint,
+        error,
+    };
+    crate::audit::append(
+        &state,
+        crate::audit::record(&req, &observer, status, event)?,
+    )
     .await?;
     match result {
         Ok(response) => {

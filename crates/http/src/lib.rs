@@ -112,6 +112,8 @@ pub struct AimSettings {
     pub realm: tessera_types::RealmName,
     pub audience: String,
     pub account_prefix: String,
+    /// `{public_url}`: the audit records name AIM's endpoints under it.
+    pub public_base: String,
 }
 
 /// Loads the realm (from cache when fresh); unknown realms are 404.
