@@ -15,7 +15,7 @@ use figment::Figment;
 use serde::{Deserialize, Serialize};
 
 pub const CONFIG_FILE: &str = "config/tessera.toml";
-const SECTIONS: [&str; 6] = ["server", "database", "tls", "iam", "aim", "vault"];
+const SECTIONS: [&str; 7] = ["server", "database", "tls", "iam", "aim", "vault", "audit"];
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -26,6 +26,14 @@ pub struct Config {
     pub iam: IamConfig,
     pub aim: AimConfig,
     pub vault: VaultConfig,
+    pub audit: AuditConfig,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuditConfig {
+    /// Where each running instance keeps its audit journal (local disk).
+    pub journal_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +171,9 @@ impl Default for Config {
                 introspection_client_secret: String::new(),
                 introspection_ca: Some("pki/ca.crt".into()),
                 introspection_cache_seconds: 30,
+            },
+            audit: AuditConfig {
+                journal_dir: "data/audit-journal".into(),
             },
         }
     }

@@ -60,7 +60,11 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
     Ok(Arc::new(AppState {
         vault,
         tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
-        audit: tessera_store::AuditWriter::start(store.clone()),
+        audit: tessera_store::AuditWriter::start(
+            store.clone(),
+            &loaded.path(&loaded.config.audit.journal_dir),
+        )
+        .map_err(|e| anyhow::anyhow!("{}", e.0))?,
         aim,
         introspection: tessera_introspection::Introspection::new(),
         store,

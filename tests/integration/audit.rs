@@ -14,6 +14,37 @@ pub fn records(env: &Env) -> Vec<Record> {
         .unwrap()
 }
 
+/// The hash-chained trail in the database once it holds at least `n` records: records
+/// are durable in the journal before the answer and reach the database just after.
+pub fn records_eventually(env: &Env, n: usize) -> Vec<Record> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let trail = records(env);
+        if trail.len() >= n || std::time::Instant::now() > deadline {
+            return trail;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// The raw text of the installation's audit journals.
+pub fn journal_text(env: &Env) -> String {
+    let dir = env.path("data/audit-journal");
+    let mut text = String::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        text.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    text
+}
+
+/// The records in the installation's audit journals: what was durable when answered.
+pub fn journaled(env: &Env) -> Vec<Record> {
+    journal_text(env)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn parts(record: &Record) -> (Option<&str>, Option<&str>, &str, Option<&str>) {
     let Event::TokenRequest {
         client_id,
@@ -56,8 +87,10 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
         .as_str()
         .unwrap()
         .to_owned();
-    let trail = records(&env);
-    assert_eq!(trail.len(), 1);
+    let journal = journaled(&env);
+    assert_eq!(journal.len(), 1, "durable before the answer");
+    let trail = records_eventually(&env, 1);
+    assert_eq!(trail, journal, "then in the database's trail");
     let granted = &trail[0];
     assert_eq!(granted.outcome, Outcome::Success);
     assert_eq!(parts(granted).0, Some("tcu"));
@@ -116,15 +149,20 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
         .token(&[("client_id", "app")])
         .oauth_error(400, "invalid_request");
 
-    let trail = records(&env);
+    let trail = records_eventually(&env, 5);
     assert_eq!(trail.len(), 5, "{trail:#?}");
+    assert_eq!(journaled(&env), trail);
     let refused = &trail[1];
     assert_eq!(refused.outcome, Outcome::MinorFailure);
     assert_eq!(parts(refused).0, Some("app"));
     assert!(parts(refused).3.unwrap().starts_with("invalid_client"));
     assert_valid_fhir(&to_fhir(refused));
     assert_eq!(to_fhir(refused)["outcome"], "4");
-    let stored: String = trail.iter().map(tessera_atna::canonical).collect();
+    let stored: String = trail
+        .iter()
+        .map(tessera_atna::canonical)
+        .collect::<String>()
+        + &journal_text(&env);
     assert!(
         !stored.contains("wrong-secret-xyz") && !stored.contains(&secret),
         "a secret reached the trail"
@@ -159,6 +197,7 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
             200
         );
     }
+    assert_eq!(records_eventually(&env, 4).len(), 4);
     assert_eq!(
         env.cli(&["audit", "verify"]).unwrap().trim(),
         "audit chain intact: 4 events verified"
@@ -242,7 +281,7 @@ fn introspections_and_aim_lookups_are_audited_too() {
     );
     assert_eq!(missing.status, 404);
 
-    let trail: Vec<Record> = records(&env)
+    let trail: Vec<Record> = records_eventually(&env, 4)
         .into_iter()
         .filter(|r| !matches!(r.event, Event::TokenRequest { .. }))
         .collect();
@@ -292,4 +331,129 @@ fn introspections_and_aim_lookups_are_audited_too() {
         to_fhir(&trail[1])["entity"][0]["what"]["identifier"]["value"],
         json!(account)
     );
+}
+
+fn sample(id: &str, client: &str) -> Record {
+    Record {
+        id: id.into(),
+        recorded: tessera_types::UnixTime(now()),
+        observer: "https://127.0.0.1/realms/cara".into(),
+        client_address: None,
+        outcome: Outcome::Success,
+        event: Event::TokenRequest {
+            client_id: Some(client.into()),
+            token_id: Some(format!("jti-{id}")),
+            scope: None,
+            token_endpoint: "https://127.0.0.1/realms/cara/protocol/openid-connect/token".into(),
+            request: "grant_type=client_credentials".into(),
+            error: None,
+        },
+    }
+}
+
+#[test]
+fn a_journal_left_by_a_crash_is_replayed_once_at_start() {
+    let env = Env::new();
+    let store = tessera::cli::open_store(&env.loaded()).unwrap();
+    // The crashed process had journaled three records; the first had reached the database.
+    let journaled: Vec<Record> = ["e-1", "e-2", "e-3"]
+        .iter()
+        .map(|id| sample(id, "crashed"))
+        .collect();
+    store.append_audit(&journaled[..1]).unwrap();
+    let dir = env.path("data/audit-journal");
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut text: String = journaled
+        .iter()
+        .map(|r| tessera_atna::canonical(r) + "\n")
+        .collect();
+    text.push_str("{\"id\":\"cut-sho"); // the write the crash interrupted
+    std::fs::write(dir.join("0.journal"), text).unwrap();
+
+    let _server = env.start();
+    let trail = records(&env);
+    assert_eq!(
+        trail, journaled,
+        "each journaled record exactly once, in order"
+    );
+    assert_eq!(
+        env.cli(&["audit", "verify"]).unwrap().trim(),
+        "audit chain intact: 3 events verified"
+    );
+    assert!(
+        journal_text(&env).is_empty(),
+        "a replayed journal is emptied"
+    );
+}
+
+#[test]
+fn killing_the_server_under_load_loses_no_audit_record() {
+    use std::sync::{Arc, Mutex};
+    let env = Env::new();
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+        .args(["--config", env.config.to_str().unwrap(), "serve"])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let probe = Client::new(&env, None);
+    let started = std::time::Instant::now();
+    while probe.try_get("/healthz").is_err() {
+        assert!(started.elapsed().as_secs() < 30, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Four clients ask for tokens as fast as they can; the server is killed meanwhile.
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let workers: Vec<_> = (0..4)
+        .map(|_| {
+            let (crt, key, answered) = (crt.clone(), key.clone(), answered.clone());
+            let client = Client::new(&env, Some((&crt, &key)));
+            std::thread::spawn(move || loop {
+                let reply = client.try_post_form(
+                    "/realms/cara/protocol/openid-connect/token",
+                    &[("grant_type", "client_credentials"), ("client_id", "tcu")],
+                    None,
+                );
+                match reply {
+                    Ok(reply) if reply.status == 200 => {
+                        let jti = decode_jwt(reply.json()["access_token"].as_str().unwrap()).1
+                            ["jti"]
+                            .as_str()
+                            .unwrap()
+                            .to_owned();
+                        answered.lock().unwrap().push(jti);
+                    }
+                    _ => return,
+                }
+            })
+        })
+        .collect();
+    while answered.lock().unwrap().len() < 200 {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL: no shutdown, no flush
+    child.wait().unwrap();
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    let answered = answered.lock().unwrap().clone();
+
+    // A new instance replays what the killed one journaled but had not moved on.
+    let _server = env.start();
+    let trail = records(&env);
+    let recorded: std::collections::HashSet<&str> =
+        trail.iter().filter_map(|r| parts(r).1).collect();
+    let lost: Vec<&String> = answered
+        .iter()
+        .filter(|jti| !recorded.contains(jti.as_str()))
+        .collect();
+    assert!(
+        lost.is_empty(),
+        "{} of {} answered tokens have no audit record",
+        lost.len(),
+        answered.len()
+    );
+    assert!(env.cli(&["audit", "verify"]).is_ok());
 }

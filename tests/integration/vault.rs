@@ -1356,12 +1356,16 @@ fn expired_and_foreign_realm_tokens_are_refused() {
         .contains("invalid_token"));
 }
 
-/// The vault's audit records, in order.
-fn vault_events(env: &Env) -> Vec<tessera_atna::Record> {
-    crate::audit::records(env)
+fn only_vault(records: Vec<tessera_atna::Record>) -> Vec<tessera_atna::Record> {
+    records
         .into_iter()
         .filter(|r| matches!(r.event, tessera_atna::Event::FhirRequest { .. }))
         .collect()
+}
+
+/// The vault's records in the journal: durable when the answer came.
+fn vault_events(env: &Env) -> Vec<tessera_atna::Record> {
+    only_vault(crate::audit::journaled(env))
 }
 
 #[test]
@@ -1441,6 +1445,11 @@ fn every_vault_interaction_is_audited_before_the_answer() {
     assert_eq!(c.get("/fhir/pa/metadata").status, 200);
 
     let events = vault_events(&v.env);
+    // Two token requests and six vault requests reach the database's trail.
+    assert_eq!(
+        only_vault(crate::audit::records_eventually(&v.env, 8)),
+        events
+    );
     let summary: Vec<(String, u16, Outcome)> = events
         .iter()
         .map(|r| match &r.event {

@@ -1,9 +1,15 @@
-//! The durable audit trail: appends that extend the hash chain, a writer that groups
-//! concurrent appends into one transaction (one disk sync for many requests), chain
+//! The durable audit trail: a journal that makes records durable in groups (one disk
+//! sync for many requests), appends that extend the hash chain in the database, chain
 //! verification and export.
 
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read as _, Write as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::Arc;
 use std::thread;
+use std::time::Duration;
 
 use diesel::prelude::*;
 use tessera_atna::{canonical, chain_hash, Record};
@@ -113,6 +119,24 @@ impl Store {
         })
     }
 
+    /// Of these records, those whose id the trail does not hold yet, in order.
+    pub fn audit_records_missing(&self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
+        let mut conn = self.conn()?;
+        let mut missing = Vec::with_capacity(records.len());
+        for chunk in records.chunks(500) {
+            let ids: Vec<&str> = chunk.iter().map(|r| r.id.as_str()).collect();
+            let present: std::collections::HashSet<String> = audit_events::table
+                .filter(audit_events::id.eq_any(&ids))
+                .select(audit_events::id)
+                .load::<String>(&mut *conn)
+                .map_err(db_error)?
+                .into_iter()
+                .collect();
+            missing.extend(chunk.iter().filter(|r| !present.contains(&r.id)).cloned());
+        }
+        Ok(missing)
+    }
+
     /// The records recorded at or after `since`, in chain order.
     pub fn audit_since(&self, since: UnixTime) -> Result<Vec<Record>, StoreError> {
         let mut conn = self.conn()?;
@@ -130,26 +154,69 @@ impl Store {
 
 type Reply = SyncSender<Result<(), StoreError>>;
 
-/// Appends audit records durably, grouping concurrent appends: while one transaction
-/// commits, the next requests queue, and the next transaction takes them all. Each
-/// caller returns only once its record is committed.
+/// A journal is emptied once everything in it is in the database and it has grown past this.
+pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Appends audit records durably and fast. A record is durable once it is in this
+/// process's journal file, appended and synced (`fdatasync`) together with every record
+/// that arrived meanwhile: one disk sync for many requests. Each caller returns only
+/// then. A second thread then moves the records into the database (the hash-chained
+/// trail) in large transactions, retrying with backoff while the database is away.
+/// Once the database holds everything a journal held, the journal is emptied.
+///
+/// On start, journals of processes that are gone (their file lock is free) are replayed
+/// into the database, skipping records it already holds: a crash between the journal
+/// and the database loses nothing. Each running process locks its own journal, so
+/// several instances can share a directory.
 #[derive(Clone)]
 pub struct AuditWriter {
     queue: Sender<(Record, Reply)>,
 }
 
 impl AuditWriter {
-    pub fn start(store: Store) -> Self {
-        let (queue, incoming) = mpsc::channel();
-        thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || write_batches(&store, &incoming))
-            .map(|_| ())
-            .unwrap_or_else(|e| tracing::error!(error = %e, "could not start the audit writer"));
-        Self { queue }
+    /// Recovers what earlier processes left in `dir`, then starts writing a journal there.
+    pub fn start(store: Store, dir: &Path) -> Result<Self, StoreError> {
+        Self::start_with(store, dir, ROTATE_BYTES)
     }
 
-    /// Blocks until the record is committed to the database.
+    pub fn start_with(store: Store, dir: &Path, rotate_bytes: u64) -> Result<Self, StoreError> {
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            StoreError(format!("audit journal {}: {what}: {e}", dir.display()))
+        };
+        fs::create_dir_all(dir).map_err(|e| fail("cannot create it", &e))?;
+        let recovered = recover(&store, dir).map_err(|e| fail("cannot replay it", &e.0))?;
+        if recovered > 0 {
+            tracing::warn!(
+                recovered,
+                "audit records of an earlier process replayed from its journal"
+            );
+        }
+        let (file, path) = own_journal(dir).map_err(|e| fail("cannot open one", &e))?;
+        let (queue, incoming) = mpsc::channel();
+        let (to_drainer, drained_from) = mpsc::channel();
+        let drained = Arc::new(AtomicU64::new(0));
+        let counter = drained.clone();
+        thread::Builder::new()
+            .name("audit-drainer".into())
+            .spawn(move || drain(&store, &drained_from, &counter))
+            .map_err(|e| fail("cannot start the drainer", &e))?;
+        thread::Builder::new()
+            .name("audit-journal".into())
+            .spawn(move || {
+                let journal = Journal {
+                    file,
+                    path,
+                    written: 0,
+                    drained,
+                    rotate_bytes,
+                };
+                journal.run(&incoming, &to_drainer)
+            })
+            .map_err(|e| fail("cannot start the writer", &e))?;
+        Ok(Self { queue })
+    }
+
+    /// Blocks until the record is durable in the journal.
     pub fn append(&self, record: Record) -> Result<(), StoreError> {
         let (reply, done) = mpsc::sync_channel(1);
         self.queue
@@ -160,22 +227,146 @@ impl AuditWriter {
     }
 }
 
-fn write_batches(store: &Store, incoming: &Receiver<(Record, Reply)>) {
-    while let Ok(first) = incoming.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
+/// The first journal file in `dir` whose lock is free, locked for this process.
+fn own_journal(dir: &Path) -> std::io::Result<(File, PathBuf)> {
+    for n in 0u32.. {
+        let path = dir.join(format!("{n}.journal"));
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)?;
+        if file.try_lock().is_ok() {
+            return Ok((file, path));
+        }
+    }
+    Err(std::io::Error::other("no journal file could be locked"))
+}
+
+/// Replays every unlocked journal of `dir` into the database and empties it.
+fn recover(store: &Store, dir: &Path) -> Result<usize, StoreError> {
+    let mut recovered = 0;
+    let entries = fs::read_dir(dir).map_err(db_error)?;
+    for entry in entries {
+        let path = entry.map_err(db_error)?.path();
+        if path.extension().is_none_or(|e| e != "journal") {
+            continue;
+        }
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(db_error)?;
+        if file.try_lock().is_err() {
+            continue; // a live process's journal
+        }
+        let mut text = String::new();
+        file.read_to_string(&mut text).map_err(db_error)?;
+        let mut records = Vec::new();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            match serde_json::from_str::<Record>(line) {
+                Ok(record) => records.push(record),
+                // Only a write cut short by the crash can be partial; its caller was never answered.
+                Err(e) => {
+                    tracing::warn!(journal = %path.display(), error = %e, "skipping a partial journal line")
+                }
+            }
+        }
+        let missing = store.audit_records_missing(records)?;
+        recovered += missing.len();
+        for chunk in missing.chunks(MAX_BATCH) {
+            store.append_audit(chunk)?;
+        }
+        file.set_len(0).map_err(db_error)?;
+        file.sync_all().map_err(db_error)?;
+    }
+    Ok(recovered)
+}
+
+struct Journal {
+    file: File,
+    path: PathBuf,
+    /// Records written to the journal since it was last emptied (or opened).
+    written: u64,
+    /// Records the drainer has committed to the database, counted the same way.
+    drained: Arc<AtomicU64>,
+    rotate_bytes: u64,
+}
+
+impl Journal {
+    fn run(mut self, incoming: &Receiver<(Record, Reply)>, drainer: &Sender<Vec<Record>>) {
+        while let Ok(first) = incoming.recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match incoming.try_recv() {
+                    Ok(next) => batch.push(next),
+                    Err(_) => break,
+                }
+            }
+            let records: Vec<Record> = batch.iter().map(|(r, _)| r.clone()).collect();
+            let result = self.append(&records);
+            if let Err(e) = &result {
+                tracing::error!(error = %e.0, journal = %self.path.display(), events = records.len(), "audit events could not be journaled");
+            }
+            let ok = result.is_ok();
+            for (_, reply) in batch {
+                let _ = reply.send(result.clone());
+            }
+            if ok {
+                self.written += records.len() as u64;
+                let _ = drainer.send(records);
+            }
+            self.rotate();
+        }
+    }
+
+    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+        let mut buffer = String::new();
+        for record in records {
+            buffer.push_str(&canonical(record));
+            buffer.push('\n');
+        }
+        self.file.write_all(buffer.as_bytes()).map_err(db_error)?;
+        self.file.sync_data().map_err(db_error)
+    }
+
+    /// Empties the journal when the database holds all of it and it has grown large.
+    fn rotate(&mut self) {
+        let large = self
+            .file
+            .metadata()
+            .map(|m| m.len() >= self.rotate_bytes)
+            .unwrap_or(false);
+        if large && self.drained.load(Ordering::SeqCst) == self.written {
+            match self.file.set_len(0).and_then(|()| self.file.sync_all()) {
+                Ok(()) => {
+                    self.written = 0;
+                    self.drained.store(0, Ordering::SeqCst);
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, journal = %self.path.display(), "could not empty the audit journal")
+                }
+            }
+        }
+    }
+}
+
+/// Moves journaled records into the database in order, in large transactions; while the
+/// database fails, retries the same records with backoff (they are safe in the journal).
+fn drain(store: &Store, incoming: &Receiver<Vec<Record>>, drained: &AtomicU64) {
+    while let Ok(mut records) = incoming.recv() {
+        while records.len() < MAX_BATCH {
             match incoming.try_recv() {
-                Ok(next) => batch.push(next),
+                Ok(more) => records.extend(more),
                 Err(_) => break,
             }
         }
-        let records: Vec<Record> = batch.iter().map(|(r, _)| r.clone()).collect();
-        let result = store.append_audit(&records);
-        if let Err(e) = &result {
-            tracing::error!(error = %e.0, events = records.len(), "audit events could not be recorded");
+        let mut wait = Duration::from_millis(50);
+        while let Err(e) = store.append_audit(&records) {
+            tracing::error!(error = %e.0, events = records.len(), retry_in_ms = wait.as_millis() as u64, "audit events not yet in the database");
+            thread::sleep(wait);
+            wait = (wait * 2).min(Duration::from_secs(5));
         }
-        for (_, reply) in batch {
-            let _ = reply.send(result.clone());
-        }
+        drained.fetch_add(records.len() as u64, Ordering::SeqCst);
     }
 }
