@@ -30,10 +30,10 @@ pub fn record(
     })
 }
 
-/// Commits the record before the caller answers.
+/// Makes the record durable before the caller answers (awaiting the journal's sync;
+/// no thread is held meanwhile).
 pub async fn append(state: &web::Data<AppState>, record: Record) -> Result<(), ApiError> {
-    let st = state.clone().into_inner();
-    blocking(move || st.audit.append(record)).await??;
+    state.audit.submit(record).await?;
     Ok(())
 }
 
@@ -118,9 +118,14 @@ pub async fn vault_middleware(
         .extensions()
         .get::<VaultToken>()
         .map(|t| token_use(&t.0));
-    let st = state.clone().into_inner();
-    let lookup = partition.clone();
-    let patient = blocking(move || st.store.account_of_partition(&lookup)).await;
+    let patient = match state.store.cached_account_of_partition(&partition) {
+        Some(account) => Ok(Ok(Some(account))),
+        None => {
+            let st = state.clone().into_inner();
+            let lookup = partition.clone();
+            blocking(move || st.store.account_of_partition(&lookup)).await
+        }
+    };
     let result = match patient {
         Ok(Ok(patient)) => {
             let event = Event::FhirRequest {

@@ -3,13 +3,16 @@
 //! verification and export.
 
 use std::fs::{self, File, OpenOptions};
+use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
-use std::sync::Arc;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use diesel::prelude::*;
 use tessera_atna::{canonical, chain_hash, Record};
@@ -21,6 +24,8 @@ use crate::{db_error, Store};
 
 /// The most events one transaction takes.
 const MAX_BATCH: usize = 512;
+/// How long the drainer gathers journaled records before a database transaction.
+const DRAIN_GATHER: Duration = Duration::from_millis(50);
 
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,7 +157,78 @@ impl Store {
     }
 }
 
-type Reply = SyncSender<Result<(), StoreError>>;
+/// The answer to one append: set by the journal thread once the record is synced (or
+/// failed), awaited by an async caller or waited for by a blocking one.
+#[derive(Default)]
+struct Slot {
+    result: Option<Result<(), StoreError>>,
+    waker: Option<Waker>,
+}
+
+#[derive(Default, Clone)]
+struct Reply(Arc<(Mutex<Slot>, Condvar)>);
+
+impl Reply {
+    fn send(&self, result: Result<(), StoreError>) {
+        let (slot, ready) = &*self.0;
+        let waker = match slot.lock() {
+            Ok(mut slot) => {
+                slot.result = Some(result);
+                slot.waker.take()
+            }
+            Err(_) => None,
+        };
+        ready.notify_all();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+/// A record on its way into the journal: `.await` it (no thread is held meanwhile) or
+/// [`Pending::wait`] for it.
+pub struct Pending(Reply);
+
+impl Pending {
+    fn stopped() -> Result<(), StoreError> {
+        Err(StoreError("the audit writer has stopped".into()))
+    }
+
+    /// Blocks until the record is durable (or could not be made so).
+    pub fn wait(self) -> Result<(), StoreError> {
+        let (slot, ready) = &*(self.0).0;
+        let Ok(mut guard) = slot.lock() else {
+            return Self::stopped();
+        };
+        loop {
+            if let Some(result) = guard.result.take() {
+                return result;
+            }
+            guard = match ready.wait(guard) {
+                Ok(guard) => guard,
+                Err(_) => return Self::stopped(),
+            };
+        }
+    }
+}
+
+impl Future for Pending {
+    type Output = Result<(), StoreError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let (slot, _) = &*(self.0).0;
+        let Ok(mut slot) = slot.lock() else {
+            return Poll::Ready(Self::stopped());
+        };
+        match slot.result.take() {
+            Some(result) => Poll::Ready(result),
+            None => {
+                slot.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        }
+    }
+}
 
 /// A journal is emptied once everything in it is in the database and it has grown past this.
 pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
@@ -216,14 +292,18 @@ impl AuditWriter {
         Ok(Self { queue })
     }
 
+    /// Hands the record to the journal; the result says when it is durable.
+    pub fn submit(&self, record: Record) -> Pending {
+        let reply = Reply::default();
+        if self.queue.send((record, reply.clone())).is_err() {
+            reply.send(Pending::stopped());
+        }
+        Pending(reply)
+    }
+
     /// Blocks until the record is durable in the journal.
     pub fn append(&self, record: Record) -> Result<(), StoreError> {
-        let (reply, done) = mpsc::sync_channel(1);
-        self.queue
-            .send((record, reply))
-            .map_err(|_| StoreError("the audit writer has stopped".into()))?;
-        done.recv()
-            .map_err(|_| StoreError("the audit writer has stopped".into()))?
+        self.submit(record).wait()
     }
 }
 
@@ -310,7 +390,7 @@ impl Journal {
             }
             let ok = result.is_ok();
             for (_, reply) in batch {
-                let _ = reply.send(result.clone());
+                reply.send(result.clone());
             }
             if ok {
                 self.written += records.len() as u64;
@@ -355,8 +435,12 @@ impl Journal {
 /// database fails, retries the same records with backoff (they are safe in the journal).
 fn drain(store: &Store, incoming: &Receiver<Vec<Record>>, drained: &AtomicU64) {
     while let Ok(mut records) = incoming.recv() {
+        // Nobody waits on this step, so it waits a little for more: a transaction costs
+        // about the same for one record as for hundreds.
+        let deadline = Instant::now() + DRAIN_GATHER;
         while records.len() < MAX_BATCH {
-            match incoming.try_recv() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match incoming.recv_timeout(left) {
                 Ok(more) => records.extend(more),
                 Err(_) => break,
             }

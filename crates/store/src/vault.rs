@@ -518,17 +518,20 @@ fn apply_one(
 }
 
 impl Store {
+    /// The account of a partition already seen, without touching the database.
+    pub fn cached_account_of_partition(&self, partition: &str) -> Option<String> {
+        self.known_partitions
+            .read()
+            .ok()
+            .and_then(|known| known.get(partition).cloned())
+    }
+
     /// The Account URN a partition belongs to; `None` if there is no such partition.
     pub fn account_of_partition(
         &self,
         partition: &str,
     ) -> Result<Option<String>, tessera_iam::StoreError> {
-        if let Some(account) = self
-            .known_partitions
-            .read()
-            .ok()
-            .and_then(|known| known.get(partition).cloned())
-        {
+        if let Some(account) = self.cached_account_of_partition(partition) {
             return Ok(Some(account));
         }
         let mut conn = self.conn()?;
