@@ -17,6 +17,7 @@ mod audit;
 mod cli;
 mod discovery;
 mod introspection;
+mod repository;
 mod token_jwt;
 mod token_mtls;
 mod token_secret;

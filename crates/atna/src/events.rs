@@ -227,6 +227,35 @@ pub(crate) fn introspection(
     }
 }
 
+pub(crate) fn repository_request(
+    record: &Record,
+    interaction: &str,
+    token: Option<&TokenUse>,
+    query_text: Option<&str>,
+    endpoint: &str,
+    status: u16,
+) -> Shape {
+    let address = record.client_address.as_deref();
+    let mut participants = match token {
+        Some(token) => token.participants(address),
+        None => vec![anonymous(address)],
+    };
+    participants.push(server(endpoint));
+    let feed = interaction == "create";
+    Shape {
+        action: if feed { 'C' } else { 'E' },
+        event: if feed { dcm("110106", "Export") } else { QUERY },
+        subtypes: vec![if feed {
+            ihe("ITI-20", "Record Audit Event")
+        } else {
+            ihe("ITI-81", "Retrieve ATNA Audit Event")
+        }],
+        participants,
+        objects: query_text.map(query).into_iter().collect(),
+        outcome_text: (status >= 400).then(|| format!("HTTP {status}")),
+    }
+}
+
 /// Which AIM transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -20,6 +20,80 @@ use ring::digest;
 use serde::{Deserialize, Serialize};
 use tessera_types::UnixTime;
 
+/// The vault partition that holds the audit repository's AuditEvents (ITI-81). `$` is
+/// never part of a partition id, so no patient partition can be named so.
+pub const REPOSITORY_PARTITION: &str = "$audit";
+
+/// The AuditEvent search parameters the repository indexes (ITI-81's, and `_id`).
+pub const REPOSITORY_PARAMS: [&str; 14] = [
+    "_id",
+    "date",
+    "patient",
+    "entity-id",
+    "agent",
+    "altid",
+    "address",
+    "policy",
+    "type",
+    "subtype",
+    "outcome",
+    "action",
+    "entity-type",
+    "entity-role",
+];
+
+/// What a caller may see of the audit repository.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RepositoryAccess {
+    /// Every event (an auditor).
+    All,
+    /// Only events about this patient's account.
+    Patient(String),
+}
+
+/// ITI-81 / ITI-20 authority from a token's scopes: `system/` or `user/` AuditEvent
+/// scopes (v1 or v2; `s` to query, `c` to feed events) make an auditor or a feeding node;
+/// `patient/AuditEvent.rs` with the token's `account` lets a patient read the events
+/// about that account. A `*` resource type does not count: a clinical wildcard such as
+/// `system/*.rs` is no licence to read everyone's audit trail.
+pub fn repository_access(
+    scope: &str,
+    account: Option<&str>,
+    feed: bool,
+) -> Option<RepositoryAccess> {
+    use tessera_types::smart::{Context, Permissions, SmartScope};
+    let need = if feed {
+        Permissions::CREATE
+    } else {
+        Permissions::SEARCH
+    };
+    let mut access = None;
+    for text in scope.split(' ') {
+        let Some(smart) = tessera_types::Scope::try_from(text)
+            .ok()
+            .and_then(|s| SmartScope::parse(&s))
+        else {
+            continue;
+        };
+        if smart.resource_type != "AuditEvent"
+            || !smart.permissions.contains(need)
+            || smart.query.is_some()
+        {
+            continue;
+        }
+        match smart.context {
+            Context::System | Context::User => return Some(RepositoryAccess::All),
+            Context::Patient if !feed => {
+                if let Some(account) = account {
+                    access = Some(RepositoryAccess::Patient(account.to_owned()));
+                }
+            }
+            Context::Patient => {}
+        }
+    }
+    access
+}
+
 /// The outcome codes of DICOM and FHIR (`audit-event-outcome`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Outcome {
@@ -87,6 +161,16 @@ pub enum Event {
         endpoint: String,
         error: Option<String>,
     },
+    /// ITI-81 Retrieve ATNA Audit Event: a query of the audit repository, or a feed of
+    /// events into it (ITI-20 FHIR), allowed or refused.
+    RepositoryRequest {
+        /// `search-type` (ITI-81) or `create` (ITI-20 feed).
+        interaction: String,
+        token: Option<TokenUse>,
+        query: Option<String>,
+        endpoint: String,
+        status: u16,
+    },
     /// AIM: an MPI-ID resolved to an Account URN (CARA resolution or PIXm ITI-83).
     AccountLookup {
         transaction: AimTransaction,
@@ -135,6 +219,20 @@ impl Record {
                 token_id.as_deref(),
                 endpoint,
                 error.as_deref(),
+            ),
+            Event::RepositoryRequest {
+                interaction,
+                token,
+                query,
+                endpoint,
+                status,
+            } => events::repository_request(
+                self,
+                interaction,
+                token.as_ref(),
+                query.as_deref(),
+                endpoint,
+                *status,
             ),
             Event::AccountLookup {
                 transaction,
@@ -319,6 +417,42 @@ mod tests {
         assert_ne!(h2, chain_hash(&chain_hash("", &b), &a));
         assert_ne!(h1, chain_hash("", &a.replace("Patient", "Patienx")));
         assert_eq!(h1.len(), 64);
+    }
+
+    #[test]
+    fn repository_access_needs_an_audit_event_scope() {
+        let all = Some(RepositoryAccess::All);
+        let table: &[(&str, Option<&str>, bool, Option<RepositoryAccess>)] = &[
+            ("system/AuditEvent.rs", None, false, all.clone()),
+            ("user/AuditEvent.read", None, false, all.clone()),
+            ("system/AuditEvent.r", None, false, None),
+            ("system/*.rs", None, false, None),
+            ("system/*.cruds", None, true, None),
+            ("system/AuditEvent.c", None, true, all.clone()),
+            ("system/AuditEvent.rs", None, true, None),
+            (
+                "patient/AuditEvent.rs",
+                Some("urn:a"),
+                false,
+                Some(RepositoryAccess::Patient("urn:a".into())),
+            ),
+            ("patient/AuditEvent.rs", None, false, None),
+            ("patient/AuditEvent.c", Some("urn:a"), true, None),
+            ("system/AuditEvent.rs?outcome=4", None, false, None),
+            (
+                "patient/AuditEvent.rs system/AuditEvent.s",
+                Some("urn:a"),
+                false,
+                all.clone(),
+            ),
+        ];
+        for (scope, account, feed, expected) in table {
+            assert_eq!(
+                &repository_access(scope, *account, *feed),
+                expected,
+                "{scope} {feed}"
+            );
+        }
     }
 
     #[test]

@@ -213,13 +213,14 @@ async fn issue(
     let at = now();
     // The outcome is recorded durably before anyone sees it; if it cannot be, no token
     // leaves the server.
-    let result = blocking(move || {
+    let (result, record) = blocking(move || {
         let result = prepared
             .and_then(|(credentials, request)| st.tokens.issue(&realm, request, &credentials, at));
-        st.audit.append(audit.record(&result, at)?)?;
-        Ok::<_, tessera_iam::StoreError>(result)
+        let record = audit.record(&result, at);
+        (result, record)
     })
-    .await??;
+    .await?;
+    crate::audit::append(state, record?).await?;
     match result {
         Ok(issued) => {
             tracing::info!(

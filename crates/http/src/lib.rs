@@ -7,6 +7,7 @@
 
 mod aim_routes;
 pub mod audit;
+mod audit_routes;
 pub mod bearer;
 pub mod error;
 pub mod gateway;
@@ -39,22 +40,25 @@ pub struct Services {
     pub iam: bool,
     pub aim: bool,
     pub vault: bool,
+    /// The audit repository (ITI-81 query, ITI-20 FHIR feed).
+    pub atna: bool,
 }
 
 impl Services {
-    pub const NAMES: [&'static str; 3] = ["iam", "aim", "vault"];
+    pub const NAMES: [&'static str; 4] = ["iam", "aim", "vault", "atna"];
 
     pub fn all() -> Self {
         Self {
             iam: true,
             aim: true,
             vault: true,
+            atna: true,
         }
     }
 
     /// The names of the selected services.
     pub fn names(self) -> Vec<&'static str> {
-        let selected = [self.iam, self.aim, self.vault];
+        let selected = [self.iam, self.aim, self.vault, self.atna];
         Self::NAMES
             .iter()
             .zip(selected)
@@ -69,12 +73,14 @@ impl Services {
             iam: false,
             aim: false,
             vault: false,
+            atna: false,
         };
         for name in list.split(',').map(str::trim).filter(|n| !n.is_empty()) {
             match name {
                 "iam" => services.iam = true,
                 "aim" => services.aim = true,
                 "vault" => services.vault = true,
+                "atna" => services.atna = true,
                 other => anyhow::bail!(
                     "unknown or not yet available service '{other}'; available: {}",
                     Self::NAMES.join(", ")
@@ -177,6 +183,9 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
         }
         if services.vault {
             app = app.configure(|cfg| vault_routes::configure(cfg, max_body));
+        }
+        if services.atna {
+            app = app.configure(|cfg| audit_routes::configure(cfg, max_body));
         }
         app
     })

@@ -62,6 +62,7 @@ impl Store {
                     ))
                     .execute(conn)?;
             }
+            crate::vault::index_repository(conn, records)?;
             diesel::update(audit_chain::table.filter(audit_chain::id.eq(1)))
                 .set((audit_chain::seq.eq(seq), audit_chain::hash.eq(&hash)))
                 .execute(conn)

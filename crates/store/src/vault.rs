@@ -359,6 +359,122 @@ fn within(conn: &mut DbConnection, partition: &str, op: &WriteOp) -> QueryResult
     Ok(!found.is_empty())
 }
 
+type IndexRow<'a> = (
+    diesel::dsl::Eq<fhir_index::partition_id, &'a str>,
+    diesel::dsl::Eq<fhir_index::resource_type, &'a str>,
+    diesel::dsl::Eq<fhir_index::resource_id, String>,
+    diesel::dsl::Eq<fhir_index::ordinal, i32>,
+    diesel::dsl::Eq<fhir_index::param, String>,
+    diesel::dsl::Eq<fhir_index::system, Option<String>>,
+    diesel::dsl::Eq<fhir_index::code, Option<String>>,
+    diesel::dsl::Eq<fhir_index::text_value, Option<String>>,
+    diesel::dsl::Eq<fhir_index::lo, Option<i64>>,
+    diesel::dsl::Eq<fhir_index::hi, Option<i64>>,
+    diesel::dsl::Eq<fhir_index::reference, Option<String>>,
+);
+
+fn index_row<'a>(
+    partition: &'a str,
+    resource_type: &'a str,
+    id: String,
+    ordinal: usize,
+    entry: &IndexEntry,
+) -> IndexRow<'a> {
+    let c = columns(&entry.value);
+    (
+        fhir_index::partition_id.eq(partition),
+        fhir_index::resource_type.eq(resource_type),
+        fhir_index::resource_id.eq(id),
+        fhir_index::ordinal.eq(i32::try_from(ordinal).unwrap_or(i32::MAX)),
+        fhir_index::param.eq(entry.param.clone()),
+        fhir_index::system.eq(c.system),
+        fhir_index::code.eq(c.code),
+        fhir_index::text_value.eq(c.text_value),
+        fhir_index::lo.eq(c.lo),
+        fhir_index::hi.eq(c.hi),
+        fhir_index::reference.eq(c.reference),
+    )
+}
+
+/// Inserts index rows, many a statement (multi-row inserts are per backend: diesel's
+/// MultiBackend has none). SQLite allows 32766 bound values a statement: 11 a row.
+fn insert_index_rows(conn: &mut DbConnection, rows: &[IndexRow<'_>]) -> QueryResult<()> {
+    for chunk in rows.chunks(2000) {
+        let insert = diesel::insert_into(fhir_index::table).values(chunk);
+        match conn {
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+            DbConnection::Postgres(c) => insert.execute(c)?,
+        };
+    }
+    Ok(())
+}
+
+/// The registry of search parameters, loaded once (for the audit repository's index).
+fn registry() -> Option<&'static tessera_vault::Registry> {
+    static REGISTRY: std::sync::OnceLock<Option<tessera_vault::Registry>> =
+        std::sync::OnceLock::new();
+    REGISTRY
+        .get_or_init(|| match tessera_vault::Registry::load() {
+            Ok(registry) => Some(registry),
+            Err(e) => {
+                tracing::error!(error = %e, "search parameters could not be loaded");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Adds audit records to the audit repository (ITI-81): each as a FHIR AuditEvent in
+/// the repository partition, indexed on the repository's parameters. Called in the
+/// transaction that appends them to the trail, in bulk.
+pub(crate) fn index_repository(
+    conn: &mut DbConnection,
+    records: &[tessera_atna::Record],
+) -> QueryResult<()> {
+    let Some(registry) = registry() else {
+        return Err(DieselError::QueryBuilderError(
+            "no search parameter registry".into(),
+        ));
+    };
+    let partition = tessera_atna::REPOSITORY_PARTITION;
+    let mut resources = Vec::with_capacity(records.len());
+    let mut rows = Vec::new();
+    for record in records {
+        let mut event = tessera_atna::to_fhir(record);
+        let last_updated = record.recorded.0.saturating_mul(1000);
+        event["meta"]["versionId"] = serde_json::json!("1");
+        event["meta"]["lastUpdated"] =
+            serde_json::json!(tessera_vault::dates::format_instant(last_updated));
+        let entries = tessera_vault::index::entries(registry, "AuditEvent", &event, "");
+        rows.extend(
+            entries
+                .iter()
+                .filter(|e| tessera_atna::REPOSITORY_PARAMS.contains(&e.param.as_str()))
+                .enumerate()
+                .map(|(ordinal, entry)| {
+                    index_row(partition, "AuditEvent", record.id.clone(), ordinal, entry)
+                }),
+        );
+        resources.push((
+            fhir_resources::partition_id.eq(partition),
+            fhir_resources::resource_type.eq("AuditEvent"),
+            fhir_resources::id.eq(record.id.clone()),
+            fhir_resources::version.eq(1i64),
+            fhir_resources::last_updated.eq(last_updated),
+            fhir_resources::deleted.eq(false),
+            fhir_resources::content.eq(event.to_string()),
+        ));
+    }
+    for chunk in resources.chunks(1000) {
+        let insert = diesel::insert_into(fhir_resources::table).values(chunk);
+        match conn {
+            DbConnection::Sqlite(c) => insert.execute(c)?,
+            DbConnection::Postgres(c) => insert.execute(c)?,
+        };
+    }
+    insert_index_rows(conn, &rows)
+}
+
 fn write_version(
     conn: &mut DbConnection,
     partition: &str,
@@ -415,32 +531,11 @@ fn write_version(
         .index
         .iter()
         .enumerate()
-        .map(|(ordinal, IndexEntry { param, value })| {
-            let c = columns(value);
-            (
-                fhir_index::partition_id.eq(partition),
-                fhir_index::resource_type.eq(&op.resource_type),
-                fhir_index::resource_id.eq(&op.id),
-                fhir_index::ordinal.eq(i32::try_from(ordinal).unwrap_or(i32::MAX)),
-                fhir_index::param.eq(param),
-                fhir_index::system.eq(c.system),
-                fhir_index::code.eq(c.code),
-                fhir_index::text_value.eq(c.text_value),
-                fhir_index::lo.eq(c.lo),
-                fhir_index::hi.eq(c.hi),
-                fhir_index::reference.eq(c.reference),
-            )
+        .map(|(ordinal, entry)| {
+            index_row(partition, &op.resource_type, op.id.clone(), ordinal, entry)
         })
         .collect();
-    // SQLite allows 32766 bound values a statement: 11 a row.
-    // Multi-row inserts are per backend (diesel's MultiBackend has none).
-    for chunk in rows.chunks(2000) {
-        let insert = diesel::insert_into(fhir_index::table).values(chunk);
-        match conn {
-            DbConnection::Sqlite(c) => insert.execute(c)?,
-            DbConnection::Postgres(c) => insert.execute(c)?,
-        };
-    }
+    insert_index_rows(conn, &rows)?;
     Ok(Stored {
         resource_type: op.resource_type.clone(),
         id: op.id.clone(),

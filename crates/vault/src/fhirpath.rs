@@ -11,7 +11,8 @@ enum Step {
     Child(String),
     OfType(String),
     ResolvesTo(String),
-    FieldEquals(String, String),
+    /// `where(a.b='literal')`: the path below the node leads to that string.
+    FieldEquals(Vec<String>, String),
 }
 
 /// One branch of a union, rooted at a resource type.
@@ -67,8 +68,10 @@ fn parse_step(token: &str) -> Option<Step> {
             }
             let (field, literal) = args.split_once('=')?;
             let literal = literal.trim().strip_prefix('\'')?.strip_suffix('\'')?;
-            is_name(field.trim())
-                .then(|| Step::FieldEquals(field.trim().to_owned(), literal.to_owned()))
+            let path: Vec<String> = field.trim().split('.').map(str::to_owned).collect();
+            path.iter()
+                .all(|p| is_name(p))
+                .then(|| Step::FieldEquals(path, literal.to_owned()))
         }
         _ => None,
     }
@@ -189,8 +192,12 @@ impl Path {
                             next.push(node);
                         }
                     }
-                    Step::FieldEquals(field, literal) => {
-                        if node.value.get(field).and_then(Value::as_str) == Some(literal.as_str()) {
+                    Step::FieldEquals(path, literal) => {
+                        let found = path
+                            .iter()
+                            .try_fold(node.value, |value, key| value.get(key))
+                            .and_then(Value::as_str);
+                        if found == Some(literal.as_str()) {
                             next.push(node);
                         }
                     }
@@ -284,6 +291,22 @@ mod tests {
         assert_eq!(
             eval("Patient.telecom.where(system='email')", "Patient", &patient),
             vec![json!({"system": "email", "value": "a@b"})]
+        );
+    }
+
+    #[test]
+    fn where_follows_a_field_path() {
+        let event = json!({"entity": [
+            {"role": {"code": "1"}, "what": {"identifier": {"value": "urn:a"}}},
+            {"role": {"code": "4"}, "what": {"identifier": {"value": "Observation/1"}}},
+        ]});
+        assert_eq!(
+            eval(
+                "AuditEvent.entity.where(role.code='1').what.identifier",
+                "AuditEvent",
+                &event
+            ),
+            vec![json!({"value": "urn:a"})]
         );
     }
 

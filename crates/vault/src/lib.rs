@@ -340,15 +340,39 @@ impl Vault {
         strict: bool,
     ) -> Result<BundleJson, VaultError> {
         let access = self.authorize(store, ctx, resource_type, Interaction::Search)?;
-        let query = search::parse(&self.registry, resource_type, pairs, strict, ctx.base)
-            .map_err(|e| VaultError::Invalid(e.to_string()))?;
         let restrictions = match &access {
             Access::All => None,
             Access::Restricted(r) => Some(r.as_slice()),
         };
+        self.search_in(
+            store,
+            ctx.partition,
+            ctx.base,
+            resource_type,
+            pairs,
+            strict,
+            restrictions,
+        )
+    }
+
+    /// A search in `partition` for a caller already authorized (with `restrictions`
+    /// still to apply): the vault's search, and the audit repository's (ITI-81).
+    #[allow(clippy::too_many_arguments)]
+    pub fn search_in<S: VaultStore>(
+        &self,
+        store: &S,
+        partition: &str,
+        base: &str,
+        resource_type: &str,
+        pairs: &[(String, String)],
+        strict: bool,
+        restrictions: Option<&[Vec<Criterion>]>,
+    ) -> Result<BundleJson, VaultError> {
+        let query = search::parse(&self.registry, resource_type, pairs, strict, base)
+            .map_err(|e| VaultError::Invalid(e.to_string()))?;
         let count = if query.summary_count { 0 } else { query.count };
         let (total, found) = store.search(
-            ctx.partition,
+            partition,
             resource_type,
             &query.criteria,
             restrictions,
@@ -356,7 +380,45 @@ impl Vault {
             query.offset,
             count,
         )?;
-        bundle::searchset(ctx.base, resource_type, &query, total, &found)
+        bundle::searchset(base, resource_type, &query, total, &found)
+    }
+
+    /// Stores a new resource in `partition` for a caller already authorized (the audit
+    /// repository's feed): checked as any resource, under the server's id.
+    pub fn store_in<S: VaultStore>(
+        &self,
+        store: &S,
+        partition: &str,
+        base: &str,
+        resource: Map<String, Value>,
+        new_id: String,
+        now_ms: i64,
+    ) -> Result<Stored, VaultError> {
+        let resource = resource::check(&self.registry, resource, None)?;
+        let resource_type = resource
+            .get("resourceType")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
+        let op = WriteOp {
+            resource_type,
+            id: new_id,
+            kind: WriteKind::Create,
+            resource: Some(resource),
+            restrictions: None,
+        };
+        let outcomes = store
+            .write(
+                partition,
+                std::slice::from_ref(&op),
+                now_ms,
+                &|op, version| self.prepare(op, version, now_ms, base),
+            )
+            .map_err(|(_, e)| e)?;
+        match outcomes.into_iter().next() {
+            Some(WriteOutcome::Created(stored)) => Ok(stored),
+            other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
+        }
     }
 
     /// `history-instance` (with `id`) or `history-type`.

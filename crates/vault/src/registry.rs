@@ -12,6 +12,30 @@ use crate::fhirpath::{paths_for, Path};
 
 const DATA: &str = include_str!("../data/search-parameters.json");
 
+/// Search parameters of the audit repository (ITI-81) beyond R4's, or replacing R4's where
+/// Tessera's events name agents and patients by identifier, not by reference:
+/// (type, code, kind, expression).
+const ITI_81: [(&str, &str, &str, &str); 3] = [
+    (
+        "AuditEvent",
+        "entity-id",
+        "token",
+        "AuditEvent.entity.what.identifier",
+    ),
+    (
+        "AuditEvent",
+        "patient",
+        "token",
+        "AuditEvent.entity.where(role.code='1').what.identifier",
+    ),
+    (
+        "AuditEvent",
+        "agent",
+        "token",
+        "AuditEvent.agent.who.identifier",
+    ),
+];
+
 /// The kinds of search parameter the vault indexes and searches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ParamKind {
@@ -82,8 +106,19 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry from the embedded specification data.
     pub fn load() -> Result<Self, String> {
-        let data: Data =
+        let mut data: Data =
             serde_json::from_str(DATA).map_err(|e| format!("search parameter data: {e}"))?;
+        for (base, code, kind, expression) in ITI_81 {
+            data.parameters
+                .retain(|p| !(p.code == code && p.base.len() == 1 && p.base[0] == base));
+            data.parameters.push(Definition {
+                code: code.to_owned(),
+                kind: kind.to_owned(),
+                base: vec![base.to_owned()],
+                expression: expression.to_owned(),
+                target: Vec::new(),
+            });
+        }
         let types: BTreeSet<String> = data.resource_types.into_iter().collect();
         let mut params: BTreeMap<String, BTreeMap<String, SearchParam>> = BTreeMap::new();
         for definition in &data.parameters {

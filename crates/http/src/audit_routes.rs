@@ -1,0 +1,286 @@
+//! The audit repository over HTTP: ITI-81 Retrieve ATNA Audit Event
+//! (`GET /audit/fhir/AuditEvent?date=...`) for auditors and for patients about their
+//! own account, and the ITI-20 FHIR feed (`POST /audit/fhir/AuditEvent`, or a batch
+//! Bundle to `/audit/fhir`) for other nodes. Tokens are the vault's (realm, audience);
+//! what they permit is `tessera_atna::repository_access`. Every request is itself
+//! audited before its answer.
+
+use std::sync::Arc;
+
+use actix_web::http::StatusCode;
+use actix_web::{web, HttpRequest, HttpResponse};
+use serde_json::Value;
+use tessera_atna::{repository_access, Event, RepositoryAccess, REPOSITORY_PARTITION};
+use tessera_iam::VerifiedToken;
+use tessera_vault::bundle::{BatchOutcome, EntryResult};
+use tessera_vault::search::parse_restriction;
+use tessera_vault::{VaultError, WriteOutcome};
+
+use crate::audit::{append, record, token_use};
+use crate::bearer::verify;
+use crate::error::{vault_status, BearerError};
+use crate::{blocking, ApiError, AppState};
+
+pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
+    cfg.service(
+        web::scope("/audit/fhir")
+            .app_data(web::PayloadConfig::new(max_body_bytes))
+            .route("/AuditEvent", web::get().to(query))
+            .route("/AuditEvent", web::post().to(feed_one))
+            .route("", web::post().to(feed_batch)),
+    );
+}
+
+/// Query names ITI-81 and R4 chained forms use for the repository's parameters.
+fn canonical_name(name: &str) -> &str {
+    match name {
+        "patient.identifier" => "patient",
+        "entity.identifier" => "entity-id",
+        "agent.identifier" => "agent",
+        other => other,
+    }
+}
+
+fn base(state: &AppState) -> String {
+    format!("{}/audit/fhir", state.aim.public_base)
+}
+
+async fn token(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<Arc<VerifiedToken>, ApiError> {
+    let vault = &state.vault;
+    verify(
+        req,
+        state,
+        &vault.realm,
+        &vault.audience,
+        vault.introspector.clone(),
+    )
+    .await
+    .map_err(ApiError::into_fhir)
+}
+
+fn refused(state: &AppState) -> ApiError {
+    ApiError::FhirBearer {
+        realm: state.vault.realm.to_string(),
+        error: BearerError::InsufficientScope,
+    }
+}
+
+fn now_ms() -> i64 {
+    crate::now().0.saturating_mul(1000)
+}
+
+/// Answers after the request's own audit record is durable.
+async fn audited(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    interaction: &str,
+    token: Option<&VerifiedToken>,
+    result: Result<HttpResponse, ApiError>,
+) -> Result<HttpResponse, ApiError> {
+    let status = match &result {
+        Ok(response) => response.status().as_u16(),
+        Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
+    };
+    let event = Event::RepositoryRequest {
+        interaction: interaction.to_owned(),
+        token: token.map(token_use),
+        query: Some(req.query_string().to_owned()).filter(|q| !q.is_empty()),
+        endpoint: format!("{}{}", state.aim.public_base, req.path()),
+        status,
+    };
+    append(state, record(req, &base(state), status, event)?).await?;
+    result
+}
+
+async fn query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let token = match token(&req, &state).await {
+        Ok(token) => token,
+        Err(error) => return audited(&req, &state, "search-type", None, Err(error)).await,
+    };
+    let result = query_inner(&req, &state, &token).await;
+    audited(&req, &state, "search-type", Some(&token), result).await
+}
+
+async fn query_inner(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    token: &VerifiedToken,
+) -> Result<HttpResponse, ApiError> {
+    let access = repository_access(&token.claims.scope, token.claims.account.as_deref(), false)
+        .ok_or_else(|| refused(state))?;
+    let mut pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(req.query_string().as_bytes())
+            .map(|(k, v)| (canonical_name(&k).to_owned(), v.into_owned()))
+            .collect();
+    if !pairs.iter().any(|(k, _)| k == "date") {
+        return Err(ApiError::Vault(VaultError::Invalid(
+            "ITI-81 needs a date range: date=ge...&date=le...".into(),
+        )));
+    }
+    if !pairs.iter().any(|(k, _)| k.starts_with("_sort")) {
+        pairs.push(("_sort".into(), "-date".into()));
+    }
+    let strict = req
+        .headers()
+        .get("prefer")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("handling=strict"));
+    let st = state.clone().into_inner();
+    let base = base(state);
+    let bundle = blocking(move || {
+        let vault = &st.vault.vault;
+        let restriction = match access {
+            RepositoryAccess::All => None,
+            RepositoryAccess::Patient(account) => Some(vec![parse_restriction(
+                vault.registry(),
+                "AuditEvent",
+                &format!(
+                    "patient={}",
+                    account.replace('%', "%25").replace('&', "%26")
+                ),
+            )
+            .map_err(|e| VaultError::Invalid(e.to_string()))?]),
+        };
+        vault.search_in(
+            &st.store,
+            REPOSITORY_PARTITION,
+            &base,
+            "AuditEvent",
+            &pairs,
+            strict,
+            restriction.as_deref(),
+        )
+    })
+    .await??;
+    Ok(HttpResponse::Ok()
+        .content_type("application/fhir+json")
+        .json(bundle))
+}
+
+/// Stores events another node sends; each must be an AuditEvent.
+fn store_events(state: &AppState, resources: Vec<Value>) -> Vec<EntryResult> {
+    let base = base(state);
+    resources
+        .into_iter()
+        .map(|resource| {
+            let result = match resource {
+                Value::Object(map)
+                    if map.get("resourceType").and_then(Value::as_str) == Some("AuditEvent") =>
+                {
+                    let id = tessera_atna::new_event_id()
+                        .ok_or_else(|| VaultError::Store("no randomness".into()));
+                    id.and_then(|id| {
+                        state.vault.vault.store_in(
+                            &state.store,
+                            REPOSITORY_PARTITION,
+                            &base,
+                            map,
+                            id,
+                            now_ms(),
+                        )
+                    })
+                }
+                _ => Err(VaultError::Invalid(
+                    "the audit repository takes AuditEvent resources".into(),
+                )),
+            };
+            match result {
+                Ok(stored) => EntryResult::Written(WriteOutcome::Created(stored)),
+                Err(e) => EntryResult::Failed(e),
+            }
+        })
+        .collect()
+}
+
+fn parse_body(body: &[u8]) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|e| {
+        ApiError::Vault(VaultError::Invalid(format!(
+            "the body is not valid JSON: {e}"
+        )))
+    })
+}
+
+async fn feed_one(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = match token(&req, &state).await {
+        Ok(token) => token,
+        Err(error) => return audited(&req, &state, "create", None, Err(error)).await,
+    };
+    let result = async {
+        repository_access(&token.claims.scope, None, true).ok_or_else(|| refused(&state))?;
+        let resource = parse_body(&body)?;
+        let st = state.clone().into_inner();
+        let mut results = blocking(move || store_events(&st, vec![resource])).await?;
+        match results.pop() {
+            Some(EntryResult::Written(WriteOutcome::Created(stored))) => {
+                Ok(HttpResponse::Created()
+                    .insert_header((
+                        actix_web::http::header::LOCATION,
+                        format!("{}/AuditEvent/{}/_history/1", base(&state), stored.id),
+                    ))
+                    .content_type("application/fhir+json")
+                    .body(stored.content))
+            }
+            Some(EntryResult::Failed(error)) => Err(ApiError::Vault(error)),
+            _ => Err(ApiError::Internal("no outcome".into())),
+        }
+    }
+    .await;
+    audited(&req, &state, "create", Some(&token), result).await
+}
+
+async fn feed_batch(
+    req: HttpRequest,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = match token(&req, &state).await {
+        Ok(token) => token,
+        Err(error) => return audited(&req, &state, "create", None, Err(error)).await,
+    };
+    let result = async {
+        repository_access(&token.claims.scope, None, true).ok_or_else(|| refused(&state))?;
+        let bundle = parse_body(&body)?;
+        if bundle.get("resourceType").and_then(Value::as_str) != Some("Bundle")
+            || bundle.get("type").and_then(Value::as_str) != Some("batch")
+        {
+            return Err(ApiError::Vault(VaultError::Invalid(
+                "post a batch Bundle of AuditEvents to /audit/fhir".into(),
+            )));
+        }
+        let resources: Vec<Value> = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| e.get("resource").cloned().unwrap_or(Value::Null))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let st = state.clone().into_inner();
+        let entries = blocking(move || store_events(&st, resources)).await?;
+        let outcome = BatchOutcome {
+            transaction: false,
+            entries,
+        };
+        let status = |entry: &EntryResult| match entry {
+            EntryResult::Failed(error) => vault_status(error).as_u16(),
+            _ => StatusCode::CREATED.as_u16(),
+        };
+        let response = outcome
+            .to_bundle(&base(&state), &status)
+            .map_err(ApiError::Vault)?;
+        Ok(HttpResponse::Ok()
+            .content_type("application/fhir+json")
+            .json(response))
+    }
+    .await;
+    audited(&req, &state, "create", Some(&token), result).await
+}

@@ -1,0 +1,291 @@
+//! The audit repository: ITI-81 queries for auditors and for patients about their own
+//! account, the ITI-20 FHIR feed, and the audit of every repository request.
+
+use serde_json::{json, Value};
+use tessera_atna::Event;
+
+use crate::audit::records_eventually;
+use crate::support::{assert_valid_fhir, Client, Env, Reply};
+
+const MPI_A: &str =
+    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
+const MPI_B: &str =
+    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/7d1e9a2c-0c1f-4f5e-8b44-2a9d3c1e5f60";
+
+fn account_of(env: &Env, mpi: &str, partition: &str) -> String {
+    let printed = env
+        .cli(&[
+            "account",
+            "add",
+            "--mpi-id",
+            mpi,
+            "--partition-name",
+            partition,
+        ])
+        .unwrap();
+    printed
+        .lines()
+        .find_map(|l| l.strip_prefix("account").map(str::trim))
+        .unwrap()
+        .to_owned()
+}
+
+fn token(env: &Env, client_id: &str, args: &[&str], form: &[(&str, &str)]) -> String {
+    let mut full = vec!["--client-id", client_id, "--auth", "client_secret_post"];
+    full.extend_from_slice(args);
+    let secret = env.add_secret_client(&full);
+    let mut request = vec![
+        ("grant_type", "client_credentials"),
+        ("client_id", client_id),
+        ("client_secret", secret.as_str()),
+    ];
+    request.extend_from_slice(form);
+    let reply = Client::new(env, None).token(&request);
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["access_token"].as_str().unwrap().to_owned()
+}
+
+fn get(c: &Client, token: &str, query: &str) -> Reply {
+    c.send(
+        "GET",
+        &format!("/audit/fhir/AuditEvent?{query}"),
+        Some(token),
+        &[],
+        None,
+    )
+}
+
+fn total(reply: &Reply) -> u64 {
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["total"].as_u64().unwrap()
+}
+
+#[test]
+fn auditors_query_the_trail_and_patients_see_only_their_own() {
+    let env = Env::new();
+    let account_a = account_of(&env, MPI_A, "pa");
+    let account_b = account_of(&env, MPI_B, "pb");
+    let _server = env.start();
+    let c = Client::new(&env, None);
+    let clinic = token(
+        &env,
+        "clinic",
+        &[
+            "--scope",
+            "system/*.cruds",
+            "--partition",
+            "pa",
+            "--partition",
+            "pb",
+        ],
+        &[],
+    );
+    let auditor = token(&env, "auditor", &["--scope", "system/AuditEvent.rs"], &[]);
+    let patient = token(
+        &env,
+        "patient-app",
+        &["--scope", "patient/AuditEvent.rs", "--account", &account_a],
+        &[("account", &account_a)],
+    );
+    let wildcard = token(&env, "wildcard", &["--scope", "system/*.rs"], &[]);
+    let observation =
+        json!({"resourceType": "Observation", "status": "final", "code": {"text": "x"}})
+            .to_string();
+    for partition in ["pa", "pa", "pb"] {
+        let reply = c.send(
+            "POST",
+            &format!("/fhir/{partition}/Observation"),
+            Some(&clinic),
+            &[],
+            Some(&observation),
+        );
+        assert_eq!(reply.status, 201, "{}", reply.body);
+    }
+    assert_eq!(
+        c.send("GET", "/fhir/pa/Observation/nope", Some(&clinic), &[], None)
+            .status,
+        404
+    );
+    // 4 token requests, 4 vault requests: all in the trail before the first query.
+    assert_eq!(records_eventually(&env, 8).len(), 8);
+
+    let day = &tessera_vault::dates::format_instant(crate::support::now() * 1000)[..10];
+    let range = format!("date=ge{day}&date=le{day}T23:59:59Z");
+    let all = get(&c, &auditor, &range);
+    assert_eq!(total(&all), 8);
+    let bundle = all.json();
+    assert_eq!(bundle["entry"][0]["resource"]["resourceType"], "AuditEvent");
+    assert_valid_fhir(&bundle);
+    // Newest first.
+    let recorded: Vec<&str> = bundle["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["recorded"].as_str().unwrap())
+        .collect();
+    assert!(recorded.windows(2).all(|w| w[0] >= w[1]), "{recorded:?}");
+
+    // ITI-81's parameters.
+    assert_eq!(
+        total(&get(&c, &auditor, &format!("{range}&patient={account_a}"))),
+        3
+    );
+    assert_eq!(
+        total(&get(
+            &c,
+            &auditor,
+            &format!("{range}&patient.identifier={account_b}")
+        )),
+        1
+    );
+    assert_eq!(
+        total(&get(
+            &c,
+            &auditor,
+            &format!("{range}&entity-id={account_b}")
+        )),
+        1
+    );
+    assert_eq!(
+        total(&get(&c, &auditor, &format!("{range}&subtype=create"))),
+        3
+    );
+    assert_eq!(
+        total(&get(&c, &auditor, &format!("{range}&subtype=ITI-71"))),
+        4
+    );
+    assert_eq!(
+        total(&get(&c, &auditor, &format!("{range}&type=rest&outcome=4"))),
+        1
+    );
+    assert_eq!(
+        total(&get(&c, &auditor, &format!("{range}&agent=clinic"))),
+        5
+    );
+    assert_eq!(total(&get(&c, &auditor, &format!("{range}&action=C"))), 3);
+    assert_eq!(total(&get(&c, &auditor, "date=lt2000-01-01")), 0);
+    let page = get(&c, &auditor, &format!("{range}&_count=2")).json();
+    assert_eq!(page["entry"].as_array().unwrap().len(), 2);
+    assert!(page["link"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|l| l["relation"] == "next"));
+
+    // date is required; an auditor scope is required; a clinical wildcard is not one.
+    let no_date = get(&c, &auditor, &format!("patient={account_a}"));
+    assert_eq!(no_date.status, 400, "{}", no_date.body);
+    assert_eq!(no_date.json()["resourceType"], "OperationOutcome");
+    assert_eq!(get(&c, &wildcard, &range).status, 403);
+    assert_eq!(get(&c, &clinic, &range).status, 403);
+    assert_eq!(
+        c.send(
+            "GET",
+            &format!("/audit/fhir/AuditEvent?{range}"),
+            None,
+            &[],
+            None
+        )
+        .status,
+        401
+    );
+
+    // A patient sees the events about their account, and nothing else even when asking.
+    assert_eq!(total(&get(&c, &patient, &range)), 3);
+    assert_eq!(
+        total(&get(&c, &patient, &format!("{range}&patient={account_b}"))),
+        0
+    );
+
+    // Every repository request was audited itself (ITI-81 query events).
+    let trail = records_eventually(&env, 8 + 17);
+    let queries: Vec<u16> = trail
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::RepositoryRequest { status, .. } => Some(*status),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(queries.len(), 17, "{queries:?}");
+    assert_eq!(queries.iter().filter(|s| **s == 403).count(), 2);
+    let query_event = trail
+        .iter()
+        .find(|r| matches!(r.event, Event::RepositoryRequest { .. }))
+        .unwrap();
+    let fhir = tessera_atna::to_fhir(query_event);
+    assert_eq!(fhir["subtype"][0]["code"], "ITI-81");
+    assert_valid_fhir(&fhir);
+}
+
+#[test]
+fn other_nodes_feed_audit_events_in() {
+    let env = Env::new();
+    let _server = env.start();
+    let c = Client::new(&env, None);
+    let node = token(&env, "node-2", &["--scope", "system/AuditEvent.c"], &[]);
+    let auditor = token(&env, "auditor", &["--scope", "system/AuditEvent.rs"], &[]);
+    let event = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110", "display": "Patient Record"},
+        "action": "R",
+        "recorded": "2026-11-20T10:00:00Z",
+        "outcome": "0",
+        "agent": [{"who": {"identifier": {"value": "remote-user"}}, "requestor": true}],
+        "source": {"observer": {"display": "node-2"}},
+        "entity": [{"what": {"identifier": {"value": "urn:tessera:account:remote"}}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}],
+    });
+    let created = c.send(
+        "POST",
+        "/audit/fhir/AuditEvent",
+        Some(&node),
+        &[],
+        Some(&event.to_string()),
+    );
+    assert_eq!(created.status, 201, "{}", created.body);
+    assert!(created
+        .header("location")
+        .unwrap()
+        .contains("/audit/fhir/AuditEvent/"));
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": event, "request": {"method": "POST", "url": "AuditEvent"}},
+        {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "AuditEvent"}},
+    ]});
+    let reply = c.send(
+        "POST",
+        "/audit/fhir",
+        Some(&node),
+        &[],
+        Some(&batch.to_string()),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let statuses: Vec<Value> = reply.json()["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["response"]["status"].clone())
+        .collect();
+    assert_eq!(statuses, vec![json!("201"), json!("400")]);
+    // An auditor may not feed, a feeder may not query.
+    assert_eq!(
+        c.send(
+            "POST",
+            "/audit/fhir/AuditEvent",
+            Some(&auditor),
+            &[],
+            Some(&event.to_string())
+        )
+        .status,
+        403
+    );
+    assert_eq!(get(&c, &node, "date=2026-11-20").status, 403);
+    let found = get(
+        &c,
+        &auditor,
+        "date=2026-11-20&patient=urn:tessera:account:remote",
+    );
+    assert_eq!(total(&found), 2);
+    assert_eq!(
+        total(&get(&c, &auditor, "date=2026-11-20&agent=remote-user")),
+        2
+    );
+}
