@@ -12,8 +12,9 @@ const MPI_B: &str =
 
 /// An installation with two patient partitions, `pa` and `pb`, and a running server.
 struct Vault {
-    env: Env,
+    // The server stops before its database goes (fields drop in order).
     _server: Server,
+    env: Env,
 }
 
 fn vault() -> Vault {
@@ -29,10 +30,9 @@ fn vault() -> Vault {
         ])
         .unwrap();
     }
-    let server = env.start();
     Vault {
+        _server: env.start(),
         env,
-        _server: server,
     }
 }
 

@@ -7,7 +7,7 @@ use std::future::Future;
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
@@ -247,7 +247,28 @@ pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 /// several instances can share a directory.
 #[derive(Clone)]
 pub struct AuditWriter {
-    queue: Sender<(Record, Reply)>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    queue: Option<Sender<(Record, Reply)>>,
+    threads: Vec<thread::JoinHandle<()>>,
+    /// Set when stopping: the drainer then gives up on a database that keeps failing
+    /// (what it could not move stays in the journal for the next start).
+    stopping: Arc<AtomicBool>,
+}
+
+/// When the last handle goes, the journal thread finishes what it was given and the
+/// drainer moves it into the database before this returns: a clean stop leaves the
+/// journal drained, and no database work is left running while the process exits.
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.queue.take();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl AuditWriter {
@@ -273,11 +294,13 @@ impl AuditWriter {
         let (to_drainer, drained_from) = mpsc::channel();
         let drained = Arc::new(AtomicU64::new(0));
         let counter = drained.clone();
-        thread::Builder::new()
+        let stopping = Arc::new(AtomicBool::new(false));
+        let stop = stopping.clone();
+        let drainer = thread::Builder::new()
             .name("audit-drainer".into())
-            .spawn(move || drain(&store, &drained_from, &counter))
+            .spawn(move || drain(&store, &drained_from, &counter, &stop))
             .map_err(|e| fail("cannot start the drainer", &e))?;
-        thread::Builder::new()
+        let writer = thread::Builder::new()
             .name("audit-journal".into())
             .spawn(move || {
                 let journal = Journal {
@@ -290,13 +313,23 @@ impl AuditWriter {
                 journal.run(&incoming, &to_drainer)
             })
             .map_err(|e| fail("cannot start the writer", &e))?;
-        Ok(Self { queue })
+        Ok(Self {
+            inner: Arc::new(Inner {
+                queue: Some(queue),
+                threads: vec![writer, drainer],
+                stopping,
+            }),
+        })
     }
 
     /// Hands the record to the journal; the result says when it is durable.
     pub fn submit(&self, record: Record) -> Pending {
         let reply = Reply::default();
-        if self.queue.send((record, reply.clone())).is_err() {
+        let sent = match &self.inner.queue {
+            Some(queue) => queue.send((record, reply.clone())).is_ok(),
+            None => false,
+        };
+        if !sent {
             reply.send(Pending::stopped());
         }
         Pending(reply)
@@ -434,7 +467,12 @@ impl Journal {
 
 /// Moves journaled records into the database in order, in large transactions; while the
 /// database fails, retries the same records with backoff (they are safe in the journal).
-fn drain(store: &Store, incoming: &Receiver<Vec<Record>>, drained: &AtomicU64) {
+fn drain(
+    store: &Store,
+    incoming: &Receiver<Vec<Record>>,
+    drained: &AtomicU64,
+    stopping: &AtomicBool,
+) {
     while let Ok(mut records) = incoming.recv() {
         // Nobody waits on this step, so it waits a little for more: a transaction costs
         // about the same for one record as for hundreds.
@@ -448,6 +486,10 @@ fn drain(store: &Store, incoming: &Receiver<Vec<Record>>, drained: &AtomicU64) {
         }
         let mut wait = Duration::from_millis(50);
         while let Err(e) = store.append_audit(&records) {
+            if stopping.load(Ordering::SeqCst) {
+                tracing::error!(error = %e.0, events = records.len(), "stopping with audit events only in the journal; the next start moves them");
+                return;
+            }
             tracing::error!(error = %e.0, events = records.len(), retry_in_ms = wait.as_millis() as u64, "audit events not yet in the database");
             thread::sleep(wait);
             wait = (wait * 2).min(Duration::from_secs(5));
