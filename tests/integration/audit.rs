@@ -261,7 +261,7 @@ fn introspections_and_aim_lookups_are_audited_too() {
         ("scope", "aim/resolve"),
     ]);
     let token = reply.json()["access_token"].as_str().unwrap().to_owned();
-    let jti = decode_jwt(&token).1["jti"].as_str().unwrap().to_owned();
+    let jti = crate::support::jti(&token);
     let introspected = c.post_form(
         "/realms/cara/protocol/openid-connect/token/introspect",
         &[("token", &token), ("client_id", "gw")],

@@ -31,18 +31,7 @@ fn account_of(env: &Env, mpi: &str, partition: &str) -> String {
 }
 
 fn token(env: &Env, client_id: &str, args: &[&str], form: &[(&str, &str)]) -> String {
-    let mut full = vec!["--client-id", client_id, "--auth", "client_secret_post"];
-    full.extend_from_slice(args);
-    let secret = env.add_secret_client(&full);
-    let mut request = vec![
-        ("grant_type", "client_credentials"),
-        ("client_id", client_id),
-        ("client_secret", secret.as_str()),
-    ];
-    request.extend_from_slice(form);
-    let reply = Client::new(env, None).token(&request);
-    assert_eq!(reply.status, 200, "{}", reply.body);
-    reply.json()["access_token"].as_str().unwrap().to_owned()
+    env.secret_token(client_id, args, form)
 }
 
 fn get(c: &Client, token: &str, query: &str) -> Reply {

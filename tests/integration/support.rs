@@ -193,6 +193,28 @@ impl Env {
             .to_owned()
     }
 
+    /// Registers a `client_secret_post` client with `register` arguments (scope,
+    /// partitions, ...) and returns a token for it, asked with the extra `form` fields.
+    pub fn secret_token(
+        &self,
+        client_id: &str,
+        register: &[&str],
+        form: &[(&str, &str)],
+    ) -> String {
+        let mut args = vec!["--client-id", client_id, "--auth", "client_secret_post"];
+        args.extend_from_slice(register);
+        let secret = self.add_secret_client(&args);
+        let mut request = vec![
+            ("grant_type", "client_credentials"),
+            ("client_id", client_id),
+            ("client_secret", secret.as_str()),
+        ];
+        request.extend_from_slice(form);
+        let reply = Client::new(self, None).token(&request);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    }
+
     /// Runs a SQL statement on this installation's database, as an attacker with
     /// database access would (for tamper tests).
     pub fn sql(&self, statement: &str) -> usize {
@@ -526,6 +548,11 @@ pub fn decode_jwt(token: &str) -> (Value, Value) {
         serde_json::from_slice::<Value>(&bytes).unwrap()
     };
     (part(), part())
+}
+
+/// A token's `jti`.
+pub fn jti(token: &str) -> String {
+    decode_jwt(token).1["jti"].as_str().unwrap().to_owned()
 }
 
 pub fn now() -> i64 {

@@ -39,26 +39,11 @@ fn vault() -> Vault {
 impl Vault {
     /// A secret client with `scope` on `partitions`, and a token with all of it.
     fn token(&self, client_id: &str, scope: &str, partitions: &[&str]) -> String {
-        let mut args = vec![
-            "--client-id",
-            client_id,
-            "--auth",
-            "client_secret_post",
-            "--scope",
-            scope,
-        ];
+        let mut args = vec!["--scope", scope];
         for p in partitions {
             args.extend(["--partition", p]);
         }
-        let secret = self.env.add_secret_client(&args);
-        let reply = Client::new(&self.env, None).token(&[
-            ("grant_type", "client_credentials"),
-            ("client_id", client_id),
-            ("client_secret", &secret),
-            ("scope", scope),
-        ]);
-        assert_eq!(reply.status, 200, "{}", reply.body);
-        reply.json()["access_token"].as_str().unwrap().to_owned()
+        self.env.secret_token(client_id, &args, &[("scope", scope)])
     }
 
     fn client(&self) -> Client {
@@ -754,10 +739,7 @@ fn every_authorization_case_of_iti_72() {
     );
 
     // A revoked token stops working at once.
-    let jti = crate::support::decode_jwt(&reader).1["jti"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let jti = crate::support::jti(&reader);
     v.env.cli(&["token", "revoke", &jti]).unwrap();
     outcome(
         &c.send("GET", &path, Some(&reader), &[], None),
@@ -1269,10 +1251,7 @@ fn gateway_mode_checks_tokens_by_introspection() {
             403,
             "forbidden",
         );
-        let jti = crate::support::decode_jwt(&token).1["jti"]
-            .as_str()
-            .unwrap()
-            .to_owned();
+        let jti = crate::support::jti(&token);
         v.env.cli(&["token", "revoke", &jti]).unwrap();
         let revoked = c.send("GET", &path, Some(&token), &[], None);
         if cache_seconds == "0" {
@@ -1374,10 +1353,7 @@ fn every_vault_interaction_is_audited_before_the_answer() {
     let v = vault();
     let c = v.client();
     let token = v.token("app", "system/*.cruds", &["pa"]);
-    let jti = crate::support::decode_jwt(&token).1["jti"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let jti = crate::support::jti(&token);
     let account = v.env.cli(&["account", "show", MPI_A]).unwrap();
     let account: Value = serde_json::from_str(&account).unwrap();
     let account_urn = account["accountUrn"].as_str().unwrap().to_owned();

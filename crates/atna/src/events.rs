@@ -29,15 +29,7 @@ impl TokenUse {
         let policy = Some(format!("urn:ietf:params:oauth:jti:{}", self.jti));
         let alias = self.subject_name.as_deref().unwrap_or(&self.client_id);
         vec![
-            Participant {
-                id: self.client_id.clone(),
-                system: None,
-                alt_id: None,
-                role: APPLICATION,
-                requestor: true,
-                address: address.map(str::to_owned),
-                policy: None,
-            },
+            application(&self.client_id, address),
             Participant {
                 id: self.sub.clone(),
                 system: Some(self.iss.clone()),
@@ -51,9 +43,10 @@ impl TokenUse {
     }
 }
 
-fn anonymous(address: Option<&str>) -> Participant {
+/// The requesting application, by its client id.
+fn application(id: &str, address: Option<&str>) -> Participant {
     Participant {
-        id: "anonymous".into(),
+        id: id.to_owned(),
         system: None,
         alt_id: None,
         role: APPLICATION,
@@ -61,6 +54,20 @@ fn anonymous(address: Option<&str>) -> Participant {
         address: address.map(str::to_owned),
         policy: None,
     }
+}
+
+/// Who asked (the token's client and user, or an anonymous caller) and the server asked.
+fn requestors_and(
+    token: Option<&TokenUse>,
+    address: Option<&str>,
+    endpoint: &str,
+) -> Vec<Participant> {
+    let mut participants = match token {
+        Some(token) => token.participants(address),
+        None => vec![application("anonymous", address)],
+    };
+    participants.push(server(endpoint));
+    participants
 }
 
 fn server(endpoint: &str) -> Participant {
@@ -149,12 +156,7 @@ pub(crate) fn fhir_request(
     endpoint: &str,
     status: u16,
 ) -> Shape {
-    let address = record.client_address.as_deref();
-    let mut participants = match token {
-        Some(token) => token.participants(address),
-        None => vec![anonymous(address)],
-    };
-    participants.push(server(endpoint));
+    let participants = requestors_and(token, record.client_address.as_deref(), endpoint);
     let mut objects = Vec::new();
     if let Some(id) = patient_id {
         objects.push(patient(id));
@@ -195,18 +197,7 @@ pub(crate) fn introspection(
     error: Option<&str>,
 ) -> Shape {
     let address = record.client_address.as_deref();
-    let client = match caller {
-        Some(id) => Participant {
-            id: id.to_owned(),
-            system: None,
-            alt_id: None,
-            role: APPLICATION,
-            requestor: true,
-            address: address.map(str::to_owned),
-            policy: None,
-        },
-        None => anonymous(address),
-    };
+    let client = application(caller.unwrap_or("anonymous"), address);
     let mut objects = Vec::new();
     if let Some(jti) = token_id {
         objects.push(Object {
@@ -235,12 +226,7 @@ pub(crate) fn repository_request(
     endpoint: &str,
     status: u16,
 ) -> Shape {
-    let address = record.client_address.as_deref();
-    let mut participants = match token {
-        Some(token) => token.participants(address),
-        None => vec![anonymous(address)],
-    };
-    participants.push(server(endpoint));
+    let participants = requestors_and(token, record.client_address.as_deref(), endpoint);
     let feed = interaction == "create";
     Shape {
         action: if feed { 'C' } else { 'E' },
@@ -276,12 +262,7 @@ pub(crate) fn account_lookup(
     endpoint: &str,
     status: u16,
 ) -> Shape {
-    let address = record.client_address.as_deref();
-    let mut participants = match token {
-        Some(token) => token.participants(address),
-        None => vec![anonymous(address)],
-    };
-    participants.push(server(endpoint));
+    let participants = requestors_and(token, record.client_address.as_deref(), endpoint);
     let subtype = match transaction {
         AimTransaction::Resolution => Code {
             code: "get-account-urn-from-mpi-id-urn",

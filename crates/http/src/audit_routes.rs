@@ -5,8 +5,6 @@
 //! what they permit is `tessera_atna::repository_access`. Every request is itself
 //! audited before its answer.
 
-use std::sync::Arc;
-
 use actix_web::http::StatusCode;
 use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::Value;
@@ -17,8 +15,8 @@ use tessera_vault::search::parse_restriction;
 use tessera_vault::{VaultError, WriteOutcome};
 
 use crate::audit::{append, record, token_use};
-use crate::bearer::verify;
 use crate::error::{vault_status, BearerError};
+use crate::vault_routes::token;
 use crate::{blocking, ApiError, AppState};
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
@@ -43,22 +41,6 @@ fn canonical_name(name: &str) -> &str {
 
 fn base(state: &AppState) -> String {
     format!("{}/audit/fhir", state.aim.public_base)
-}
-
-async fn token(
-    req: &HttpRequest,
-    state: &web::Data<AppState>,
-) -> Result<Arc<VerifiedToken>, ApiError> {
-    let vault = &state.vault;
-    verify(
-        req,
-        state,
-        &vault.realm,
-        &vault.audience,
-        vault.introspector.clone(),
-    )
-    .await
-    .map_err(ApiError::into_fhir)
 }
 
 fn refused(state: &AppState) -> ApiError {

@@ -14,7 +14,6 @@ use base64::Engine as _;
 use tessera_iam::token::AccessTokenClaims;
 use tessera_iam::VerifiedToken;
 use tessera_types::{Secret, UnixTime};
-use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 /// Entries beyond this are dropped, oldest expiry first, so a flood of tokens cannot
 /// grow the cache without bound.
@@ -47,23 +46,7 @@ impl Introspector {
         ca_file: Option<&Path>,
         max_cache_seconds: i64,
     ) -> anyhow::Result<Self> {
-        let roots = match ca_file {
-            Some(path) => {
-                let certs = crate::tls::load_certs(path)?
-                    .into_iter()
-                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                    .collect::<Vec<_>>();
-                RootCerts::new_with_certs(&certs)
-            }
-            None => RootCerts::WebPki,
-        };
-        let agent = ureq::Agent::config_builder()
-            .https_only(true)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .new_agent();
+        let agent = crate::tls::https_agent(ca_file, Duration::from_secs(5), false)?;
         let pair = format!("{client_id}:{}", client_secret.expose());
         Ok(Self {
             url,

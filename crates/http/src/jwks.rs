@@ -11,7 +11,6 @@ use std::time::Duration;
 use tessera_iam::jose::JwkSet;
 use tessera_iam::JwksFetcher;
 use tessera_types::UnixTime;
-use ureq::tls::{Certificate, RootCerts, TlsConfig};
 
 const DEFAULT_MAX_AGE: i64 = 300;
 const LONGEST_MAX_AGE: i64 = 86_400;
@@ -32,22 +31,7 @@ pub struct HttpJwksFetcher {
 impl HttpJwksFetcher {
     /// `ca_file`: trust only these roots (e.g. a private CA); `None`: Mozilla's roots.
     pub fn new(ca_file: Option<&Path>, min_refresh_seconds: i64) -> anyhow::Result<Self> {
-        let roots = match ca_file {
-            Some(path) => {
-                let certs = crate::tls::load_certs(path)?
-                    .into_iter()
-                    .map(|c| Certificate::from_der(c.as_ref()).to_owned())
-                    .collect::<Vec<_>>();
-                RootCerts::new_with_certs(&certs)
-            }
-            None => RootCerts::WebPki,
-        };
-        let agent = ureq::Agent::config_builder()
-            .https_only(true)
-            .timeout_global(Some(Duration::from_secs(5)))
-            .tls_config(TlsConfig::builder().root_certs(roots).build())
-            .build()
-            .new_agent();
+        let agent = crate::tls::https_agent(ca_file, Duration::from_secs(5), true)?;
         Ok(Self {
             agent,
             min_refresh_seconds,

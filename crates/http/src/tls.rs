@@ -38,6 +38,33 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+/// An HTTPS-only client trusting `ca_file` (PEM), or Mozilla's roots when `None`, for
+/// Tessera's own outgoing calls (clients' `jwks_uri`, an introspection endpoint).
+pub fn https_agent(
+    ca_file: Option<&Path>,
+    timeout: std::time::Duration,
+    status_as_error: bool,
+) -> anyhow::Result<ureq::Agent> {
+    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    let roots = match ca_file {
+        Some(path) => {
+            let certs = load_certs(path)?
+                .into_iter()
+                .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+                .collect::<Vec<_>>();
+            RootCerts::new_with_certs(&certs)
+        }
+        None => RootCerts::WebPki,
+    };
+    Ok(ureq::Agent::config_builder()
+        .https_only(true)
+        .http_status_as_error(status_as_error)
+        .timeout_global(Some(timeout))
+        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .build()
+        .new_agent())
+}
+
 pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("cannot read certificates from {}", path.display()))?

@@ -81,7 +81,9 @@ fn partition_base(state: &AppState, partition: &str) -> String {
     format!("{}/{partition}", state.vault.base)
 }
 
-async fn token(
+/// The request's access token for the vault (and the audit repository), verified; kept
+/// in the request for its audit record.
+pub(crate) async fn token(
     req: &HttpRequest,
     state: &web::Data<AppState>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {

@@ -12,12 +12,48 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tessera_vault::index::{IndexEntry, IndexValue};
 use tessera_vault::registry::ParamKind;
 use tessera_vault::search::{Criterion, Match, SortKey, StringMode};
-use tessera_vault::{Prepared, Stored, VaultError, VaultStore, WriteKind, WriteOp, WriteOutcome};
+use tessera_vault::{
+    id_criterion, Prepared, Stored, VaultError, VaultStore, WriteKind, WriteOp, WriteOutcome,
+};
 
 use crate::schema::{fhir_index, fhir_resources, fhir_versions, partitions};
 use crate::{DbConnection, Store};
 
 type Row = (String, String, i64, i64, bool, String);
+
+/// The columns of a current resource, in [`Row`]'s order.
+const CURRENT_ROW: (
+    fhir_resources::resource_type,
+    fhir_resources::id,
+    fhir_resources::version,
+    fhir_resources::last_updated,
+    fhir_resources::deleted,
+    fhir_resources::content,
+) = (
+    fhir_resources::resource_type,
+    fhir_resources::id,
+    fhir_resources::version,
+    fhir_resources::last_updated,
+    fhir_resources::deleted,
+    fhir_resources::content,
+);
+
+/// The columns of a version, in [`Row`]'s order.
+const VERSION_ROW: (
+    fhir_versions::resource_type,
+    fhir_versions::id,
+    fhir_versions::version,
+    fhir_versions::last_updated,
+    fhir_versions::deleted,
+    fhir_versions::content,
+) = (
+    fhir_versions::resource_type,
+    fhir_versions::id,
+    fhir_versions::version,
+    fhir_versions::last_updated,
+    fhir_versions::deleted,
+    fhir_versions::content,
+);
 
 fn stored((resource_type, id, version, last_updated, deleted, content): Row) -> Stored {
     Stored {
@@ -321,29 +357,10 @@ fn load_current(
         .filter(fhir_resources::partition_id.eq(partition))
         .filter(fhir_resources::resource_type.eq(resource_type))
         .filter(fhir_resources::id.eq(id))
-        .select((
-            fhir_resources::resource_type,
-            fhir_resources::id,
-            fhir_resources::version,
-            fhir_resources::last_updated,
-            fhir_resources::deleted,
-            fhir_resources::content,
-        ))
+        .select(CURRENT_ROW)
         .first::<Row>(conn)
         .optional()
         .map(|row| row.map(stored))
-}
-
-fn id_criterion(id: &str) -> Criterion {
-    Criterion {
-        param: "_id".into(),
-        any_of: vec![Match::Token {
-            system: None,
-            code: Some(id.to_owned()),
-        }],
-        negate: false,
-        missing: None,
-    }
 }
 
 /// Does the resource meet one of the restrictions (as it is in this transaction)?
@@ -673,14 +690,7 @@ impl VaultStore for Store {
             .filter(fhir_versions::resource_type.eq(resource_type))
             .filter(fhir_versions::id.eq(id))
             .filter(fhir_versions::version.eq(version))
-            .select((
-                fhir_versions::resource_type,
-                fhir_versions::id,
-                fhir_versions::version,
-                fhir_versions::last_updated,
-                fhir_versions::deleted,
-                fhir_versions::content,
-            ))
+            .select(VERSION_ROW)
             .first::<Row>(&mut *conn)
             .optional()
             .map(|row| row.map(stored))
@@ -724,14 +734,7 @@ impl VaultStore for Store {
             ))
             .offset(i64::try_from(offset).unwrap_or(i64::MAX))
             .limit(i64::try_from(count).unwrap_or(i64::MAX))
-            .select((
-                fhir_versions::resource_type,
-                fhir_versions::id,
-                fhir_versions::version,
-                fhir_versions::last_updated,
-                fhir_versions::deleted,
-                fhir_versions::content,
-            ))
+            .select(VERSION_ROW)
             .load(&mut *conn)
             .map_err(store_error)?;
         Ok((
@@ -789,14 +792,7 @@ impl VaultStore for Store {
             .filter(fhir_resources::partition_id.eq(partition))
             .filter(fhir_resources::resource_type.eq(resource_type))
             .filter(fhir_resources::id.eq_any(&page))
-            .select((
-                fhir_resources::resource_type,
-                fhir_resources::id,
-                fhir_resources::version,
-                fhir_resources::last_updated,
-                fhir_resources::deleted,
-                fhir_resources::content,
-            ))
+            .select(CURRENT_ROW)
             .load(&mut *conn)
             .map_err(store_error)?;
         let mut by_id: HashMap<String, Stored> =

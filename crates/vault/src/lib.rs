@@ -185,7 +185,7 @@ pub struct Vault {
 }
 
 /// An `_id` criterion, to check one resource against restrictions.
-fn id_criterion(id: &str) -> Criterion {
+pub fn id_criterion(id: &str) -> Criterion {
     Criterion {
         param: "_id".into(),
         any_of: vec![Match::Token {
