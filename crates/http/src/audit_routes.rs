@@ -113,6 +113,9 @@ async fn query_inner(
     let st = state.clone().into_inner();
     let base = base(state);
     let bundle = blocking(move || {
+        st.store
+            .catch_up_audit_repository()
+            .map_err(|e| VaultError::Store(e.0))?;
         let vault = &st.vault.vault;
         let restriction = match access {
             RepositoryAccess::All => None,

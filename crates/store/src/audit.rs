@@ -19,7 +19,7 @@ use tessera_atna::{canonical, chain_hash, Record};
 use tessera_iam::StoreError;
 use tessera_types::UnixTime;
 
-use crate::schema::{audit_chain, audit_events};
+use crate::schema::{audit_chain, audit_events, audit_repository_cursor};
 use crate::{db_error, Store};
 
 /// The most events one transaction takes.
@@ -62,7 +62,6 @@ impl Store {
                     ))
                     .execute(conn)?;
             }
-            crate::vault::index_repository(conn, records)?;
             diesel::update(audit_chain::table.filter(audit_chain::id.eq(1)))
                 .set((audit_chain::seq.eq(seq), audit_chain::hash.eq(&hash)))
                 .execute(conn)
@@ -123,6 +122,54 @@ impl Store {
             checked,
             first_broken: None,
         })
+    }
+
+    /// Brings the audit repository (ITI-81) up to date with the trail: the events
+    /// appended since the last catch-up are indexed, in transactions of 500. Run before
+    /// each repository query, so the cost of indexing falls on auditors, not on every
+    /// audited request. Serialised by the cursor row's lock.
+    pub fn catch_up_audit_repository(&self) -> Result<u64, StoreError> {
+        let mut indexed = 0u64;
+        loop {
+            let mut conn = self.conn()?;
+            let done = conn
+                .transaction::<_, diesel::result::Error, _>(|conn| {
+                    diesel::update(
+                        audit_repository_cursor::table.filter(audit_repository_cursor::id.eq(1)),
+                    )
+                    .set(audit_repository_cursor::seq.eq(audit_repository_cursor::seq))
+                    .execute(conn)?;
+                    let cursor: i64 = audit_repository_cursor::table
+                        .filter(audit_repository_cursor::id.eq(1))
+                        .select(audit_repository_cursor::seq)
+                        .first(conn)?;
+                    let rows: Vec<(i64, String)> = audit_events::table
+                        .filter(audit_events::seq.gt(cursor))
+                        .order(audit_events::seq.asc())
+                        .limit(500)
+                        .select((audit_events::seq, audit_events::record))
+                        .load(conn)?;
+                    let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+                        return Ok(true);
+                    };
+                    let records: Vec<Record> = rows
+                        .iter()
+                        .filter_map(|(_, text)| serde_json::from_str(text).ok())
+                        .collect();
+                    crate::vault::index_repository(conn, &records)?;
+                    diesel::update(
+                        audit_repository_cursor::table.filter(audit_repository_cursor::id.eq(1)),
+                    )
+                    .set(audit_repository_cursor::seq.eq(last))
+                    .execute(conn)?;
+                    indexed += records.len() as u64;
+                    Ok(false)
+                })
+                .map_err(db_error)?;
+            if done {
+                return Ok(indexed);
+            }
+        }
     }
 
     /// Of these records, those whose id the trail does not hold yet, in order.

@@ -143,3 +143,10 @@ diesel::table! {
         reference -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    audit_repository_cursor (id) {
+        id -> Integer,
+        seq -> BigInt,
+    }
+}

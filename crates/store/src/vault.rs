@@ -442,8 +442,8 @@ fn registry() -> Option<&'static tessera_vault::Registry> {
 }
 
 /// Adds audit records to the audit repository (ITI-81): each as a FHIR AuditEvent in
-/// the repository partition, indexed on the repository's parameters. Called in the
-/// transaction that appends them to the trail, in bulk.
+/// the repository partition, indexed on the repository's parameters, in bulk. Called by
+/// [`Store::catch_up_audit_repository`] in the transaction that moves its cursor.
 pub(crate) fn index_repository(
     conn: &mut DbConnection,
     records: &[tessera_atna::Record],
