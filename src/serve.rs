@@ -160,6 +160,9 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         if services.aim {
             writeln!(out, "  aim           {base}/aim/api/v1/query/get-account-urn-from-mpi-id-urn")?;
         }
+        if services.atna {
+            writeln!(out, "  audit         {base}/audit/fhir/AuditEvent  (ITI-81 query, ITI-20 FHIR feed)")?;
+        }
         if services.vault {
             writeln!(out, "  fhir vault    {base}/fhir/{{partition}}  (CapabilityStatement: {base}/fhir/{{partition}}/metadata)")?;
         }
