@@ -122,6 +122,29 @@ pub fn server_settings(loaded: &Loaded, services: Services) -> ServerSettings {
     }
 }
 
+/// Records the node's start or stop (ATNA Application Activity), durably.
+async fn node_activity(state: &AppState, node: &str, started: bool) -> anyhow::Result<()> {
+    let record = tessera_atna::Record {
+        id: tessera_atna::new_event_id().context("no randomness for an audit event id")?,
+        recorded: tessera_http::now(),
+        observer: node.to_owned(),
+        client_address: None,
+        outcome: tessera_atna::Outcome::Success,
+        event: tessera_atna::Event::ApplicationActivity {
+            started,
+            node: node.to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+        },
+    };
+    state.audit.submit(record).await.map_err(|e| {
+        anyhow::anyhow!(
+            "the node's {} could not be audited: {}",
+            if started { "start" } else { "stop" },
+            e.0
+        )
+    })
+}
+
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -167,6 +190,9 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
             writeln!(out, "  fhir vault    {base}/fhir/{{partition}}  (CapabilityStatement: {base}/fhir/{{partition}}/metadata)")?;
         }
         out.flush()?;
-        running.server.await.context("the server stopped with an error")
+        node_activity(&state, &base, true).await?;
+        let stopped = running.server.await.context("the server stopped with an error");
+        node_activity(&state, &base, false).await?;
+        stopped
     })
 }

@@ -242,6 +242,29 @@ pub(crate) fn repository_request(
     }
 }
 
+pub(crate) fn application_activity(started: bool, node: &str, version: &str) -> Shape {
+    Shape {
+        action: 'E',
+        event: dcm("110100", "Application Activity"),
+        subtypes: vec![if started {
+            dcm("110120", "Application Start")
+        } else {
+            dcm("110121", "Application Stop")
+        }],
+        participants: vec![Participant {
+            id: node.to_owned(),
+            system: None,
+            alt_id: Some(format!("tessera {version}")),
+            role: APPLICATION,
+            requestor: false,
+            address: None,
+            policy: None,
+        }],
+        objects: Vec::new(),
+        outcome_text: None,
+    }
+}
+
 /// Which AIM transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

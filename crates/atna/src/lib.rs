@@ -171,6 +171,14 @@ pub enum Event {
         endpoint: String,
         status: u16,
     },
+    /// The node started or stopped (DICOM Application Activity).
+    ApplicationActivity {
+        started: bool,
+        /// The node's public URL.
+        node: String,
+        /// Tessera's version.
+        version: String,
+    },
     /// AIM: an MPI-ID resolved to an Account URN (CARA resolution or PIXm ITI-83).
     AccountLookup {
         transaction: AimTransaction,
@@ -234,6 +242,11 @@ impl Record {
                 endpoint,
                 *status,
             ),
+            Event::ApplicationActivity {
+                started,
+                node,
+                version,
+            } => events::application_activity(*started, node, version),
             Event::AccountLookup {
                 transaction,
                 token,
