@@ -338,6 +338,66 @@ where
 }
 
 pub fn execute(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let change = admin_change(&cli.command);
+    let (config, database_url) = (cli.config.clone(), cli.database_url.clone());
+    run_command(cli, out)?;
+    if let Some((command, target)) = change {
+        let loaded = load(config.as_deref(), database_url.as_deref())?;
+        audit_admin_change(&loaded, command, target)?;
+    }
+    Ok(())
+}
+
+/// The commands that change security or patient identity data, with what they change:
+/// each is recorded in the audit trail once it succeeded.
+fn admin_change(command: &Command) -> Option<(&'static str, String)> {
+    Some(match command {
+        Command::Client(ClientCommand::Add(args)) => ("client add", args.client_id.clone()),
+        Command::Client(ClientCommand::Disable { client_id, .. }) => {
+            ("client disable", client_id.clone())
+        }
+        Command::Client(ClientCommand::Enable { client_id, .. }) => {
+            ("client enable", client_id.clone())
+        }
+        Command::Realm(RealmCommand::Add { name, .. }) => ("realm add", name.clone()),
+        Command::Keys(KeysCommand::Rotate { realm, .. }) => (
+            "keys rotate",
+            realm.clone().unwrap_or_else(|| "(default realm)".into()),
+        ),
+        Command::Token(TokenCommand::Revoke { jti, .. }) => ("token revoke", jti.clone()),
+        Command::Account(AccountCommand::Add { mpi_id, .. }) => ("account add", mpi_id.clone()),
+        Command::Account(AccountCommand::LinkMpi { mpi_id, .. }) => {
+            ("account link-mpi", mpi_id.clone())
+        }
+        Command::Partition(PartitionCommand::Add { account, .. }) => {
+            ("partition add", account.clone())
+        }
+        _ => return None,
+    })
+}
+
+fn audit_admin_change(loaded: &Loaded, command: &str, target: String) -> anyhow::Result<()> {
+    let operator = std::env::var("SUDO_USER")
+        .or_else(|_| std::env::var("USER"))
+        .unwrap_or_else(|_| "unknown".into());
+    let record = tessera_atna::Record {
+        id: tessera_atna::new_event_id().context("no randomness for an audit event id")?,
+        recorded: now(),
+        observer: loaded.public_url(),
+        client_address: None,
+        outcome: tessera_atna::Outcome::Success,
+        event: tessera_atna::Event::AdminAction {
+            command: command.to_owned(),
+            target,
+            operator,
+        },
+    };
+    open_store(loaded)?
+        .append_audit(&[record])
+        .map_err(|e| anyhow::anyhow!("the change was made, but could not be audited: {}", e.0))
+}
+
+fn run_command(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
     match cli.command {
         Command::Init { dir, hostnames } => {
             init(&dir, &hostnames, cli.database_url.as_deref(), out)

@@ -27,6 +27,21 @@ pub fn records_eventually(env: &Env, n: usize) -> Vec<Record> {
     }
 }
 
+/// The token requests of the trail, once it holds at least `n` of them.
+pub fn token_trail(env: &Env, n: usize) -> Vec<Record> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let trail: Vec<Record> = records(env)
+            .into_iter()
+            .filter(|r| matches!(r.event, Event::TokenRequest { .. }))
+            .collect();
+        if trail.len() >= n || std::time::Instant::now() > deadline {
+            return trail;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 /// The raw text of the installation's audit journals.
 pub fn journal_text(env: &Env) -> String {
     let dir = env.path("data/audit-journal");
@@ -89,7 +104,7 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
         .to_owned();
     let journal = journaled(&env);
     assert_eq!(journal.len(), 1, "durable before the answer");
-    let trail = records_eventually(&env, 1);
+    let trail = token_trail(&env, 1);
     assert_eq!(trail, journal, "then in the database's trail");
     let granted = &trail[0];
     assert_eq!(granted.outcome, Outcome::Success);
@@ -149,7 +164,7 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
         .token(&[("client_id", "app")])
         .oauth_error(400, "invalid_request");
 
-    let trail = records_eventually(&env, 5);
+    let trail = token_trail(&env, 5);
     assert_eq!(trail.len(), 5, "{trail:#?}");
     assert_eq!(journaled(&env), trail);
     let refused = &trail[1];
@@ -197,10 +212,11 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
             200
         );
     }
-    assert_eq!(records_eventually(&env, 4).len(), 4);
+    // The registration (an admin action) and four token requests.
+    assert_eq!(records_eventually(&env, 5).len(), 5);
     assert_eq!(
         env.cli(&["audit", "verify"]).unwrap().trim(),
-        "audit chain intact: 4 events verified"
+        "audit chain intact: 5 events verified"
     );
 
     let export = env
@@ -210,7 +226,7 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 4);
+    assert_eq!(lines.len(), 5);
     assert!(lines.iter().all(|e| e["resourceType"] == "AuditEvent"));
     assert_eq!(
         env.cli(&["audit", "export", "--since", "2999-01-01"])
@@ -234,9 +250,9 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
         "UPDATE audit_events SET record = replace(record, '\"someone\"', '\"tcu\"') WHERE seq = 3",
     );
     assert!(env.cli(&["audit", "verify"]).is_ok());
-    env.sql("DELETE FROM audit_events WHERE seq = 4");
+    env.sql("DELETE FROM audit_events WHERE seq = 5");
     let missing = env.cli(&["audit", "verify"]).unwrap_err().to_string();
-    assert!(missing.contains("#4"), "{missing}");
+    assert!(missing.contains("#5"), "{missing}");
 }
 
 #[test]
@@ -281,9 +297,15 @@ fn introspections_and_aim_lookups_are_audited_too() {
     );
     assert_eq!(missing.status, 404);
 
-    let trail: Vec<Record> = records_eventually(&env, 4)
+    // Account and client registrations, a token, an introspection, two lookups.
+    let trail: Vec<Record> = records_eventually(&env, 6)
         .into_iter()
-        .filter(|r| !matches!(r.event, Event::TokenRequest { .. }))
+        .filter(|r| {
+            matches!(
+                r.event,
+                Event::Introspection { .. } | Event::AccountLookup { .. }
+            )
+        })
         .collect();
     assert_eq!(trail.len(), 3, "{trail:?}");
     match &trail[0].event {
@@ -505,4 +527,68 @@ fn the_node_records_its_start_and_stop() {
     assert_eq!(fhir["subtype"][0]["code"], "110120");
     assert_valid_fhir(&fhir);
     assert!(to_dicom_xml(&start).contains("<EventTypeCode csd-code=\"110120\""));
+}
+
+#[test]
+fn operator_changes_are_audited_and_failed_ones_are_not() {
+    const MPI: &str =
+        "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
+    let env = Env::new();
+    env.add_secret_client(&[
+        "--client-id",
+        "app",
+        "--auth",
+        "client_secret_basic",
+        "--scope",
+        "system/*.rs",
+    ]);
+    env.cli(&["client", "disable", "app"]).unwrap();
+    assert!(env
+        .cli(&[
+            "client",
+            "add",
+            "--client-id",
+            "app",
+            "--auth",
+            "client_secret_basic"
+        ])
+        .is_err());
+    env.cli(&["realm", "add", "second"]).unwrap();
+    env.cli(&["keys", "rotate"]).unwrap();
+    env.cli(&["account", "add", "--mpi-id", MPI]).unwrap();
+    let changes: Vec<(String, String)> = records(&env)
+        .iter()
+        .filter_map(|r| match &r.event {
+            Event::AdminAction {
+                command, target, ..
+            } => Some((command.clone(), target.clone())),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("client add", "app"),
+        ("client disable", "app"),
+        ("realm add", "second"),
+        ("keys rotate", "(default realm)"),
+        ("account add", MPI),
+    ]
+    .iter()
+    .map(|(c, t)| (c.to_string(), t.to_string()))
+    .collect();
+    assert_eq!(changes, expected, "the refused duplicate left no record");
+    let trail = records(&env);
+    let registration = to_fhir(&trail[0]);
+    assert_eq!(registration["type"]["code"], "110113");
+    assert_eq!(registration["subtype"][0]["code"], "110137");
+    assert_eq!(
+        registration["entity"][0]["what"]["identifier"]["value"],
+        "app"
+    );
+    assert_valid_fhir(&registration);
+    let account = to_fhir(&trail[4]);
+    assert_eq!(account["type"]["code"], "110110");
+    assert_eq!(account["action"], "C");
+    assert_valid_fhir(&account);
+    assert!(to_dicom_xml(&trail[3]).contains("<EventTypeCode csd-code=\"110129\""));
+    assert!(env.cli(&["audit", "verify"]).is_ok());
 }

@@ -95,13 +95,14 @@ fn auditors_query_the_trail_and_patients_see_only_their_own() {
             .status,
         404
     );
-    // 4 token requests, 4 vault requests: all in the trail before the first query.
-    assert_eq!(records_eventually(&env, 8).len(), 8);
+    // 2 account and 4 client registrations, 4 token requests, 4 vault requests: all in
+    // the trail before the first query.
+    assert_eq!(records_eventually(&env, 14).len(), 14);
 
     let day = &tessera_vault::dates::format_instant(crate::support::now() * 1000)[..10];
     let range = format!("date=ge{day}&date=le{day}T23:59:59Z");
     let all = get(&c, &auditor, &range);
-    assert_eq!(total(&all), 8);
+    assert_eq!(total(&all), 14);
     let bundle = all.json();
     assert_eq!(bundle["entry"][0]["resource"]["resourceType"], "AuditEvent");
     assert_valid_fhir(&bundle);
@@ -151,7 +152,12 @@ fn auditors_query_the_trail_and_patients_see_only_their_own() {
         total(&get(&c, &auditor, &format!("{range}&agent=clinic"))),
         5
     );
-    assert_eq!(total(&get(&c, &auditor, &format!("{range}&action=C"))), 3);
+    assert_eq!(total(&get(&c, &auditor, &format!("{range}&action=C"))), 9);
+    assert_eq!(
+        total(&get(&c, &auditor, &format!("{range}&subtype=110137"))),
+        4,
+        "client registrations"
+    );
     assert_eq!(total(&get(&c, &auditor, "date=lt2000-01-01")), 0);
     let page = get(&c, &auditor, &format!("{range}&_count=2")).json();
     assert_eq!(page["entry"].as_array().unwrap().len(), 2);
@@ -187,7 +193,7 @@ fn auditors_query_the_trail_and_patients_see_only_their_own() {
     );
 
     // Every repository request was audited itself (ITI-81 query events).
-    let trail = records_eventually(&env, 8 + 17);
+    let trail = records_eventually(&env, 14 + 18);
     let queries: Vec<u16> = trail
         .iter()
         .filter_map(|r| match &r.event {
@@ -195,7 +201,7 @@ fn auditors_query_the_trail_and_patients_see_only_their_own() {
             _ => None,
         })
         .collect();
-    assert_eq!(queries.len(), 17, "{queries:?}");
+    assert_eq!(queries.len(), 18, "{queries:?}");
     assert_eq!(queries.iter().filter(|s| **s == 403).count(), 2);
     let query_event = trail
         .iter()

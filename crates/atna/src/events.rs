@@ -265,6 +265,56 @@ pub(crate) fn application_activity(started: bool, node: &str, version: &str) -> 
     }
 }
 
+/// A CLI change: security data are a Security Alert (DICOM 110113) naming what changed;
+/// accounts and partitions are a Patient Record event (110110).
+pub(crate) fn admin_action(command: &str, target: &str, operator: &str) -> Shape {
+    let (event, subtype, role) = match command.split(' ').next().unwrap_or_default() {
+        "account" | "partition" => (dcm("110110", "Patient Record"), None, ObjectRole::Patient),
+        "client" => (
+            SECURITY_ALERT,
+            Some(dcm("110137", "User Security Attributes Changed")),
+            ObjectRole::SecurityResource,
+        ),
+        "token" => (
+            SECURITY_ALERT,
+            Some(dcm("110135", "Object Security Attributes Changed")),
+            ObjectRole::SecurityResource,
+        ),
+        _ => (
+            SECURITY_ALERT,
+            Some(dcm("110129", "Security Configuration")),
+            ObjectRole::SecurityResource,
+        ),
+    };
+    let kind = if role == ObjectRole::Patient {
+        ObjectType::Person
+    } else {
+        ObjectType::SystemObject
+    };
+    Shape {
+        action: if command.ends_with(" add") { 'C' } else { 'U' },
+        event,
+        subtypes: subtype.into_iter().collect(),
+        participants: vec![Participant {
+            id: operator.to_owned(),
+            system: None,
+            alt_id: Some(format!("tessera {command}")),
+            role: APPLICATION,
+            requestor: true,
+            address: None,
+            policy: None,
+        }],
+        objects: vec![Object {
+            kind,
+            role,
+            id: target.to_owned(),
+            reference: None,
+            query: None,
+        }],
+        outcome_text: None,
+    }
+}
+
 /// Which AIM transaction.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

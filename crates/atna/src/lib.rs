@@ -171,6 +171,16 @@ pub enum Event {
         endpoint: String,
         status: u16,
     },
+    /// An operator changed security or patient identity data with the CLI (a client,
+    /// realm, key, revocation, account or partition).
+    AdminAction {
+        /// The command, e.g. `client add`.
+        command: String,
+        /// What it changed: a client id, realm, jti, Account URN or MPI-ID.
+        target: String,
+        /// The operating-system user who ran it.
+        operator: String,
+    },
     /// The node started or stopped (DICOM Application Activity).
     ApplicationActivity {
         started: bool,
@@ -247,6 +257,11 @@ impl Record {
                 node,
                 version,
             } => events::application_activity(*started, node, version),
+            Event::AdminAction {
+                command,
+                target,
+                operator,
+            } => events::admin_action(command, target, operator),
             Event::AccountLookup {
                 transaction,
                 token,
