@@ -20,12 +20,29 @@ use tessera_iam::StoreError;
 use tessera_types::UnixTime;
 
 use crate::schema::{audit_chain, audit_events, audit_repository_cursor};
-use crate::{db_error, Store};
+use crate::{db_error, DbConnection, Store};
 
 /// The most events one transaction takes.
 const MAX_BATCH: usize = 512;
 /// How long the drainer gathers journaled records before a database transaction.
 const DRAIN_GATHER: Duration = Duration::from_millis(50);
+
+/// A record as the journal holds it; its canonical text is what is hashed and stored.
+struct Journaled {
+    id: String,
+    recorded: i64,
+    text: String,
+}
+
+impl Journaled {
+    fn of(record: &Record) -> Self {
+        Self {
+            id: record.id.clone(),
+            recorded: record.recorded.0,
+            text: canonical(record),
+        }
+    }
+}
 
 /// The result of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,6 +55,13 @@ pub struct ChainReport {
 impl Store {
     /// Appends records in order, in one transaction, extending the chain.
     pub fn append_audit(&self, records: &[Record]) -> Result<(), StoreError> {
+        let lines: Vec<Journaled> = records.iter().map(Journaled::of).collect();
+        self.append_journaled(&lines)
+    }
+
+    /// Appends records already in their canonical text, in one transaction and in
+    /// multi-row inserts, extending the chain.
+    fn append_journaled(&self, lines: &[Journaled]) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
             // Take the head's row lock before reading it (PostgreSQL; SQLite writes are serial).
@@ -48,19 +72,25 @@ impl Store {
                 .filter(audit_chain::id.eq(1))
                 .select((audit_chain::seq, audit_chain::hash))
                 .first(conn)?;
-            for record in records {
-                let text = canonical(record);
+            let mut rows = Vec::with_capacity(lines.len());
+            for line in lines {
                 seq += 1;
-                hash = chain_hash(&hash, &text);
-                diesel::insert_into(audit_events::table)
-                    .values((
-                        audit_events::seq.eq(seq),
-                        audit_events::id.eq(&record.id),
-                        audit_events::recorded.eq(record.recorded.0),
-                        audit_events::record.eq(&text),
-                        audit_events::hash.eq(&hash),
-                    ))
-                    .execute(conn)?;
+                hash = chain_hash(&hash, &line.text);
+                rows.push((
+                    audit_events::seq.eq(seq),
+                    audit_events::id.eq(&line.id),
+                    audit_events::recorded.eq(line.recorded),
+                    audit_events::record.eq(&line.text),
+                    audit_events::hash.eq(hash.clone()),
+                ));
+            }
+            // Multi-row inserts are per backend (diesel's MultiBackend has none).
+            for chunk in rows.chunks(1000) {
+                let insert = diesel::insert_into(audit_events::table).values(chunk);
+                match &mut **conn {
+                    DbConnection::Sqlite(c) => insert.execute(c)?,
+                    DbConnection::Postgres(c) => insert.execute(c)?,
+                };
             }
             diesel::update(audit_chain::table.filter(audit_chain::id.eq(1)))
                 .set((audit_chain::seq.eq(seq), audit_chain::hash.eq(&hash)))
@@ -351,6 +381,7 @@ impl AuditWriter {
             .name("audit-journal".into())
             .spawn(move || {
                 let journal = Journal {
+                    size: file.metadata().map(|m| m.len()).unwrap_or(0),
                     file,
                     path,
                     written: 0,
@@ -451,11 +482,13 @@ struct Journal {
     written: u64,
     /// Records the drainer has committed to the database, counted the same way.
     drained: Arc<AtomicU64>,
+    /// Bytes in the journal file.
+    size: u64,
     rotate_bytes: u64,
 }
 
 impl Journal {
-    fn run(mut self, incoming: &Receiver<(Record, Reply)>, drainer: &Sender<Vec<Record>>) {
+    fn run(mut self, incoming: &Receiver<(Record, Reply)>, drainer: &Sender<Vec<Journaled>>) {
         while let Ok(first) = incoming.recv() {
             let mut batch = vec![first];
             while batch.len() < MAX_BATCH {
@@ -464,7 +497,7 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            let records: Vec<Record> = batch.iter().map(|(r, _)| r.clone()).collect();
+            let records: Vec<Journaled> = batch.iter().map(|(r, _)| Journaled::of(r)).collect();
             let result = self.append(&records);
             if let Err(e) = &result {
                 tracing::error!(error = %e.0, journal = %self.path.display(), events = records.len(), "audit events could not be journaled");
@@ -481,26 +514,25 @@ impl Journal {
         }
     }
 
-    fn append(&mut self, records: &[Record]) -> Result<(), StoreError> {
+    fn append(&mut self, lines: &[Journaled]) -> Result<(), StoreError> {
         let mut buffer = String::new();
-        for record in records {
-            buffer.push_str(&canonical(record));
+        for line in lines {
+            buffer.push_str(&line.text);
             buffer.push('\n');
         }
         self.file.write_all(buffer.as_bytes()).map_err(db_error)?;
-        self.file.sync_data().map_err(db_error)
+        self.file.sync_data().map_err(db_error)?;
+        self.size += buffer.len() as u64;
+        Ok(())
     }
 
     /// Empties the journal when the database holds all of it and it has grown large.
     fn rotate(&mut self) {
-        let large = self
-            .file
-            .metadata()
-            .map(|m| m.len() >= self.rotate_bytes)
-            .unwrap_or(false);
+        let large = self.size >= self.rotate_bytes;
         if large && self.drained.load(Ordering::SeqCst) == self.written {
             match self.file.set_len(0).and_then(|()| self.file.sync_all()) {
                 Ok(()) => {
+                    self.size = 0;
                     self.written = 0;
                     self.drained.store(0, Ordering::SeqCst);
                 }
@@ -516,7 +548,7 @@ impl Journal {
 /// database fails, retries the same records with backoff (they are safe in the journal).
 fn drain(
     store: &Store,
-    incoming: &Receiver<Vec<Record>>,
+    incoming: &Receiver<Vec<Journaled>>,
     drained: &AtomicU64,
     stopping: &AtomicBool,
 ) {
@@ -532,7 +564,7 @@ fn drain(
             }
         }
         let mut wait = Duration::from_millis(50);
-        while let Err(e) = store.append_audit(&records) {
+        while let Err(e) = store.append_journaled(&records) {
             if stopping.load(Ordering::SeqCst) {
                 tracing::error!(error = %e.0, events = records.len(), "stopping with audit events only in the journal; the next start moves them");
                 return;
