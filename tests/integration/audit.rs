@@ -408,24 +408,30 @@ fn a_journal_left_by_a_crash_is_replayed_once_at_start() {
     );
 }
 
-#[test]
-fn killing_the_server_under_load_loses_no_audit_record() {
-    use std::sync::{Arc, Mutex};
-    let env = Env::new();
-    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
+/// `tessera serve` as its own process (to be killed or signalled), once it answers.
+fn serve_process(env: &Env) -> std::process::Child {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
         .args(["--config", env.config.to_str().unwrap(), "serve"])
         .env("RUST_LOG", "warn")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let probe = Client::new(&env, None);
+    let probe = Client::new(env, None);
     let started = std::time::Instant::now();
     while probe.try_get("/healthz").is_err() {
         assert!(started.elapsed().as_secs() < 30, "the server did not start");
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
+    child
+}
+
+#[test]
+fn killing_the_server_under_load_loses_no_audit_record() {
+    use std::sync::{Arc, Mutex};
+    let env = Env::new();
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
+    let mut child = serve_process(&env);
     // Four clients ask for tokens as fast as they can; the server is killed meanwhile.
     let answered = Arc::new(Mutex::new(Vec::new()));
     let workers: Vec<_> = (0..4)
@@ -486,19 +492,7 @@ fn killing_the_server_under_load_loses_no_audit_record() {
 #[test]
 fn the_node_records_its_start_and_stop() {
     let env = Env::new();
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_tessera"))
-        .args(["--config", env.config.to_str().unwrap(), "serve"])
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let probe = Client::new(&env, None);
-    let started = std::time::Instant::now();
-    while probe.try_get("/healthz").is_err() {
-        assert!(started.elapsed().as_secs() < 30, "the server did not start");
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let mut child = serve_process(&env);
     let term = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
