@@ -696,6 +696,22 @@ fn every_authorization_case_of_iti_72() {
         403,
         "forbidden",
     );
+    let restricted = v.token(
+        "restricted-updater",
+        "system/Observation.u?status=final",
+        &["pa"],
+    );
+    outcome(
+        &c.send(
+            "PUT",
+            "/fhir/pa/Observation/fresh",
+            Some(&restricted),
+            &[],
+            Some(&fresh.to_string()),
+        ),
+        403,
+        "forbidden",
+    );
     let mut updated = obs.clone();
     updated["status"] = json!("amended");
     assert_eq!(

@@ -524,15 +524,16 @@ impl Vault {
             )));
         }
         if let WriteKind::Update { may_create, .. } = &mut op.kind {
-            // An update that creates is a create too.
+            // An update that creates is a create too: it needs `c` (the written resource
+            // still has to meet the update's restrictions, checked in the store).
             *may_create = authz::authorize(
                 &self.registry,
                 ctx.grant,
                 ctx.partition,
                 &op.resource_type,
                 Interaction::Create,
-            ) == Ok(Access::All)
-                || matches!(access, Access::Restricted(_));
+            )
+            .is_ok();
         }
         if let Access::Restricted(r) = access {
             op.restrictions = Some(r);
