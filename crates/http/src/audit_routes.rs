@@ -17,7 +17,7 @@ use tessera_vault::{VaultError, WriteOutcome};
 use crate::audit::{append, record, token_use};
 use crate::error::{vault_status, BearerError};
 use crate::vault_routes::token;
-use crate::{blocking, ApiError, AppState};
+use crate::{blocking, now_ms, ApiError, AppState};
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     cfg.service(
@@ -50,8 +50,19 @@ fn refused(state: &AppState) -> ApiError {
     }
 }
 
-fn now_ms() -> i64 {
-    crate::now().0.saturating_mul(1000)
+/// The caller's token. A refused one is answered here too, after its own audit record.
+async fn caller(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    interaction: &str,
+) -> Result<std::sync::Arc<VerifiedToken>, ApiError> {
+    match token(req, state).await {
+        Ok(token) => Ok(token),
+        Err(error) => match audited(req, state, interaction, None, Err(error)).await {
+            Err(error) => Err(error),
+            Ok(_) => Err(ApiError::Internal("a refused token was answered".into())),
+        },
+    }
 }
 
 /// Answers after the request's own audit record is durable.
@@ -78,10 +89,7 @@ async fn audited(
 }
 
 async fn query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let token = match token(&req, &state).await {
-        Ok(token) => token,
-        Err(error) => return audited(&req, &state, "search-type", None, Err(error)).await,
-    };
+    let token = caller(&req, &state, "search-type").await?;
     let result = query_inner(&req, &state, &token).await;
     audited(&req, &state, "search-type", Some(&token), result).await
 }
@@ -193,10 +201,7 @@ async fn feed_one(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = match token(&req, &state).await {
-        Ok(token) => token,
-        Err(error) => return audited(&req, &state, "create", None, Err(error)).await,
-    };
+    let token = caller(&req, &state, "create").await?;
     let result = async {
         repository_access(&token.claims.scope, None, true).ok_or_else(|| refused(&state))?;
         let resource = parse_body(&body)?;
@@ -225,10 +230,7 @@ async fn feed_batch(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = match token(&req, &state).await {
-        Ok(token) => token,
-        Err(error) => return audited(&req, &state, "create", None, Err(error)).await,
-    };
+    let token = caller(&req, &state, "create").await?;
     let result = async {
         repository_access(&token.claims.scope, None, true).ok_or_else(|| refused(&state))?;
         let bundle = parse_body(&body)?;

@@ -156,6 +156,14 @@ pub fn now() -> UnixTime {
     UnixTime(i64::try_from(seconds).unwrap_or(i64::MAX))
 }
 
+/// The wall clock in milliseconds (FHIR `lastUpdated`, audit repository entries).
+pub(crate) fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or_default()
+}
+
 /// A server that is listening; `server` must be awaited (or its handle stopped).
 pub struct RunningServer {
     pub addr: SocketAddr,

@@ -18,7 +18,7 @@ use actix_web::HttpMessage as _;
 use crate::audit::{SearchBody, VaultToken};
 use crate::bearer::verify;
 use crate::error::vault_status;
-use crate::{blocking, ApiError, AppState};
+use crate::{blocking, now_ms, ApiError, AppState};
 
 /// What the vault needs besides the store.
 pub struct VaultState {
@@ -68,13 +68,6 @@ fn new_id() -> Result<String, ApiError> {
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| ApiError::Internal("no randomness for a resource id".into()))?;
     Ok(tessera_types::uuid_v4(bytes))
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or_default()
 }
 
 fn partition_base(state: &AppState, partition: &str) -> String {
