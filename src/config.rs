@@ -34,6 +34,79 @@ pub struct Config {
 pub struct AuditConfig {
     /// Where each running instance keeps its audit journal (local disk).
     pub journal_dir: PathBuf,
+    /// The HOSTNAME of syslog messages. Empty: this machine's host name.
+    pub hostname: String,
+    /// ITI-20 syslog receivers (`[[audit.syslog]]`), each sent every event.
+    #[serde(default)]
+    pub syslog: Vec<SyslogConfig>,
+    /// Remote audit repositories fed over FHIR (`[[audit.fhir_feed]]`).
+    #[serde(default)]
+    pub fhir_feed: Vec<FhirFeedConfig>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyslogConfig {
+    /// `host:port` of the receiver (RFC 5425 names port 6514).
+    pub address: String,
+    /// Names the delivery cursor; keep it when the address changes. Empty: `syslog:{address}`.
+    #[serde(default)]
+    pub name: String,
+    /// The name the receiver's certificate must carry. Empty: the host of `address`.
+    #[serde(default)]
+    pub server_name: String,
+    /// CA bundle the receiver's certificate must chain to.
+    #[serde(default = "default_ca")]
+    pub ca: PathBuf,
+    /// The certificate and key presented to the receiver. Unset: the node's, [tls] cert/key.
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+    /// How long to listen for a refusal after connecting and after each send.
+    #[serde(default = "default_confirm_ms")]
+    pub confirm_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FhirFeedConfig {
+    /// The remote audit repository's FHIR base; batch Bundles are POSTed to it.
+    pub url: String,
+    /// The token endpoint of the repository's authorization server.
+    pub token_url: String,
+    pub client_id: String,
+    /// Empty: the client authenticates with the node's certificate (mutual TLS).
+    #[serde(default)]
+    pub client_secret: String,
+    #[serde(default = "default_feed_scope")]
+    pub scope: String,
+    /// Names the delivery cursor. Empty: `fhir:{url}`.
+    #[serde(default)]
+    pub name: String,
+    /// CA bundle trusted for both endpoints. Unset: Mozilla's roots.
+    #[serde(default = "default_ca_option")]
+    pub ca: Option<PathBuf>,
+    #[serde(default)]
+    pub cert: Option<PathBuf>,
+    #[serde(default)]
+    pub key: Option<PathBuf>,
+}
+
+fn default_ca() -> PathBuf {
+    "pki/ca.crt".into()
+}
+
+fn default_ca_option() -> Option<PathBuf> {
+    Some(default_ca())
+}
+
+fn default_confirm_ms() -> u64 {
+    100
+}
+
+fn default_feed_scope() -> String {
+    "system/AuditEvent.c".into()
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -174,6 +247,9 @@ impl Default for Config {
             },
             audit: AuditConfig {
                 journal_dir: "data/audit-journal".into(),
+                hostname: String::new(),
+                syslog: Vec::new(),
+                fhir_feed: Vec::new(),
             },
         }
     }

@@ -12,6 +12,9 @@ use tessera_http::{AimSettings, AppState, ServerSettings, Services, VaultState};
 use tessera_iam::{IamSettings, TokenService};
 
 use crate::config::{Loaded, LogFormat, VerifyMode};
+use tessera_http::delivery::{
+    Deliveries, Destination, FhirFeedSettings, SyslogSettings, TransportSettings,
+};
 use tessera_http::gateway::Introspector;
 
 /// The shared application state: database, token service, metrics.
@@ -122,6 +125,83 @@ pub fn server_settings(loaded: &Loaded, services: Services) -> ServerSettings {
     }
 }
 
+/// Starts delivering the trail to the ITI-20 destinations of `[audit]`.
+pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Result<Deliveries> {
+    let audit = &loaded.config.audit;
+    let tls = &loaded.config.tls;
+    let node_cert = |cert: &Option<std::path::PathBuf>, key: &Option<std::path::PathBuf>| {
+        (
+            loaded.path(cert.as_deref().unwrap_or(&tls.cert)),
+            loaded.path(key.as_deref().unwrap_or(&tls.key)),
+        )
+    };
+    let hostname = match audit.hostname.as_str() {
+        "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_owned())
+            .unwrap_or_default(),
+        name => name.to_owned(),
+    };
+    let sender = tessera_atna::syslog::Sender {
+        hostname: hostname.clone(),
+        app_name: "tessera".into(),
+        procid: std::process::id().to_string(),
+    };
+    let mut destinations = Vec::new();
+    for syslog in &audit.syslog {
+        let (cert, key) = node_cert(&syslog.cert, &syslog.key);
+        let host = syslog
+            .address
+            .rsplit_once(':')
+            .map(|(host, _)| host.trim_start_matches('[').trim_end_matches(']'))
+            .with_context(|| {
+                format!("audit.syslog address {:?} is not host:port", syslog.address)
+            })?;
+        destinations.push(Destination {
+            name: match syslog.name.as_str() {
+                "" => format!("syslog:{}", syslog.address),
+                name => name.to_owned(),
+            },
+            transport: TransportSettings::Syslog(SyslogSettings {
+                address: syslog.address.clone(),
+                server_name: match syslog.server_name.as_str() {
+                    "" => host.to_owned(),
+                    name => name.to_owned(),
+                },
+                ca: loaded.path(&syslog.ca),
+                cert,
+                key,
+                confirm: Duration::from_millis(syslog.confirm_ms),
+                sender: sender.clone(),
+            }),
+        });
+    }
+    for feed in &audit.fhir_feed {
+        let (cert, key) = node_cert(&feed.cert, &feed.key);
+        destinations.push(Destination {
+            name: match feed.name.as_str() {
+                "" => format!("fhir:{}", feed.url),
+                name => name.to_owned(),
+            },
+            transport: TransportSettings::Fhir(FhirFeedSettings {
+                url: feed.url.clone(),
+                token_url: feed.token_url.clone(),
+                client_id: feed.client_id.clone(),
+                client_secret: tessera_types::Secret::new(feed.client_secret.clone()),
+                scope: feed.scope.clone(),
+                ca: feed.ca.as_deref().map(|p| loaded.path(p)),
+                cert,
+                key,
+            }),
+        });
+    }
+    let owner = format!(
+        "{hostname}/{}/{}",
+        std::process::id(),
+        tessera_atna::new_event_id().unwrap_or_default()
+    );
+    tessera_http::delivery::start(store, &destinations, &owner)
+}
+
 /// Records the node's start or stop (ATNA Application Activity), durably.
 async fn node_activity(state: &AppState, node: &str, started: bool) -> anyhow::Result<()> {
     let record = tessera_atna::Record {
@@ -161,6 +241,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
     init_logging(loaded.config.server.log_format);
     let settings = server_settings(&loaded, services);
     let state = app_state(&loaded)?;
+    let deliveries = deliveries(&loaded, state.store.clone())?;
     actix_web::rt::System::new().block_on(async move {
         let running = tessera_http::start(state.clone(), &settings).with_context(|| {
             format!(
@@ -193,6 +274,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         node_activity(&state, &base, true).await?;
         let stopped = running.server.await.context("the server stopped with an error");
         node_activity(&state, &base, false).await?;
+        drop(deliveries);
         stopped
     })
 }

@@ -18,6 +18,7 @@ mod cli;
 mod discovery;
 mod introspection;
 mod repository;
+mod syslog;
 mod token_jwt;
 mod token_mtls;
 mod token_secret;

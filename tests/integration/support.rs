@@ -74,7 +74,7 @@ pub struct Env {
     _db: Option<PgDatabase>,
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -302,6 +302,8 @@ pub fn run_cli(args: &[String]) -> anyhow::Result<String> {
 pub struct Server {
     handle: actix_web::dev::ServerHandle,
     thread: Option<JoinHandle<()>>,
+    /// The ITI-20 senders of `[audit]`, stopped after the server.
+    deliveries: Option<tessera_http::delivery::Deliveries>,
 }
 
 impl Server {
@@ -318,7 +320,15 @@ impl Server {
     }
 
     fn start_configured(loaded: tessera::config::Loaded, services: Services) -> Self {
+        // TESSERA_TEST_LOG=debug (a tracing filter) shows the server's log in failing tests.
+        if let Ok(filter) = std::env::var("TESSERA_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
         let thread_state = tessera::serve::app_state(&loaded).unwrap();
+        let deliveries = tessera::serve::deliveries(&loaded, thread_state.store.clone()).unwrap();
         let settings = tessera::serve::server_settings(&loaded, services);
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -334,6 +344,7 @@ impl Server {
         Self {
             handle,
             thread: Some(thread),
+            deliveries: Some(deliveries),
         }
     }
 }
@@ -345,6 +356,7 @@ impl Drop for Server {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        self.deliveries.take();
     }
 }
 
@@ -720,4 +732,24 @@ pub fn assert_valid_fhir(resource: &Value) {
         "not valid FHIR R4: {}\n{resource:#}",
         String::from_utf8_lossy(&output.stdout)
     );
+}
+
+/// A client certificate from a self-made CA that Tessera does not know.
+pub fn foreign_ca_client(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.distinguished_name.push(DnType::CommonName, "Foreign CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let issuer = Issuer::new(ca, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "bestclinic");
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let (crt_path, key_path) = (env.path("foreign.crt"), env.path("foreign.key"));
+    std::fs::write(&crt_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key.serialize_pem()).unwrap();
+    (crt_path, key_path)
 }

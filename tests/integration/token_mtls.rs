@@ -9,7 +9,7 @@ use tessera_iam::jose::{b64, JwkSet, UnverifiedJws};
 
 use rustls::AlertDescription;
 
-use crate::support::{decode_jwt, now, tls_probe, Client, Env};
+use crate::support::{decode_jwt, foreign_ca_client, now, tls_probe, Client, Env};
 
 const CLIENT_ID: &str = "bestclinic-tcu";
 
@@ -157,26 +157,6 @@ fn certificate_failures_are_refused() {
     let reply =
         Client::new(&env, Some((&crt, &key))).token(&[("grant_type", "client_credentials")]);
     reply.oauth_error(401, "invalid_client");
-}
-
-/// A client certificate from a self-made CA that Tessera does not know.
-fn foreign_ca_client(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-    let ca_key = KeyPair::generate().unwrap();
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca.distinguished_name.push(DnType::CommonName, "Foreign CA");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    let issuer = Issuer::new(ca, ca_key);
-    let key = KeyPair::generate().unwrap();
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "bestclinic");
-    let cert = params.signed_by(&key, &issuer).unwrap();
-    let (crt_path, key_path) = (env.path("foreign.crt"), env.path("foreign.key"));
-    std::fs::write(&crt_path, cert.pem()).unwrap();
-    std::fs::write(&key_path, key.serialize_pem()).unwrap();
-    (crt_path, key_path)
 }
 
 /// Asserts that the server refuses the certificate with `alert`, over TLS 1.3 and 1.2.

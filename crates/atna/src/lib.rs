@@ -12,6 +12,7 @@ mod dicom;
 mod events;
 mod fhir;
 pub mod shape;
+pub mod syslog;
 
 pub use dicom::to_dicom_xml;
 pub use events::{AimTransaction, TokenUse};

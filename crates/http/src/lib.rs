@@ -9,6 +9,7 @@ mod aim_routes;
 pub mod audit;
 mod audit_routes;
 pub mod bearer;
+pub mod delivery;
 pub mod error;
 pub mod gateway;
 mod iam_routes;

@@ -45,7 +45,17 @@ pub fn https_agent(
     timeout: std::time::Duration,
     status_as_error: bool,
 ) -> anyhow::Result<ureq::Agent> {
-    use ureq::tls::{Certificate, RootCerts, TlsConfig};
+    https_agent_with(ca_file, timeout, status_as_error, None)
+}
+
+/// [`https_agent`] that also presents a client certificate: `(cert, key)` PEM files.
+pub fn https_agent_with(
+    ca_file: Option<&Path>,
+    timeout: std::time::Duration,
+    status_as_error: bool,
+    client_cert: Option<(&Path, &Path)>,
+) -> anyhow::Result<ureq::Agent> {
+    use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
     let roots = match ca_file {
         Some(path) => {
             let certs = load_certs(path)?
@@ -56,11 +66,24 @@ pub fn https_agent(
         }
         None => RootCerts::WebPki,
     };
+    let mut tls = TlsConfig::builder().root_certs(roots);
+    if let Some((cert, key)) = client_cert {
+        let chain = load_certs(cert)?
+            .into_iter()
+            .map(|c| Certificate::from_der(c.as_ref()).to_owned())
+            .collect::<Vec<_>>();
+        let pem = std::fs::read(key)
+            .with_context(|| format!("cannot read the private key {}", key.display()))?;
+        let key = PrivateKey::from_pem(&pem)
+            .with_context(|| format!("{} is not a PEM private key", key.display()))?
+            .to_owned();
+        tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
+    }
     Ok(ureq::Agent::config_builder()
         .https_only(true)
         .http_status_as_error(status_as_error)
         .timeout_global(Some(timeout))
-        .tls_config(TlsConfig::builder().root_certs(roots).build())
+        .tls_config(tls.build())
         .build()
         .new_agent())
 }
@@ -76,7 +99,7 @@ pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     Ok(certs)
 }
 
-fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
+pub(crate) fn load_key(path: &Path) -> anyhow::Result<PrivateKeyDer<'static>> {
     PrivateKeyDer::from_pem_file(path)
         .with_context(|| format!("cannot read a PEM private key from {}", path.display()))
 }

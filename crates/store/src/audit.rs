@@ -19,7 +19,7 @@ use tessera_atna::{canonical, chain_hash, Record};
 use tessera_iam::StoreError;
 use tessera_types::UnixTime;
 
-use crate::schema::{audit_chain, audit_events, audit_repository_cursor};
+use crate::schema::{audit_chain, audit_deliveries, audit_events, audit_repository_cursor};
 use crate::{db_error, DbConnection, Store};
 
 /// The most events one transaction takes.
@@ -574,5 +574,125 @@ fn drain(
             wait = (wait * 2).min(Duration::from_secs(5));
         }
         drained.fetch_add(records.len() as u64, Ordering::SeqCst);
+    }
+}
+
+/// A delivery's lease: held by one instance, renewed as it delivers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The last sequence number the destination acknowledged.
+    pub seq: i64,
+}
+
+impl Store {
+    /// Takes or renews the lease on delivering to `destination` until `now + seconds`:
+    /// granted when nobody holds it, `owner` already does, or the holder's lease ran
+    /// out. A destination seen for the first time starts at the beginning of the trail.
+    pub fn claim_delivery(
+        &self,
+        destination: &str,
+        owner: &str,
+        now: UnixTime,
+        seconds: i64,
+    ) -> Result<Option<Lease>, StoreError> {
+        let mut conn = self.conn()?;
+        conn.transaction::<_, diesel::result::Error, _>(|conn| {
+            let row = (
+                audit_deliveries::destination.eq(destination),
+                audit_deliveries::seq.eq(0i64),
+                audit_deliveries::owner.eq(""),
+                audit_deliveries::lease_until.eq(0i64),
+            );
+            let insert = diesel::insert_into(audit_deliveries::table)
+                .values(row)
+                .on_conflict_do_nothing();
+            match &mut **conn {
+                DbConnection::Sqlite(c) => insert.execute(c)?,
+                DbConnection::Postgres(c) => insert.execute(c)?,
+            };
+            let claimed = diesel::update(
+                audit_deliveries::table
+                    .filter(audit_deliveries::destination.eq(destination))
+                    .filter(
+                        audit_deliveries::owner
+                            .eq(owner)
+                            .or(audit_deliveries::lease_until.lt(now.0)),
+                    ),
+            )
+            .set((
+                audit_deliveries::owner.eq(owner),
+                audit_deliveries::lease_until.eq(now.0.saturating_add(seconds)),
+            ))
+            .execute(conn)?;
+            if claimed == 0 {
+                return Ok(None);
+            }
+            let seq = audit_deliveries::table
+                .filter(audit_deliveries::destination.eq(destination))
+                .select(audit_deliveries::seq)
+                .first(conn)?;
+            Ok(Some(Lease { seq }))
+        })
+        .map_err(db_error)
+    }
+
+    /// Records that `destination` acknowledged everything up to `seq`; false when
+    /// `owner` no longer holds the lease (another instance took over: nothing is moved).
+    pub fn advance_delivery(
+        &self,
+        destination: &str,
+        owner: &str,
+        seq: i64,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let moved = diesel::update(
+            audit_deliveries::table
+                .filter(audit_deliveries::destination.eq(destination))
+                .filter(audit_deliveries::owner.eq(owner))
+                .filter(audit_deliveries::seq.lt(seq)),
+        )
+        .set(audit_deliveries::seq.eq(seq))
+        .execute(&mut *conn)
+        .map_err(db_error)?;
+        Ok(moved == 1)
+    }
+
+    /// Gives up `owner`'s lease (a clean stop), so another instance can go on at once.
+    pub fn release_delivery(&self, destination: &str, owner: &str) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        diesel::update(
+            audit_deliveries::table
+                .filter(audit_deliveries::destination.eq(destination))
+                .filter(audit_deliveries::owner.eq(owner)),
+        )
+        .set(audit_deliveries::lease_until.eq(0i64))
+        .execute(&mut *conn)
+        .map(|_| ())
+        .map_err(db_error)
+    }
+
+    /// Up to `limit` records of the trail after `seq`, with their sequence numbers.
+    pub fn audit_after(&self, seq: i64, limit: i64) -> Result<Vec<(i64, Record)>, StoreError> {
+        let mut conn = self.conn()?;
+        let rows: Vec<(i64, String)> = audit_events::table
+            .filter(audit_events::seq.gt(seq))
+            .order(audit_events::seq.asc())
+            .limit(limit)
+            .select((audit_events::seq, audit_events::record))
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        rows.into_iter()
+            .map(|(seq, text)| Ok((seq, serde_json::from_str(&text).map_err(db_error)?)))
+            .collect()
+    }
+
+    /// Each destination's acknowledged sequence number.
+    pub fn deliveries(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut conn = self.conn()?;
+        audit_deliveries::table
+            .order(audit_deliveries::destination.asc())
+            .select((audit_deliveries::destination, audit_deliveries::seq))
+            .load(&mut *conn)
+            .map_err(db_error)
     }
 }

@@ -150,3 +150,12 @@ diesel::table! {
         seq -> BigInt,
     }
 }
+
+diesel::table! {
+    audit_deliveries (destination) {
+        destination -> Text,
+        seq -> BigInt,
+        owner -> Text,
+        lease_until -> BigInt,
+    }
+}
