@@ -260,6 +260,44 @@ fn other_nodes_feed_audit_events_in() {
         .map(|e| e["response"]["status"].clone())
         .collect();
     assert_eq!(statuses, vec![json!("201"), json!("400")]);
+    // An event that carries its id is kept under it, and a repeated delivery is
+    // answered 200 with the stored event instead of being stored twice.
+    let mut with_id = event.clone();
+    with_id["id"] = json!("4f0c1a3e-2b7d-4c59-9e21-6a8d0f3b7c15");
+    let feed = |body: &Value| {
+        c.send(
+            "POST",
+            "/audit/fhir/AuditEvent",
+            Some(&node),
+            &[],
+            Some(&body.to_string()),
+        )
+    };
+    let first = feed(&with_id);
+    assert_eq!(first.status, 201, "{}", first.body);
+    assert!(first
+        .header("location")
+        .unwrap()
+        .contains("/AuditEvent/4f0c1a3e-2b7d-4c59-9e21-6a8d0f3b7c15/"));
+    let again = feed(&with_id);
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.json()["id"], "4f0c1a3e-2b7d-4c59-9e21-6a8d0f3b7c15");
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": with_id, "request": {"method": "POST", "url": "AuditEvent"}},
+    ]});
+    let reply = c.send(
+        "POST",
+        "/audit/fhir",
+        Some(&node),
+        &[],
+        Some(&batch.to_string()),
+    );
+    assert_eq!(
+        reply.json()["entry"][0]["response"]["status"],
+        "200",
+        "{}",
+        reply.body
+    );
     // An auditor may not feed, a feeder may not query.
     assert_eq!(
         c.send(
@@ -278,9 +316,101 @@ fn other_nodes_feed_audit_events_in() {
         &auditor,
         "date=2026-11-20&patient=urn:tessera:account:remote",
     );
-    assert_eq!(total(&found), 2);
+    assert_eq!(total(&found), 3);
     assert_eq!(
         total(&get(&c, &auditor, "date=2026-11-20&agent=remote-user")),
-        2
+        3
     );
+}
+
+/// The ids of `env`'s trail found in the repository of `remote` (queried by an auditor).
+fn held_remotely(remote: &Env, auditor: &str, ids: &[String]) -> Vec<String> {
+    let c = Client::new(remote, None);
+    let reply = get(
+        &c,
+        auditor,
+        &format!("date=ge2000-01-01&_count=1000&_id={}", ids.join(",")),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    reply.json()["entry"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+/// Waits until `remote`'s repository holds every event of `env`'s trail.
+fn fed_eventually(env: &Env, remote: &Env, auditor: &str) -> (Vec<String>, Vec<String>) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let ids: Vec<String> = crate::audit::records(env)
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        let held = held_remotely(remote, auditor, &ids);
+        if held.len() >= ids.len() || std::time::Instant::now() > deadline {
+            return (ids, held);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_node_feeds_its_trail_to_a_remote_repository_over_mutual_tls() {
+    // The remote audit repository, whose operator issued the node a client certificate.
+    let arr = Env::new();
+    let (crt, key) = arr.add_mtls_client("node-a", &["--scope", "system/AuditEvent.c"]);
+    let arr_server = arr.start();
+    let auditor = token(&arr, "auditor", &["--scope", "system/AuditEvent.rs"], &[]);
+
+    let node = Env::new();
+    let mut config = std::fs::read_to_string(&node.config).unwrap();
+    config.push_str(&format!(
+        "\n[[audit.fhir_feed]]\nname = \"arr\"\nurl = \"https://localhost:{port}/audit/fhir\"\n\
+         token_url = \"https://localhost:{port}/realms/cara/protocol/openid-connect/token\"\n\
+         client_id = \"node-a\"\nca = \"{ca}\"\ncert = \"{crt}\"\nkey = \"{key}\"\n",
+        port = arr.port,
+        ca = arr.path("pki/ca.crt").display(),
+        crt = crt.display(),
+        key = key.display(),
+    ));
+    std::fs::write(&node.config, config).unwrap();
+    let node_server = node.start();
+    let _clinic = token(&node, "clinic", &["--scope", "system/*.rs"], &[]);
+    let (ids, held) = fed_eventually(&node, &arr, &auditor);
+    assert!(ids.len() >= 2, "the registration and the token request");
+    let mut sorted = held.clone();
+    sorted.sort();
+    let mut expected = ids.clone();
+    expected.sort();
+    assert_eq!(sorted, expected);
+    // The repository holds them as FHIR AuditEvents with the node's ids and content.
+    let c = Client::new(&arr, None);
+    let token_event = crate::audit::records(&node)
+        .into_iter()
+        .find(|r| matches!(r.event, Event::TokenRequest { .. }))
+        .unwrap();
+    let read = get(
+        &c,
+        &auditor,
+        &format!("date=ge2000-01-01&_id={}", token_event.id),
+    );
+    let stored = &read.json()["entry"][0]["resource"];
+    assert_eq!(
+        stored["subtype"],
+        tessera_atna::to_fhir(&token_event)["subtype"]
+    );
+
+    // The repository goes down: the node's events wait, and all arrive when it is back.
+    drop(arr_server);
+    let _more = token(&node, "clinic-2", &["--scope", "system/*.rs"], &[]);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let arr_server = arr.start();
+    let (ids, held) = fed_eventually(&node, &arr, &auditor);
+    drop(node_server);
+    drop(arr_server);
+    assert!(ids.len() >= 4);
+    assert_eq!(held.len(), ids.len());
 }

@@ -237,8 +237,16 @@ fn the_trail_reaches_rsyslog_over_mutual_tls_in_iti_20_form() {
         .iter()
         .position(|r| matches!(r.event, tessera_atna::Event::TokenRequest { .. }))
         .unwrap();
-    assert!(received[token].msg.contains("csd-code=\"ITI-71\""), "{}", received[token].msg);
-    assert!(received[token].msg.contains("UserID=\"tcu\""), "{}", received[token].msg);
+    assert!(
+        received[token].msg.contains("csd-code=\"ITI-71\""),
+        "{}",
+        received[token].msg
+    );
+    assert!(
+        received[token].msg.contains("UserID=\"tcu\""),
+        "{}",
+        received[token].msg
+    );
     assert!(cursor(&env).unwrap() >= trail.len() as i64);
 }
 

@@ -181,7 +181,7 @@ fn store_events(state: &AppState, resources: Vec<Value>) -> Vec<EntryResult> {
                 )),
             };
             match result {
-                Ok(stored) => EntryResult::Written(WriteOutcome::Created(stored)),
+                Ok(outcome) => EntryResult::Written(outcome),
                 Err(e) => EntryResult::Failed(e),
             }
         })
@@ -217,6 +217,10 @@ async fn feed_one(
                     .content_type("application/fhir+json")
                     .body(stored.content))
             }
+            // Already held (a repeated delivery): the stored event, as a read answers.
+            Some(EntryResult::Written(WriteOutcome::Updated(stored))) => Ok(HttpResponse::Ok()
+                .content_type("application/fhir+json")
+                .body(stored.content)),
             Some(EntryResult::Failed(error)) => Err(ApiError::Vault(error)),
             _ => Err(ApiError::Internal("no outcome".into())),
         }
@@ -259,6 +263,7 @@ async fn feed_batch(
         };
         let status = |entry: &EntryResult| match entry {
             EntryResult::Failed(error) => vault_status(error).as_u16(),
+            EntryResult::Written(WriteOutcome::Updated(_)) => StatusCode::OK.as_u16(),
             _ => StatusCode::CREATED.as_u16(),
         };
         let response = outcome

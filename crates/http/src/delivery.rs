@@ -396,8 +396,11 @@ impl FhirTransport {
         } else {
             basic = format!(
                 "Basic {}",
-                base64::engine::general_purpose::STANDARD
-                    .encode(format!("{}:{}", s.client_id, s.client_secret.expose()))
+                base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    s.client_id,
+                    s.client_secret.expose()
+                ))
             );
             request = request.header("Authorization", basic.as_str());
         }
@@ -490,7 +493,9 @@ impl Transport for FhirTransport {
                 events.len(),
                 refused.join(", ")
             )),
-            _ => Err(format!("{url} answered a batch response without the entries")),
+            _ => Err(format!(
+                "{url} answered a batch response without the entries"
+            )),
         }
     }
 }

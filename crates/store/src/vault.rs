@@ -454,9 +454,20 @@ pub(crate) fn index_repository(
         ));
     };
     let partition = tessera_atna::REPOSITORY_PARTITION;
+    // An event this node also received through the feed (its own, sent back by a
+    // repository in a loop, say) is held once.
+    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
+    let held: std::collections::HashSet<String> = fhir_resources::table
+        .filter(fhir_resources::partition_id.eq(partition))
+        .filter(fhir_resources::resource_type.eq("AuditEvent"))
+        .filter(fhir_resources::id.eq_any(&ids))
+        .select(fhir_resources::id)
+        .load::<String>(conn)?
+        .into_iter()
+        .collect();
     let mut resources = Vec::with_capacity(records.len());
     let mut rows = Vec::new();
-    for record in records {
+    for record in records.iter().filter(|r| !held.contains(&r.id)) {
         let mut event = tessera_atna::to_fhir(record);
         let last_updated = record.recorded.0.saturating_mul(1000);
         event["meta"]["versionId"] = serde_json::json!("1");

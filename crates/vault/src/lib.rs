@@ -384,7 +384,10 @@ impl Vault {
     }
 
     /// Stores a new resource in `partition` for a caller already authorized (the audit
-    /// repository's feed): checked as any resource, under the server's id.
+    /// repository's feed): checked as any resource. It keeps the id it carries when that
+    /// is a valid id, else gets `new_id`. A resource whose id the partition already holds
+    /// is not stored again: the answer is `Updated` with the stored one, so a sender that
+    /// delivers at least once can repeat itself harmlessly.
     pub fn store_in<S: VaultStore>(
         &self,
         store: &S,
@@ -393,16 +396,26 @@ impl Vault {
         resource: Map<String, Value>,
         new_id: String,
         now_ms: i64,
-    ) -> Result<Stored, VaultError> {
+    ) -> Result<WriteOutcome, VaultError> {
+        let given = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .filter(|id| resource::valid_id(id))
+            .map(str::to_owned);
         let resource = resource::check(&self.registry, resource, None)?;
         let resource_type = resource
             .get("resourceType")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .to_owned();
+        if let Some(id) = &given {
+            if let Some(stored) = store.current(partition, &resource_type, id)? {
+                return Ok(WriteOutcome::Updated(stored));
+            }
+        }
         let op = WriteOp {
             resource_type,
-            id: new_id,
+            id: given.unwrap_or(new_id),
             kind: WriteKind::Create,
             resource: Some(resource),
             restrictions: None,
@@ -416,7 +429,7 @@ impl Vault {
             )
             .map_err(|(_, e)| e)?;
         match outcomes.into_iter().next() {
-            Some(WriteOutcome::Created(stored)) => Ok(stored),
+            Some(created @ WriteOutcome::Created(_)) => Ok(created),
             other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
         }
     }
