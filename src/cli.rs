@@ -96,6 +96,8 @@ enum AuditCommand {
         #[arg(long)]
         since: Option<String>,
     },
+    /// Show how far each ITI-20 destination (syslog, FHIR feed) has been delivered
+    Deliveries,
 }
 
 #[derive(Debug, Subcommand)]
@@ -715,6 +717,24 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
             };
             for record in store.audit_since(since)? {
                 writeln!(out, "{}", tessera_atna::to_fhir(&record))?;
+            }
+        }
+        AuditCommand::Deliveries => {
+            let head = store.audit_head()?;
+            let mut known = store.deliveries()?;
+            for name in loaded.delivery_names() {
+                if !known.iter().any(|(n, _)| *n == name) {
+                    known.push((name, 0));
+                }
+            }
+            writeln!(out, "trail: {head} events")?;
+            if known.is_empty() {
+                writeln!(out, "no ITI-20 destinations: see [[audit.syslog]] and [[audit.fhir_feed]] in the configuration")?;
+            }
+            let configured = loaded.delivery_names();
+            for (name, seq) in known {
+                let note = if configured.contains(&name) { "" } else { "  (no longer configured)" };
+                writeln!(out, "{name}: delivered {seq}, pending {}{note}", (head - seq).max(0))?;
             }
         }
     }

@@ -309,6 +309,27 @@ impl Loaded {
         }
     }
 
+    /// The delivery cursor's name of each configured ITI-20 destination: syslog ones
+    /// first, then FHIR feeds, in configuration order.
+    pub fn delivery_names(&self) -> Vec<String> {
+        let audit = &self.config.audit;
+        let named = |name: &str, default: String| match name {
+            "" => default,
+            name => name.to_owned(),
+        };
+        audit
+            .syslog
+            .iter()
+            .map(|s| named(&s.name, format!("syslog:{}", s.address)))
+            .chain(
+                audit
+                    .fhir_feed
+                    .iter()
+                    .map(|f| named(&f.name, format!("fhir:{}", f.url))),
+            )
+            .collect()
+    }
+
     pub fn aim_audience(&self) -> String {
         match self.config.aim.audience.as_str() {
             "" => format!("{}/aim", self.public_url()),

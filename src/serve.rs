@@ -146,6 +146,8 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
         app_name: "tessera".into(),
         procid: std::process::id().to_string(),
     };
+    let mut names = loaded.delivery_names().into_iter();
+    let mut name = || names.next().unwrap_or_default();
     let mut destinations = Vec::new();
     for syslog in &audit.syslog {
         let (cert, key) = node_cert(&syslog.cert, &syslog.key);
@@ -157,10 +159,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
                 format!("audit.syslog address {:?} is not host:port", syslog.address)
             })?;
         destinations.push(Destination {
-            name: match syslog.name.as_str() {
-                "" => format!("syslog:{}", syslog.address),
-                name => name.to_owned(),
-            },
+            name: name(),
             transport: TransportSettings::Syslog(SyslogSettings {
                 address: syslog.address.clone(),
                 server_name: match syslog.server_name.as_str() {
@@ -178,10 +177,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
     for feed in &audit.fhir_feed {
         let (cert, key) = node_cert(&feed.cert, &feed.key);
         destinations.push(Destination {
-            name: match feed.name.as_str() {
-                "" => format!("fhir:{}", feed.url),
-                name => name.to_owned(),
-            },
+            name: name(),
             transport: TransportSettings::Fhir(FhirFeedSettings {
                 url: feed.url.clone(),
                 token_url: feed.token_url.clone(),

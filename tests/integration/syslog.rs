@@ -296,9 +296,14 @@ fn a_receiver_that_is_down_gets_every_event_once_when_it_is_back() {
     some_tokens(&env, 3);
     std::thread::sleep(Duration::from_secs(1));
     assert_eq!(cursor(&env).unwrap_or(0), 0);
+    let waiting = records(&env).len();
+    let status = env.cli(&["audit", "deliveries"]).unwrap();
+    assert!(status.contains(&format!("arr: delivered 0, pending {waiting}\n")), "{status}");
     receiver.start();
     let (received, trail) = receiver.received_all(&env);
     assert_eq!(received.len(), trail.len());
+    let status = env.cli(&["audit", "deliveries"]).unwrap();
+    assert!(status.contains("pending 0\n"), "{status}");
 
     // Down while connected: what is sent meanwhile is sent again on a new connection.
     receiver.stop();
@@ -313,4 +318,26 @@ fn a_receiver_that_is_down_gets_every_event_once_when_it_is_back() {
         assert_eq!(counts.get(record.id.as_str()), Some(&1), "{}", record.id);
     }
     assert_eq!(received.len(), trail.len());
+}
+
+#[test]
+fn two_instances_on_one_database_deliver_each_event_once() {
+    let env = Env::new();
+    let mut receiver = Rsyslog::new(&env);
+    receiver.start();
+    deliver_to(&env, &receiver, None);
+    let first = env.start();
+    let second_port = free_port();
+    let second = crate::support::Server::start_with(&env, |loaded| {
+        loaded.config.server.listen.set_port(second_port);
+        loaded.config.audit.journal_dir = "data/audit-journal-2".into();
+    });
+    some_tokens(&env, 4);
+    let (received, trail) = receiver.received_all(&env);
+    drop(second);
+    drop(first);
+    let counts = count_by_id(&received);
+    for record in &trail {
+        assert_eq!(counts.get(record.id.as_str()), Some(&1), "{}", record.id);
+    }
 }

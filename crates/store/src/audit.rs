@@ -686,6 +686,16 @@ impl Store {
             .collect()
     }
 
+    /// The sequence number of the newest event of the trail.
+    pub fn audit_head(&self) -> Result<i64, StoreError> {
+        let mut conn = self.conn()?;
+        audit_chain::table
+            .filter(audit_chain::id.eq(1))
+            .select(audit_chain::seq)
+            .first(&mut *conn)
+            .map_err(db_error)
+    }
+
     /// Each destination's acknowledged sequence number.
     pub fn deliveries(&self) -> Result<Vec<(String, i64)>, StoreError> {
         let mut conn = self.conn()?;
