@@ -374,6 +374,8 @@ fn admin_change(command: &Command) -> Option<(&'static str, String)> {
         Command::Partition(PartitionCommand::Add { account, .. }) => {
             ("partition add", account.clone())
         }
+        Command::Pki(PkiCommand::IssueClient { name, .. }) => ("pki issue-client", name.clone()),
+        Command::Pki(PkiCommand::Revoke { cert }) => ("pki revoke", crate::pki::describe(cert)),
         _ => return None,
     })
 }

@@ -310,3 +310,19 @@ impl Pki {
         fs::rename(&tmp, self.path(CA_CRL)).context("cannot replace the CRL")
     }
 }
+
+/// A certificate file as an audit record names it: serial and subject, or the path when
+/// it cannot be read as a certificate.
+pub fn describe(cert_file: &Path) -> String {
+    let described = fs::read(cert_file).ok().and_then(|pem| {
+        let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
+        let cert = pem.parse_x509().ok()?;
+        let serial: String = cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        Some(format!("serial {serial}, subject {}", cert.subject()))
+    });
+    described.unwrap_or_else(|| cert_file.display().to_string())
+}

@@ -212,11 +212,11 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
             200
         );
     }
-    // The registration (an admin action) and four token requests.
-    assert_eq!(records_eventually(&env, 5).len(), 5);
+    // The certificate's issue and the registration (admin actions), four token requests.
+    assert_eq!(records_eventually(&env, 6).len(), 6);
     assert_eq!(
         env.cli(&["audit", "verify"]).unwrap().trim(),
-        "audit chain intact: 5 events verified"
+        "audit chain intact: 6 events verified"
     );
 
     let export = env
@@ -226,7 +226,7 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.len(), 5);
+    assert_eq!(lines.len(), 6);
     assert!(lines.iter().all(|e| e["resourceType"] == "AuditEvent"));
     assert_eq!(
         env.cli(&["audit", "export", "--since", "2999-01-01"])
@@ -250,9 +250,9 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
         "UPDATE audit_events SET record = replace(record, '\"someone\"', '\"tcu\"') WHERE seq = 3",
     );
     assert!(env.cli(&["audit", "verify"]).is_ok());
-    env.sql("DELETE FROM audit_events WHERE seq = 5");
+    env.sql("DELETE FROM audit_events WHERE seq = 6");
     let missing = env.cli(&["audit", "verify"]).unwrap_err().to_string();
-    assert!(missing.contains("#5"), "{missing}");
+    assert!(missing.contains("#6"), "{missing}");
 }
 
 #[test]
@@ -297,8 +297,9 @@ fn introspections_and_aim_lookups_are_audited_too() {
     );
     assert_eq!(missing.status, 404);
 
-    // Account and client registrations, a token, an introspection, two lookups.
-    let trail: Vec<Record> = records_eventually(&env, 6)
+    // Account and client registrations and the client's certificate, a token, an
+    // introspection, two lookups.
+    let trail: Vec<Record> = records_eventually(&env, 7)
         .into_iter()
         .filter(|r| {
             matches!(
@@ -550,6 +551,10 @@ fn operator_changes_are_audited_and_failed_ones_are_not() {
     env.cli(&["realm", "add", "second"]).unwrap();
     env.cli(&["keys", "rotate"]).unwrap();
     env.cli(&["account", "add", "--mpi-id", MPI]).unwrap();
+    let (crt, _) = env.issue_client("lab-device");
+    env.cli(&["pki", "revoke", crt.to_str().unwrap()]).unwrap();
+    let revoked = tessera::pki::describe(&crt);
+    assert!(revoked.starts_with("serial ") && revoked.contains("CN=lab-device"), "{revoked}");
     let changes: Vec<(String, String)> = records(&env)
         .iter()
         .filter_map(|r| match &r.event {
@@ -565,6 +570,8 @@ fn operator_changes_are_audited_and_failed_ones_are_not() {
         ("realm add", "second"),
         ("keys rotate", "(default realm)"),
         ("account add", MPI),
+        ("pki issue-client", "lab-device"),
+        ("pki revoke", revoked.as_str()),
     ]
     .iter()
     .map(|(c, t)| (c.to_string(), t.to_string()))
