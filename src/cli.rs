@@ -703,14 +703,25 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
     match cmd {
         AuditCommand::Verify => {
             let report = store.verify_audit_chain()?;
-            match report.first_broken {
-                None => writeln!(out, "audit chain intact: {} events verified", report.checked)?,
-                Some((seq, id)) => bail!(
+            if let Some((seq, id)) = report.first_broken {
+                bail!(
                     "audit chain broken at event #{seq} ({id}): {} events before it verify, this one does not; \
                      it or an earlier event was changed, removed or reordered",
                     report.checked
-                ),
+                );
             }
+            if let Some((seq, id)) = report.first_altered_copy {
+                bail!(
+                    "audit chain intact ({} events), but the audit repository's copy of event #{seq} ({id}) \
+                     is missing or altered: ITI-81 queries do not show the trail as recorded",
+                    report.checked
+                );
+            }
+            writeln!(
+                out,
+                "audit chain intact: {} events verified",
+                report.checked
+            )?;
         }
         AuditCommand::Export { since } => {
             let since = match since {
@@ -735,8 +746,16 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
             }
             let configured = loaded.delivery_names();
             for (name, seq) in known {
-                let note = if configured.contains(&name) { "" } else { "  (no longer configured)" };
-                writeln!(out, "{name}: delivered {seq}, pending {}{note}", (head - seq).max(0))?;
+                let note = if configured.contains(&name) {
+                    ""
+                } else {
+                    "  (no longer configured)"
+                };
+                writeln!(
+                    out,
+                    "{name}: delivered {seq}, pending {}{note}",
+                    (head - seq).max(0)
+                )?;
             }
         }
     }

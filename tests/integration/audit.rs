@@ -554,7 +554,10 @@ fn operator_changes_are_audited_and_failed_ones_are_not() {
     let (crt, _) = env.issue_client("lab-device");
     env.cli(&["pki", "revoke", crt.to_str().unwrap()]).unwrap();
     let revoked = tessera::pki::describe(&crt);
-    assert!(revoked.starts_with("serial ") && revoked.contains("CN=lab-device"), "{revoked}");
+    assert!(
+        revoked.starts_with("serial ") && revoked.contains("CN=lab-device"),
+        "{revoked}"
+    );
     let changes: Vec<(String, String)> = records(&env)
         .iter()
         .filter_map(|r| match &r.event {

@@ -414,3 +414,34 @@ fn a_node_feeds_its_trail_to_a_remote_repository_over_mutual_tls() {
     assert!(ids.len() >= 4);
     assert_eq!(held.len(), ids.len());
 }
+
+#[test]
+fn audit_verify_catches_an_altered_or_removed_repository_copy() {
+    let env = Env::new();
+    let _server = env.start();
+    let auditor = token(&env, "auditor", &["--scope", "system/AuditEvent.rs"], &[]);
+    let c = Client::new(&env, None);
+    // The registration and the token request; a query brings the repository up to date.
+    records_eventually(&env, 2);
+    assert!(total(&get(&c, &auditor, "date=ge2000-01-01")) >= 2);
+    assert!(env.cli(&["audit", "verify"]).is_ok());
+
+    // Someone with database access rewrites what auditors are shown of the first event.
+    let first = crate::audit::records(&env)[0].id.clone();
+    let rewrite = format!(
+        "UPDATE fhir_resources SET content = replace(content, '\"auditor\"', '\"someone\"') \
+         WHERE partition_id = '$audit' AND id = '{first}'"
+    );
+    assert_eq!(env.sql(&rewrite), 1);
+    let altered = env.cli(&["audit", "verify"]).unwrap_err().to_string();
+    assert!(
+        altered.contains(&format!("copy of event #1 ({first}) is missing or altered")),
+        "{altered}"
+    );
+    // Removed instead of rewritten: the same.
+    env.sql(&format!(
+        "DELETE FROM fhir_resources WHERE partition_id = '$audit' AND id = '{first}'"
+    ));
+    let removed = env.cli(&["audit", "verify"]).unwrap_err().to_string();
+    assert!(removed.contains("#1"), "{removed}");
+}

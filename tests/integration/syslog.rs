@@ -298,7 +298,10 @@ fn a_receiver_that_is_down_gets_every_event_once_when_it_is_back() {
     assert_eq!(cursor(&env).unwrap_or(0), 0);
     let waiting = records(&env).len();
     let status = env.cli(&["audit", "deliveries"]).unwrap();
-    assert!(status.contains(&format!("arr: delivered 0, pending {waiting}\n")), "{status}");
+    assert!(
+        status.contains(&format!("arr: delivered 0, pending {waiting}\n")),
+        "{status}"
+    );
     receiver.start();
     let (received, trail) = receiver.received_all(&env);
     assert_eq!(received.len(), trail.len());

@@ -50,6 +50,9 @@ pub struct ChainReport {
     pub checked: u64,
     /// The first event whose stored hash does not follow from its predecessors: (seq, id).
     pub first_broken: Option<(i64, String)>,
+    /// The first event whose copy in the audit repository (what ITI-81 queries answer)
+    /// is missing or differs from the trail: (seq, id).
+    pub first_altered_copy: Option<(i64, String)>,
 }
 
 impl Store {
@@ -100,12 +103,20 @@ impl Store {
         .map_err(db_error)
     }
 
-    /// Recomputes the chain from the first event; names the first broken link.
+    /// Recomputes the chain from the first event; names the first broken link. Checks
+    /// as well that the audit repository's copy of each event it has indexed is the one
+    /// the trail derives.
     pub fn verify_audit_chain(&self) -> Result<ChainReport, StoreError> {
         let mut conn = self.conn()?;
         let mut previous = String::new();
         let mut expected_seq = 0i64;
         let mut checked = 0u64;
+        let mut first_altered_copy = None;
+        let indexed: i64 = audit_repository_cursor::table
+            .filter(audit_repository_cursor::id.eq(1))
+            .select(audit_repository_cursor::seq)
+            .first(&mut *conn)
+            .map_err(db_error)?;
         loop {
             let rows: Vec<(i64, String, String, String)> = audit_events::table
                 .filter(audit_events::seq.gt(expected_seq))
@@ -122,6 +133,9 @@ impl Store {
             if rows.is_empty() {
                 break;
             }
+            if first_altered_copy.is_none() {
+                first_altered_copy = altered_copy(&mut conn, &rows, indexed)?;
+            }
             for (seq, id, record, hash) in rows {
                 expected_seq += 1;
                 let computed = chain_hash(&previous, &record);
@@ -130,6 +144,7 @@ impl Store {
                     return Ok(ChainReport {
                         checked,
                         first_broken: Some((seq, id)),
+                        first_altered_copy,
                     });
                 }
                 previous = hash;
@@ -146,11 +161,13 @@ impl Store {
             return Ok(ChainReport {
                 checked,
                 first_broken: Some((expected_seq + 1, "(missing)".into())),
+                first_altered_copy,
             });
         }
         Ok(ChainReport {
             checked,
             first_broken: None,
+            first_altered_copy,
         })
     }
 
@@ -233,6 +250,52 @@ impl Store {
             .map(|text| serde_json::from_str(text).map_err(db_error))
             .collect()
     }
+}
+
+/// Of these trail rows, the first whose repository copy is missing (though the
+/// repository has indexed past it) or is not what the record derives.
+fn altered_copy(
+    conn: &mut DbConnection,
+    rows: &[(i64, String, String, String)],
+    indexed: i64,
+) -> Result<Option<(i64, String)>, StoreError> {
+    use crate::schema::fhir_resources;
+    let ids: Vec<&str> = rows
+        .iter()
+        .filter(|(seq, ..)| *seq <= indexed)
+        .map(|(_, id, ..)| id.as_str())
+        .collect();
+    let copies: std::collections::HashMap<String, (String, i64, bool)> = fhir_resources::table
+        .filter(fhir_resources::partition_id.eq(tessera_atna::REPOSITORY_PARTITION))
+        .filter(fhir_resources::resource_type.eq("AuditEvent"))
+        .filter(fhir_resources::id.eq_any(&ids))
+        .select((
+            fhir_resources::id,
+            fhir_resources::content,
+            fhir_resources::last_updated,
+            fhir_resources::deleted,
+        ))
+        .load::<(String, String, i64, bool)>(conn)
+        .map_err(db_error)?
+        .into_iter()
+        .map(|(id, content, last_updated, deleted)| (id, (content, last_updated, deleted)))
+        .collect();
+    for (seq, id, text, _) in rows.iter().filter(|(seq, ..)| *seq <= indexed) {
+        let Ok(record) = serde_json::from_str::<Record>(text) else {
+            // An unreadable record fails the chain check itself.
+            continue;
+        };
+        let (expected, last_updated) = crate::vault::repository_copy(&record);
+        let intact = copies.get(id).is_some_and(|(content, at, deleted)| {
+            !deleted
+                && *at == last_updated
+                && serde_json::from_str::<serde_json::Value>(content).ok() == Some(expected.clone())
+        });
+        if !intact {
+            return Ok(Some((*seq, id.clone())));
+        }
+    }
+    Ok(None)
 }
 
 /// The answer to one append: set by the journal thread once the record is synced (or

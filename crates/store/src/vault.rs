@@ -441,6 +441,17 @@ fn registry() -> Option<&'static tessera_vault::Registry> {
         .as_ref()
 }
 
+/// A record as the audit repository holds it: its FHIR AuditEvent, version 1, last
+/// updated when it was recorded (ms). `audit verify` re-derives it to check the copy.
+pub(crate) fn repository_copy(record: &tessera_atna::Record) -> (serde_json::Value, i64) {
+    let mut event = tessera_atna::to_fhir(record);
+    let last_updated = record.recorded.0.saturating_mul(1000);
+    event["meta"]["versionId"] = serde_json::json!("1");
+    event["meta"]["lastUpdated"] =
+        serde_json::json!(tessera_vault::dates::format_instant(last_updated));
+    (event, last_updated)
+}
+
 /// Adds audit records to the audit repository (ITI-81): each as a FHIR AuditEvent in
 /// the repository partition, indexed on the repository's parameters, in bulk. Called by
 /// [`Store::catch_up_audit_repository`] in the transaction that moves its cursor.
@@ -468,11 +479,7 @@ pub(crate) fn index_repository(
     let mut resources = Vec::with_capacity(records.len());
     let mut rows = Vec::new();
     for record in records.iter().filter(|r| !held.contains(&r.id)) {
-        let mut event = tessera_atna::to_fhir(record);
-        let last_updated = record.recorded.0.saturating_mul(1000);
-        event["meta"]["versionId"] = serde_json::json!("1");
-        event["meta"]["lastUpdated"] =
-            serde_json::json!(tessera_vault::dates::format_instant(last_updated));
+        let (event, last_updated) = repository_copy(record);
         let entries = tessera_vault::index::entries(registry, "AuditEvent", &event, "");
         rows.extend(
             entries
