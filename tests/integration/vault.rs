@@ -1437,11 +1437,15 @@ fn every_vault_interaction_is_audited_before_the_answer() {
     assert_eq!(c.get("/fhir/pa/metadata").status, 200);
 
     let events = vault_events(&v.env);
-    // Two token requests and six vault requests reach the database's trail.
-    assert_eq!(
-        only_vault(crate::audit::records_eventually(&v.env, 8)),
-        events
-    );
+    // The six vault requests reach the database's trail (after the registrations and
+    // token requests recorded before them).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut in_database = only_vault(crate::audit::records(&v.env));
+    while in_database.len() < events.len() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        in_database = only_vault(crate::audit::records(&v.env));
+    }
+    assert_eq!(in_database, events);
     let summary: Vec<(String, u16, Outcome)> = events
         .iter()
         .map(|r| match &r.event {
@@ -1513,4 +1517,62 @@ fn every_vault_interaction_is_audited_before_the_answer() {
     );
     assert_valid_fhir(&alert);
     assert!(tessera_atna::to_dicom_xml(&events[4]).contains("UserID=\"anonymous\""));
+
+    // A batch: a record of the whole and one per entry, as the interaction it is.
+    let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
+        {"resource": serde_json::from_str::<Value>(&observation("4548-4", "2021-02-01", "laboratory", "y")).unwrap(),
+         "request": {"method": "POST", "url": "Observation"}},
+        {"request": {"method": "GET", "url": "Observation?code=4548-4"}},
+        {"request": {"method": "GET", "url": "Observation/not-there"}},
+    ]});
+    let reply = c.send(
+        "POST",
+        "/fhir/pa",
+        Some(&token),
+        &[],
+        Some(&batch.to_string()),
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let created_id = reply.json()["entry"][0]["response"]["location"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", reply.body))
+        .split('/')
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let events = vault_events(&v.env);
+    let entries: Vec<(String, u16, Option<String>, Option<String>)> = events[6..]
+        .iter()
+        .map(|r| match &r.event {
+            Event::FhirRequest {
+                interaction,
+                status,
+                resource,
+                query,
+                ..
+            } => (
+                interaction.clone(),
+                *status,
+                resource.clone(),
+                query.clone(),
+            ),
+            _ => unreachable!(),
+        })
+        .collect();
+    let at = |path: &str| Some(format!("{}/fhir/pa/{path}", v.env.base_url()));
+    assert_eq!(
+        entries,
+        vec![
+            ("batch".into(), 200, None, None),
+            (
+                "create".into(),
+                201,
+                at(&format!("Observation/{created_id}")),
+                None
+            ),
+            ("search-type".into(), 200, None, Some("code=4548-4".into())),
+            ("read".into(), 404, at("Observation/not-there"), None),
+        ]
+    );
+    assert_eq!(events[9].outcome, Outcome::MinorFailure);
 }

@@ -37,6 +37,27 @@ pub async fn append(state: &web::Data<AppState>, record: Record) -> Result<(), A
     Ok(())
 }
 
+/// Records several events of one request: all are submitted at once (one journal sync
+/// takes them together), then each is awaited.
+async fn append_all(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    events: Vec<(Event, u16)>,
+) -> Result<(), ApiError> {
+    let mut pending = Vec::with_capacity(events.len());
+    for (event, status) in events {
+        pending.push(
+            state
+                .audit
+                .submit(record(req, &state.vault.base, status, event)?),
+        );
+    }
+    for each in pending {
+        each.await?;
+    }
+    Ok(())
+}
+
 /// How BALP records the access token a request was made with.
 pub fn token_use(token: &VerifiedToken) -> TokenUse {
     let claims = &token.claims;
@@ -52,6 +73,11 @@ pub fn token_use(token: &VerifiedToken) -> TokenUse {
 /// Put in a request's extensions by the vault's handlers for its audit record.
 #[derive(Clone)]
 pub struct VaultToken(pub Arc<VerifiedToken>);
+
+/// The entries of a vault batch or transaction with their statuses: each is audited as
+/// the interaction it is, beside the record of the whole.
+#[derive(Clone)]
+pub struct BatchEntries(pub Vec<(tessera_vault::bundle::EntryAudit, u16)>);
 
 /// The search parameters of a `POST _search` (the middleware sees no body).
 #[derive(Clone)]
@@ -126,22 +152,38 @@ pub async fn vault_middleware(
             blocking(move || st.store.account_of_partition(&lookup)).await
         }
     };
+    let entries = request
+        .extensions()
+        .get::<BatchEntries>()
+        .map(|b| b.0.clone())
+        .unwrap_or_default();
     let result = match patient {
         Ok(Ok(patient)) => {
-            let event = Event::FhirRequest {
+            let whole = Event::FhirRequest {
                 interaction: interaction.to_owned(),
-                token,
-                partition,
-                patient,
+                token: token.clone(),
+                partition: partition.clone(),
+                patient: patient.clone(),
                 resource,
                 query,
-                endpoint,
+                endpoint: endpoint.clone(),
                 status,
             };
-            match record(&request, &state.vault.base, status, event) {
-                Ok(record) => append(&state, record).await,
-                Err(e) => Err(e),
+            let mut events = vec![(whole, status)];
+            for (entry, entry_status) in entries {
+                let event = Event::FhirRequest {
+                    interaction: entry.interaction.to_owned(),
+                    token: token.clone(),
+                    partition: partition.clone(),
+                    patient: patient.clone(),
+                    resource: entry.resource.map(|r| format!("{endpoint}/{r}")),
+                    query: entry.query,
+                    endpoint: endpoint.clone(),
+                    status: entry_status,
+                };
+                events.push((event, entry_status));
             }
+            append_all(&request, &state, events).await
         }
         Ok(Err(e)) => Err(ApiError::from(e)),
         Err(e) => Err(e),

@@ -187,6 +187,62 @@ pub struct BatchOutcome {
     pub entries: Vec<EntryResult>,
 }
 
+/// What an audit record names of one entry of a batch or transaction: its FHIR
+/// interaction, the resource (`Type/id`, relative) and a search's query.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryAudit {
+    pub interaction: &'static str,
+    pub resource: Option<String>,
+    pub query: Option<String>,
+}
+
+impl BatchOutcome {
+    /// Each entry's audit facts, from the posted Bundle's entries (in the same order as
+    /// the results) and the results (which name what a create created).
+    pub fn audits(&self, bundle: &Value, base: &str) -> Vec<EntryAudit> {
+        let entries = bundle
+            .get("entry")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
+        self.entries
+            .iter()
+            .enumerate()
+            .map(|(i, result)| {
+                let request = entries.get(i).and_then(|e| e.get("request"));
+                let field = |name: &str| {
+                    request
+                        .and_then(|r| r.get(name))
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                };
+                let (segments, query) = split_url(field("url"), base);
+                let interaction = match (field("method"), segments.as_slice()) {
+                    ("GET", [_]) => "search-type",
+                    ("GET", [_, _]) => "read",
+                    ("GET", [_, _, "_history", _]) => "vread",
+                    ("POST", [_]) => "create",
+                    ("PUT", [_, _]) => "update",
+                    ("DELETE", [_, _]) => "delete",
+                    _ => "operation",
+                };
+                let resource = match result {
+                    EntryResult::Written(WriteOutcome::Created(s)) => {
+                        Some(format!("{}/{}", s.resource_type, s.id))
+                    }
+                    _ if segments.len() >= 2 => Some(segments.join("/")),
+                    _ => None,
+                };
+                EntryAudit {
+                    interaction,
+                    resource,
+                    query: query.map(str::to_owned).filter(|q| !q.is_empty()),
+                }
+            })
+            .collect()
+    }
+}
+
 impl BatchOutcome {
     /// The `batch-response` or `transaction-response` Bundle; `status` gives an entry's
     /// HTTP status (chosen by the HTTP layer).
