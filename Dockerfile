@@ -13,5 +13,6 @@ COPY --from=build /src/target/release/tessera /usr/local/bin/tessera
 WORKDIR /var/lib/tessera
 EXPOSE 8443
 # `init` is idempotent: the first start creates config, dev PKI and schema; later
-# starts keep them (they live in the tessera-data volume).
-CMD ["sh", "-c", "tessera init --dir /var/lib/tessera --hostname tessera --hostname localhost && exec tessera serve"]
+# starts keep them (they live in the tessera-data volume). The server certificate also
+# names `arr`, the compose file's development audit repository, which presents it.
+CMD ["sh", "-c", "tessera init --dir /var/lib/tessera --hostname tessera --hostname localhost --hostname arr && exec tessera serve"]
