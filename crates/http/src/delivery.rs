@@ -127,6 +127,7 @@ pub fn start(
             name: destination.name.clone(),
             owner: owner.to_owned(),
             transport,
+            held: None,
         };
         let thread = thread::Builder::new()
             .name(format!("audit-delivery {}", destination.name))
@@ -143,6 +144,9 @@ struct Sender {
     name: String,
     owner: String,
     transport: Box<dyn Transport>,
+    /// While this instance holds the lease: until when (unix s) and the last sequence
+    /// number delivered, so an idle round only reads the trail's head.
+    held: Option<(i64, i64)>,
 }
 
 impl Sender {
@@ -188,13 +192,24 @@ impl Sender {
     /// nothing to do (nothing new, or another instance holds the lease).
     fn round(&mut self) -> Result<bool, String> {
         let store_error = |e: tessera_iam::StoreError| format!("database: {}", e.0);
+        let now = crate::now();
+        if let Some((until, delivered)) = self.held {
+            // Nothing new and the lease is good for a while: no write needed.
+            let head = self.store.audit_head().map_err(store_error)?;
+            if head <= delivered && until - now.0 > LEASE_SECONDS / 2 {
+                return Ok(false);
+            }
+        }
+        self.held = None;
         let Some(lease) = self
             .store
-            .claim_delivery(&self.name, &self.owner, crate::now(), LEASE_SECONDS)
+            .claim_delivery(&self.name, &self.owner, now, LEASE_SECONDS)
             .map_err(store_error)?
         else {
             return Ok(false);
         };
+        let until = now.0 + LEASE_SECONDS;
+        self.held = Some((until, lease.seq));
         let events = self
             .store
             .audit_after(lease.seq, BATCH)
@@ -203,9 +218,17 @@ impl Sender {
             return Ok(false);
         };
         self.transport.send(&events)?;
-        self.store
+        if !self
+            .store
             .advance_delivery(&self.name, &self.owner, last)
-            .map_err(store_error)?;
+            .map_err(store_error)?
+        {
+            // Another instance took over meanwhile (this one was stalled past its lease):
+            // it goes on from its own cursor.
+            self.held = None;
+            return Ok(false);
+        }
+        self.held = Some((until, last));
         tracing::debug!(destination = %self.name, events = events.len(), up_to = last, "audit events delivered");
         Ok(true)
     }
