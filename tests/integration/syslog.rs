@@ -32,6 +32,11 @@ struct Received {
 
 impl Rsyslog {
     fn new(env: &Env) -> Self {
+        Self::with_input(env, "")
+    }
+
+    /// A receiver whose `imtcp` input has the `extra` parameters.
+    fn with_input(env: &Env, extra: &str) -> Self {
         let dir = env.path("rsyslog");
         std::fs::create_dir_all(&dir).unwrap();
         let port = free_port();
@@ -44,7 +49,7 @@ impl Rsyslog {
   DefaultNetstreamDriverKeyFile="{key}")
 module(load="imtcp" StreamDriver.Name="gtls" StreamDriver.Mode="1"
   StreamDriver.AuthMode="x509/name" PermittedPeer=["localhost"])
-input(type="imtcp" address="127.0.0.1" port="{port}")
+input(type="imtcp" address="127.0.0.1" port="{port}" {extra})
 template(name="seen" type="string"
   string="%pri% %app-name% %msgid% %structured-data% %msg%\n")
 action(type="omfile" file="{dir}/received.log" template="seen")
@@ -53,6 +58,7 @@ action(type="omfile" file="{dir}/received.log" template="seen")
             ca = pki("ca.crt"),
             crt = pki("server.crt"),
             key = pki("server.key"),
+            extra = extra,
         );
         std::fs::write(dir.join("rsyslog.conf"), config).unwrap();
         Self {
@@ -343,4 +349,24 @@ fn two_instances_on_one_database_deliver_each_event_once() {
     for record in &trail {
         assert_eq!(counts.get(record.id.as_str()), Some(&1), "{}", record.id);
     }
+}
+
+#[test]
+fn a_receiver_below_tls_1_2_gets_nothing() {
+    let env = Env::new();
+    let mut receiver = Rsyslog::with_input(
+        &env,
+        r#"gnutlsPriorityString="NORMAL:-VERS-ALL:+VERS-TLS1.1:+VERS-TLS1.0""#,
+    );
+    receiver.start();
+    deliver_to(&env, &receiver, None);
+    let server = env.start();
+    some_tokens(&env, 1);
+    std::thread::sleep(Duration::from_secs(2));
+    drop(server);
+    assert!(receiver.received().is_empty());
+    assert_eq!(cursor(&env).unwrap_or(0), 0);
+    let log = std::fs::read_to_string(receiver.dir.join("rsyslogd.err")).unwrap();
+    // rustls offers TLS 1.3 and 1.2 with AEAD suites only, none of which TLS 1.1 has.
+    assert!(log.contains("error on handshake"), "{log}");
 }
