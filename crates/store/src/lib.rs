@@ -54,7 +54,8 @@ impl CustomizeConnection<DbConnection, diesel::r2d2::Error> for SqliteSettings {
                 // The busy timeout first: switching to WAL needs a lock as well, and a
                 // new connection opened while another one writes must wait for it too.
                 "PRAGMA busy_timeout = 10000; PRAGMA journal_mode = WAL; \
-                 PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL;",
+                 PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; \
+                 PRAGMA temp_store = MEMORY;",
             )
             .map_err(diesel::r2d2::Error::QueryError)?;
         }

@@ -1,0 +1,1 @@
+CREATE UNIQUE INDEX audit_events_id ON audit_events (id);
