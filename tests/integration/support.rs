@@ -304,6 +304,9 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
     /// The ITI-20 senders of `[audit]`, stopped after the server.
     deliveries: Option<tessera_http::delivery::Deliveries>,
+    /// The application state, dropped last: its audit writer then flushes into the
+    /// database while the test's Env (and its PostgreSQL database) still exists.
+    state: Option<std::sync::Arc<tessera_http::AppState>>,
 }
 
 impl Server {
@@ -329,6 +332,7 @@ impl Server {
         }
         let thread_state = tessera::serve::app_state(&loaded).unwrap();
         let deliveries = tessera::serve::deliveries(&loaded, thread_state.store.clone()).unwrap();
+        let state = thread_state.clone();
         let settings = tessera::serve::server_settings(&loaded, services);
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = std::thread::spawn(move || {
@@ -345,6 +349,7 @@ impl Server {
             handle,
             thread: Some(thread),
             deliveries: Some(deliveries),
+            state: Some(state),
         }
     }
 }
@@ -357,6 +362,14 @@ impl Drop for Server {
             let _ = thread.join();
         }
         self.deliveries.take();
+        // The server's worker threads release their clones as they wind down.
+        if let Some(state) = self.state.take() {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::sync::Arc::strong_count(&state) > 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(state);
+        }
     }
 }
 

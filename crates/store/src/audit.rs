@@ -441,11 +441,16 @@ impl AuditWriter {
         let (to_drainer, drained_from) = mpsc::channel();
         let drained = Arc::new(AtomicU64::new(0));
         let counter = drained.clone();
+        let drainer_gone = Arc::new(AtomicBool::new(false));
+        let gone = drainer_gone.clone();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
         let drainer = thread::Builder::new()
             .name("audit-drainer".into())
-            .spawn(move || drain(&store, &drained_from, &counter, &stop))
+            .spawn(move || {
+                drain(&store, &drained_from, &counter, &stop);
+                gone.store(true, Ordering::SeqCst);
+            })
             .map_err(|e| fail("cannot start the drainer", &e))?;
         let writer = thread::Builder::new()
             .name("audit-journal".into())
@@ -459,6 +464,7 @@ impl AuditWriter {
                     retired: Vec::new(),
                     written: 0,
                     drained,
+                    drainer_gone,
                     rotate_bytes,
                 };
                 journal.run(&incoming, to_drainer)
@@ -572,6 +578,8 @@ struct Journal {
     written: u64,
     /// Records the drainer has committed to the database, counted the same way.
     drained: Arc<AtomicU64>,
+    /// Set when the drainer has stopped (done, or given up on a failing database).
+    drainer_gone: Arc<AtomicBool>,
     /// Where the current segment's records end: the next append's offset.
     size: u64,
     /// The current segment's length: records, then zeros written ahead of them.
@@ -622,7 +630,7 @@ impl Journal {
         drop(drainer);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         while self.drained.load(Ordering::SeqCst) < self.written {
-            if std::time::Instant::now() > deadline {
+            if self.drainer_gone.load(Ordering::SeqCst) || std::time::Instant::now() > deadline {
                 return; // what is left is replayed (once) at the next start
             }
             thread::sleep(Duration::from_millis(5));
