@@ -166,6 +166,8 @@ enum TokenCommand {
     /// Revoke an access token by its jti (as logged when it was issued); it is inactive
     /// at introspection at once, on every instance sharing the database
     Revoke {
+        /// A jti is base64url: it may begin with `-`
+        #[arg(allow_hyphen_values = true)]
         jti: String,
         #[arg(long)]
         realm: Option<String>,

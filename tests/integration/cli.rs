@@ -190,3 +190,11 @@ fn configuration_errors_name_the_problem() {
     .unwrap_err();
     assert!(missing.to_string().contains("does not exist"), "{missing}");
 }
+
+#[test]
+fn a_jti_that_begins_with_a_hyphen_can_be_revoked() {
+    // base64url jtis begin with `-` one time in 64; clap must not read one as an option.
+    let env = Env::new();
+    let printed = env.cli(&["token", "revoke", "-Xyz_123"]).unwrap();
+    assert!(printed.contains("revoked token -Xyz_123"), "{printed}");
+}
