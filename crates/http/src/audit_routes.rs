@@ -260,6 +260,8 @@ async fn feed_batch(
         let outcome = BatchOutcome {
             transaction: false,
             entries,
+            // The repository's feed is audited as one request (a RepositoryRequest).
+            audits: Vec::new(),
         };
         let status = |entry: &EntryResult| match entry {
             EntryResult::Failed(error) => vault_status(error).as_u16(),

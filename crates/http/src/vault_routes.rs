@@ -433,17 +433,16 @@ async fn batch(
     check_content_type(&req)?;
     let partition = path.into_inner();
     let base = partition_base(&state, &partition);
-    let posted = body.clone();
     let outcome = call(&state, token, partition, move |st, ctx| {
         let mut ids = || new_id().unwrap_or_default();
         st.vault.vault.batch(&st.store, ctx, &body, &mut ids)
     })
     .await?;
     // Each entry is audited as the interaction it is (the middleware records them).
-    let bundle: serde_json::Value = serde_json::from_slice(&posted).unwrap_or_default();
     let entries = outcome
-        .audits(&bundle, &base)
-        .into_iter()
+        .audits
+        .iter()
+        .cloned()
         .zip(outcome.entries.iter().map(entry_status))
         .collect();
     req.extensions_mut().insert(BatchEntries(entries));

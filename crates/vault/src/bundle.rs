@@ -185,6 +185,8 @@ pub enum EntryResult {
 pub struct BatchOutcome {
     pub transaction: bool,
     pub entries: Vec<EntryResult>,
+    /// What an audit record names of each entry, in the same order.
+    pub audits: Vec<EntryAudit>,
 }
 
 /// What an audit record names of one entry of a batch or transaction: its FHIR
@@ -196,51 +198,44 @@ pub struct EntryAudit {
     pub query: Option<String>,
 }
 
-impl BatchOutcome {
-    /// Each entry's audit facts, from the posted Bundle's entries (in the same order as
-    /// the results) and the results (which name what a create created).
-    pub fn audits(&self, bundle: &Value, base: &str) -> Vec<EntryAudit> {
-        let entries = bundle
-            .get("entry")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        self.entries
-            .iter()
-            .enumerate()
-            .map(|(i, result)| {
-                let request = entries.get(i).and_then(|e| e.get("request"));
-                let field = |name: &str| {
-                    request
-                        .and_then(|r| r.get(name))
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                };
-                let (segments, query) = split_url(field("url"), base);
-                let interaction = match (field("method"), segments.as_slice()) {
-                    ("GET", [_]) => "search-type",
-                    ("GET", [_, _]) => "read",
-                    ("GET", [_, _, "_history", _]) => "vread",
-                    ("POST", [_]) => "create",
-                    ("PUT", [_, _]) => "update",
-                    ("DELETE", [_, _]) => "delete",
-                    _ => "operation",
-                };
-                let resource = match result {
-                    EntryResult::Written(WriteOutcome::Created(s)) => {
-                        Some(format!("{}/{}", s.resource_type, s.id))
-                    }
-                    _ if segments.len() >= 2 => Some(segments.join("/")),
-                    _ => None,
-                };
-                EntryAudit {
-                    interaction,
-                    resource,
-                    query: query.map(str::to_owned).filter(|q| !q.is_empty()),
+/// Each entry's audit facts, from the posted Bundle's entries (in the same order as the
+/// results) and the results (which name what a create created).
+fn entry_audits(entries: &[Value], results: &[EntryResult], base: &str) -> Vec<EntryAudit> {
+    results
+        .iter()
+        .enumerate()
+        .map(|(i, result)| {
+            let request = entries.get(i).and_then(|e| e.get("request"));
+            let field = |name: &str| {
+                request
+                    .and_then(|r| r.get(name))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            };
+            let (segments, query) = split_url(field("url"), base);
+            let interaction = match (field("method"), segments.as_slice()) {
+                ("GET", [_]) => "search-type",
+                ("GET", [_, _]) => "read",
+                ("GET", [_, _, "_history", _]) => "vread",
+                ("POST", [_]) => "create",
+                ("PUT", [_, _]) => "update",
+                ("DELETE", [_, _]) => "delete",
+                _ => "operation",
+            };
+            let resource = match result {
+                EntryResult::Written(WriteOutcome::Created(s)) => {
+                    Some(format!("{}/{}", s.resource_type, s.id))
                 }
-            })
-            .collect()
-    }
+                _ if segments.len() >= 2 => Some(segments.join("/")),
+                _ => None,
+            };
+            EntryAudit {
+                interaction,
+                resource,
+                query: query.map(str::to_owned).filter(|q| !q.is_empty()),
+            }
+        })
+        .collect()
 }
 
 impl BatchOutcome {
@@ -493,7 +488,7 @@ pub(crate) fn run<S: VaultStore>(
         .cloned()
         .unwrap_or_default();
     if !transaction {
-        let results = entries
+        let results: Vec<EntryResult> = entries
             .iter()
             .map(|entry| match parse_entry(vault, entry, ctx.base, new_id) {
                 Err(e) => EntryResult::Failed(e),
@@ -513,6 +508,7 @@ pub(crate) fn run<S: VaultStore>(
             .collect();
         return Ok(BatchOutcome {
             transaction,
+            audits: entry_audits(&entries, &results, ctx.base),
             entries: results,
         });
     }
@@ -574,8 +570,10 @@ pub(crate) fn run<S: VaultStore>(
             results[position] = Some(read_entry(vault, store, ctx, request));
         }
     }
+    let results: Vec<EntryResult> = results.into_iter().flatten().collect();
     Ok(BatchOutcome {
         transaction,
-        entries: results.into_iter().flatten().collect(),
+        audits: entry_audits(&entries, &results, ctx.base),
+        entries: results,
     })
 }
