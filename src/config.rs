@@ -93,6 +93,26 @@ pub struct FhirFeedConfig {
     pub key: Option<PathBuf>,
 }
 
+impl SyslogConfig {
+    /// The delivery cursor's name: `name`, or `syslog:{address}`.
+    pub fn cursor_name(&self) -> String {
+        match self.name.as_str() {
+            "" => format!("syslog:{}", self.address),
+            name => name.to_owned(),
+        }
+    }
+}
+
+impl FhirFeedConfig {
+    /// The delivery cursor's name: `name`, or `fhir:{url}`.
+    pub fn cursor_name(&self) -> String {
+        match self.name.as_str() {
+            "" => format!("fhir:{}", self.url),
+            name => name.to_owned(),
+        }
+    }
+}
+
 fn default_ca() -> PathBuf {
     "pki/ca.crt".into()
 }
@@ -313,20 +333,11 @@ impl Loaded {
     /// first, then FHIR feeds, in configuration order.
     pub fn delivery_names(&self) -> Vec<String> {
         let audit = &self.config.audit;
-        let named = |name: &str, default: String| match name {
-            "" => default,
-            name => name.to_owned(),
-        };
         audit
             .syslog
             .iter()
-            .map(|s| named(&s.name, format!("syslog:{}", s.address)))
-            .chain(
-                audit
-                    .fhir_feed
-                    .iter()
-                    .map(|f| named(&f.name, format!("fhir:{}", f.url))),
-            )
+            .map(SyslogConfig::cursor_name)
+            .chain(audit.fhir_feed.iter().map(FhirFeedConfig::cursor_name))
             .collect()
     }
 

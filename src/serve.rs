@@ -146,8 +146,6 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
         app_name: "tessera".into(),
         procid: std::process::id().to_string(),
     };
-    let mut names = loaded.delivery_names().into_iter();
-    let mut name = || names.next().unwrap_or_default();
     let mut destinations = Vec::new();
     for syslog in &audit.syslog {
         let (cert, key) = node_cert(&syslog.cert, &syslog.key);
@@ -159,7 +157,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
                 format!("audit.syslog address {:?} is not host:port", syslog.address)
             })?;
         destinations.push(Destination {
-            name: name(),
+            name: syslog.cursor_name(),
             transport: TransportSettings::Syslog(SyslogSettings {
                 address: syslog.address.clone(),
                 server_name: match syslog.server_name.as_str() {
@@ -177,7 +175,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
     for feed in &audit.fhir_feed {
         let (cert, key) = node_cert(&feed.cert, &feed.key);
         destinations.push(Destination {
-            name: name(),
+            name: feed.cursor_name(),
             transport: TransportSettings::Fhir(FhirFeedSettings {
                 url: feed.url.clone(),
                 token_url: feed.token_url.clone(),
