@@ -17,7 +17,6 @@ use std::thread;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use base64::Engine as _;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::{json, Value};
@@ -332,8 +331,22 @@ impl SyslogTransport {
             Err(e) => Err(format!("{} refused the connection: {e}", self.address)),
         }
     }
+}
 
-    fn try_send(&mut self, events: &[(i64, Record)]) -> Result<(), String> {
+/// Ends the connection politely, so the receiver logs no error.
+impl Drop for SyslogTransport {
+    fn drop(&mut self) {
+        if let Some(mut stream) = self.stream.take() {
+            stream.conn.send_close_notify();
+            let _ = stream.conn.complete_io(&mut stream.sock);
+        }
+    }
+}
+
+impl Transport for SyslogTransport {
+    /// Sends on the open connection, or a new one; on failure the connection is
+    /// dropped, so the next try starts a new one.
+    fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String> {
         let mut stream = match self.stream.take() {
             Some(stream) => stream,
             None => self.connect()?,
@@ -350,23 +363,6 @@ impl SyslogTransport {
             .map_err(|e| format!("after sending {} events: {e}", events.len()))?;
         self.stream = Some(stream);
         Ok(())
-    }
-}
-
-/// Ends the connection politely, so the receiver logs no error.
-impl Drop for SyslogTransport {
-    fn drop(&mut self) {
-        if let Some(mut stream) = self.stream.take() {
-            stream.conn.send_close_notify();
-            let _ = stream.conn.complete_io(&mut stream.sock);
-        }
-    }
-}
-
-impl Transport for SyslogTransport {
-    fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String> {
-        // On failure the connection is dropped; the next try starts a new one.
-        self.try_send(events)
     }
 }
 
@@ -417,15 +413,8 @@ impl FhirTransport {
         if s.client_secret.expose().is_empty() {
             form.push(("client_id", s.client_id.as_str()));
         } else {
-            basic = format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(format!(
-                    "{}:{}",
-                    s.client_id,
-                    s.client_secret.expose()
-                ))
-            );
-            request = request.header("Authorization", basic.as_str());
+            basic = crate::tls::basic_authorization(&s.client_id, &s.client_secret);
+            request = request.header("Authorization", basic.expose());
         }
         let mut response = request
             .send_form(form)

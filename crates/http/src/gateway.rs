@@ -10,7 +10,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine as _;
 use tessera_iam::token::AccessTokenClaims;
 use tessera_iam::VerifiedToken;
 use tessera_types::{Secret, UnixTime};
@@ -47,13 +46,9 @@ impl Introspector {
         max_cache_seconds: i64,
     ) -> anyhow::Result<Self> {
         let agent = crate::tls::https_agent(ca_file, Duration::from_secs(5), false)?;
-        let pair = format!("{client_id}:{}", client_secret.expose());
         Ok(Self {
             url,
-            authorization: Secret::new(format!(
-                "Basic {}",
-                base64::engine::general_purpose::STANDARD.encode(pair)
-            )),
+            authorization: crate::tls::basic_authorization(client_id, client_secret),
             agent,
             max_cache_seconds,
             cache: Mutex::default(),

@@ -88,6 +88,20 @@ pub fn https_agent_with(
         .new_agent())
 }
 
+/// The `Authorization` value with which Tessera's outgoing calls authenticate as a
+/// client with a secret: `Basic base64(id:secret)`.
+pub(crate) fn basic_authorization(
+    client_id: &str,
+    secret: &tessera_types::Secret,
+) -> tessera_types::Secret {
+    use base64::Engine as _;
+    let pair = format!("{client_id}:{}", secret.expose());
+    tessera_types::Secret::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+}
+
 pub fn load_certs(path: &Path) -> anyhow::Result<Vec<CertificateDer<'static>>> {
     let certs = CertificateDer::pem_file_iter(path)
         .with_context(|| format!("cannot read certificates from {}", path.display()))?
