@@ -672,9 +672,19 @@ pub fn tls_probe(
     key: &Path,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> Result<String, rustls::Error> {
+    tls_request(env, &tls_client_config(env, cert, key, version)).map(|(response, _)| response)
+}
+
+/// A rustls client configuration with a client certificate. It keeps what the server
+/// offers for resuming sessions (rustls' default), as most TLS clients do.
+pub fn tls_client_config(
+    env: &Env,
+    cert: &Path,
+    key: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use std::io::{Read, Write};
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(env.path("pki/ca.crt")).unwrap() {
@@ -691,8 +701,20 @@ pub fn tls_probe(
         .with_root_certificates(roots)
         .with_client_auth_cert(chain, key)
         .unwrap();
+    Arc::new(config)
+}
+
+/// [`tls_probe`] with a given client configuration (and its session cache); also says
+/// whether the handshake was a full one or resumed a session.
+pub fn tls_request(
+    env: &Env,
+    config: &Arc<rustls::ClientConfig>,
+) -> Result<(String, Option<rustls::HandshakeKind>), rustls::Error> {
+    use rustls::pki_types::ServerName;
+    use std::io::{Read, Write};
+
     let connection =
-        rustls::ClientConnection::new(Arc::new(config), ServerName::try_from("localhost").unwrap())
+        rustls::ClientConnection::new(config.clone(), ServerName::try_from("localhost").unwrap())
             .unwrap();
     let socket = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
     socket
@@ -712,7 +734,7 @@ pub fn tls_probe(
     let _ = tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut response = String::new();
     match tls.read_to_string(&mut response) {
-        Ok(_) => Ok(response),
+        Ok(_) => Ok((response, tls.conn.handshake_kind())),
         Err(e) => Err(as_tls(e)),
     }
 }

@@ -9,7 +9,9 @@ use tessera_iam::jose::{b64, JwkSet, UnverifiedJws};
 
 use rustls::AlertDescription;
 
-use crate::support::{decode_jwt, foreign_ca_client, now, tls_probe, Client, Env};
+use crate::support::{
+    decode_jwt, foreign_ca_client, now, tls_client_config, tls_probe, tls_request, Client, Env,
+};
 
 const CLIENT_ID: &str = "bestclinic-tcu";
 
@@ -239,6 +241,21 @@ fn a_revoked_certificate_is_refused_once_the_crl_reloads() {
             .status,
         200
     );
+    // Clients that keep what the server offers for resuming a session, and have
+    // connected before the revocation: the server offers nothing, each connection is a
+    // full handshake, so a resumed session cannot carry the revoked certificate.
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    let resuming: Vec<_> = versions
+        .iter()
+        .map(|version| tls_client_config(&env, &crt, &key, version))
+        .collect();
+    for (config, version) in resuming.iter().zip(versions) {
+        for _ in 0..2 {
+            let (response, kind) = tls_request(&env, config).unwrap();
+            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+            assert_eq!(kind, Some(rustls::HandshakeKind::Full), "{version:?}");
+        }
+    }
 
     let printed = env.cli(&["pki", "revoke", crt.to_str().unwrap()]).unwrap();
     assert!(printed.contains("revoked serial"), "{printed}");
@@ -255,6 +272,14 @@ fn a_revoked_certificate_is_refused_once_the_crl_reloads() {
         std::thread::sleep(Duration::from_millis(200));
     }
     assert_refused(&env, &crt, &key, AlertDescription::CertificateRevoked);
+    for (config, version) in resuming.iter().zip(versions) {
+        match tls_request(&env, config) {
+            Err(rustls::Error::AlertReceived(AlertDescription::CertificateRevoked)) => {}
+            other => {
+                panic!("{version:?}: a client that connected before was not refused: {other:?}")
+            }
+        }
+    }
 }
 
 #[test]

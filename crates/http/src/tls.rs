@@ -135,12 +135,17 @@ pub fn server_config(
     settings: &TlsSettings,
 ) -> anyhow::Result<(ServerConfig, Arc<ReloadingVerifier>)> {
     let verifier = Arc::new(ReloadingVerifier::new(settings.clone())?);
-    let config = ServerConfig::builder_with_provider(provider())
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
         .context("TLS protocol versions")?
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(load_certs(&settings.cert)?, load_key(&settings.key)?)
         .context("the server certificate does not match its key")?;
+    // No session resumption: a resumed session carries the client certificate verified
+    // at its full handshake, so a certificate revoked (or expired) since would still
+    // authenticate. Every connection verifies its certificate against the current CRLs.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
     Ok((config, verifier))
 }
 
