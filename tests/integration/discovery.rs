@@ -150,6 +150,23 @@ fn health_and_metrics_reflect_the_server() {
     assert!(metrics
         .body
         .contains("tessera_token_request_duration_seconds_count 1"));
+    // The refused request's audit record (and the node's start) went through the
+    // journal, in at most as many syncs as records.
+    let value = |name: &str| -> f64 {
+        let line = metrics
+            .body
+            .lines()
+            .find(|l| l.starts_with(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("no {name} in {}", metrics.body));
+        line[name.len() + 1..].parse().unwrap()
+    };
+    let records = value("tessera_audit_journal_records_total");
+    let syncs = value("tessera_audit_journal_syncs_total");
+    assert!(
+        records >= 1.0 && syncs >= 1.0 && syncs <= records,
+        "{records} {syncs}"
+    );
+    assert!(value("tessera_audit_journal_sync_seconds_total") > 0.0);
     assert_eq!(client.get("/no/such/path").status, 404);
 }
 

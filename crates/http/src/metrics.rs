@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tessera_store::JournalStats;
+
 const OUTCOMES: [&str; 9] = [
     "issued",
     "invalid_request",
@@ -112,6 +114,35 @@ impl Metrics {
         let _ = writeln!(out, "tessera_token_request_duration_seconds_count {count}");
         out
     }
+}
+
+/// The audit journal's counters: records made durable, the syncs that did it (their ratio
+/// is the mean group size) and the time spent syncing.
+pub fn render_journal(stats: &JournalStats) -> String {
+    let mut out = String::new();
+    let counters = [
+        (
+            "tessera_audit_journal_records_total",
+            "Audit records made durable in the journal.",
+            stats.records.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tessera_audit_journal_syncs_total",
+            "Journal syncs (one per group of records).",
+            stats.syncs.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "tessera_audit_journal_sync_seconds_total",
+            "Time spent in journal syncs.",
+            stats.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        ),
+    ];
+    for (name, help, value) in counters {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "{name} {value}");
+    }
+    out
 }
 
 #[cfg(test)]

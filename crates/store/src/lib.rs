@@ -27,7 +27,7 @@ use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
 use tessera_introspection::RevocationStore;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
-pub use crate::audit::{AuditWriter, ChainReport, Lease};
+pub use crate::audit::{AuditWriter, ChainReport, JournalStats, Lease};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
