@@ -89,13 +89,15 @@ pub fn https_agent_with(
 }
 
 /// The `Authorization` value with which Tessera's outgoing calls authenticate as a
-/// client with a secret: `Basic base64(id:secret)`.
+/// client with a secret: RFC 6749 2.3.1's `Basic base64(urlencode(id):urlencode(secret))`
+/// (an id or secret may hold `:`, `%` or non-ASCII characters).
 pub(crate) fn basic_authorization(
     client_id: &str,
     secret: &tessera_types::Secret,
 ) -> tessera_types::Secret {
     use base64::Engine as _;
-    let pair = format!("{client_id}:{}", secret.expose());
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret.expose()));
     tessera_types::Secret::new(format!(
         "Basic {}",
         base64::engine::general_purpose::STANDARD.encode(pair)
@@ -283,5 +285,33 @@ impl ClientCertVerifier for ReloadingVerifier {
         self.current()
             .map(|v| v.supported_verify_schemes())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine as _;
+
+    #[test]
+    fn outgoing_basic_credentials_are_form_urlencoded_before_base64() {
+        let header = basic_authorization("gw:1 ü", &tessera_types::Secret::new("a%b+c:d".into()));
+        let encoded = header.expose().strip_prefix("Basic ").unwrap();
+        let pair = base64::engine::general_purpose::STANDARD
+            .decode(encoded)
+            .unwrap();
+        assert_eq!(
+            String::from_utf8(pair).unwrap(),
+            "gw%3A1+%C3%BC:a%25b%2Bc%3Ad"
+        );
+        // A plain generated id and secret are unchanged.
+        let plain = basic_authorization("gateway", &tessera_types::Secret::new("Zx-9_a".into()));
+        assert_eq!(
+            plain.expose(),
+            &format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode("gateway:Zx-9_a")
+            )
+        );
     }
 }
