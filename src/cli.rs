@@ -98,6 +98,16 @@ enum AuditCommand {
     },
     /// Show how far each ITI-20 destination (syslog, FHIR feed) has been delivered
     Deliveries,
+    /// Count a destination's events up to a point as delivered without sending them: for
+    /// an event the destination refuses for good, or to start a new destination at the
+    /// present rather than at the beginning of the trail. Recorded in the trail
+    Skip {
+        /// The destination, as `tessera audit deliveries` names it
+        destination: String,
+        /// The last event to skip: its sequence number, or `head` for the newest
+        #[arg(long)]
+        through: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -733,6 +743,43 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
             for record in store.audit_since(since)? {
                 writeln!(out, "{}", tessera_atna::to_fhir(&record))?;
             }
+        }
+        AuditCommand::Skip {
+            destination,
+            through,
+        } => {
+            let head = store.audit_head()?;
+            let through = match through.as_str() {
+                "head" => head,
+                number => number
+                    .parse::<i64>()
+                    .ok()
+                    .filter(|n| (0..=head).contains(n))
+                    .ok_or_else(|| {
+                        anyhow!("--through: expected `head` or an event number from 0 to {head}")
+                    })?,
+            };
+            let known = store.deliveries()?;
+            if !loaded.delivery_names().contains(&destination)
+                && !known.iter().any(|(name, _)| *name == destination)
+            {
+                bail!("no ITI-20 destination named {destination}: `tessera audit deliveries` lists them");
+            }
+            let delivered = store.skip_delivery(&destination, through)?;
+            if delivered > through {
+                bail!(
+                    "{destination} is already delivered through event {delivered}: nothing skipped"
+                );
+            }
+            writeln!(
+                out,
+                "{destination}: events through {through} count as delivered; a running server goes on after them"
+            )?;
+            audit_admin_change(
+                loaded,
+                "audit skip",
+                format!("{destination} through event {through}"),
+            )?;
         }
         AuditCommand::Deliveries => {
             let head = store.audit_head()?;

@@ -125,6 +125,11 @@ action(type="omfile" file="{dir}/received.log" template="seen")
     /// delivered (or 20 s passed). A receiver stopped before the sender's confirmation
     /// window closed would get those events again: that is at-least-once.
     fn received_all(&self, env: &Env) -> (Vec<Received>, Vec<Record>) {
+        self.received_after(env, 0)
+    }
+
+    /// [`Rsyslog::received_all`] for the events after the first `skipped` of the trail.
+    fn received_after(&self, env: &Env, skipped: usize) -> (Vec<Received>, Vec<Record>) {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let trail = records(env);
@@ -132,7 +137,11 @@ action(type="omfile" file="{dir}/received.log" template="seen")
             let ids: std::collections::HashSet<&str> =
                 received.iter().map(|r| r.event_id.as_str()).collect();
             let confirmed = cursor(env).unwrap_or(0) >= trail.len() as i64;
-            if (confirmed && trail.iter().all(|r| ids.contains(r.id.as_str())))
+            if (confirmed
+                && trail
+                    .iter()
+                    .skip(skipped)
+                    .all(|r| ids.contains(r.id.as_str())))
                 || Instant::now() > deadline
             {
                 return (received, trail);
@@ -369,4 +378,73 @@ fn a_receiver_below_tls_1_2_gets_nothing() {
     let log = std::fs::read_to_string(receiver.dir.join("rsyslogd.err")).unwrap();
     // rustls offers TLS 1.3 and 1.2 with AEAD suites only, none of which TLS 1.1 has.
     assert!(log.contains("error on handshake"), "{log}");
+}
+
+#[test]
+fn an_operator_can_skip_events_a_destination_is_not_to_get() {
+    let env = Env::new();
+    let mut receiver = Rsyslog::new(&env);
+    deliver_to(&env, &receiver, None);
+    let server = env.start();
+    some_tokens(&env, 3);
+    // The receiver is down; once the three token events are in the trail, they are skipped.
+    let tokens_in = |trail: &[Record]| {
+        trail
+            .iter()
+            .filter(|r| matches!(r.event, tessera_atna::Event::TokenRequest { .. }))
+            .count()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokens_in(&records(&env)) < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "the token events never reached the trail"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let skipped = records(&env);
+    let head = skipped.len();
+
+    let unknown = env.cli(&["audit", "skip", "nosuch", "--through", "head"]);
+    assert!(format!("{:#}", unknown.unwrap_err()).contains("no ITI-20 destination named nosuch"),);
+    let beyond = env.cli(&["audit", "skip", "arr", "--through", &(head + 1).to_string()]);
+    assert!(format!("{:#}", beyond.unwrap_err()).contains("--through"));
+    assert_eq!(cursor(&env).unwrap_or(0), 0, "a refused skip moves nothing");
+
+    let printed = env
+        .cli(&["audit", "skip", "arr", "--through", "head"])
+        .unwrap();
+    assert!(
+        printed.contains(&format!("arr: events through {head} count as delivered")),
+        "{printed}"
+    );
+    assert!(cursor(&env).unwrap() >= head as i64);
+    let back = env.cli(&["audit", "skip", "arr", "--through", "1"]);
+    assert!(format!("{:#}", back.unwrap_err()).contains("already delivered through event"),);
+
+    receiver.start();
+    some_tokens(&env, 2);
+    let (received, trail) = receiver.received_after(&env, head);
+    drop(server);
+    let counts = count_by_id(&received);
+    for record in &skipped {
+        assert!(
+            !counts.contains_key(record.id.as_str()),
+            "skipped {}",
+            record.id
+        );
+    }
+    for record in &trail[head..] {
+        assert_eq!(counts.get(record.id.as_str()), Some(&1), "{}", record.id);
+    }
+    // The skip itself is an audited operator action, delivered like any event.
+    let skip = trail
+        .iter()
+        .find(|r| {
+            matches!(&r.event, tessera_atna::Event::AdminAction { command, target, .. }
+                if command == "audit skip" && *target == format!("arr through event {head}"))
+        })
+        .expect("the skip is in the trail");
+    assert_eq!(counts.get(skip.id.as_str()), Some(&1));
+    assert_eq!(tokens_in(&trail[head..]), 2);
 }

@@ -927,6 +927,41 @@ impl Store {
         Ok(moved == 1)
     }
 
+    /// Moves `destination`'s cursor forward to `seq` (an operator skipping events), never
+    /// back. Returns the cursor: `seq`, or where it already was when that is further on.
+    /// The instance delivering to it notices at its next round (its own advance then no
+    /// longer matches and it reads the cursor again).
+    pub fn skip_delivery(&self, destination: &str, seq: i64) -> Result<i64, StoreError> {
+        let mut conn = self.conn()?;
+        conn.transaction::<_, diesel::result::Error, _>(|conn| {
+            let row = (
+                audit_deliveries::destination.eq(destination),
+                audit_deliveries::seq.eq(seq),
+                audit_deliveries::owner.eq(""),
+                audit_deliveries::lease_until.eq(0i64),
+            );
+            let insert = diesel::insert_into(audit_deliveries::table)
+                .values(row)
+                .on_conflict_do_nothing();
+            match &mut **conn {
+                DbConnection::Sqlite(c) => insert.execute(c)?,
+                DbConnection::Postgres(c) => insert.execute(c)?,
+            };
+            diesel::update(
+                audit_deliveries::table
+                    .filter(audit_deliveries::destination.eq(destination))
+                    .filter(audit_deliveries::seq.lt(seq)),
+            )
+            .set(audit_deliveries::seq.eq(seq))
+            .execute(conn)?;
+            audit_deliveries::table
+                .filter(audit_deliveries::destination.eq(destination))
+                .select(audit_deliveries::seq)
+                .first(conn)
+        })
+        .map_err(db_error)
+    }
+
     /// Gives up `owner`'s lease (a clean stop), so another instance can go on at once.
     pub fn release_delivery(&self, destination: &str, owner: &str) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
