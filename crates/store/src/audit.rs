@@ -847,6 +847,28 @@ fn drain(
     }
 }
 
+/// Adds `destination`'s cursor at `seq`, unleased, unless it exists.
+fn add_delivery(
+    conn: &mut DbConnection,
+    destination: &str,
+    seq: i64,
+) -> Result<(), diesel::result::Error> {
+    let row = (
+        audit_deliveries::destination.eq(destination),
+        audit_deliveries::seq.eq(seq),
+        audit_deliveries::owner.eq(""),
+        audit_deliveries::lease_until.eq(0i64),
+    );
+    let insert = diesel::insert_into(audit_deliveries::table)
+        .values(row)
+        .on_conflict_do_nothing();
+    match conn {
+        DbConnection::Sqlite(c) => insert.execute(c)?,
+        DbConnection::Postgres(c) => insert.execute(c)?,
+    };
+    Ok(())
+}
+
 /// A delivery's lease: held by one instance, renewed as it delivers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Lease {
@@ -867,19 +889,7 @@ impl Store {
     ) -> Result<Option<Lease>, StoreError> {
         let mut conn = self.conn()?;
         conn.transaction::<_, diesel::result::Error, _>(|conn| {
-            let row = (
-                audit_deliveries::destination.eq(destination),
-                audit_deliveries::seq.eq(0i64),
-                audit_deliveries::owner.eq(""),
-                audit_deliveries::lease_until.eq(0i64),
-            );
-            let insert = diesel::insert_into(audit_deliveries::table)
-                .values(row)
-                .on_conflict_do_nothing();
-            match &mut **conn {
-                DbConnection::Sqlite(c) => insert.execute(c)?,
-                DbConnection::Postgres(c) => insert.execute(c)?,
-            };
+            add_delivery(conn, destination, 0)?;
             let claimed = diesel::update(
                 audit_deliveries::table
                     .filter(audit_deliveries::destination.eq(destination))
@@ -934,19 +944,7 @@ impl Store {
     pub fn skip_delivery(&self, destination: &str, seq: i64) -> Result<i64, StoreError> {
         let mut conn = self.conn()?;
         conn.transaction::<_, diesel::result::Error, _>(|conn| {
-            let row = (
-                audit_deliveries::destination.eq(destination),
-                audit_deliveries::seq.eq(seq),
-                audit_deliveries::owner.eq(""),
-                audit_deliveries::lease_until.eq(0i64),
-            );
-            let insert = diesel::insert_into(audit_deliveries::table)
-                .values(row)
-                .on_conflict_do_nothing();
-            match &mut **conn {
-                DbConnection::Sqlite(c) => insert.execute(c)?,
-                DbConnection::Postgres(c) => insert.execute(c)?,
-            };
+            add_delivery(conn, destination, seq)?;
             diesel::update(
                 audit_deliveries::table
                     .filter(audit_deliveries::destination.eq(destination))
