@@ -229,13 +229,25 @@ fn other_nodes_feed_audit_events_in() {
         "source": {"observer": {"display": "node-2"}},
         "entity": [{"what": {"identifier": {"value": "urn:tessera:account:remote"}}, "role": {"system": "http://terminology.hl7.org/CodeSystem/object-role", "code": "1"}}],
     });
-    let created = c.send(
-        "POST",
-        "/audit/fhir/AuditEvent",
-        Some(&node),
-        &[],
-        Some(&event.to_string()),
-    );
+    let feed = |body: &Value| {
+        c.send(
+            "POST",
+            "/audit/fhir/AuditEvent",
+            Some(&node),
+            &[],
+            Some(&body.to_string()),
+        )
+    };
+    let feed_batch = |body: &Value| {
+        c.send(
+            "POST",
+            "/audit/fhir",
+            Some(&node),
+            &[],
+            Some(&body.to_string()),
+        )
+    };
+    let created = feed(&event);
     assert_eq!(created.status, 201, "{}", created.body);
     assert!(created
         .header("location")
@@ -245,13 +257,7 @@ fn other_nodes_feed_audit_events_in() {
         {"resource": event, "request": {"method": "POST", "url": "AuditEvent"}},
         {"resource": {"resourceType": "Patient"}, "request": {"method": "POST", "url": "AuditEvent"}},
     ]});
-    let reply = c.send(
-        "POST",
-        "/audit/fhir",
-        Some(&node),
-        &[],
-        Some(&batch.to_string()),
-    );
+    let reply = feed_batch(&batch);
     assert_eq!(reply.status, 200, "{}", reply.body);
     let statuses: Vec<Value> = reply.json()["entry"]
         .as_array()
@@ -264,15 +270,6 @@ fn other_nodes_feed_audit_events_in() {
     // answered 200 with the stored event instead of being stored twice.
     let mut with_id = event.clone();
     with_id["id"] = json!("4f0c1a3e-2b7d-4c59-9e21-6a8d0f3b7c15");
-    let feed = |body: &Value| {
-        c.send(
-            "POST",
-            "/audit/fhir/AuditEvent",
-            Some(&node),
-            &[],
-            Some(&body.to_string()),
-        )
-    };
     let first = feed(&with_id);
     assert_eq!(first.status, 201, "{}", first.body);
     assert!(first
@@ -285,13 +282,7 @@ fn other_nodes_feed_audit_events_in() {
     let batch = json!({"resourceType": "Bundle", "type": "batch", "entry": [
         {"resource": with_id, "request": {"method": "POST", "url": "AuditEvent"}},
     ]});
-    let reply = c.send(
-        "POST",
-        "/audit/fhir",
-        Some(&node),
-        &[],
-        Some(&batch.to_string()),
-    );
+    let reply = feed_batch(&batch);
     assert_eq!(
         reply.json()["entry"][0]["response"]["status"],
         "200",

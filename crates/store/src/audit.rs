@@ -571,7 +571,6 @@ impl AuditWriter {
                     path,
                     dir: journal_dir,
                     retired: Vec::new(),
-                    written: 0,
                     drained,
                     drainer_gone,
                     rotate_bytes,
@@ -686,8 +685,6 @@ struct Journal {
     /// Full segments not yet all in the database: (path, file, records written up to
     /// its end).
     retired: Vec<(PathBuf, File, u64)>,
-    /// Records written by this instance.
-    written: u64,
     /// Records the drainer has committed to the database, counted the same way.
     drained: Arc<AtomicU64>,
     /// Set when the drainer has stopped (done, or given up on a failing database).
@@ -701,6 +698,11 @@ struct Journal {
 }
 
 impl Journal {
+    /// Records this instance has made durable (only this thread counts them).
+    fn written(&self) -> u64 {
+        self.stats.records.load(Ordering::Relaxed)
+    }
+
     fn run(mut self, incoming: &Queue, drainer: Sender<Vec<Journaled>>) {
         // Under load, a group gathers for a moment: one sync then serves many requests.
         while let Some(batch) = incoming.next_group() {
@@ -714,7 +716,6 @@ impl Journal {
                 reply.send(result.clone());
             }
             if ok {
-                self.written += records.len() as u64;
                 let _ = drainer.send(records);
             }
             self.rotate();
@@ -727,7 +728,7 @@ impl Journal {
     fn finish(mut self, drainer: Sender<Vec<Journaled>>) {
         drop(drainer);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.drained.load(Ordering::SeqCst) < self.written {
+        while self.drained.load(Ordering::SeqCst) < self.written() {
             if self.drainer_gone.load(Ordering::SeqCst) || std::time::Instant::now() > deadline {
                 return; // what is left is replayed (once) at the next start
             }
@@ -793,7 +794,7 @@ impl Journal {
                 Ok((file, path)) => {
                     let full = std::mem::replace(&mut self.file, file);
                     let full_path = std::mem::replace(&mut self.path, path);
-                    self.retired.push((full_path, full, self.written));
+                    self.retired.push((full_path, full, self.written()));
                     self.allocated = self.file.metadata().map(|m| m.len()).unwrap_or(0);
                     self.size = 0;
                 }
