@@ -84,6 +84,9 @@ enum Command {
     /// The audit trail: verify its hash chain, export it
     #[command(subcommand)]
     Audit(AuditCommand),
+    /// People who log in: patients, representatives, practitioners, auditors
+    #[command(subcommand)]
+    User(crate::users::UserCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,6 +260,8 @@ enum AuthMethod {
     PrivateKeyJwt,
     ClientSecretBasic,
     ClientSecretPost,
+    /// A public app (browser or native): no secret, PKCE proves each code
+    None,
 }
 
 #[derive(Debug, Args)]
@@ -327,6 +332,12 @@ struct ClientAdd {
     home_community_id: Option<String>,
     #[arg(long)]
     national_provider_identifier: Option<String>,
+    /// Where the authorization endpoint may send users back, exactly (repeatable)
+    #[arg(long = "redirect-uri", value_name = "URL")]
+    redirect_uris: Vec<String>,
+    /// The app's SMART launch URL
+    #[arg(long, value_name = "URL")]
+    launch_url: Option<String>,
 }
 
 /// Runs the command line with `args` (the first being the program name).
@@ -388,6 +399,7 @@ fn admin_change(command: &Command) -> Option<(&'static str, String)> {
         }
         Command::Pki(PkiCommand::IssueClient { name, .. }) => ("pki issue-client", name.clone()),
         Command::Pki(PkiCommand::Revoke { cert }) => ("pki revoke", crate::pki::describe(cert)),
+        Command::User(cmd) => return cmd.change(),
         _ => return None,
     })
 }
@@ -463,6 +475,10 @@ fn run_command(cli: Cli, out: &mut dyn Write) -> anyhow::Result<()> {
         Command::Audit(cmd) => {
             let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
             audit(cmd, &loaded, out)
+        }
+        Command::User(cmd) => {
+            let loaded = load(cli.config.as_deref(), cli.database_url.as_deref())?;
+            crate::users::run(cmd, &loaded, out)
         }
         Command::Partition(PartitionCommand::Add {
             account,
@@ -938,7 +954,7 @@ fn pki(cmd: PkiCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<
     Ok(())
 }
 
-fn realm_of(name: Option<String>, loaded: &Loaded) -> anyhow::Result<RealmName> {
+pub(crate) fn realm_of(name: Option<String>, loaded: &Loaded) -> anyhow::Result<RealmName> {
     let name = name.unwrap_or_else(|| loaded.config.iam.default_realm.clone());
     RealmName::try_from(name.as_str()).map_err(|e| anyhow!("--realm: {e}"))
 }
@@ -1026,9 +1042,11 @@ fn describe(client: &Client) -> serde_json::Value {
         "principal_id": client.principal_id,
         "principal_name": client.principal_name,
         "person_ids": client.person_ids,
-                "resource_servers": client.resource_servers,
+        "resource_servers": client.resource_servers,
         "accounts": client.accounts,
         "ihe_iua": client.iua,
+        "redirect_uris": client.redirect_uris,
+        "launch_url": client.launch_url,
     })
 }
 
@@ -1144,7 +1162,25 @@ fn client_add(
             secret = Some(generated);
             auth
         }
+        AuthMethod::None => {
+            anyhow::ensure!(
+                !args.redirect_uris.is_empty(),
+                "a public client (--auth none) needs at least one --redirect-uri"
+            );
+            ClientAuth::None
+        }
     };
+    for uri in &args.redirect_uris {
+        check_redirect_uri(uri)?;
+    }
+    if let Some(url) = &args.launch_url {
+        anyhow::ensure!(
+            url.starts_with("https://")
+                || url.starts_with("http://localhost")
+                || url.starts_with("http://127.0.0.1"),
+            "--launch-url must be an https URL (http only on localhost)"
+        );
+    }
     let client = Client {
         realm: realm.clone(),
         client_id: client_id.clone(),
@@ -1166,6 +1202,8 @@ fn client_add(
             home_community_id: args.home_community_id,
             national_provider_identifier: args.national_provider_identifier,
         },
+        redirect_uris: args.redirect_uris,
+        launch_url: args.launch_url,
     };
     store.insert_client(&client, now())?;
     writeln!(
@@ -1193,6 +1231,33 @@ fn client_add(
         loaded.public_url()
     )?;
     Ok(())
+}
+
+/// RFC 6749 3.1.2 and the OAuth 2.0 Security BCP: absolute, no fragment, https (or
+/// http on the loopback interface, or a private-use scheme for native apps), never a
+/// wildcard: redirect URIs are compared exactly.
+fn check_redirect_uri(uri: &str) -> anyhow::Result<()> {
+    let bad = |why: &str| anyhow!("--redirect-uri {uri}: {why}");
+    let (scheme, rest) = uri
+        .split_once("://")
+        .ok_or_else(|| bad("not an absolute URI"))?;
+    if uri.contains('#') {
+        return Err(bad("a redirect URI has no fragment"));
+    }
+    if uri.contains('*') {
+        return Err(bad("wildcards are not allowed; register each URI"));
+    }
+    let host = rest.split(['/', '?', ':']).next().unwrap_or_default();
+    match scheme {
+        "https" if !host.is_empty() => Ok(()),
+        "http" if ["localhost", "127.0.0.1", "[::1]"].contains(&host) => Ok(()),
+        "http" => Err(bad("http is allowed only for localhost; use https")),
+        "javascript" | "data" | "file" | "vbscript" => Err(bad("not a redirect scheme")),
+        _ if scheme.contains('.') => Ok(()),
+        _ => Err(bad(
+            "use https, or a private-use scheme in reverse domain form (com.example.app)",
+        )),
+    }
 }
 
 fn ca_subject(loaded: &Loaded) -> anyhow::Result<String> {

@@ -217,6 +217,8 @@ pub struct IamConfig {
     pub cache_seconds: i64,
     pub jwks_uri_ca: Option<PathBuf>,
     pub jwks_refresh_min_seconds: i64,
+    pub refresh_token_lifetime_seconds: i64,
+    pub session_lifetime_seconds: i64,
 }
 
 impl Default for Config {
@@ -248,6 +250,8 @@ impl Default for Config {
                 cache_seconds: 5,
                 jwks_uri_ca: None,
                 jwks_refresh_min_seconds: 30,
+                refresh_token_lifetime_seconds: 30 * 24 * 3600,
+                session_lifetime_seconds: 8 * 3600,
             },
             aim: AimConfig {
                 realm: "cara".into(),

@@ -34,6 +34,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         max_assertion_lifetime_seconds: iam.max_assertion_lifetime_seconds,
         clock_skew_seconds: iam.clock_skew_seconds,
         cache_seconds: iam.cache_seconds,
+        refresh_token_lifetime_seconds: iam.refresh_token_lifetime_seconds,
     };
     let aim = AimSettings {
         realm: tessera_types::RealmName::try_from(loaded.config.aim.realm.as_str())
@@ -51,10 +52,11 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         audience: loaded.vault_audience(),
         base: format!("{}/fhir", loaded.public_url()),
         auth: tessera_vault::capability::AuthServer {
-            token_endpoint: format!("{issuer}/protocol/openid-connect/token"),
-            introspection_endpoint: format!("{issuer}/protocol/openid-connect/token/introspect"),
-            revocation_endpoint: format!("{issuer}/protocol/openid-connect/revoke"),
-            jwks_uri: format!("{issuer}/protocol/openid-connect/certs"),
+            token_endpoint: tessera_iam::metadata::endpoint(&issuer, "token"),
+            introspection_endpoint: tessera_iam::metadata::endpoint(&issuer, "token/introspect"),
+            revocation_endpoint: tessera_iam::metadata::endpoint(&issuer, "revoke"),
+            authorization_endpoint: tessera_iam::metadata::endpoint(&issuer, "auth"),
+            jwks_uri: tessera_iam::metadata::endpoint(&issuer, "certs"),
             issuer,
         },
         max_body_bytes: loaded.config.vault.max_body_bytes,
@@ -72,6 +74,9 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         introspection: tessera_introspection::Introspection::new(),
         store,
         metrics: Metrics::default(),
+        pages: tessera_http::PageSettings {
+            session_lifetime_seconds: iam.session_lifetime_seconds,
+        },
     }))
 }
 

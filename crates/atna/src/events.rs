@@ -265,12 +265,46 @@ pub(crate) fn application_activity(started: bool, node: &str, version: &str) -> 
     }
 }
 
+/// DICOM 110114 User Authentication, Login (110122) or Logout (110123): the person as
+/// requestor with the address they came from, the realm as the authenticating node.
+pub(crate) fn user_authentication(
+    record: &Record,
+    username: &str,
+    realm: &str,
+    logout: bool,
+    error: Option<&str>,
+) -> Shape {
+    Shape {
+        action: 'E',
+        event: dcm("110114", "User Authentication"),
+        subtypes: vec![if logout {
+            dcm("110123", "Logout")
+        } else {
+            dcm("110122", "Login")
+        }],
+        participants: vec![
+            Participant {
+                id: username.to_owned(),
+                system: Some(realm.to_owned()),
+                alt_id: None,
+                role: dcm("110153", "Source Role ID"),
+                requestor: true,
+                address: record.client_address.clone(),
+                policy: None,
+            },
+            server(realm),
+        ],
+        objects: Vec::new(),
+        outcome_text: error.map(str::to_owned),
+    }
+}
+
 /// A CLI change: security data are a Security Alert (DICOM 110113) naming what changed;
 /// accounts and partitions are a Patient Record event (110110).
 pub(crate) fn admin_action(command: &str, target: &str, operator: &str) -> Shape {
     let (event, subtype, role) = match command.split(' ').next().unwrap_or_default() {
         "account" | "partition" => (dcm("110110", "Patient Record"), None, ObjectRole::Patient),
-        "client" => (
+        "client" | "user" => (
             SECURITY_ALERT,
             Some(dcm("110137", "User Security Attributes Changed")),
             ObjectRole::SecurityResource,

@@ -190,6 +190,17 @@ pub enum Event {
         /// Tessera's version.
         version: String,
     },
+    /// A person logged in (or failed to), or logged out, at a realm's login page
+    /// (DICOM 110114 User Authentication).
+    UserAuthentication {
+        /// The username given (for a failure: as typed).
+        username: String,
+        /// The realm's issuer URL.
+        realm: String,
+        logout: bool,
+        /// Why the login failed (wrong password, throttled, disabled).
+        error: Option<String>,
+    },
     /// AIM: an MPI-ID resolved to an Account URN (CARA resolution or PIXm ITI-83).
     AccountLookup {
         transaction: AimTransaction,
@@ -263,6 +274,12 @@ impl Record {
                 target,
                 operator,
             } => events::admin_action(command, target, operator),
+            Event::UserAuthentication {
+                username,
+                realm,
+                logout,
+                error,
+            } => events::user_authentication(self, username, realm, *logout, error.as_deref()),
             Event::AccountLookup {
                 transaction,
                 token,

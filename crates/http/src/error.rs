@@ -189,7 +189,9 @@ pub fn oauth_status(code: OAuthErrorCode) -> StatusCode {
         | OAuthErrorCode::UnauthorizedClient
         | OAuthErrorCode::UnsupportedGrantType
         | OAuthErrorCode::InvalidScope
-        | OAuthErrorCode::InvalidTarget => StatusCode::BAD_REQUEST,
+        | OAuthErrorCode::InvalidTarget
+        | OAuthErrorCode::UnsupportedResponseType => StatusCode::BAD_REQUEST,
+        OAuthErrorCode::AccessDenied => StatusCode::FORBIDDEN,
     }
 }
 

@@ -10,8 +10,9 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 use tessera_atna::{redact_token_request, Event, Outcome, Record};
+use tessera_iam::grant::GrantRequest;
 use tessera_iam::metadata::authorization_server_metadata;
-use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery, TokenRequest};
+use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery};
 use tessera_iam::{Issued, OAuthError, RealmState};
 use tessera_introspection::{IntrospectionError, IntrospectionRequest};
 use tessera_types::Secret;
@@ -190,12 +191,12 @@ async fn issue(
         .map(|p| redact_token_request(p))
         .unwrap_or_default();
     let prepared = client_credentials(req, auth).and_then(|credentials| {
-        let request = TokenRequest::from_form(pairs?)?;
+        let request = GrantRequest::from_form(pairs?)?;
         Ok((credentials, request))
     });
     let client_hint = prepared.as_ref().ok().and_then(|(credentials, request)| {
         request
-            .client
+            .client()
             .client_id
             .clone()
             .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()))
@@ -328,7 +329,7 @@ async fn introspect(
         .clone()
         .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()))
         .or_else(|| bearer.as_ref().map(|_| "bearer".to_owned()));
-    let endpoint = format!("{}/protocol/openid-connect/token/introspect", realm.issuer);
+    let endpoint = tessera_iam::metadata::endpoint(&realm.issuer, "token/introspect");
     let observer = realm.issuer.clone();
 
     let st = state.clone().into_inner();

@@ -15,6 +15,7 @@ pub mod gateway;
 mod iam_routes;
 pub mod jwks;
 pub mod metrics;
+mod pages;
 pub mod peer;
 pub mod tls;
 mod vault_routes;
@@ -111,6 +112,14 @@ pub struct AppState {
     pub introspection: tessera_introspection::Introspection,
     pub store: Store,
     pub metrics: Metrics,
+    pub pages: PageSettings,
+}
+
+/// Settings of the pages people use (login, consent, account).
+#[derive(Debug, Clone)]
+pub struct PageSettings {
+    /// How long a login lasts (and so `online_access` refresh tokens).
+    pub session_lifetime_seconds: i64,
 }
 
 /// Where AIM takes its tokens from and how it names accounts.
@@ -185,7 +194,9 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
             .route("/metrics", web::get().to(metrics))
             .default_service(web::to(not_found));
         if services.iam {
-            app = app.configure(iam_routes::configure);
+            app = app
+                .configure(iam_routes::configure)
+                .configure(pages::configure);
         }
         if services.aim {
             app = app.configure(aim_routes::configure);

@@ -81,11 +81,18 @@ pub(crate) async fn token(
     state: &web::Data<AppState>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
     let vault = &state.vault;
+    // A token a person authorized names the partition's own base URL as its audience.
+    let partition_base = req
+        .match_info()
+        .get("partition")
+        .map(|p| format!("{}/{p}", vault.audience));
+    let mut audiences = vec![vault.audience.as_str()];
+    audiences.extend(partition_base.as_deref());
     let token = verify(
         req,
         state,
         &vault.realm,
-        &vault.audience,
+        &audiences,
         vault.introspector.clone(),
     )
     .await

@@ -72,6 +72,9 @@ pub enum ClientAuth {
     ClientSecret {
         secret_sha256: String,
     },
+    /// A public client (RFC 6749 2.1, a browser or native app): it names itself with
+    /// `client_id` only and proves the authorization code with PKCE.
+    None,
 }
 
 impl ClientAuth {
@@ -80,7 +83,12 @@ impl ClientAuth {
             ClientAuth::TlsClientAuth(_) => "tls_client_auth",
             ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
             ClientAuth::ClientSecret { .. } => "client_secret_basic",
+            ClientAuth::None => "none",
         }
+    }
+
+    pub fn is_public(&self) -> bool {
+        matches!(self, ClientAuth::None)
     }
 }
 
@@ -108,4 +116,37 @@ pub struct Client {
     /// (`*`) allows every account.
     pub accounts: Vec<String>,
     pub iua: IuaAttributes,
+    /// Where the authorization endpoint may send the user back (exact match).
+    pub redirect_uris: Vec<String>,
+    /// The app's SMART launch URL, where an EHR opens it.
+    pub launch_url: Option<String>,
+}
+
+impl Client {
+    pub fn has_redirect_uri(&self, uri: &str) -> bool {
+        self.redirect_uris.iter().any(|r| r == uri)
+    }
+
+    /// The origins (`scheme://host[:port]`) of the registered redirect URIs: the
+    /// browser origins this client's pages run on (CORS).
+    pub fn origins(&self) -> Vec<String> {
+        let mut origins: Vec<String> = self
+            .redirect_uris
+            .iter()
+            .filter_map(|uri| origin_of(uri))
+            .collect();
+        origins.sort();
+        origins.dedup();
+        origins
+    }
+}
+
+/// `scheme://authority` of an absolute http(s) URL.
+pub fn origin_of(uri: &str) -> Option<String> {
+    let (scheme, rest) = uri.split_once("://")?;
+    if scheme != "https" && scheme != "http" {
+        return None;
+    }
+    let authority = rest.split(['/', '?', '#']).next()?;
+    (!authority.is_empty()).then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
 }

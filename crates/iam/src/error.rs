@@ -20,6 +20,10 @@ pub enum OAuthErrorCode {
     InvalidScope,
     /// RFC 8707 2: the requested resource is invalid or not allowed for this client.
     InvalidTarget,
+    /// RFC 6749 4.1.2.1: the authorization server does not issue codes this way.
+    UnsupportedResponseType,
+    /// RFC 6749 4.1.2.1: the user (or the server on their behalf) denied the request.
+    AccessDenied,
     /// RFC 6749 4.1.2.1: an unexpected condition; details go to the log, not the client.
     ServerError,
 }
@@ -34,6 +38,8 @@ impl OAuthErrorCode {
             Self::UnsupportedGrantType => "unsupported_grant_type",
             Self::InvalidScope => "invalid_scope",
             Self::InvalidTarget => "invalid_target",
+            Self::UnsupportedResponseType => "unsupported_response_type",
+            Self::AccessDenied => "access_denied",
             Self::ServerError => "server_error",
         }
     }
@@ -64,6 +70,10 @@ impl OAuthError {
 
     pub fn invalid_scope(d: impl Into<String>) -> Self {
         Self::new(OAuthErrorCode::InvalidScope, d)
+    }
+
+    pub fn invalid_grant(d: impl Into<String>) -> Self {
+        Self::new(OAuthErrorCode::InvalidGrant, d)
     }
 
     pub fn server_error() -> Self {

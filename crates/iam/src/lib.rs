@@ -7,14 +7,17 @@
 
 #![forbid(unsafe_code)]
 
+pub mod authorize;
 pub mod client;
 pub mod error;
+pub mod grant;
 pub mod jose;
 pub mod metadata;
 pub mod pem;
 pub mod request;
 pub mod service;
 pub mod token;
+pub mod user;
 
 pub use error::{OAuthError, OAuthErrorCode, StoreError};
 pub use service::{

@@ -5,23 +5,38 @@ use serde_json::{json, Value};
 
 use crate::jose::Algorithm;
 
+/// The URL of one of a realm's OpenID Connect endpoints (`token`, `auth`, `certs`, ...):
+/// the one place these paths are built.
+pub fn endpoint(issuer: &str, name: &str) -> String {
+    format!("{issuer}/protocol/openid-connect/{name}")
+}
+
 /// The metadata of the realm whose issuer is `issuer`.
 pub fn authorization_server_metadata(issuer: &str, token_signing_alg: Algorithm) -> Value {
-    let endpoint = |path: &str| format!("{issuer}/protocol/openid-connect/{path}");
+    let endpoint = |name: &str| endpoint(issuer, name);
     let assertion_algs: Vec<&str> = Algorithm::ALL.iter().map(|a| a.name()).collect();
     json!({
         "issuer": issuer,
+        "authorization_endpoint": endpoint("auth"),
         "token_endpoint": endpoint("token"),
         "jwks_uri": endpoint("certs"),
-        "grant_types_supported": ["client_credentials"],
-        "response_types_supported": ["token"],
+        "end_session_endpoint": endpoint("logout"),
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+        "response_types_supported": ["code"],
+        "response_modes_supported": ["query"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "token_endpoint_auth_methods_supported": [
-            "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth"
+            "client_secret_basic", "client_secret_post", "private_key_jwt", "tls_client_auth", "none"
         ],
         "token_endpoint_auth_signing_alg_values_supported": assertion_algs,
         "access_token_signing_alg_values_supported": [token_signing_alg.name()],
         "tls_client_certificate_bound_access_tokens": true,
-        "scopes_supported": ["system/*.cruds", "system/*.rs"],
+        "scopes_supported": [
+            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "patient/*.cruds", "patient/*.rs", "user/*.cruds", "user/*.rs",
+            "system/*.cruds", "system/*.rs"
+        ],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": [token_signing_alg.name()],
         "mtls_endpoint_aliases": {

@@ -63,7 +63,7 @@ impl Form {
         self.values.remove(name)
     }
 
-    fn require(&mut self, name: &str) -> Result<String, OAuthError> {
+    pub(crate) fn require(&mut self, name: &str) -> Result<String, OAuthError> {
         self.take(name)
             .ok_or_else(|| OAuthError::invalid_request(format!("the {name} parameter is missing")))
     }
@@ -88,9 +88,9 @@ pub struct ClientAuthParams {
     pub client_assertion: Option<String>,
 }
 
+/// A `client_credentials` token request (ITI-71 for technical users).
 #[derive(Debug, Clone, Default)]
 pub struct TokenRequest {
-    pub grant_type: String,
     pub client: ClientAuthParams,
     pub scope: Option<String>,
     pub resource: Vec<String>,
@@ -105,11 +105,9 @@ pub struct TokenRequest {
 }
 
 impl TokenRequest {
-    /// Builds a token request from decoded form pairs; unknown parameters are ignored.
-    pub fn from_form(pairs: Vec<(String, String)>) -> Result<Self, OAuthError> {
-        let mut form = Form::parse(pairs)?;
-        Ok(TokenRequest {
-            grant_type: form.require("grant_type")?,
+    /// The parameters of a parsed form; unknown parameters are ignored.
+    pub(crate) fn from_parsed(mut form: Form) -> Self {
+        TokenRequest {
             client: form.client_auth(),
             scope: form.take("scope"),
             resource: std::mem::take(&mut form.resources),
@@ -119,7 +117,7 @@ impl TokenRequest {
             purpose_of_use: form.take("purpose_of_use"),
             subject_role: form.take("subject_role"),
             account: form.take("account"),
-        })
+        }
     }
 }
 
@@ -153,9 +151,18 @@ mod tests {
             .collect()
     }
 
+    use crate::grant::GrantRequest;
+
+    fn cc(form: Vec<(String, String)>) -> Result<TokenRequest, OAuthError> {
+        match GrantRequest::from_form(form)? {
+            GrantRequest::ClientCredentials(request) => Ok(request),
+            other => panic!("not client_credentials: {other:?}"),
+        }
+    }
+
     #[test]
     fn repeated_parameters_are_invalid_requests() {
-        let err = TokenRequest::from_form(pairs(&[
+        let err = cc(pairs(&[
             ("grant_type", "client_credentials"),
             ("scope", "a"),
             ("scope", "b"),
@@ -168,7 +175,7 @@ mod tests {
 
     #[test]
     fn resource_may_repeat_and_empty_values_are_omitted() {
-        let req = TokenRequest::from_form(pairs(&[
+        let req = cc(pairs(&[
             ("grant_type", "client_credentials"),
             ("resource", "https://a"),
             ("resource", "https://b"),
@@ -181,7 +188,7 @@ mod tests {
 
     #[test]
     fn missing_required_parameters_are_invalid_requests() {
-        let err = TokenRequest::from_form(pairs(&[("client_id", "x")])).unwrap_err();
+        let err = cc(pairs(&[("client_id", "x")])).unwrap_err();
         assert_eq!(err.code, crate::OAuthErrorCode::InvalidRequest);
         let err = TokenQuery::from_form(pairs(&[("token_type_hint", "access_token")])).unwrap_err();
         assert_eq!(err.code, crate::OAuthErrorCode::InvalidRequest);

@@ -8,17 +8,15 @@ use std::sync::{Arc, RwLock};
 
 use ring::digest;
 use serde_json::Value;
-use tessera_types::smart::scope_allowed;
-use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, Scope, ScopeSet, UnixTime};
+use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, UnixTime};
 
-use crate::client::{CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource, WILDCARD};
-use crate::error::{OAuthError, OAuthErrorCode, StoreError};
+use crate::client::{CertBinding, Client, ClientAuth, JwksSource};
+use crate::error::{OAuthError, StoreError};
+use crate::grant::{authorization_code, CodeRecord, GrantRequest, Redeemed, RefreshRecord};
 use crate::jose::{b64, Algorithm, JoseError, JwkSet, SigningKey, UnverifiedJws};
-use crate::request::{ClientAuthParams, Credentials, TokenRequest, JWT_BEARER_ASSERTION};
-use crate::token::{
-    AccessTokenClaims, ChDelegation, Confirmation, Extensions, IheIua, TokenResponse,
-    ACCESS_TOKEN_TYP,
-};
+use crate::request::{ClientAuthParams, Credentials, JWT_BEARER_ASSERTION};
+use crate::token::{AccessTokenClaims, Confirmation, TokenResponse, ACCESS_TOKEN_TYP};
+use crate::user::User;
 
 /// A realm's settings as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,6 +55,55 @@ pub trait IamStore: Send + Sync {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
+
+    fn user_by_id(&self, realm: &RealmName, id: &str) -> Result<Option<User>, StoreError>;
+    /// Stores an authorization code (by its hash) of `family`, valid until `expires_at`.
+    fn save_code(
+        &self,
+        realm: &RealmName,
+        code_hash: &str,
+        family: &str,
+        record: &CodeRecord,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Marks a code used, atomically: only one caller ever gets it `Fresh`.
+    fn redeem_code(
+        &self,
+        realm: &RealmName,
+        code_hash: &str,
+        now: UnixTime,
+    ) -> Result<Redeemed<CodeRecord>, StoreError>;
+    fn save_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        family: &str,
+        record: &RefreshRecord,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Marks a refresh token used (rotation), atomically.
+    fn redeem_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> Result<Redeemed<RefreshRecord>, StoreError>;
+    /// Remembers an access token of a family, to revoke it with the family.
+    fn add_family_token(
+        &self,
+        realm: &RealmName,
+        family: &str,
+        claims: &AccessTokenClaims,
+    ) -> Result<(), StoreError>;
+    /// Revokes every refresh token and access token of a family.
+    fn revoke_family(
+        &self,
+        realm: &RealmName,
+        family: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// Is the browser session (by hash) still logged in at `now`?
+    fn session_active(&self, session_hash: &str, now: UnixTime) -> Result<bool, StoreError>;
 }
 
 /// Fetches a client's `jwks_uri`, with whatever caching the transport allows.
@@ -82,6 +129,8 @@ pub struct IamSettings {
     pub clock_skew_seconds: i64,
     /// How long realm keys and client registrations are cached before reloading.
     pub cache_seconds: i64,
+    /// How long a refresh token may be used (each use replaces it).
+    pub refresh_token_lifetime_seconds: i64,
 }
 
 /// A realm with its keys, ready to sign and publish.
@@ -131,6 +180,14 @@ pub struct VerifiedToken {
 }
 
 impl RealmState {
+    /// Signs access token claims with the realm's current key.
+    pub fn sign_access_token(&self, claims: &AccessTokenClaims) -> Result<String, OAuthError> {
+        self.signer.sign(ACCESS_TOKEN_TYP, claims).map_err(|e| {
+            tracing::error!(error = %e, "could not sign an access token");
+            OAuthError::server_error()
+        })
+    }
+
     /// Does the realm still publish (and so accept) the key `kid`?
     pub fn has_key(&self, kid: &str) -> bool {
         self.jwks.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
@@ -202,7 +259,7 @@ fn fresh(loaded_at: UnixTime, now: UnixTime, ttl: i64) -> bool {
     now.0 >= loaded_at.0 && now.0 - loaded_at.0 < ttl
 }
 
-fn invalid_client(detail: &str) -> OAuthError {
+pub(crate) fn invalid_client(detail: &str) -> OAuthError {
     OAuthError::invalid_client(detail)
 }
 
@@ -269,7 +326,7 @@ impl<S: IamStore> TokenService<S> {
         })?;
         let issuer = self.issuer(name);
         let state = Arc::new(RealmState {
-            token_endpoint: format!("{issuer}/protocol/openid-connect/token"),
+            token_endpoint: crate::metadata::endpoint(&issuer, "token"),
             issuer,
             realm,
             signer,
@@ -311,68 +368,47 @@ impl<S: IamStore> TokenService<S> {
         Ok(Some(client))
     }
 
-    /// Handles a token request on `realm` (ITI-71).
+    /// Handles a token request on `realm` (ITI-71), by its grant.
     pub fn issue(
         &self,
         realm: &RealmState,
-        request: TokenRequest,
+        request: GrantRequest,
         credentials: &Credentials,
         now: UnixTime,
     ) -> Result<Issued, OAuthError> {
-        if request.grant_type != "client_credentials" {
-            return Err(OAuthError::new(
-                OAuthErrorCode::UnsupportedGrantType,
-                "only the client_credentials grant is supported",
-            ));
-        }
-        let grant = self.authenticate_then(realm, &request.client, credentials, now, |auth| {
-            let scope = self.grant_scope(&auth.client, &request)?;
-            Ok(Grant {
-                audience: self.audience(&request)?,
-                extensions: self.extensions(&auth.client, &request, &scope.extra)?,
-                account: self.account(&auth.client, &request)?,
+        match request {
+            GrantRequest::ClientCredentials(request) => {
+                self.client_credentials(realm, request, credentials, now)
+            }
+            GrantRequest::AuthorizationCode {
+                client,
+                code,
+                redirect_uri,
+                code_verifier,
+            } => self.authorization_code(
+                realm,
+                &client,
+                credentials,
+                authorization_code::CodeExchange {
+                    code: &code,
+                    redirect_uri: redirect_uri.as_deref(),
+                    code_verifier: code_verifier.as_deref(),
+                },
+                now,
+            ),
+            GrantRequest::RefreshToken {
+                client,
+                refresh_token,
                 scope,
-                client: auth.client.clone(),
-                cnf: auth.cnf.clone(),
-            })
-        })?;
-
-        let lifetime = realm.realm.token_lifetime_seconds;
-        // A token for an account may be used on that account's partitions; otherwise on
-        // the partitions the client is registered for.
-        let (account, partitions) = match grant.account {
-            Some((urn, partitions)) => (Some(urn.to_string()), partitions),
-            None => (None, grant.client.partitions.clone()),
-        };
-        let claims = AccessTokenClaims {
-            iss: realm.issuer.clone(),
-            sub: grant.client.client_id.to_string(),
-            client_id: grant.client.client_id.to_string(),
-            aud: grant.audience,
-            jti: random_id().ok_or_else(OAuthError::server_error)?,
-            iat: now.0,
-            exp: now.0 + lifetime,
-            scope: grant.scope.granted.to_string(),
-            cnf: grant.cnf,
-            account,
-            partitions: partitions.iter().map(|p| p.to_string()).collect(),
-            extensions: grant.extensions,
-        };
-        let client = grant.client;
-        let access_token = realm.signer.sign(ACCESS_TOKEN_TYP, &claims).map_err(|e| {
-            tracing::error!(error = %e, "could not sign an access token");
-            OAuthError::server_error()
-        })?;
-        Ok(Issued {
-            response: TokenResponse {
-                access_token,
-                token_type: "Bearer".into(),
-                expires_in: lifetime,
-                scope: claims.scope.clone(),
-            },
-            claims,
-            auth_method: client.auth.method_name(),
-        })
+            } => self.refresh_token(
+                realm,
+                &client,
+                credentials,
+                &refresh_token,
+                scope.as_deref(),
+                now,
+            ),
+        }
     }
 
     /// Authenticates the client of a request to any OAuth endpoint, runs the endpoint's
@@ -471,6 +507,14 @@ impl<S: IamStore> TokenService<S> {
             .as_deref()
             .ok_or_else(|| invalid_client("no client authentication was provided"))?;
         let client = self.registered(name, id, now)?;
+        if client.auth.is_public() {
+            // RFC 6749 2.1: a public client only names itself; PKCE proves the code.
+            return Ok(Authenticated {
+                client,
+                cnf: None,
+                pending_jti: None,
+            });
+        }
         let ClientAuth::TlsClientAuth(binding) = &client.auth else {
             return Err(invalid_client("client authentication failed"));
         };
@@ -611,224 +655,6 @@ impl<S: IamStore> TokenService<S> {
         }
         Ok((client, jti.to_owned(), UnixTime(exp + skew)))
     }
-
-    fn grant_scope(
-        &self,
-        client: &Client,
-        request: &TokenRequest,
-    ) -> Result<ScopeGrant, OAuthError> {
-        let mut granted = Vec::new();
-        let mut extra = HashMap::new();
-        let Some(text) = request.scope.as_deref() else {
-            return Ok(ScopeGrant {
-                granted: client.scopes.clone(),
-                extra,
-            });
-        };
-        let mut refused = Vec::new();
-        for token in text.split(' ').filter(|t| !t.is_empty()) {
-            // CH:IUA extension parameters may travel inside `scope` as name=value.
-            if let Some((name, value)) = token.split_once('=') {
-                if CH_PARAMETERS.contains(&name) {
-                    if extra.insert(name.to_owned(), value.to_owned()).is_some() {
-                        return Err(OAuthError::invalid_scope(format!(
-                            "{name} is repeated in scope"
-                        )));
-                    }
-                    continue;
-                }
-            }
-            let scope = Scope::try_from(token).map_err(|_| {
-                OAuthError::invalid_scope("scope contains characters RFC 6749 forbids")
-            })?;
-            if scope_allowed(&scope, client.scopes.iter()) {
-                granted.push(scope);
-            } else {
-                refused.push(token.to_owned());
-            }
-        }
-        if !refused.is_empty() {
-            return Err(OAuthError::invalid_scope(format!(
-                "not allowed for this client: {}",
-                refused.join(" ")
-            )));
-        }
-        let granted: ScopeSet = granted.into_iter().collect();
-        Ok(ScopeGrant {
-            granted: if granted.is_empty() && extra.is_empty() {
-                client.scopes.clone()
-            } else {
-                granted
-            },
-            extra,
-        })
-    }
-
-    /// The `account` a token is asked for: allowed by the registration (that account or
-    /// `*`) and existing; returns it with its partitions.
-    fn account(
-        &self,
-        client: &Client,
-        request: &TokenRequest,
-    ) -> Result<Option<(AccountUrn, Vec<PartitionId>)>, OAuthError> {
-        let Some(asked) = request.account.as_deref() else {
-            return Ok(None);
-        };
-        let urn = AccountUrn::try_from(asked)
-            .map_err(|e| OAuthError::invalid_request(format!("account: {e}")))?;
-        let allowed = client
-            .accounts
-            .iter()
-            .any(|a| a == WILDCARD || a == urn.as_str());
-        if !allowed {
-            return Err(invalid_client(
-                "this client may not ask for tokens for that account",
-            ));
-        }
-        let partitions = self
-            .store
-            .account_partitions(&urn)?
-            .ok_or_else(|| OAuthError::invalid_request("no such account"))?;
-        Ok(Some((urn, partitions)))
-    }
-
-    /// RFC 8707: `resource` narrows the audience to the named, known resource servers.
-    fn audience(&self, request: &TokenRequest) -> Result<Vec<String>, OAuthError> {
-        if request.resource.is_empty() {
-            return Ok(self.settings.audiences.clone());
-        }
-        for resource in &request.resource {
-            let absolute = resource.contains("://") && !resource.contains('#');
-            if !absolute {
-                return Err(OAuthError::new(
-                    OAuthErrorCode::InvalidTarget,
-                    "resource must be an absolute URI without a fragment",
-                ));
-            }
-            if !self.settings.audiences.iter().any(|a| a == resource) {
-                return Err(OAuthError::new(
-                    OAuthErrorCode::InvalidTarget,
-                    format!("unknown resource: {resource}"),
-                ));
-            }
-        }
-        let mut audience = request.resource.clone();
-        audience.dedup();
-        Ok(audience)
-    }
-
-    /// Fills `extensions` from the registration and the CH:IUA request parameters; a
-    /// parameter that contradicts the registration fails client authentication.
-    fn extensions(
-        &self,
-        client: &Client,
-        request: &TokenRequest,
-        in_scope: &HashMap<String, String>,
-    ) -> Result<Extensions, OAuthError> {
-        let param = |name: &str, form: &Option<String>| -> Result<Option<String>, OAuthError> {
-            match (form, in_scope.get(name)) {
-                (Some(a), Some(b)) if a != b => Err(OAuthError::invalid_request(format!(
-                    "{name} differs between the form and the scope"
-                ))),
-                (Some(a), _) => Ok(Some(a.clone())),
-                (None, b) => Ok(b.cloned()),
-            }
-        };
-        let must_match = |name: &str, asked: Option<String>, registered: &Option<String>| match (
-            asked, registered,
-        ) {
-            (None, registered) => Ok(registered.clone()),
-            (Some(asked), Some(registered)) if asked == *registered => Ok(Some(asked)),
-            (Some(_), _) => Err(invalid_client(&format!(
-                "{name} does not match the client registration"
-            ))),
-        };
-        let coding = |name: &str, asked: Option<String>, registered: &Option<Coding>| {
-            let asked = asked
-                .map(|text| {
-                    Coding::parse(&text).ok_or_else(|| {
-                        OAuthError::invalid_request(format!("{name} must be written system|code"))
-                    })
-                })
-                .transpose()?;
-            match (asked, registered) {
-                (None, registered) => Ok(registered.clone()),
-                (Some(asked), Some(registered)) if asked != *registered => Err(invalid_client(
-                    &format!("{name} does not match the client registration"),
-                )),
-                (Some(asked), _) => Ok(Some(asked)),
-            }
-        };
-
-        let principal_id = must_match(
-            "principal_id",
-            param("principal_id", &request.principal_id)?,
-            &client.principal_id,
-        )?;
-        let principal = must_match(
-            "principal",
-            param("principal", &request.principal)?,
-            &client.principal_name,
-        )?;
-        let person_id = match param("person_id", &request.person_id)? {
-            None => None,
-            Some(asked) => {
-                let allowed = client
-                    .person_ids
-                    .iter()
-                    .any(|p| p == WILDCARD || *p == asked);
-                if !allowed {
-                    return Err(invalid_client("person_id is not allowed for this client"));
-                }
-                Some(asked)
-            }
-        };
-        Ok(Extensions {
-            ihe_iua: IheIua {
-                attributes: IuaAttributes {
-                    subject_role: coding(
-                        "subject_role",
-                        param("subject_role", &request.subject_role)?,
-                        &client.iua.subject_role,
-                    )?,
-                    purpose_of_use: coding(
-                        "purpose_of_use",
-                        param("purpose_of_use", &request.purpose_of_use)?,
-                        &client.iua.purpose_of_use,
-                    )?,
-                    ..client.iua.clone()
-                },
-                person_id,
-            },
-            ch_delegation: ChDelegation {
-                principal,
-                principal_id,
-            },
-        })
-    }
-}
-
-const CH_PARAMETERS: [&str; 5] = [
-    "principal_id",
-    "principal",
-    "person_id",
-    "purpose_of_use",
-    "subject_role",
-];
-
-/// Everything the checks of a token request decided.
-struct Grant {
-    client: Arc<Client>,
-    cnf: Option<Confirmation>,
-    scope: ScopeGrant,
-    audience: Vec<String>,
-    extensions: Extensions,
-    account: Option<(AccountUrn, Vec<PartitionId>)>,
-}
-
-struct ScopeGrant {
-    granted: ScopeSet,
-    extra: HashMap<String, String>,
 }
 
 fn jwks_unavailable(uri: &str, err: &str) -> OAuthError {
@@ -860,8 +686,9 @@ fn verify_secret(
     Ok(())
 }
 
-/// Client secrets are 256-bit random values Tessera generates, never chosen by people,
-/// so a fast hash suffices: there is no dictionary to search.
+/// Client secrets, codes, refresh tokens and session ids are 256-bit random values
+/// Tessera generates, never chosen by people, so a fast hash suffices: there is no
+/// dictionary to search. Only the hash is stored: a copy of the database redeems nothing.
 pub fn secret_hash(secret: &str) -> String {
     digest::digest(&digest::SHA256, secret.as_bytes())
         .as_ref()

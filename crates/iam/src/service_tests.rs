@@ -8,11 +8,14 @@ use serde_json::json;
 use tessera_types::{ClientId, RealmName, ScopeSet, Secret, UnixTime};
 
 use crate::client::{CertBinding, Client, ClientAuth, IuaAttributes, JwksSource};
+use crate::grant::{CodeRecord, Redeemed, RefreshRecord};
 use crate::jose::{Algorithm, JwkSet, SigningKey};
 use crate::request::{
     ClientAuthParams, Credentials, PresentedCertificate, TokenRequest, JWT_BEARER_ASSERTION,
 };
 use crate::service::secret_hash;
+use crate::token::AccessTokenClaims;
+use crate::user::User;
 use crate::*;
 
 const NOW: UnixTime = UnixTime(1_800_000_000);
@@ -57,6 +60,61 @@ impl IamStore for MemoryStore {
     ) -> Result<bool, StoreError> {
         Ok(self.used.lock().unwrap().insert(format!("{c}/{jti}")))
     }
+    // The grants of a person (codes, refresh tokens) are tested end to end against
+    // the real database (tests/integration/apps.rs); these tests never reach them.
+    fn user_by_id(&self, _: &RealmName, _: &str) -> Result<Option<User>, StoreError> {
+        Ok(None)
+    }
+    fn save_code(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: &str,
+        _: &CodeRecord,
+        _: UnixTime,
+    ) -> Result<(), StoreError> {
+        Err(StoreError("not in these tests".into()))
+    }
+    fn redeem_code(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: UnixTime,
+    ) -> Result<Redeemed<CodeRecord>, StoreError> {
+        Ok(Redeemed::Unknown)
+    }
+    fn save_refresh(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: &str,
+        _: &RefreshRecord,
+        _: UnixTime,
+    ) -> Result<(), StoreError> {
+        Err(StoreError("not in these tests".into()))
+    }
+    fn redeem_refresh(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: UnixTime,
+    ) -> Result<Redeemed<RefreshRecord>, StoreError> {
+        Ok(Redeemed::Unknown)
+    }
+    fn add_family_token(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: &AccessTokenClaims,
+    ) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn revoke_family(&self, _: &RealmName, _: &str, _: UnixTime) -> Result<(), StoreError> {
+        Ok(())
+    }
+    fn session_active(&self, _: &str, _: UnixTime) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 struct NoFetch;
@@ -92,6 +150,8 @@ fn client(id: &str, auth: ClientAuth) -> Client {
             subject_name: Some("Best Clinic".into()),
             ..IuaAttributes::default()
         },
+        redirect_uris: vec![],
+        launch_url: None,
     }
 }
 
@@ -115,6 +175,7 @@ fn fixture() -> Fixture {
                 secret_sha256: secret_hash("s3cret"),
             },
         ),
+        client("app", ClientAuth::None),
     ];
     let store = MemoryStore {
         realm_key,
@@ -127,6 +188,7 @@ fn fixture() -> Fixture {
         max_assertion_lifetime_seconds: 300,
         clock_skew_seconds: 0,
         cache_seconds: 5,
+        refresh_token_lifetime_seconds: 3600,
     };
     let service = TokenService::new(store, Arc::new(NoFetch), settings);
     let realm = service
@@ -154,7 +216,6 @@ impl Fixture {
 
     fn with_assertion(&self, assertion: String, scope: Option<&str>) -> Result<Issued, OAuthError> {
         let req = TokenRequest {
-            grant_type: "client_credentials".into(),
             client: ClientAuthParams {
                 client_assertion_type: Some(JWT_BEARER_ASSERTION.into()),
                 client_assertion: Some(assertion),
@@ -164,7 +225,7 @@ impl Fixture {
             ..TokenRequest::default()
         };
         self.service
-            .issue(&self.realm, req, &Credentials::default(), NOW)
+            .client_credentials(&self.realm, req, &Credentials::default(), NOW)
     }
 }
 
@@ -256,7 +317,6 @@ fn a_failed_request_does_not_burn_the_jti() {
 
 fn tls_request(scope: Option<&str>) -> TokenRequest {
     TokenRequest {
-        grant_type: "client_credentials".into(),
         client: ClientAuthParams {
             client_id: Some("tcu".into()),
             ..ClientAuthParams::default()
@@ -282,7 +342,7 @@ fn certificate_clients_get_bound_tokens_only_with_their_certificate() {
     let f = fixture();
     let issued = f
         .service
-        .issue(&f.realm, tls_request(None), &cert("thumb"), NOW)
+        .client_credentials(&f.realm, tls_request(None), &cert("thumb"), NOW)
         .unwrap();
     assert_eq!(issued.claims.cnf.unwrap().x5t_s256, "thumb");
     assert_eq!(
@@ -291,11 +351,11 @@ fn certificate_clients_get_bound_tokens_only_with_their_certificate() {
     );
     let wrong = f
         .service
-        .issue(&f.realm, tls_request(None), &cert("other"), NOW);
+        .client_credentials(&f.realm, tls_request(None), &cert("other"), NOW);
     assert_eq!(code(wrong), OAuthErrorCode::InvalidClient);
-    let none = f
-        .service
-        .issue(&f.realm, tls_request(None), &Credentials::default(), NOW);
+    let none =
+        f.service
+            .client_credentials(&f.realm, tls_request(None), &Credentials::default(), NOW);
     assert_eq!(code(none), OAuthErrorCode::InvalidClient);
 }
 
@@ -304,7 +364,7 @@ fn ch_parameters_must_match_the_registration() {
     let f = fixture();
     let run = |scope: &str| {
         f.service
-            .issue(&f.realm, tls_request(Some(scope)), &cert("thumb"), NOW)
+            .client_credentials(&f.realm, tls_request(Some(scope)), &cert("thumb"), NOW)
     };
     let ok = run("system/Patient.rs principal_id=7601000000000 person_id=761337610411353650 purpose_of_use=urn:oid:2.16.756.5.30.1.127.3.10.5|NORM").unwrap();
     let iua = &ok.claims.extensions.ihe_iua;
@@ -337,7 +397,7 @@ fn scope_escalation_and_bad_scopes_are_invalid_scope() {
     let f = fixture();
     let run = |scope: &str| {
         f.service
-            .issue(&f.realm, tls_request(Some(scope)), &cert("thumb"), NOW)
+            .client_credentials(&f.realm, tls_request(Some(scope)), &cert("thumb"), NOW)
     };
     assert_eq!(
         code(run("system/Patient.write")),
@@ -359,15 +419,17 @@ fn secrets_are_checked_and_methods_are_exclusive() {
         certificate: None,
     };
     let req = TokenRequest {
-        grant_type: "client_credentials".into(),
         ..TokenRequest::default()
     };
     assert!(f
         .service
-        .issue(&f.realm, req.clone(), &basic("s3cret"), NOW)
+        .client_credentials(&f.realm, req.clone(), &basic("s3cret"), NOW)
         .is_ok());
     assert_eq!(
-        code(f.service.issue(&f.realm, req.clone(), &basic("wrong"), NOW)),
+        code(
+            f.service
+                .client_credentials(&f.realm, req.clone(), &basic("wrong"), NOW)
+        ),
         OAuthErrorCode::InvalidClient
     );
     let both = TokenRequest {
@@ -378,7 +440,10 @@ fn secrets_are_checked_and_methods_are_exclusive() {
         ..req.clone()
     };
     assert_eq!(
-        code(f.service.issue(&f.realm, both, &basic("s3cret"), NOW)),
+        code(
+            f.service
+                .client_credentials(&f.realm, both, &basic("s3cret"), NOW)
+        ),
         OAuthErrorCode::InvalidRequest
     );
     let post = TokenRequest {
@@ -391,7 +456,7 @@ fn secrets_are_checked_and_methods_are_exclusive() {
     };
     assert!(f
         .service
-        .issue(&f.realm, post, &Credentials::default(), NOW)
+        .client_credentials(&f.realm, post, &Credentials::default(), NOW)
         .is_ok());
 }
 
@@ -402,24 +467,49 @@ fn resource_narrows_the_audience() {
     req.resource = vec!["https://iam.test/fhir".into()];
     let issued = f
         .service
-        .issue(&f.realm, req.clone(), &cert("thumb"), NOW)
+        .client_credentials(&f.realm, req.clone(), &cert("thumb"), NOW)
         .unwrap();
     assert_eq!(issued.claims.aud, vec!["https://iam.test/fhir".to_string()]);
     req.resource = vec!["https://evil.test/fhir".into()];
     assert_eq!(
-        code(f.service.issue(&f.realm, req, &cert("thumb"), NOW)),
+        code(
+            f.service
+                .client_credentials(&f.realm, req, &cert("thumb"), NOW)
+        ),
         OAuthErrorCode::InvalidTarget
     );
 }
 
 #[test]
 fn other_grant_types_are_unsupported() {
-    let f = fixture();
-    let mut req = tls_request(None);
-    req.grant_type = "password".into();
+    let form = vec![
+        ("grant_type".to_owned(), "password".to_owned()),
+        ("client_id".to_owned(), "tcu".to_owned()),
+    ];
     assert_eq!(
-        code(f.service.issue(&f.realm, req, &cert("thumb"), NOW)),
+        crate::grant::GrantRequest::from_form(form)
+            .unwrap_err()
+            .code,
         OAuthErrorCode::UnsupportedGrantType
+    );
+}
+
+#[test]
+fn a_public_client_gets_no_client_credentials_token() {
+    let f = fixture();
+    let req = TokenRequest {
+        client: ClientAuthParams {
+            client_id: Some("app".into()),
+            ..ClientAuthParams::default()
+        },
+        ..TokenRequest::default()
+    };
+    assert_eq!(
+        code(
+            f.service
+                .client_credentials(&f.realm, req, &Credentials::default(), NOW)
+        ),
+        OAuthErrorCode::UnauthorizedClient
     );
 }
 
@@ -428,7 +518,7 @@ fn access_token_verification_edges_are_exact() {
     let f = fixture();
     let issued = f
         .service
-        .issue(&f.realm, tls_request(None), &cert("thumb"), NOW)
+        .client_credentials(&f.realm, tls_request(None), &cert("thumb"), NOW)
         .unwrap();
     let token = &issued.response.access_token;
     let skew = 30;

@@ -67,11 +67,33 @@ pub struct AccessTokenClaims {
     pub extensions: Extensions,
 }
 
-/// The JSON body of a successful token response (RFC 6749 section 5.1).
+/// The JSON body of a successful token response (RFC 6749 section 5.1), with the SMART
+/// launch context at the top level for tokens a person authorized.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenResponse {
     pub access_token: String,
     pub token_type: String,
     pub expires_in: i64,
     pub scope: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<String>,
+    /// SMART launch context: the id of the Patient resource the app works on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub patient: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub need_patient_banner: Option<bool>,
+}
+
+impl TokenResponse {
+    pub fn bearer(access_token: String, expires_in: i64, scope: String) -> Self {
+        Self {
+            access_token,
+            token_type: "Bearer".into(),
+            expires_in,
+            scope,
+            refresh_token: None,
+            patient: None,
+            need_patient_banner: None,
+        }
+    }
 }

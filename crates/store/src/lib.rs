@@ -11,6 +11,7 @@
 mod aim;
 mod audit;
 mod schema;
+mod users;
 mod vault;
 
 use std::time::Duration;
@@ -22,13 +23,17 @@ use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnectio
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tessera_iam::client::{Client, ClientAuth, IuaAttributes};
+use tessera_iam::grant::{CodeRecord, Redeemed, RefreshRecord};
 use tessera_iam::jose::Algorithm;
+use tessera_iam::token::AccessTokenClaims;
+use tessera_iam::user::User;
 use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
 use tessera_introspection::RevocationStore;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
 pub use crate::audit::{AuditWriter, ChainReport, JournalStats, Lease};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
+pub use crate::users::{AddUserError, Consent, Session};
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -320,7 +325,7 @@ impl Store {
             diesel::delete(revoked_tokens::table.filter(revoked_tokens::expires_at.lt(now.0)))
                 .execute(&mut *conn)
                 .map_err(db_error)?;
-        Ok(assertions + revocations)
+        Ok(assertions + revocations + self.purge_expired_grants(now)?)
     }
 
     /// The realm's keys, newest first, retired ones included.
@@ -450,6 +455,72 @@ impl IamStore for Store {
             Err(e) => Err(db_error(e)),
         }
     }
+
+    fn user_by_id(&self, realm: &RealmName, id: &str) -> Result<Option<User>, StoreError> {
+        self.user_by_id_row(realm, id)
+    }
+
+    fn save_code(
+        &self,
+        realm: &RealmName,
+        code_hash: &str,
+        family: &str,
+        record: &CodeRecord,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.insert_code(realm, code_hash, family, record, expires_at)
+    }
+
+    fn redeem_code(
+        &self,
+        realm: &RealmName,
+        code_hash: &str,
+        now: UnixTime,
+    ) -> Result<Redeemed<CodeRecord>, StoreError> {
+        self.take_code(realm, code_hash, now)
+    }
+
+    fn save_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        family: &str,
+        record: &RefreshRecord,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.insert_refresh(realm, token_hash, family, record, expires_at)
+    }
+
+    fn redeem_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> Result<Redeemed<RefreshRecord>, StoreError> {
+        self.take_refresh(realm, token_hash, now)
+    }
+
+    fn add_family_token(
+        &self,
+        realm: &RealmName,
+        family: &str,
+        claims: &AccessTokenClaims,
+    ) -> Result<(), StoreError> {
+        self.insert_family_token(realm, family, claims)
+    }
+
+    fn revoke_family(
+        &self,
+        realm: &RealmName,
+        family: &str,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.revoke_grant_family(realm, family, now)
+    }
+
+    fn session_active(&self, session_hash: &str, now: UnixTime) -> Result<bool, StoreError> {
+        Ok(self.session(session_hash, now)?.is_some())
+    }
 }
 
 fn realm_from_row((name, lifetime, alg): (String, i64, String)) -> Result<Realm, StoreError> {
@@ -528,6 +599,8 @@ struct ClientRow {
     updated_at: i64,
     resource_servers: String,
     accounts: String,
+    redirect_uris: String,
+    launch_url: Option<String>,
 }
 
 impl ClientRow {
@@ -549,6 +622,8 @@ impl ClientRow {
             updated_at: now.0,
             resource_servers: join(client.resource_servers.clone()),
             accounts: join(client.accounts.clone()),
+            redirect_uris: join(client.redirect_uris.clone()),
+            launch_url: client.launch_url.clone(),
         })
     }
 
@@ -576,6 +651,8 @@ impl ClientRow {
             resource_servers: words(&self.resource_servers),
             accounts: words(&self.accounts),
             iua: serde_json::from_str::<IuaAttributes>(&self.iua).map_err(db_error)?,
+            redirect_uris: words(&self.redirect_uris),
+            launch_url: self.launch_url,
         })
     }
 }

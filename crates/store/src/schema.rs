@@ -36,8 +36,88 @@ diesel::table! {
         iua -> Text,
         created_at -> BigInt,
         updated_at -> BigInt,
-                resource_servers -> Text,
+        resource_servers -> Text,
         accounts -> Text,
+        redirect_uris -> Text,
+        launch_url -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    users (realm, username) {
+        realm -> Text,
+        username -> Text,
+        id -> Text,
+        role -> Text,
+        accounts -> Text,
+        fhir_user -> Nullable<Text>,
+        gln -> Nullable<Text>,
+        enabled -> Bool,
+        password_hash -> Text,
+        created_at -> BigInt,
+        updated_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    user_sessions (id_hash) {
+        id_hash -> Text,
+        realm -> Text,
+        user_id -> Text,
+        csrf -> Text,
+        auth_time -> BigInt,
+        expires_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    login_failures (throttle_key) {
+        throttle_key -> Text,
+        failures -> BigInt,
+        last_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    consents (realm, user_id, client_id) {
+        realm -> Text,
+        user_id -> Text,
+        client_id -> Text,
+        scope -> Text,
+        granted_at -> BigInt,
+    }
+}
+
+diesel::table! {
+    authorization_codes (code_hash) {
+        code_hash -> Text,
+        realm -> Text,
+        family -> Text,
+        record -> Text,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    refresh_tokens (token_hash) {
+        token_hash -> Text,
+        realm -> Text,
+        family -> Text,
+        record -> Text,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+        revoked -> Bool,
+    }
+}
+
+diesel::table! {
+    family_tokens (family, jti) {
+        family -> Text,
+        jti -> Text,
+        realm -> Text,
+        client_id -> Text,
+        expires_at -> BigInt,
     }
 }
 

@@ -15,6 +15,7 @@ pub struct AuthServer {
     pub token_endpoint: String,
     pub introspection_endpoint: String,
     pub revocation_endpoint: String,
+    pub authorization_endpoint: String,
     pub jwks_uri: String,
 }
 
@@ -91,6 +92,7 @@ pub fn capability_statement(
                 "extension": [{
                     "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
                     "extension": [
+                        { "url": "authorize", "valueUri": auth.authorization_endpoint },
                         { "url": "token", "valueUri": auth.token_endpoint },
                         { "url": "introspect", "valueUri": auth.introspection_endpoint },
                         { "url": "revoke", "valueUri": auth.revocation_endpoint }
@@ -109,15 +111,22 @@ pub fn smart_configuration(auth: &AuthServer) -> Value {
     json!({
         "issuer": auth.issuer,
         "jwks_uri": auth.jwks_uri,
+        "authorization_endpoint": auth.authorization_endpoint,
         "token_endpoint": auth.token_endpoint,
         "introspection_endpoint": auth.introspection_endpoint,
         "revocation_endpoint": auth.revocation_endpoint,
-        "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth", "client_secret_basic", "client_secret_post"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS256", "RS384"],
-        "grant_types_supported": ["client_credentials"],
-        "scopes_supported": ["system/*.cruds", "system/*.rs", "user/*.cruds", "patient/*.cruds", "system/*.read", "system/*.write"],
-        "response_types_supported": ["token"],
-        "capabilities": ["client-confidential-asymmetric", "permission-v1", "permission-v2"],
+        "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
+        "scopes_supported": ["launch/patient", "offline_access", "online_access", "system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs", "patient/*.cruds", "patient/*.rs", "system/*.read", "system/*.write"],
+        "response_types_supported": ["code"],
+        "capabilities": [
+            "launch-standalone", "authorize-post",
+            "client-public", "client-confidential-symmetric", "client-confidential-asymmetric",
+            "context-standalone-patient", "context-banner",
+            "permission-offline", "permission-online", "permission-patient", "permission-user",
+            "permission-v1", "permission-v2"
+        ],
         "code_challenge_methods_supported": ["S256"],
     })
 }

@@ -1,0 +1,241 @@
+//! `authorization_code` with PKCE (RFC 6749 4.1, RFC 7636, SMART App Launch 2.2): the
+//! code a person's consent produced is exchanged, once, by the client it was issued to,
+//! with the redirect URI it was sent to and the verifier of its challenge. A second
+//! use revokes everything the first one issued (RFC 6749 4.1.2).
+
+use ring::digest;
+use tessera_types::{RealmName, UnixTime};
+
+use crate::authorize::{pkce_value_ok, Decision, Target, ValidRequest};
+use crate::client::{Client, IuaAttributes};
+use crate::error::OAuthError;
+use crate::grant::{CodeRecord, Redeemed, RefreshRecord, UserGrant};
+use crate::jose::b64;
+use crate::request::{ClientAuthParams, Credentials};
+use crate::service::{
+    random_b64, random_id, secret_hash, IamStore, Issued, RealmState, TokenService,
+};
+use crate::token::{AccessTokenClaims, Confirmation, Extensions, IheIua, TokenResponse};
+use crate::user::{Role, User};
+
+/// RFC 6749 4.1.2 recommends at most ten minutes; SMART apps exchange at once.
+pub const CODE_LIFETIME_SECONDS: i64 = 60;
+
+/// The parameters of a code exchange besides client authentication.
+#[derive(Debug, Clone, Copy)]
+pub struct CodeExchange<'a> {
+    pub code: &'a str,
+    pub redirect_uri: Option<&'a str>,
+    pub code_verifier: Option<&'a str>,
+}
+
+/// What the browser session contributes to a grant.
+#[derive(Debug, Clone)]
+pub struct LoggedIn<'a> {
+    pub user: &'a User,
+    /// The hash of the session id.
+    pub session: &'a str,
+    pub auth_time: i64,
+}
+
+/// RFC 7636 4.6: BASE64URL(SHA256(ASCII(code_verifier))) == code_challenge.
+pub fn s256(verifier: &str) -> String {
+    b64(digest::digest(&digest::SHA256, verifier.as_bytes()).as_ref())
+}
+
+impl<S: IamStore> TokenService<S> {
+    /// Issues the code of a decided request; returns the code (shown once, stored hashed).
+    pub fn issue_code(
+        &self,
+        realm: &RealmName,
+        valid: &ValidRequest,
+        decision: &Decision,
+        login: &LoggedIn<'_>,
+        patient: Option<String>,
+        now: UnixTime,
+    ) -> Result<String, OAuthError> {
+        let code = random_b64(32).ok_or_else(OAuthError::server_error)?;
+        let family = random_id().ok_or_else(OAuthError::server_error)?;
+        let audience = match (&valid.target, &decision.partition) {
+            (Target::Partition { audience, .. }, _) => audience.clone(),
+            (Target::Any { audience }, Some(chosen)) => format!("{audience}/{}", chosen.partition),
+            (Target::Any { audience }, None) => audience.clone(),
+        };
+        let record = CodeRecord {
+            grant: UserGrant {
+                user_id: login.user.id.clone(),
+                client_id: valid.client.client_id.to_string(),
+                scope: decision.scope.to_string(),
+                audience,
+                partition: decision.partition.as_ref().map(|p| p.partition.to_string()),
+                account: decision.partition.as_ref().map(|p| p.account.to_string()),
+                patient,
+                auth_time: login.auth_time,
+                session: login.session.to_owned(),
+                nonce: valid.request.nonce.clone(),
+            },
+            redirect_uri: valid.redirect_uri.clone(),
+            code_challenge: valid.code_challenge.clone(),
+        };
+        self.store().save_code(
+            realm,
+            &secret_hash(&code),
+            &family,
+            &record,
+            now.plus_seconds(CODE_LIFETIME_SECONDS),
+        )?;
+        Ok(code)
+    }
+
+    pub(crate) fn authorization_code(
+        &self,
+        realm: &RealmState,
+        client: &ClientAuthParams,
+        credentials: &Credentials,
+        exchange: CodeExchange<'_>,
+        now: UnixTime,
+    ) -> Result<Issued, OAuthError> {
+        let name = &realm.realm.name;
+        let (auth_client, cnf, record, family) =
+            self.authenticate_then(realm, client, credentials, now, |auth| {
+                // The verifier's form is checked before the code is spent, so a
+                // malformed request does not burn a good code.
+                let verifier = exchange
+                    .code_verifier
+                    .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
+                if !pkce_value_ok(verifier) {
+                    return Err(OAuthError::invalid_request(
+                        "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~",
+                    ));
+                }
+                let (record, family) =
+                    match self.store().redeem_code(name, &secret_hash(exchange.code), now)? {
+                        Redeemed::Fresh {
+                            record,
+                            family,
+                            expires_at,
+                        } if expires_at > now.0 => (record, family),
+                        Redeemed::Fresh { .. } => {
+                            return Err(OAuthError::invalid_grant("the code has expired"))
+                        }
+                        Redeemed::Spent { family } => {
+                            self.store().revoke_family(name, &family, now)?;
+                            tracing::warn!(%family, "an authorization code was used twice; what it issued is revoked");
+                            return Err(OAuthError::invalid_grant("the code was already used"));
+                        }
+                        Redeemed::Unknown => {
+                            return Err(OAuthError::invalid_grant("unknown code"))
+                        }
+                    };
+                if record.grant.client_id != auth.client.client_id.as_str() {
+                    return Err(OAuthError::invalid_grant("the code was issued to another client"));
+                }
+                if exchange.redirect_uri != Some(record.redirect_uri.as_str()) {
+                    return Err(OAuthError::invalid_grant(
+                        "redirect_uri differs from the authorization request's",
+                    ));
+                }
+                if s256(verifier) != record.code_challenge {
+                    return Err(OAuthError::invalid_grant(
+                        "code_verifier does not match the code_challenge",
+                    ));
+                }
+                Ok((auth.client.clone(), auth.cnf.clone(), record, family))
+            })?;
+        self.mint_user_tokens(realm, &auth_client, cnf, &record.grant, &family, now)
+    }
+
+    /// The access token (and refresh token, for `offline_access` / `online_access`) of
+    /// a person's grant; both are recorded in the family.
+    pub(crate) fn mint_user_tokens(
+        &self,
+        realm: &RealmState,
+        client: &Client,
+        cnf: Option<Confirmation>,
+        grant: &UserGrant,
+        family: &str,
+        now: UnixTime,
+    ) -> Result<Issued, OAuthError> {
+        let name = &realm.realm.name;
+        let user = self
+            .store()
+            .user_by_id(name, &grant.user_id)?
+            .filter(|u| u.enabled)
+            .ok_or_else(|| OAuthError::invalid_grant("the user is disabled or no longer exists"))?;
+        let lifetime = realm.realm.token_lifetime_seconds;
+        let claims = AccessTokenClaims {
+            iss: realm.issuer.clone(),
+            sub: user.id.clone(),
+            client_id: client.client_id.to_string(),
+            aud: vec![grant.audience.clone()],
+            jti: random_id().ok_or_else(OAuthError::server_error)?,
+            iat: now.0,
+            exp: now.0 + lifetime,
+            scope: grant.scope.clone(),
+            cnf,
+            account: grant.account.clone(),
+            partitions: grant.partition.iter().cloned().collect(),
+            extensions: user_extensions(&user),
+        };
+        let access_token = realm.sign_access_token(&claims)?;
+        self.store().add_family_token(name, family, &claims)?;
+        let scopes: Vec<&str> = grant.scope.split(' ').collect();
+        let offline = scopes.contains(&"offline_access");
+        let refresh_token = if offline || scopes.contains(&"online_access") {
+            let token = random_b64(32).ok_or_else(OAuthError::server_error)?;
+            self.store().save_refresh(
+                name,
+                &secret_hash(&token),
+                family,
+                &RefreshRecord {
+                    grant: grant.clone(),
+                    offline,
+                },
+                now.plus_seconds(self.settings().refresh_token_lifetime_seconds),
+            )?;
+            Some(token)
+        } else {
+            None
+        };
+        let mut response = TokenResponse::bearer(access_token, lifetime, claims.scope.clone());
+        response.refresh_token = refresh_token;
+        if scopes.contains(&"launch/patient") || grant.patient.is_some() {
+            response.patient = grant.patient.clone();
+            response.need_patient_banner = Some(user.role != Role::Patient);
+        }
+        Ok(Issued {
+            response,
+            claims,
+            auth_method: client.auth.method_name(),
+        })
+    }
+}
+
+/// IUA `extensions.ihe_iua` for a person: their name, CH:EPR role and GLN.
+fn user_extensions(user: &User) -> Extensions {
+    Extensions {
+        ihe_iua: IheIua {
+            attributes: IuaAttributes {
+                subject_name: Some(user.username.clone()),
+                subject_role: user.role.subject_role(),
+                national_provider_identifier: user.gln.clone(),
+                ..IuaAttributes::default()
+            },
+            person_id: None,
+        },
+        ch_delegation: Default::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn s256_is_rfc_7636_appendix_b() {
+        assert_eq!(
+            s256("dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk"),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+}
