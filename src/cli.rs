@@ -615,6 +615,12 @@ fn init(
             "created    ES256 signing key {kid} for realm '{realm}'"
         )?;
     }
+    if let Some(kid) = ensure_id_token_key(&store, &realm, at)? {
+        writeln!(
+            out,
+            "created    RS256 id_token key {kid} for realm '{realm}'"
+        )?;
+    }
     writeln!(
         out,
         "\nReady. Start the server with:\n  cd {} && tessera serve",
@@ -644,6 +650,22 @@ fn add_signing_key(
     };
     store.add_signing_key(realm, key.kid(), alg, &pkcs8, at, retire_previous_at)?;
     Ok(key.kid().to_owned())
+}
+
+/// Gives the realm an RS256 key for OpenID Connect id_tokens unless it has one; returns
+/// the new key's kid.
+pub(crate) fn ensure_id_token_key(
+    store: &Store,
+    realm: &RealmName,
+    at: UnixTime,
+) -> anyhow::Result<Option<String>> {
+    if store.has_id_token_key(realm)? {
+        return Ok(None);
+    }
+    let pkcs8 = crate::pki::generate_rsa_pkcs8()?;
+    let key = SigningKey::from_pkcs8(Algorithm::RS256, &pkcs8).map_err(|e| anyhow!("{e}"))?;
+    store.add_id_token_key(realm, key.kid(), Algorithm::RS256, &pkcs8, at)?;
+    Ok(Some(key.kid().to_owned()))
 }
 
 fn existing_realm(
@@ -882,6 +904,7 @@ fn realm(cmd: RealmCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
                 bail!("realm '{realm}' already exists");
             }
             let kid = add_signing_key(&store, &realm, alg, at, at)?;
+            ensure_id_token_key(&store, &realm, at)?;
             writeln!(
                 out,
                 "created realm '{realm}': {} signing key {kid}, tokens valid {lifetime} s",

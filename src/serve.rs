@@ -20,6 +20,13 @@ use tessera_http::gateway::Introspector;
 /// The shared application state: database, token service, metrics.
 pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
     let store = crate::cli::open_store(loaded)?;
+    // Installations from before id_tokens get their realms' RS256 id_token key now.
+    for realm in store.list_realms()? {
+        if let Some(kid) = crate::cli::ensure_id_token_key(&store, &realm.name, crate::cli::now())?
+        {
+            tracing::info!(realm = %realm.name, %kid, "created an RS256 id_token key");
+        }
+    }
     let iam = &loaded.config.iam;
     let fetcher = HttpJwksFetcher::new(
         iam.jwks_uri_ca

@@ -20,8 +20,9 @@ fn metadata_names_every_iua_member_and_both_paths_agree() {
     );
     assert_eq!(
         m["grant_types_supported"],
-        serde_json::json!(["client_credentials"])
+        serde_json::json!(["client_credentials", "authorization_code", "refresh_token"])
     );
+    assert_eq!(m["response_types_supported"], serde_json::json!(["code"]));
     for method in [
         "client_secret_basic",
         "client_secret_post",

@@ -13,6 +13,7 @@
 mod support;
 
 mod aim;
+mod apps;
 mod audit;
 mod cli;
 mod discovery;

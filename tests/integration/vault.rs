@@ -1140,8 +1140,13 @@ fn metadata_and_smart_discovery_need_no_token() {
     );
     assert_eq!(security["service"][1]["coding"][0]["code"], "SMART-on-FHIR");
     let uris = &security["extension"][0]["extension"];
-    assert_eq!(uris[0]["url"], "token");
-    assert_eq!(uris[0]["valueUri"], v.env.token_url());
+    assert_eq!(uris[0]["url"], "authorize");
+    assert_eq!(
+        uris[0]["valueUri"],
+        format!("{}/protocol/openid-connect/auth", v.env.issuer())
+    );
+    assert_eq!(uris[1]["url"], "token");
+    assert_eq!(uris[1]["valueUri"], v.env.token_url());
     let observation = statement["rest"][0]["resource"]
         .as_array()
         .unwrap()
@@ -1185,8 +1190,9 @@ fn metadata_and_smart_discovery_need_no_token() {
         .contains(&json!("private_key_jwt")));
     assert_eq!(
         smart["grant_types_supported"],
-        json!(["client_credentials"])
+        json!(["client_credentials", "authorization_code", "refresh_token"])
     );
+    assert_eq!(smart["response_types_supported"], json!(["code"]));
     assert!(smart["code_challenge_methods_supported"].is_array());
     assert!(smart["scopes_supported"].is_array());
 }

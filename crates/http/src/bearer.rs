@@ -26,7 +26,7 @@ pub async fn authorize(
     state: &web::Data<AppState>,
     need: Requirement<'_>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
-    let token = verify(req, state, need.realm, &[need.audience], None).await?;
+    let token = verify(req, state, need.realm, Some(&[need.audience]), None).await?;
     if !token.claims.scope.split(' ').any(|s| s == need.scope) {
         return Err(ApiError::Bearer {
             realm: need.realm.to_string(),
@@ -38,14 +38,15 @@ pub async fn authorize(
 
 /// Everything but the scope: a current, unrevoked token of `realm` in the
 /// Authorization header, bound to this connection's certificate if it has `cnf`, and
-/// meant for one of `audiences`. What the token permits is for the caller to decide. With
+/// meant for one of `audiences` (`None`: any, for the authorization server's own
+/// endpoints such as UserInfo). What the token permits is for the caller to decide. With
 /// `remote`, an authorization server's introspection endpoint says whether the token is
 /// active (gateway mode) instead of this installation's keys and revocation list.
 pub async fn verify(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     realm_name: &RealmName,
-    audiences: &[&str],
+    audiences: Option<&[&str]>,
     remote: Option<Arc<Introspector>>,
 ) -> Result<Arc<VerifiedToken>, ApiError> {
     let refuse = |error| ApiError::Bearer {
@@ -84,12 +85,14 @@ pub async fn verify(
             return Err(refuse(BearerError::InvalidToken));
         }
     }
-    if !token
-        .claims
-        .aud
-        .iter()
-        .any(|aud| audiences.contains(&aud.as_str()))
-    {
+    let meant_for_us = audiences.is_none_or(|audiences| {
+        token
+            .claims
+            .aud
+            .iter()
+            .any(|aud| audiences.contains(&aud.as_str()))
+    });
+    if !meant_for_us {
         return Err(refuse(BearerError::InvalidToken));
     }
     Ok(token)

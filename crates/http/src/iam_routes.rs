@@ -41,6 +41,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         web::get().to(certs),
     )
     .route(
+        "/realms/{realm}/protocol/openid-connect/userinfo",
+        web::get().to(userinfo),
+    )
+    .route(
+        "/realms/{realm}/protocol/openid-connect/userinfo",
+        web::post().to(userinfo),
+    )
+    .route(
         "/realms/{realm}/.well-known/openid-configuration",
         web::get().to(metadata),
     )
@@ -456,4 +464,26 @@ async fn metadata(
             &realm.issuer,
             realm.signer.alg(),
         )))
+}
+
+/// OpenID Connect UserInfo: who the person behind an access token with `openid` is.
+async fn userinfo(
+    req: HttpRequest,
+    path: web::Path<String>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let realm = realm_state(&state, &path).await?;
+    let refuse = |error| ApiError::Bearer {
+        realm: realm.realm.name.to_string(),
+        error,
+    };
+    let token = crate::bearer::verify(&req, &state, &realm.realm.name, None, None).await?;
+    if !token.claims.scope.split(' ').any(|s| s == "openid") {
+        return Err(refuse(BearerError::InsufficientScope));
+    }
+    let st = state.clone().into_inner();
+    let realm_state = realm.clone();
+    let info = blocking(move || st.tokens.userinfo(&realm_state, &token.claims)).await??;
+    let info = info.ok_or_else(|| refuse(BearerError::InvalidToken))?;
+    Ok(no_store(HttpResponse::Ok()).json(info))
 }

@@ -99,6 +99,9 @@ struct ConsentPage<'a> {
     account: String,
     csrf: &'a str,
     carry: Vec<(String, String)>,
+    /// The one record the app will use, when there is nothing to choose.
+    record: Option<String>,
+    /// The records to choose from, when there are several.
     choices: Vec<Choice>,
     scopes: Vec<ScopeItem>,
 }
@@ -461,7 +464,7 @@ async fn proceed(
                 Err(e) => return Ok(Err(e)),
             };
             let Some((session, user)) = user_session else {
-                return Ok(Ok(Outcome::Login(valid)));
+                return Ok(Ok(Outcome::Login(Box::new(valid))));
             };
             let reachable = st.store.reachable(&user)?;
             let remembered = match answer {
@@ -478,15 +481,15 @@ async fn proceed(
                     Err(e) => return Ok(Err(e)),
                 };
             let decision = match (step, answer) {
-                (Step::Login, _) => return Ok(Ok(Outcome::Login(valid))),
+                (Step::Login, _) => return Ok(Ok(Outcome::Login(Box::new(valid)))),
                 (Step::Grant(decision), _) => decision,
                 (Step::Consent { choices }, None) => {
-                    return Ok(Ok(Outcome::Consent {
+                    return Ok(Ok(Outcome::Consent(Box::new(ConsentNeeded {
                         valid,
                         choices,
                         user,
                         csrf: session.csrf,
-                    }))
+                    }))))
                 }
                 (Step::Consent { choices }, Some(answer)) => {
                     match authorize::decide(&valid, &choices, &answer) {
@@ -525,12 +528,13 @@ async fn proceed(
                 StatusCode::OK,
             )
         }
-        Ok(Outcome::Consent {
-            valid,
-            choices,
-            user,
-            csrf,
-        }) => {
+        Ok(Outcome::Consent(needed)) => {
+            let ConsentNeeded {
+                valid,
+                choices,
+                user,
+                csrf,
+            } = *needed;
             let page = ConsentPage {
                 realm: realm_label,
                 app: valid.client.client_id.as_str(),
@@ -539,7 +543,14 @@ async fn proceed(
                 account: format!("{}/account", realm_path(realm)),
                 csrf: &csrf,
                 carry: carry_of(&valid),
-                choices: choices.iter().map(choice).collect(),
+                record: match choices.as_slice() {
+                    [only] => Some(choice(only).label),
+                    _ => None,
+                },
+                choices: match choices.as_slice() {
+                    [_] => Vec::new(),
+                    several => several.iter().map(choice).collect(),
+                },
                 scopes: valid.scope.iter().map(scope_item).collect(),
             };
             html(StatusCode::OK, page.render(), &valid.client.origins())
@@ -548,14 +559,16 @@ async fn proceed(
 }
 
 enum Outcome {
-    Login(ValidRequest),
-    Consent {
-        valid: ValidRequest,
-        choices: Vec<Reachable>,
-        user: User,
-        csrf: String,
-    },
+    Login(Box<ValidRequest>),
+    Consent(Box<ConsentNeeded>),
     Redirect(String),
+}
+
+struct ConsentNeeded {
+    valid: ValidRequest,
+    choices: Vec<Reachable>,
+    user: User,
+    csrf: String,
 }
 
 fn carry_of(valid: &ValidRequest) -> Vec<(String, String)> {

@@ -92,7 +92,7 @@ pub(crate) async fn token(
         req,
         state,
         &vault.realm,
-        &audiences,
+        Some(&audiences),
         vault.introspector.clone(),
     )
     .await

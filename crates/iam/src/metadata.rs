@@ -33,12 +33,18 @@ pub fn authorization_server_metadata(issuer: &str, token_signing_alg: Algorithm)
         "access_token_signing_alg_values_supported": [token_signing_alg.name()],
         "tls_client_certificate_bound_access_tokens": true,
         "scopes_supported": [
-            "openid", "fhirUser", "launch/patient", "offline_access", "online_access",
+            "openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access",
+            "online_access",
             "patient/*.cruds", "patient/*.rs", "user/*.cruds", "user/*.rs",
             "system/*.cruds", "system/*.rs"
         ],
         "subject_types_supported": ["public"],
-        "id_token_signing_alg_values_supported": [token_signing_alg.name()],
+        "id_token_signing_alg_values_supported": ["RS256"],
+        "userinfo_endpoint": endpoint("userinfo"),
+        "claims_supported": [
+            "iss", "sub", "aud", "azp", "exp", "iat", "auth_time", "nonce", "fhirUser",
+            "preferred_username"
+        ],
         "mtls_endpoint_aliases": {
             "token_endpoint": endpoint("token"),
             "introspection_endpoint": endpoint("token/introspect"),

@@ -32,6 +32,8 @@ pub struct StoredKey {
     pub alg: Algorithm,
     pub pkcs8: Vec<u8>,
     pub active: bool,
+    /// Signs OpenID Connect id_tokens (RS256) rather than access tokens.
+    pub id_token: bool,
 }
 
 /// What IAM needs from the database.
@@ -140,6 +142,8 @@ pub struct RealmState {
     pub issuer: String,
     pub token_endpoint: String,
     pub signer: SigningKey,
+    /// Signs id_tokens; `None` until the realm has an id_token key.
+    pub id_signer: Option<SigningKey>,
     pub jwks: JwkSet,
     loaded_at: UnixTime,
 }
@@ -310,13 +314,19 @@ impl<S: IamStore> TokenService<S> {
             return Ok(None);
         };
         let mut signer = None;
+        let mut id_signer = None;
         let mut jwks = JwkSet::default();
         for stored in self.store.signing_keys(name, now)? {
             let key = SigningKey::from_pkcs8(stored.alg, &stored.pkcs8)
                 .map_err(|e| StoreError(format!("signing key of realm {name}: {e}")))?;
             jwks.keys.push(key.public_jwk());
-            if stored.active && signer.is_none() {
-                signer = Some(key);
+            let slot = if stored.id_token {
+                &mut id_signer
+            } else {
+                &mut signer
+            };
+            if stored.active && slot.is_none() {
+                *slot = Some(key);
             }
         }
         let signer = signer.ok_or_else(|| {
@@ -330,6 +340,7 @@ impl<S: IamStore> TokenService<S> {
             issuer,
             realm,
             signer,
+            id_signer,
             jwks,
             loaded_at: now,
         });

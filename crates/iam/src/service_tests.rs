@@ -39,6 +39,7 @@ impl IamStore for MemoryStore {
             alg: Algorithm::ES256,
             pkcs8: self.realm_key.clone(),
             active: true,
+            id_token: false,
         }])
     }
     fn client(&self, _: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError> {

@@ -77,6 +77,9 @@ pub struct TokenResponse {
     pub scope: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refresh_token: Option<String>,
+    /// OpenID Connect: who logged in, for the client (`openid` scope).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id_token: Option<String>,
     /// SMART launch context: the id of the Patient resource the app works on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub patient: Option<String>,
@@ -92,8 +95,28 @@ impl TokenResponse {
             expires_in,
             scope,
             refresh_token: None,
+            id_token: None,
             patient: None,
             need_patient_banner: None,
         }
     }
+}
+
+/// OpenID Connect Core 2 ID Token claims, with SMART's `fhirUser` (an absolute URL).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdTokenClaims {
+    pub iss: String,
+    pub sub: String,
+    /// The client_id.
+    pub aud: String,
+    pub azp: String,
+    pub iat: i64,
+    pub exp: i64,
+    pub auth_time: i64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nonce: Option<String>,
+    #[serde(rename = "fhirUser", default, skip_serializing_if = "Option::is_none")]
+    pub fhir_user: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preferred_username: Option<String>,
 }

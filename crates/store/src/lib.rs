@@ -35,6 +35,10 @@ pub use crate::audit::{AuditWriter, ChainReport, JournalStats, Lease};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 pub use crate::users::{AddUserError, Consent, Session};
 
+/// `signing_keys.key_use`: a key that signs access tokens, or OpenID Connect id_tokens.
+const ACCESS_KEY: &str = "access";
+const ID_TOKEN_KEY: &str = "id";
+
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
 
@@ -218,16 +222,22 @@ impl Store {
         let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
         conn.transaction(|conn| {
             let of_realm = signing_keys::realm.eq(realm.as_str());
+            let access = signing_keys::key_use.eq(ACCESS_KEY);
             diesel::update(
                 signing_keys::table
                     .filter(of_realm)
+                    .filter(access)
                     .filter(signing_keys::retired_at.is_null()),
             )
             .set(signing_keys::retired_at.eq(retire_previous_at.0))
             .execute(conn)?;
-            diesel::update(signing_keys::table.filter(signing_keys::realm.eq(realm.as_str())))
-                .set(signing_keys::active.eq(false))
-                .execute(conn)?;
+            diesel::update(
+                signing_keys::table
+                    .filter(signing_keys::realm.eq(realm.as_str()))
+                    .filter(access),
+            )
+            .set(signing_keys::active.eq(false))
+            .execute(conn)?;
             diesel::update(realms::table.filter(realms::name.eq(realm.as_str())))
                 .set(realms::signing_alg.eq(alg.name()))
                 .execute(conn)?;
@@ -244,6 +254,45 @@ impl Store {
                 .map(|_| ())
         })
         .map_err(db_error)
+    }
+
+    /// Does the realm have a key for OpenID Connect id_tokens?
+    pub fn has_id_token_key(&self, realm: &RealmName) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let count: i64 = signing_keys::table
+            .filter(signing_keys::realm.eq(realm.as_str()))
+            .filter(signing_keys::key_use.eq(ID_TOKEN_KEY))
+            .filter(signing_keys::retired_at.is_null())
+            .count()
+            .get_result(&mut *conn)
+            .map_err(db_error)?;
+        Ok(count > 0)
+    }
+
+    /// Adds the realm's id_token key (RS256).
+    pub fn add_id_token_key(
+        &self,
+        realm: &RealmName,
+        kid: &str,
+        alg: Algorithm,
+        pkcs8: &[u8],
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        diesel::insert_into(signing_keys::table)
+            .values((
+                signing_keys::kid.eq(kid),
+                signing_keys::realm.eq(realm.as_str()),
+                signing_keys::alg.eq(alg.name()),
+                signing_keys::private_key
+                    .eq(base64::engine::general_purpose::STANDARD.encode(pkcs8)),
+                signing_keys::active.eq(true),
+                signing_keys::created_at.eq(now.0),
+                signing_keys::key_use.eq(ID_TOKEN_KEY),
+            ))
+            .execute(&mut *conn)
+            .map_err(db_error)?;
+        Ok(())
     }
 
     pub fn insert_client(&self, client: &Client, now: UnixTime) -> Result<(), AddClientError> {
@@ -374,7 +423,7 @@ impl IamStore for Store {
 
     fn signing_keys(&self, realm: &RealmName, now: UnixTime) -> Result<Vec<StoredKey>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<(String, String, bool)> = signing_keys::table
+        let rows: Vec<(String, String, bool, String)> = signing_keys::table
             .filter(signing_keys::realm.eq(realm.as_str()))
             .filter(
                 signing_keys::retired_at
@@ -386,17 +435,19 @@ impl IamStore for Store {
                 signing_keys::alg,
                 signing_keys::private_key,
                 signing_keys::active,
+                signing_keys::key_use,
             ))
             .load(&mut *conn)
             .map_err(db_error)?;
         rows.into_iter()
-            .map(|(alg, key, active)| {
+            .map(|(alg, key, active, key_use)| {
                 Ok(StoredKey {
                     alg: Algorithm::parse(&alg).map_err(db_error)?,
                     pkcs8: base64::engine::general_purpose::STANDARD
                         .decode(key)
                         .map_err(db_error)?,
                     active,
+                    id_token: key_use == ID_TOKEN_KEY,
                 })
             })
             .collect()

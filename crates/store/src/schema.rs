@@ -18,6 +18,7 @@ diesel::table! {
         active -> Bool,
         created_at -> BigInt,
         retired_at -> Nullable<BigInt>,
+        key_use -> Text,
     }
 }
 

@@ -3,6 +3,9 @@
 -- Secrets (session ids, codes, refresh tokens) are stored as SHA-256 hashes only.
 ALTER TABLE clients ADD COLUMN redirect_uris TEXT NOT NULL DEFAULT '';
 ALTER TABLE clients ADD COLUMN launch_url TEXT;
+-- A realm signs access tokens with its `access` key (ES256 by default) and OpenID
+-- Connect id_tokens with an RS256 `id` key, which SMART test suites require.
+ALTER TABLE signing_keys ADD COLUMN key_use TEXT NOT NULL DEFAULT 'access';
 
 CREATE TABLE users (
     realm TEXT NOT NULL REFERENCES realms (name),

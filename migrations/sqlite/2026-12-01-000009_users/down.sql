@@ -5,5 +5,6 @@ DROP TABLE consents;
 DROP TABLE login_failures;
 DROP TABLE user_sessions;
 DROP TABLE users;
+ALTER TABLE signing_keys DROP COLUMN key_use;
 ALTER TABLE clients DROP COLUMN launch_url;
 ALTER TABLE clients DROP COLUMN redirect_uris;

@@ -8,14 +8,16 @@ use tessera_types::{RealmName, UnixTime};
 
 use crate::authorize::{pkce_value_ok, Decision, Target, ValidRequest};
 use crate::client::{Client, IuaAttributes};
-use crate::error::OAuthError;
+use crate::error::{OAuthError, StoreError};
 use crate::grant::{CodeRecord, Redeemed, RefreshRecord, UserGrant};
 use crate::jose::b64;
 use crate::request::{ClientAuthParams, Credentials};
 use crate::service::{
     random_b64, random_id, secret_hash, IamStore, Issued, RealmState, TokenService,
 };
-use crate::token::{AccessTokenClaims, Confirmation, Extensions, IheIua, TokenResponse};
+use crate::token::{
+    AccessTokenClaims, Confirmation, Extensions, IdTokenClaims, IheIua, TokenResponse,
+};
 use crate::user::{Role, User};
 
 /// RFC 6749 4.1.2 recommends at most ten minutes; SMART apps exchange at once.
@@ -183,12 +185,17 @@ impl<S: IamStore> TokenService<S> {
         let offline = scopes.contains(&"offline_access");
         let refresh_token = if offline || scopes.contains(&"online_access") {
             let token = random_b64(32).ok_or_else(OAuthError::server_error)?;
+            // A refreshed id_token carries no nonce (OpenID Connect Core 12.2).
+            let later = UserGrant {
+                nonce: None,
+                ..grant.clone()
+            };
             self.store().save_refresh(
                 name,
                 &secret_hash(&token),
                 family,
                 &RefreshRecord {
-                    grant: grant.clone(),
+                    grant: later,
                     offline,
                 },
                 now.plus_seconds(self.settings().refresh_token_lifetime_seconds),
@@ -199,6 +206,9 @@ impl<S: IamStore> TokenService<S> {
         };
         let mut response = TokenResponse::bearer(access_token, lifetime, claims.scope.clone());
         response.refresh_token = refresh_token;
+        if scopes.contains(&"openid") {
+            response.id_token = Some(self.id_token(realm, client, &user, grant, &scopes, now)?);
+        }
         if scopes.contains(&"launch/patient") || grant.patient.is_some() {
             response.patient = grant.patient.clone();
             response.need_patient_banner = Some(user.role != Role::Patient);
@@ -208,6 +218,99 @@ impl<S: IamStore> TokenService<S> {
             claims,
             auth_method: client.auth.method_name(),
         })
+    }
+}
+
+impl<S: IamStore> TokenService<S> {
+    /// OpenID Connect UserInfo for a verified access token of a person with `openid`;
+    /// `None` when the token is not a person's (or the user is gone or disabled).
+    pub fn userinfo(
+        &self,
+        realm: &RealmState,
+        claims: &AccessTokenClaims,
+    ) -> Result<Option<serde_json::Value>, StoreError> {
+        let Some(user) = self
+            .store()
+            .user_by_id(&realm.realm.name, &claims.sub)?
+            .filter(|u| u.enabled)
+        else {
+            return Ok(None);
+        };
+        let scopes: Vec<&str> = claims.scope.split(' ').collect();
+        let mut info = serde_json::json!({ "sub": user.id });
+        if scopes.contains(&"fhirUser") {
+            let audience = claims.aud.first().map(String::as_str).unwrap_or_default();
+            let partition = claims.partitions.first().map(String::as_str);
+            if let Some(url) = self.fhir_user_url(&user, audience, partition)? {
+                info["fhirUser"] = serde_json::json!(url);
+            }
+        }
+        if scopes.contains(&"profile") {
+            info["preferred_username"] = serde_json::json!(user.username);
+        }
+        Ok(Some(info))
+    }
+
+    /// The id_token of a grant with `openid`, signed with the realm's RS256 id key.
+    fn id_token(
+        &self,
+        realm: &RealmState,
+        client: &Client,
+        user: &User,
+        grant: &UserGrant,
+        scopes: &[&str],
+        now: UnixTime,
+    ) -> Result<String, OAuthError> {
+        let signer = realm.id_signer.as_ref().ok_or_else(|| {
+            tracing::error!(realm = %realm.realm.name, "the realm has no id_token key; restart `tessera serve` to create it");
+            OAuthError::server_error()
+        })?;
+        let fhir_user = if scopes.contains(&"fhirUser") {
+            self.fhir_user_url(user, &grant.audience, grant.partition.as_deref())?
+        } else {
+            None
+        };
+        let claims = IdTokenClaims {
+            iss: realm.issuer.clone(),
+            sub: user.id.clone(),
+            aud: client.client_id.to_string(),
+            azp: client.client_id.to_string(),
+            iat: now.0,
+            exp: now.0 + realm.realm.token_lifetime_seconds,
+            auth_time: grant.auth_time,
+            nonce: grant.nonce.clone(),
+            fhir_user,
+            preferred_username: scopes.contains(&"profile").then(|| user.username.clone()),
+        };
+        signer.sign("JWT", &claims).map_err(|e| {
+            tracing::error!(error = %e, "could not sign an id_token");
+            OAuthError::server_error()
+        })
+    }
+
+    /// SMART `fhirUser`: the user's own resource as an absolute URL under the partition
+    /// a token is for (its `audience` is then that partition's base URL), or else under
+    /// the first partition of the user's first account.
+    pub fn fhir_user_url(
+        &self,
+        user: &User,
+        audience: &str,
+        partition: Option<&str>,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(reference) = &user.fhir_user else {
+            return Ok(None);
+        };
+        if partition.is_some() {
+            return Ok(Some(format!("{audience}/{reference}")));
+        }
+        let Some(account) = user.accounts.first() else {
+            return Ok(None);
+        };
+        let first = self
+            .store()
+            .account_partitions(account)?
+            .and_then(|p| p.into_iter().next());
+        Ok(first.map(|p| format!("{audience}/{p}/{reference}")))
     }
 }
 
