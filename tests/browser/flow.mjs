@@ -95,7 +95,7 @@ const tokenResponse = await request('POST', `${base}/realms/cara/protocol/openid
     redirect_uri: redirectUri, client_id: 'browser-app', code_verifier: verifier,
   },
 });
-check(tokenResponse.status === 200, `code exchanged (${tokenResponse.text})`);
+check(tokenResponse.status === 200, tokenResponse.status === 200 ? "code exchanged" : `code exchange refused: ${tokenResponse.text}`);
 const token = JSON.parse(tokenResponse.text);
 check(token.scope === 'launch/patient openid patient/Observation.rs?category=laboratory',
   `granted what was ticked: ${token.scope}`);

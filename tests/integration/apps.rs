@@ -979,8 +979,269 @@ fn discovery_advertises_the_code_flow() {
     ] {
         assert!(capabilities.contains(&json!(capability)), "{capability}");
     }
-    assert!(
-        !capabilities.contains(&json!("launch-ehr")),
-        "not built yet"
+    for capability in ["launch-ehr", "sso-openid-connect", "context-ehr-encounter"] {
+        assert!(capabilities.contains(&json!(capability)), "{capability}");
+    }
+    assert_eq!(
+        oidc["id_token_signing_alg_values_supported"],
+        json!(["RS256"])
+    );
+    assert_eq!(
+        oidc["userinfo_endpoint"],
+        format!("{}/protocol/openid-connect/userinfo", a.env.issuer())
+    );
+    assert_eq!(
+        oidc["end_session_endpoint"],
+        format!("{}/protocol/openid-connect/logout", a.env.issuer())
+    );
+}
+
+#[test]
+fn openid_gives_an_rs256_id_token_and_userinfo() {
+    let a = apps();
+    let mut browser = Browser::new(&a.env);
+    let authorize = a.authorize_url(&[
+        (
+            "scope",
+            "openid fhirUser launch/patient patient/Observation.rs",
+        ),
+        ("nonce", "n-0S6_WzA2Mj"),
+    ]);
+    let page = a.login(&mut browser, &authorize, "anna");
+    let back = a.consent(
+        &mut browser,
+        &page,
+        &[
+            "openid",
+            "fhirUser",
+            "launch/patient",
+            "patient/Observation.rs",
+        ],
+        &[],
+        None,
+    );
+    let body = a.exchange(&query_of(&back)["code"], VERIFIER, "app").json();
+    let id_token = body["id_token"].as_str().expect("an id_token");
+    let (header, claims) = decode_jwt(id_token);
+    assert_eq!(header["alg"], "RS256");
+    // It verifies against the realm's JWKS.
+    let jwks: tessera_iam::jose::JwkSet = serde_json::from_str(
+        &Client::new(&a.env, None)
+            .get("/realms/cara/protocol/openid-connect/certs")
+            .body,
+    )
+    .unwrap();
+    tessera_iam::jose::UnverifiedJws::parse(id_token)
+        .unwrap()
+        .verify(&jwks.keys)
+        .expect("the id_token verifies with the published key");
+    assert_eq!(claims["iss"], a.env.issuer());
+    assert_eq!(claims["aud"], "app");
+    assert_eq!(claims["nonce"], "n-0S6_WzA2Mj");
+    let (_, access) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["sub"], access["sub"]);
+    assert_eq!(
+        claims["fhirUser"],
+        format!("{}/fhir/pa/Patient/anna", a.env.base_url()),
+        "an absolute URL"
+    );
+    assert!(claims["auth_time"].as_i64().unwrap() <= claims["iat"].as_i64().unwrap());
+
+    // UserInfo with the access token; not without openid, not without a token.
+    let c = Client::new(&a.env, None);
+    let token = body["access_token"].as_str().unwrap();
+    let info = c.get_with_token("/realms/cara/protocol/openid-connect/userinfo", token);
+    assert_eq!(info.status, 200, "{}", info.body);
+    assert_eq!(info.json()["sub"], claims["sub"]);
+    assert_eq!(info.json()["fhirUser"], claims["fhirUser"]);
+    let machine = a
+        .env
+        .secret_token("machine", &["--scope", "system/*.rs"], &[]);
+    assert_eq!(
+        c.get_with_token("/realms/cara/protocol/openid-connect/userinfo", &machine)
+            .status,
+        403
+    );
+    assert_eq!(
+        c.get("/realms/cara/protocol/openid-connect/userinfo")
+            .status,
+        401
+    );
+}
+
+#[test]
+fn an_ehr_launches_an_app_in_a_context_used_once() {
+    let a = apps();
+    // A practitioner reaching pb, an EHR registered for launches on pb.
+    let printed = a.env.cli(&["account", "list"]).unwrap();
+    let pb_account = printed
+        .lines()
+        .find(|l| l.contains(" pb"))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap()
+        .to_owned();
+    let pw = a.env.path("password.txt");
+    a.env
+        .cli(&[
+            "user",
+            "add",
+            "dr-house",
+            "--role",
+            "practitioner",
+            "--account",
+            &pb_account,
+            "--gln",
+            "7601000000001",
+            "--fhir-user",
+            "Practitioner/house",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ])
+        .unwrap();
+    a.env
+        .cli(&[
+            "client",
+            "add",
+            "--client-id",
+            "ehr-app",
+            "--auth",
+            "none",
+            "--redirect-uri",
+            REDIRECT,
+            "--launch-url",
+            "https://app.example/launch",
+            "--scope",
+            "openid fhirUser launch patient/*.rs user/*.rs",
+        ])
+        .unwrap();
+    let ehr_secret = a.env.add_secret_client(&[
+        "--client-id",
+        "ehr",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "launch",
+        "--partition",
+        "pb",
+    ]);
+    let c = Client::new(&a.env, None);
+    let register = |extra: &[(&str, &str)]| {
+        let mut form = vec![
+            ("client_id", "ehr"),
+            ("client_secret", ehr_secret.as_str()),
+            ("app", "ehr-app"),
+            ("partition", "pb"),
+            ("encounter", "enc-7"),
+            ("fhirContext", r#"[{"reference":"Encounter/enc-7"}]"#),
+        ];
+        for (k, v) in extra {
+            form.retain(|(n, _)| n != k);
+            form.push((k, v));
+        }
+        c.post_form("/realms/cara/launch", &form)
+    };
+    let launched = register(&[]);
+    assert_eq!(launched.status, 200, "{}", launched.body);
+    let launched = launched.json();
+    let launch = launched["launch"].as_str().unwrap().to_owned();
+    let iss = format!("{}/fhir/pb", a.env.base_url());
+    assert_eq!(launched["iss"], iss.as_str());
+    assert!(launched["launch_url"]
+        .as_str()
+        .unwrap()
+        .starts_with("https://app.example/launch?iss="));
+    // The EHR may launch only where it is registered, only with the launch scope.
+    register(&[("partition", "pa")]).oauth_error(400, "invalid_request");
+    register(&[("fhirContext", "not json")]).oauth_error(400, "invalid_request");
+    let plain = a.env.add_secret_client(&[
+        "--client-id",
+        "not-an-ehr",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/*.rs",
+        "--partition",
+        "pb",
+    ]);
+    c.post_form(
+        "/realms/cara/launch",
+        &[
+            ("client_id", "not-an-ehr"),
+            ("client_secret", &plain),
+            ("app", "ehr-app"),
+            ("partition", "pb"),
+        ],
+    )
+    .oauth_error(400, "unauthorized_client");
+
+    let ehr_url = |launch: &str, client: &str| {
+        a.authorize_url(&[
+            ("client_id", client),
+            ("scope", "openid fhirUser launch patient/*.rs"),
+            ("launch", launch),
+            ("aud", iss.as_str()),
+        ])
+    };
+    // Another app's launch, an unknown launch: refused back to the app.
+    let mut browser = Browser::new(&a.env);
+    a.env
+        .cli(&[
+            "client",
+            "add",
+            "--client-id",
+            "third",
+            "--auth",
+            "none",
+            "--redirect-uri",
+            REDIRECT,
+            "--scope",
+            "launch patient/*.rs openid fhirUser",
+        ])
+        .unwrap();
+    for url in [ehr_url(&launch, "third"), ehr_url("made-up", "ehr-app")] {
+        let back = location(&browser.get(&url));
+        assert_eq!(query_of(&back)["error"], "invalid_request", "{back}");
+    }
+    // The practitioner logs in and allows; the context comes back with the token.
+    let page = a.login(&mut browser, &ehr_url(&launch, "ehr-app"), "dr-house");
+    assert!(page.body.contains("Muster (record pb)"), "{}", page.body);
+    let back = a.consent(
+        &mut browser,
+        &page,
+        &["openid", "fhirUser", "launch", "patient/*.rs"],
+        &[],
+        None,
+    );
+    let body = a
+        .exchange(&query_of(&back)["code"], VERIFIER, "ehr-app")
+        .json();
+    assert_eq!(body["encounter"], "enc-7", "{body}");
+    assert_eq!(
+        body["fhirContext"],
+        json!([{"reference": "Encounter/enc-7"}])
+    );
+    assert!(body["patient"].as_str().is_some());
+    assert_eq!(body["need_patient_banner"], true);
+    let (_, claims) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(claims["partitions"], json!(["pb"]));
+    assert_eq!(
+        claims["extensions"]["ihe_iua"]["subject_role"]["code"],
+        "HCP"
+    );
+    assert_eq!(
+        claims["extensions"]["ihe_iua"]["national_provider_identifier"],
+        "7601000000001"
+    );
+    let (_, id) = decode_jwt(body["id_token"].as_str().unwrap());
+    assert_eq!(
+        id["fhirUser"],
+        format!("{}/fhir/pb/Practitioner/house", a.env.base_url())
+    );
+    // Used once: the same launch again is refused.
+    let back = location(&browser.get(&ehr_url(&launch, "ehr-app")));
+    assert_eq!(
+        query_of(&back).get("error").map(String::as_str),
+        Some("invalid_request"),
+        "{back}"
     );
 }

@@ -36,6 +36,7 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
         form_endpoint("/realms/{realm}/protocol/openid-connect/revoke")
             .route(web::post().to(revoke)),
     )
+    .service(form_endpoint("/realms/{realm}/launch").route(web::post().to(launch)))
     .route(
         "/realms/{realm}/protocol/openid-connect/certs",
         web::get().to(certs),
@@ -486,4 +487,37 @@ async fn userinfo(
     let info = blocking(move || st.tokens.userinfo(&realm_state, &token.claims)).await??;
     let info = info.ok_or_else(|| refuse(BearerError::InvalidToken))?;
     Ok(no_store(HttpResponse::Ok()).json(info))
+}
+
+/// SMART EHR launch: an EHR registers the context it opens an app in and gets the
+/// app's `launch` value (see `tessera_iam::launch`).
+async fn launch(
+    req: HttpRequest,
+    path: web::Path<String>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let (realm, auth, challenge) = begin(&req, &state, &path).await?;
+    let oauth = |error: OAuthError| challenge.error(error);
+    let credentials = client_credentials(&req, auth).map_err(oauth)?;
+    let request = tessera_iam::launch::LaunchRequest::from_form(form(&req, &body).map_err(oauth)?)
+        .map_err(oauth)?;
+    let st = state.clone().into_inner();
+    let at = now();
+    let realm_name = realm.realm.name.to_string();
+    let result = blocking(move || {
+        st.tokens
+            .register_launch(&realm, request, &credentials, &st.vault.base, at)
+    })
+    .await?;
+    match result {
+        Ok(launched) => {
+            tracing::info!(realm = %realm_name, iss = %launched.iss, "EHR launch registered");
+            Ok(no_store(HttpResponse::Ok()).json(launched))
+        }
+        Err(error) => {
+            tracing::warn!(realm = %realm_name, error = error.code.as_str(), reason = %error.description, "EHR launch refused");
+            Err(oauth(error))
+        }
+    }
 }

@@ -372,7 +372,19 @@ fn validate(
     };
     let redirect_uri = check_client_and_redirect(&request, client.as_deref())?;
     let client = client.ok_or_else(|| AuthorizeError::Page("Unknown application.".into()))?;
-    check_request(request, client, redirect_uri, |aud| target_of(state, aud))
+    check_request(
+        request,
+        client,
+        redirect_uri,
+        |aud| target_of(state, aud),
+        |launch| {
+            state
+                .tokens
+                .launch_context(realm, launch, at)
+                .ok()
+                .flatten()
+        },
+    )
 }
 
 fn refusal(realm: &RealmState, error: AuthorizeError) -> HttpResponse {
@@ -484,12 +496,23 @@ async fn proceed(
                 (Step::Login, _) => return Ok(Ok(Outcome::Login(Box::new(valid)))),
                 (Step::Grant(decision), _) => decision,
                 (Step::Consent { choices }, None) => {
+                    let labels = choices
+                        .iter()
+                        .map(|c| {
+                            let name = st.store.partition_patient_name(c.partition.as_str())?;
+                            Ok(match name {
+                                Some(name) => format!("{name} (record {})", c.partition),
+                                None => format!("Record {}", c.partition),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ApiError>>()?;
                     return Ok(Ok(Outcome::Consent(Box::new(ConsentNeeded {
                         valid,
                         choices,
+                        labels,
                         user,
                         csrf: session.csrf,
-                    }))))
+                    }))));
                 }
                 (Step::Consent { choices }, Some(answer)) => {
                     match authorize::decide(&valid, &choices, &answer) {
@@ -507,6 +530,15 @@ async fn proceed(
                     }
                 }
             };
+            // An EHR launch is used once: by the first code issued for it.
+            if let Some((launch, _)) = &valid.launch {
+                if !st.tokens.use_launch(&realm_arc, launch, at)? {
+                    return Ok(Err(valid.redirect_error(
+                        tessera_iam::OAuthErrorCode::InvalidRequest,
+                        "the launch was used meanwhile",
+                    )));
+                }
+            }
             let location = grant_code(&st, &realm_arc, &valid, &decision, &session, &user, at)?;
             Ok(Ok(Outcome::Redirect(location)))
         },
@@ -532,6 +564,7 @@ async fn proceed(
             let ConsentNeeded {
                 valid,
                 choices,
+                labels,
                 user,
                 csrf,
             } = *needed;
@@ -543,13 +576,20 @@ async fn proceed(
                 account: format!("{}/account", realm_path(realm)),
                 csrf: &csrf,
                 carry: carry_of(&valid),
-                record: match choices.as_slice() {
-                    [only] => Some(choice(only).label),
+                record: match labels.as_slice() {
+                    [only] => Some(only.clone()),
                     _ => None,
                 },
                 choices: match choices.as_slice() {
                     [_] => Vec::new(),
-                    several => several.iter().map(choice).collect(),
+                    several => several
+                        .iter()
+                        .zip(labels)
+                        .map(|(c, label)| Choice {
+                            partition: c.partition.to_string(),
+                            label,
+                        })
+                        .collect(),
                 },
                 scopes: valid.scope.iter().map(scope_item).collect(),
             };
@@ -567,6 +607,8 @@ enum Outcome {
 struct ConsentNeeded {
     valid: ValidRequest,
     choices: Vec<Reachable>,
+    /// What the picker shows for each choice.
+    labels: Vec<String>,
     user: User,
     csrf: String,
 }
@@ -615,13 +657,6 @@ fn grant_code(
         valid.request.state.as_deref(),
         &realm.issuer,
     ))
-}
-
-fn choice(reachable: &Reachable) -> Choice {
-    Choice {
-        partition: reachable.partition.to_string(),
-        label: format!("Record {} ({})", reachable.partition, reachable.account),
-    }
 }
 
 const OBSERVATION_CATEGORIES: [(&str, &str); 9] = [

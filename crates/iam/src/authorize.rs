@@ -10,18 +10,20 @@ use tessera_types::{AccountUrn, PartitionId, Scope, ScopeSet};
 
 use crate::client::Client;
 use crate::error::{OAuthError, OAuthErrorCode};
+use crate::launch::{LaunchContext, LAUNCH_SCOPE};
 use crate::user::{Role, User};
 
 /// PKCE `code_challenge_method` Tessera accepts (RFC 7636 4.2); `plain` is refused.
 pub const PKCE_S256: &str = "S256";
 
 /// Scopes that are not SMART resource scopes but that an app may ask a user for.
-pub const USER_SCOPES: [&str; 7] = [
+pub const USER_SCOPES: [&str; 8] = [
     "openid",
     "fhirUser",
     "profile",
     "launch",
     "launch/patient",
+    "launch/encounter",
     "offline_access",
     "online_access",
 ];
@@ -141,6 +143,8 @@ pub struct ValidRequest {
     /// What the app asked for, within its registration.
     pub scope: ScopeSet,
     pub target: Target,
+    /// The EHR launch the request continues (`launch=`), with its context.
+    pub launch: Option<(String, LaunchContext)>,
 }
 
 impl ValidRequest {
@@ -197,12 +201,14 @@ pub fn check_client_and_redirect(
 }
 
 /// The checks that come after the redirect URI is trusted; failures go back to it.
-/// `audience_of` tells whether an `aud` names the realm's FHIR audience or a partition.
+/// `audience_of` tells whether an `aud` names the realm's FHIR audience or a partition;
+/// `launch_of` finds a registered, unexpired, unused EHR launch.
 pub fn check_request(
     request: AuthorizationRequest,
     client: std::sync::Arc<Client>,
     redirect_uri: String,
     audience_of: impl FnOnce(&str) -> Option<Target>,
+    launch_of: impl FnOnce(&str) -> Option<LaunchContext>,
 ) -> Result<ValidRequest, AuthorizeError> {
     let fail = |code: OAuthErrorCode, description: &str| AuthorizeError::Redirect {
         redirect_uri: redirect_uri.clone(),
@@ -239,20 +245,58 @@ pub fn check_request(
             "aud is required: the FHIR base URL the app will use",
         ));
     };
-    let Some(target) = audience_of(aud) else {
+    let Some(mut target) = audience_of(aud) else {
         return Err(fail(
             OAuthErrorCode::InvalidRequest,
             "aud is not a FHIR server of this authorization server",
         ));
     };
-    if request.launch.is_some() {
-        return Err(fail(
-            OAuthErrorCode::InvalidRequest,
-            "EHR launch (the launch parameter) is not supported",
-        ));
-    }
     let scope = request_scope(request.scope.as_deref(), &client)
         .map_err(|e| fail(e.code, &e.description))?;
+    let launch_scope = scope.iter().any(|s| s.as_str() == LAUNCH_SCOPE);
+    let launch = match (request.launch.as_deref(), launch_scope) {
+        (None, false) => None,
+        (None, true) => {
+            return Err(fail(
+                OAuthErrorCode::InvalidRequest,
+                "the scope launch needs the launch parameter of an EHR launch",
+            ))
+        }
+        (Some(_), false) => {
+            return Err(fail(
+                OAuthErrorCode::InvalidRequest,
+                "the launch parameter needs the scope launch",
+            ))
+        }
+        (Some(value), true) => {
+            let context = launch_of(value)
+                .filter(|c| c.client_id == client.client_id.as_str())
+                .ok_or_else(|| {
+                    fail(
+                        OAuthErrorCode::InvalidRequest,
+                        "unknown, used, expired or another application's launch",
+                    )
+                })?;
+            target = match target {
+                Target::Any { audience } => {
+                    let partition = PartitionId::try_from(context.partition.as_str())
+                        .map_err(|_| fail(OAuthErrorCode::InvalidRequest, "bad launch"))?;
+                    Target::Partition {
+                        audience: format!("{audience}/{partition}"),
+                        partition,
+                    }
+                }
+                Target::Partition { partition, .. } if partition.as_str() != context.partition => {
+                    return Err(fail(
+                        OAuthErrorCode::InvalidRequest,
+                        "aud names another record than the launch",
+                    ))
+                }
+                same => same,
+            };
+            Some((value.to_owned(), context))
+        }
+    };
     Ok(ValidRequest {
         request,
         client,
@@ -260,6 +304,7 @@ pub fn check_request(
         code_challenge: challenge,
         scope,
         target,
+        launch,
     })
 }
 
@@ -530,7 +575,7 @@ mod tests {
             enabled: true,
             auth: ClientAuth::None,
             scopes: ScopeSet::parse(
-                "openid fhirUser launch/patient offline_access patient/*.rs user/*.rs system/*.rs",
+                "openid fhirUser launch launch/patient offline_access patient/*.rs user/*.rs system/*.rs",
             )
             .unwrap(),
             partitions: vec![],
@@ -589,7 +634,23 @@ mod tests {
     fn check(req: AuthorizationRequest) -> Result<ValidRequest, AuthorizeError> {
         let c = client();
         let uri = check_client_and_redirect(&req, Some(&c))?;
-        check_request(req, c, uri, audience)
+        check_request(req, c, uri, audience, launch)
+    }
+
+    fn launch(value: &str) -> Option<LaunchContext> {
+        let context = |client: &str| LaunchContext {
+            client_id: client.into(),
+            partition: "p1".into(),
+            encounter: Some("e1".into()),
+            fhir_context: None,
+            need_patient_banner: None,
+            smart_style_url: None,
+        };
+        match value {
+            "good" => Some(context("app")),
+            "foreign" => Some(context("other")),
+            _ => None,
+        }
     }
 
     fn redirect_code<T: std::fmt::Debug>(result: Result<T, AuthorizeError>) -> OAuthErrorCode {
@@ -650,10 +711,45 @@ mod tests {
             (request(&[("scope", "system/*.rs")]), InvalidScope),
             (request(&[("scope", "patient/*.cruds")]), InvalidScope),
             (request(&[("scope", "")]), InvalidScope),
+            (request(&[("scope", "launch patient/*.rs")]), InvalidRequest),
+            (request(&[("launch", "good")]), InvalidRequest),
+            (
+                request(&[("scope", "launch"), ("launch", "used")]),
+                InvalidRequest,
+            ),
+            (
+                request(&[("scope", "launch"), ("launch", "foreign")]),
+                InvalidRequest,
+            ),
+            (
+                request(&[
+                    ("scope", "launch"),
+                    ("launch", "good"),
+                    ("aud", "https://h/fhir/p2"),
+                ]),
+                InvalidRequest,
+            ),
         ];
         for (req, expected) in table {
             assert_eq!(redirect_code(check(req)), expected);
         }
+    }
+
+    #[test]
+    fn an_ehr_launch_fixes_the_partition() {
+        let valid = check(request(&[
+            ("scope", "launch patient/*.rs"),
+            ("launch", "good"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            valid.target,
+            Target::Partition {
+                audience: "https://h/fhir/p1".into(),
+                partition: "p1".try_into().unwrap()
+            }
+        );
+        assert_eq!(valid.launch.unwrap().1.encounter.as_deref(), Some("e1"));
     }
 
     #[test]

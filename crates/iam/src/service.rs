@@ -14,6 +14,7 @@ use crate::client::{CertBinding, Client, ClientAuth, JwksSource};
 use crate::error::{OAuthError, StoreError};
 use crate::grant::{authorization_code, CodeRecord, GrantRequest, Redeemed, RefreshRecord};
 use crate::jose::{b64, Algorithm, JoseError, JwkSet, SigningKey, UnverifiedJws};
+use crate::launch::LaunchContext;
 use crate::request::{ClientAuthParams, Credentials, JWT_BEARER_ASSERTION};
 use crate::token::{AccessTokenClaims, Confirmation, TokenResponse, ACCESS_TOKEN_TYP};
 use crate::user::User;
@@ -106,6 +107,28 @@ pub trait IamStore: Send + Sync {
     ) -> Result<(), StoreError>;
     /// Is the browser session (by hash) still logged in at `now`?
     fn session_active(&self, session_hash: &str, now: UnixTime) -> Result<bool, StoreError>;
+    fn partition_exists(&self, partition: &str) -> Result<bool, StoreError>;
+    fn save_launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        context: &LaunchContext,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError>;
+    /// A launch that is registered, unexpired and unused.
+    fn launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<LaunchContext>, StoreError>;
+    /// Marks a launch used, atomically; false if it was used (or expired) already.
+    fn use_launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError>;
 }
 
 /// Fetches a client's `jwks_uri`, with whatever caching the transport allows.

@@ -116,6 +116,29 @@ impl IamStore for MemoryStore {
     fn session_active(&self, _: &str, _: UnixTime) -> Result<bool, StoreError> {
         Ok(false)
     }
+    fn partition_exists(&self, _: &str) -> Result<bool, StoreError> {
+        Ok(false)
+    }
+    fn save_launch(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: &crate::launch::LaunchContext,
+        _: UnixTime,
+    ) -> Result<(), StoreError> {
+        Err(StoreError("not in these tests".into()))
+    }
+    fn launch(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: UnixTime,
+    ) -> Result<Option<crate::launch::LaunchContext>, StoreError> {
+        Ok(None)
+    }
+    fn use_launch(&self, _: &RealmName, _: &str, _: UnixTime) -> Result<bool, StoreError> {
+        Ok(false)
+    }
 }
 
 struct NoFetch;

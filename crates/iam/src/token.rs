@@ -85,6 +85,17 @@ pub struct TokenResponse {
     pub patient: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub need_patient_banner: Option<bool>,
+    /// SMART launch context of an EHR launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encounter: Option<String>,
+    #[serde(
+        rename = "fhirContext",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub fhir_context: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smart_style_url: Option<String>,
 }
 
 impl TokenResponse {
@@ -98,6 +109,9 @@ impl TokenResponse {
             id_token: None,
             patient: None,
             need_patient_banner: None,
+            encounter: None,
+            fhir_context: None,
+            smart_style_url: None,
         }
     }
 }

@@ -25,6 +25,7 @@ use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tessera_iam::client::{Client, ClientAuth, IuaAttributes};
 use tessera_iam::grant::{CodeRecord, Redeemed, RefreshRecord};
 use tessera_iam::jose::Algorithm;
+use tessera_iam::launch::LaunchContext;
 use tessera_iam::token::AccessTokenClaims;
 use tessera_iam::user::User;
 use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
@@ -571,6 +572,38 @@ impl IamStore for Store {
 
     fn session_active(&self, session_hash: &str, now: UnixTime) -> Result<bool, StoreError> {
         Ok(self.session(session_hash, now)?.is_some())
+    }
+
+    fn partition_exists(&self, partition: &str) -> Result<bool, StoreError> {
+        Ok(self.account_of_partition(partition)?.is_some())
+    }
+
+    fn save_launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        context: &LaunchContext,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.insert_launch(realm, launch_hash, context, expires_at)
+    }
+
+    fn launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<LaunchContext>, StoreError> {
+        self.live_launch(realm, launch_hash, now)
+    }
+
+    fn use_launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        self.mark_launch_used(realm, launch_hash, now)
     }
 }
 

@@ -240,3 +240,14 @@ diesel::table! {
         lease_until -> BigInt,
     }
 }
+
+diesel::table! {
+    launch_contexts (launch_hash) {
+        launch_hash -> Text,
+        realm -> Text,
+        client_id -> Text,
+        record -> Text,
+        expires_at -> BigInt,
+        used_at -> Nullable<BigInt>,
+    }
+}

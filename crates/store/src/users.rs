@@ -6,14 +6,15 @@ use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tessera_iam::authorize::Reachable;
 use tessera_iam::grant::{CodeRecord, Redeemed, RefreshRecord};
+use tessera_iam::launch::LaunchContext;
 use tessera_iam::token::AccessTokenClaims;
 use tessera_iam::user::{Role, User};
 use tessera_iam::StoreError;
 use tessera_types::{AccountUrn, RealmName, ScopeSet, UnixTime};
 
 use crate::schema::{
-    authorization_codes, consents, family_tokens, login_failures, realms, refresh_tokens,
-    revoked_tokens, user_sessions, users,
+    authorization_codes, consents, family_tokens, launch_contexts, login_failures, realms,
+    refresh_tokens, revoked_tokens, user_sessions, users,
 };
 use crate::{db_error, Store};
 
@@ -261,6 +262,36 @@ impl Store {
         Ok(first)
     }
 
+    /// A person's name as the partition's Patient resource gives it (`given family`),
+    /// for the patient picker; `None` without a Patient or a name.
+    pub fn partition_patient_name(&self, partition: &str) -> Result<Option<String>, StoreError> {
+        use crate::schema::fhir_resources;
+        let Some(id) = self.partition_patient(partition)? else {
+            return Ok(None);
+        };
+        let mut conn = self.conn()?;
+        let content: Option<String> = fhir_resources::table
+            .filter(fhir_resources::partition_id.eq(partition))
+            .filter(fhir_resources::resource_type.eq("Patient"))
+            .filter(fhir_resources::id.eq(&id))
+            .select(fhir_resources::content)
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        let Some(resource) =
+            content.and_then(|c| serde_json::from_str::<serde_json::Value>(&c).ok())
+        else {
+            return Ok(None);
+        };
+        let name = &resource["name"][0];
+        let mut parts: Vec<&str> = name["given"]
+            .as_array()
+            .map(|g| g.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        parts.extend(name["family"].as_str());
+        Ok((!parts.is_empty()).then(|| parts.join(" ")))
+    }
+
     pub fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         diesel::insert_into(user_sessions::table)
@@ -499,6 +530,10 @@ impl Store {
         purged += diesel::delete(family_tokens::table.filter(family_tokens::expires_at.lt(now.0)))
             .execute(&mut *conn)
             .map_err(db_error)?;
+        purged +=
+            diesel::delete(launch_contexts::table.filter(launch_contexts::expires_at.lt(now.0)))
+                .execute(&mut *conn)
+                .map_err(db_error)?;
         Ok(purged)
     }
 
@@ -632,6 +667,68 @@ impl Store {
                 expires_at,
             },
         })
+    }
+
+    pub(crate) fn insert_launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        context: &LaunchContext,
+        expires_at: UnixTime,
+    ) -> Result<(), StoreError> {
+        let mut conn = self.conn()?;
+        diesel::insert_into(launch_contexts::table)
+            .values((
+                launch_contexts::launch_hash.eq(launch_hash),
+                launch_contexts::realm.eq(realm.as_str()),
+                launch_contexts::client_id.eq(&context.client_id),
+                launch_contexts::record.eq(serde_json::to_string(context).map_err(db_error)?),
+                launch_contexts::expires_at.eq(expires_at.0),
+            ))
+            .execute(&mut *conn)
+            .map_err(db_error)?;
+        Ok(())
+    }
+
+    pub(crate) fn live_launch(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<LaunchContext>, StoreError> {
+        let mut conn = self.conn()?;
+        let record: Option<String> = launch_contexts::table
+            .filter(launch_contexts::launch_hash.eq(launch_hash))
+            .filter(launch_contexts::realm.eq(realm.as_str()))
+            .filter(launch_contexts::used_at.is_null())
+            .filter(launch_contexts::expires_at.gt(now.0))
+            .select(launch_contexts::record)
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        record
+            .map(|r| serde_json::from_str(&r).map_err(db_error))
+            .transpose()
+    }
+
+    pub(crate) fn mark_launch_used(
+        &self,
+        realm: &RealmName,
+        launch_hash: &str,
+        now: UnixTime,
+    ) -> Result<bool, StoreError> {
+        let mut conn = self.conn()?;
+        let claimed = diesel::update(
+            launch_contexts::table
+                .filter(launch_contexts::launch_hash.eq(launch_hash))
+                .filter(launch_contexts::realm.eq(realm.as_str()))
+                .filter(launch_contexts::used_at.is_null())
+                .filter(launch_contexts::expires_at.gt(now.0)),
+        )
+        .set(launch_contexts::used_at.eq(now.0))
+        .execute(&mut *conn)
+        .map_err(db_error)?;
+        Ok(claimed == 1)
     }
 
     pub(crate) fn insert_family_token(

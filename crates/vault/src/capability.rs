@@ -118,12 +118,14 @@ pub fn smart_configuration(auth: &AuthServer) -> Value {
         "token_endpoint_auth_methods_supported": ["private_key_jwt", "tls_client_auth", "client_secret_basic", "client_secret_post", "none"],
         "token_endpoint_auth_signing_alg_values_supported": ["ES256", "ES384", "RS256", "RS384"],
         "grant_types_supported": ["client_credentials", "authorization_code", "refresh_token"],
-        "scopes_supported": ["launch/patient", "offline_access", "online_access", "system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs", "patient/*.cruds", "patient/*.rs", "system/*.read", "system/*.write"],
+        "scopes_supported": ["openid", "fhirUser", "profile", "launch", "launch/patient", "offline_access", "online_access", "system/*.cruds", "system/*.rs", "user/*.cruds", "user/*.rs", "patient/*.cruds", "patient/*.rs", "system/*.read", "system/*.write"],
         "response_types_supported": ["code"],
         "capabilities": [
-            "launch-standalone", "authorize-post",
+            "launch-standalone", "launch-ehr", "authorize-post",
             "client-public", "client-confidential-symmetric", "client-confidential-asymmetric",
-            "context-standalone-patient", "context-banner",
+            "sso-openid-connect",
+            "context-standalone-patient", "context-ehr-patient", "context-ehr-encounter",
+            "context-banner", "context-style",
             "permission-offline", "permission-online", "permission-patient", "permission-user",
             "permission-v1", "permission-v2"
         ],

@@ -88,3 +88,16 @@ CREATE TABLE family_tokens (
     PRIMARY KEY (family, jti)
 );
 CREATE INDEX family_tokens_expiry ON family_tokens (expires_at);
+
+-- EHR launch contexts (SMART App Launch "launch" parameter): registered by an EHR for
+-- one app, used once, expiring.
+CREATE TABLE launch_contexts (
+    launch_hash TEXT PRIMARY KEY NOT NULL,
+    realm TEXT NOT NULL,
+    client_id TEXT NOT NULL,
+    -- JSON: partition, encounter, fhirContext, banner and style.
+    record TEXT NOT NULL,
+    expires_at BIGINT NOT NULL,
+    used_at BIGINT
+);
+CREATE INDEX launch_contexts_expiry ON launch_contexts (expires_at);

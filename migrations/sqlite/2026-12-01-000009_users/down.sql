@@ -1,3 +1,4 @@
+DROP TABLE launch_contexts;
 DROP TABLE family_tokens;
 DROP TABLE refresh_tokens;
 DROP TABLE authorization_codes;

@@ -75,6 +75,7 @@ impl<S: IamStore> TokenService<S> {
                 auth_time: login.auth_time,
                 session: login.session.to_owned(),
                 nonce: valid.request.nonce.clone(),
+                launch: valid.launch.as_ref().map(|(_, context)| context.clone()),
             },
             redirect_uri: valid.redirect_uri.clone(),
             code_challenge: valid.code_challenge.clone(),
@@ -212,6 +213,14 @@ impl<S: IamStore> TokenService<S> {
         if scopes.contains(&"launch/patient") || grant.patient.is_some() {
             response.patient = grant.patient.clone();
             response.need_patient_banner = Some(user.role != Role::Patient);
+        }
+        if let Some(launch) = &grant.launch {
+            response.encounter = launch.encounter.clone();
+            response.fhir_context = launch.fhir_context.clone();
+            response.smart_style_url = launch.smart_style_url.clone();
+            if launch.need_patient_banner.is_some() {
+                response.need_patient_banner = launch.need_patient_banner;
+            }
         }
         Ok(Issued {
             response,

@@ -88,6 +88,9 @@ pub struct UserGrant {
     pub session: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+    /// The EHR launch's context (encounter, fhirContext, banner, style).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<crate::launch::LaunchContext>,
 }
 
 /// An authorization code as stored (under the SHA-256 of the code).

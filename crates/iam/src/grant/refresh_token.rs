@@ -101,6 +101,7 @@ mod tests {
             auth_time: 0,
             session: "s".into(),
             nonce: None,
+            launch: None,
         }
     }
 
