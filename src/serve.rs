@@ -84,6 +84,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         pages: tessera_http::PageSettings {
             session_lifetime_seconds: iam.session_lifetime_seconds,
         },
+        cors: Default::default(),
     }))
 }
 

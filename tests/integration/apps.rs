@@ -1245,3 +1245,92 @@ fn an_ehr_launches_an_app_in_a_context_used_once() {
         "{back}"
     );
 }
+
+#[test]
+fn browser_apps_get_cors_from_their_registered_origins() {
+    let a = apps();
+    let c = Client::new(&a.env, None);
+    let preflight = |path: &str, origin: &str| {
+        c.send(
+            "OPTIONS",
+            path,
+            None,
+            &[
+                ("Origin", origin),
+                ("Access-Control-Request-Method", "POST"),
+                ("Access-Control-Request-Headers", "content-type"),
+            ],
+            None,
+        )
+    };
+    let token_path = "/realms/cara/protocol/openid-connect/token";
+    let ok = preflight(token_path, "https://app.example");
+    assert_eq!(ok.status, 204, "{}", ok.body);
+    assert_eq!(
+        ok.header("access-control-allow-origin"),
+        Some("https://app.example")
+    );
+    assert!(ok
+        .header("access-control-allow-methods")
+        .unwrap()
+        .contains("POST"));
+    assert!(ok.header("access-control-allow-credentials").is_none());
+    let refused = preflight(token_path, "https://evil.example");
+    assert_eq!(refused.status, 403);
+    assert!(refused.header("access-control-allow-origin").is_none());
+    // The pages people log in on are never cross-origin.
+    let pages = preflight(
+        "/realms/cara/protocol/openid-connect/auth",
+        "https://app.example",
+    );
+    assert!(pages.header("access-control-allow-origin").is_none());
+
+    // Real requests carry the header for a registered origin only.
+    for path in [
+        "/fhir/pa/metadata",
+        "/fhir/pa/.well-known/smart-configuration",
+        "/realms/cara/.well-known/openid-configuration",
+        "/realms/cara/protocol/openid-connect/certs",
+    ] {
+        let reply = c.send(
+            "GET",
+            path,
+            None,
+            &[("Origin", "https://other.example")],
+            None,
+        );
+        assert_eq!(reply.status, 200, "{path}");
+        assert_eq!(
+            reply.header("access-control-allow-origin"),
+            Some("https://other.example"),
+            "{path}"
+        );
+        let reply = c.send(
+            "GET",
+            path,
+            None,
+            &[("Origin", "https://evil.example")],
+            None,
+        );
+        assert!(
+            reply.header("access-control-allow-origin").is_none(),
+            "{path}"
+        );
+    }
+    let reply = c.send(
+        "POST",
+        token_path,
+        None,
+        &[
+            ("Origin", "https://app.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        Some("grant_type=refresh_token&refresh_token=x&client_id=app"),
+    );
+    reply.oauth_error(400, "invalid_grant");
+    assert_eq!(
+        reply.header("access-control-allow-origin"),
+        Some("https://app.example"),
+        "errors are readable by the app too"
+    );
+}

@@ -9,6 +9,7 @@ mod aim_routes;
 pub mod audit;
 mod audit_routes;
 pub mod bearer;
+mod cors;
 pub mod delivery;
 pub mod error;
 pub mod gateway;
@@ -113,6 +114,8 @@ pub struct AppState {
     pub store: Store,
     pub metrics: Metrics,
     pub pages: PageSettings,
+    /// The browser origins allowed cross-origin (from registered redirect URIs).
+    pub cors: cors::Origins,
 }
 
 /// Settings of the pages people use (login, consent, account).
@@ -190,6 +193,7 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
     let mut server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(data.clone())
+            .wrap(actix_web::middleware::from_fn(cors::middleware))
             .route("/healthz", web::get().to(healthz))
             .route("/metrics", web::get().to(metrics))
             .default_service(web::to(not_found));

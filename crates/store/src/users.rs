@@ -292,6 +292,23 @@ impl Store {
         Ok((!parts.is_empty()).then(|| parts.join(" ")))
     }
 
+    /// The origins of every registered redirect URI, in all realms (CORS).
+    pub fn redirect_origins(&self) -> Result<std::collections::HashSet<String>, StoreError> {
+        use crate::schema::clients;
+        let mut conn = self.conn()?;
+        let lists: Vec<String> = clients::table
+            .filter(clients::enabled.eq(true))
+            .filter(clients::redirect_uris.ne(""))
+            .select(clients::redirect_uris)
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        Ok(lists
+            .iter()
+            .flat_map(|list| list.split(' '))
+            .filter_map(tessera_iam::client::origin_of)
+            .collect())
+    }
+
     pub fn create_session(&self, session: &Session) -> Result<(), StoreError> {
         let mut conn = self.conn()?;
         diesel::insert_into(user_sessions::table)
