@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # A real headless Chromium (Debian's package; nothing downloaded) through Tessera's
 # login and consent pages against a fresh `tessera serve`: see flow.mjs.
+# Then openid-client (a real OIDC client library) does a standalone launch: library.mjs.
 # Screenshots land in target/browser/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -32,8 +33,11 @@ for p in pa pb; do
 done
 printf 'correct horse battery staple\n' > pw
 "$bin" user add rita --role representative --account "${accounts[0]}" --account "${accounts[1]}" --password-file pw >/dev/null
+"$bin" user add anna --role patient --account "${accounts[0]}" --fhir-user Patient/anna --password-file pw >/dev/null
 "$bin" client add --client-id browser-app --auth none --redirect-uri https://app.example/cb \
   --scope "openid launch/patient patient/*.rs" >/dev/null
+"$bin" client add --client-id library-app --auth none --redirect-uri https://app.example/cb \
+  --scope "openid fhirUser launch/patient offline_access patient/*.rs" >/dev/null
 secret=$("$bin" client add --client-id loader --auth client_secret_post --scope "system/*.cruds" --partition pa --partition pb | sed -n 's/^client_secret: //p')
 loader=$(curl -fsS --cacert pki/ca.crt -d grant_type=client_credentials -d client_id=loader -d "client_secret=$secret" \
   "$base/realms/cara/protocol/openid-connect/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
@@ -47,3 +51,4 @@ for p in pa pb; do
   done
 done
 node "$root/tests/browser/flow.mjs" "$base" pki/ca.crt "$shots"
+NODE_EXTRA_CA_CERTS="$PWD/pki/ca.crt" node "$root/tests/browser/library.mjs" "$base"
