@@ -76,14 +76,6 @@ pub trait IamStore: Send + Sync {
         code_hash: &str,
         now: UnixTime,
     ) -> Result<Redeemed<CodeRecord>, StoreError>;
-    fn save_refresh(
-        &self,
-        realm: &RealmName,
-        token_hash: &str,
-        family: &str,
-        record: &RefreshRecord,
-        expires_at: UnixTime,
-    ) -> Result<(), StoreError>;
     /// Marks a refresh token used (rotation), atomically.
     fn redeem_refresh(
         &self,
@@ -91,12 +83,14 @@ pub trait IamStore: Send + Sync {
         token_hash: &str,
         now: UnixTime,
     ) -> Result<Redeemed<RefreshRecord>, StoreError>;
-    /// Remembers an access token of a family, to revoke it with the family.
-    fn add_family_token(
+    /// Records what a grant issued, in one transaction: the access token (to revoke it
+    /// with its family) and the new refresh token (by its hash), if any.
+    fn record_issued(
         &self,
         realm: &RealmName,
         family: &str,
         claims: &AccessTokenClaims,
+        refresh: Option<NewRefresh<'_>>,
     ) -> Result<(), StoreError>;
     /// Revokes every refresh token and access token of a family.
     fn revoke_family(
@@ -129,6 +123,14 @@ pub trait IamStore: Send + Sync {
         launch_hash: &str,
         now: UnixTime,
     ) -> Result<bool, StoreError>;
+}
+
+/// A refresh token to store: its hash, what it stands for, until when.
+#[derive(Debug, Clone, Copy)]
+pub struct NewRefresh<'a> {
+    pub token_hash: &'a str,
+    pub record: &'a RefreshRecord,
+    pub expires_at: UnixTime,
 }
 
 /// Fetches a client's `jwks_uri`, with whatever caching the transport allows.

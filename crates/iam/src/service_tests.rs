@@ -84,16 +84,6 @@ impl IamStore for MemoryStore {
     ) -> Result<Redeemed<CodeRecord>, StoreError> {
         Ok(Redeemed::Unknown)
     }
-    fn save_refresh(
-        &self,
-        _: &RealmName,
-        _: &str,
-        _: &str,
-        _: &RefreshRecord,
-        _: UnixTime,
-    ) -> Result<(), StoreError> {
-        Err(StoreError("not in these tests".into()))
-    }
     fn redeem_refresh(
         &self,
         _: &RealmName,
@@ -102,11 +92,12 @@ impl IamStore for MemoryStore {
     ) -> Result<Redeemed<RefreshRecord>, StoreError> {
         Ok(Redeemed::Unknown)
     }
-    fn add_family_token(
+    fn record_issued(
         &self,
         _: &RealmName,
         _: &str,
         _: &AccessTokenClaims,
+        _: Option<crate::service::NewRefresh<'_>>,
     ) -> Result<(), StoreError> {
         Ok(())
     }

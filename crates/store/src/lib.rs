@@ -532,17 +532,6 @@ impl IamStore for Store {
         self.take_code(realm, code_hash, now)
     }
 
-    fn save_refresh(
-        &self,
-        realm: &RealmName,
-        token_hash: &str,
-        family: &str,
-        record: &RefreshRecord,
-        expires_at: UnixTime,
-    ) -> Result<(), StoreError> {
-        self.insert_refresh(realm, token_hash, family, record, expires_at)
-    }
-
     fn redeem_refresh(
         &self,
         realm: &RealmName,
@@ -552,13 +541,14 @@ impl IamStore for Store {
         self.take_refresh(realm, token_hash, now)
     }
 
-    fn add_family_token(
+    fn record_issued(
         &self,
         realm: &RealmName,
         family: &str,
         claims: &AccessTokenClaims,
+        refresh: Option<tessera_iam::service::NewRefresh<'_>>,
     ) -> Result<(), StoreError> {
-        self.insert_family_token(realm, family, claims)
+        self.insert_issued(realm, family, claims, refresh)
     }
 
     fn revoke_family(

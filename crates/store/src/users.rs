@@ -7,6 +7,7 @@ use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tessera_iam::authorize::Reachable;
 use tessera_iam::grant::{CodeRecord, Redeemed, RefreshRecord};
 use tessera_iam::launch::LaunchContext;
+use tessera_iam::service::NewRefresh;
 use tessera_iam::token::AccessTokenClaims;
 use tessera_iam::user::{Role, User};
 use tessera_iam::StoreError;
@@ -626,29 +627,6 @@ impl Store {
         })
     }
 
-    pub(crate) fn insert_refresh(
-        &self,
-        realm: &RealmName,
-        token_hash: &str,
-        family: &str,
-        record: &RefreshRecord,
-        expires_at: UnixTime,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        diesel::insert_into(refresh_tokens::table)
-            .values((
-                refresh_tokens::token_hash.eq(token_hash),
-                refresh_tokens::realm.eq(realm.as_str()),
-                refresh_tokens::family.eq(family),
-                refresh_tokens::record.eq(serde_json::to_string(record).map_err(db_error)?),
-                refresh_tokens::expires_at.eq(expires_at.0),
-                refresh_tokens::revoked.eq(false),
-            ))
-            .execute(&mut *conn)
-            .map_err(db_error)?;
-        Ok(())
-    }
-
     pub(crate) fn take_refresh(
         &self,
         realm: &RealmName,
@@ -748,24 +726,45 @@ impl Store {
         Ok(claimed == 1)
     }
 
-    pub(crate) fn insert_family_token(
+    /// The access token of a family and its new refresh token, in one transaction (one
+    /// sync on SQLite instead of two).
+    pub(crate) fn insert_issued(
         &self,
         realm: &RealmName,
         family: &str,
         claims: &AccessTokenClaims,
+        refresh: Option<NewRefresh<'_>>,
     ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        diesel::insert_into(family_tokens::table)
-            .values((
-                family_tokens::family.eq(family),
-                family_tokens::jti.eq(&claims.jti),
-                family_tokens::realm.eq(realm.as_str()),
-                family_tokens::client_id.eq(&claims.client_id),
-                family_tokens::expires_at.eq(claims.exp),
-            ))
-            .execute(&mut *conn)
+        let record = refresh
+            .map(|r| serde_json::to_string(r.record))
+            .transpose()
             .map_err(db_error)?;
-        Ok(())
+        let mut conn = self.conn()?;
+        conn.transaction(|conn| {
+            diesel::insert_into(family_tokens::table)
+                .values((
+                    family_tokens::family.eq(family),
+                    family_tokens::jti.eq(&claims.jti),
+                    family_tokens::realm.eq(realm.as_str()),
+                    family_tokens::client_id.eq(&claims.client_id),
+                    family_tokens::expires_at.eq(claims.exp),
+                ))
+                .execute(conn)?;
+            if let (Some(refresh), Some(record)) = (refresh, &record) {
+                diesel::insert_into(refresh_tokens::table)
+                    .values((
+                        refresh_tokens::token_hash.eq(refresh.token_hash),
+                        refresh_tokens::realm.eq(realm.as_str()),
+                        refresh_tokens::family.eq(family),
+                        refresh_tokens::record.eq(record),
+                        refresh_tokens::expires_at.eq(refresh.expires_at.0),
+                        refresh_tokens::revoked.eq(false),
+                    ))
+                    .execute(conn)?;
+            }
+            Ok::<_, DieselError>(())
+        })
+        .map_err(db_error)
     }
 
     /// Revokes a family's refresh tokens and lists its access tokens as revoked, in one

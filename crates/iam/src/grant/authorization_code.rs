@@ -13,7 +13,7 @@ use crate::grant::{CodeRecord, Redeemed, RefreshRecord, UserGrant};
 use crate::jose::b64;
 use crate::request::{ClientAuthParams, Credentials};
 use crate::service::{
-    random_b64, random_id, secret_hash, IamStore, Issued, RealmState, TokenService,
+    random_b64, random_id, secret_hash, IamStore, Issued, NewRefresh, RealmState, TokenService,
 };
 use crate::token::{
     AccessTokenClaims, Confirmation, Extensions, IdTokenClaims, IheIua, TokenResponse,
@@ -181,30 +181,32 @@ impl<S: IamStore> TokenService<S> {
             extensions: user_extensions(&user),
         };
         let access_token = realm.sign_access_token(&claims)?;
-        self.store().add_family_token(name, family, &claims)?;
         let scopes: Vec<&str> = grant.scope.split(' ').collect();
         let offline = scopes.contains(&"offline_access");
         let refresh_token = if offline || scopes.contains(&"online_access") {
-            let token = random_b64(32).ok_or_else(OAuthError::server_error)?;
-            // A refreshed id_token carries no nonce (OpenID Connect Core 12.2).
-            let later = UserGrant {
-                nonce: None,
-                ..grant.clone()
-            };
-            self.store().save_refresh(
-                name,
-                &secret_hash(&token),
-                family,
-                &RefreshRecord {
-                    grant: later,
-                    offline,
-                },
-                now.plus_seconds(self.settings().refresh_token_lifetime_seconds),
-            )?;
-            Some(token)
+            Some(random_b64(32).ok_or_else(OAuthError::server_error)?)
         } else {
             None
         };
+        // A refreshed id_token carries no nonce (OpenID Connect Core 12.2).
+        let record = RefreshRecord {
+            grant: UserGrant {
+                nonce: None,
+                ..grant.clone()
+            },
+            offline,
+        };
+        let refresh_hash = refresh_token.as_deref().map(secret_hash);
+        self.store().record_issued(
+            name,
+            family,
+            &claims,
+            refresh_hash.as_deref().map(|token_hash| NewRefresh {
+                token_hash,
+                record: &record,
+                expires_at: now.plus_seconds(self.settings().refresh_token_lifetime_seconds),
+            }),
+        )?;
         let mut response = TokenResponse::bearer(access_token, lifetime, claims.scope.clone());
         response.refresh_token = refresh_token;
         if scopes.contains(&"openid") {
