@@ -13,7 +13,7 @@ use tessera_iam::jose::{Algorithm, JwkSet, SigningKey};
 use tessera_iam::pem::public_pem_to_jwk;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::IamStore as _;
-use tessera_store::Store;
+use tessera_store::{KeyUse, Store};
 use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
 use crate::config::{self, Loaded, CONFIG_FILE};
@@ -160,8 +160,12 @@ enum KeysCommand {
         #[arg(long)]
         realm: Option<String>,
         /// Algorithm of the new key [default: the realm's current one]
-        #[arg(long, value_parser = ["ES256", "RS256", "RS384"])]
+        #[arg(long, value_parser = ["ES256", "RS256", "RS384"], conflicts_with = "id_token")]
         alg: Option<String>,
+        /// Rotate the key that signs OpenID Connect id_tokens (RS256) instead of the
+        /// access-token key
+        #[arg(long)]
+        id_token: bool,
         /// Retire the previous key after this many seconds instead of when its last token
         /// expires; 0 retires it now and invalidates its tokens (a compromised key)
         #[arg(long, value_name = "SECONDS")]
@@ -608,8 +612,8 @@ fn init(
     )? {
         writeln!(out, "created    realm '{realm}'")?;
     }
-    if store.signing_keys(&realm, at)?.iter().all(|k| !k.active) {
-        let kid = add_signing_key(&store, &realm, Algorithm::ES256, at, at)?;
+    if !store.has_signing_key(&realm, KeyUse::Access)? {
+        let kid = add_signing_key(&store, &realm, KeyUse::Access, Algorithm::ES256, at, at)?;
         writeln!(
             out,
             "created    ES256 signing key {kid} for realm '{realm}'"
@@ -630,11 +634,12 @@ fn init(
     Ok(())
 }
 
-/// Generates a signing key for `realm` and makes it the active one, retiring the
-/// previous keys at `retire_previous_at`; returns the new kid.
+/// Generates a signing key for `realm` and makes it the one that signs for `key_use`,
+/// retiring the previous keys of that use at `retire_previous_at`; returns the new kid.
 fn add_signing_key(
     store: &Store,
     realm: &RealmName,
+    key_use: KeyUse,
     alg: Algorithm,
     at: UnixTime,
     retire_previous_at: UnixTime,
@@ -648,7 +653,15 @@ fn add_signing_key(
     } else {
         SigningKey::generate_ec(alg).map_err(|e| anyhow!("{e}"))?
     };
-    store.add_signing_key(realm, key.kid(), alg, &pkcs8, at, retire_previous_at)?;
+    store.add_signing_key(
+        realm,
+        key_use,
+        key.kid(),
+        alg,
+        &pkcs8,
+        at,
+        retire_previous_at,
+    )?;
     Ok(key.kid().to_owned())
 }
 
@@ -659,13 +672,11 @@ pub(crate) fn ensure_id_token_key(
     realm: &RealmName,
     at: UnixTime,
 ) -> anyhow::Result<Option<String>> {
-    if store.has_id_token_key(realm)? {
+    if store.has_signing_key(realm, KeyUse::IdToken)? {
         return Ok(None);
     }
-    let pkcs8 = crate::pki::generate_rsa_pkcs8()?;
-    let key = SigningKey::from_pkcs8(Algorithm::RS256, &pkcs8).map_err(|e| anyhow!("{e}"))?;
-    store.add_id_token_key(realm, key.kid(), Algorithm::RS256, &pkcs8, at)?;
-    Ok(Some(key.kid().to_owned()))
+    let kid = add_signing_key(store, realm, KeyUse::IdToken, Algorithm::RS256, at, at)?;
+    Ok(Some(kid))
 }
 
 fn existing_realm(
@@ -685,12 +696,18 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
         KeysCommand::Rotate {
             realm,
             alg,
+            id_token,
             retire_previous_in,
         } => {
             let realm = existing_realm(&store, realm, loaded)?;
-            let alg = match alg {
-                Some(alg) => Algorithm::parse(&alg).map_err(|e| anyhow!("--alg: {e}"))?,
-                None => realm.signing_alg,
+            // id_tokens are RS256, as SMART's test suites require.
+            let (key_use, alg) = match (id_token, alg) {
+                (true, _) => (KeyUse::IdToken, Algorithm::RS256),
+                (false, Some(alg)) => (
+                    KeyUse::Access,
+                    Algorithm::parse(&alg).map_err(|e| anyhow!("--alg: {e}"))?,
+                ),
+                (false, None) => (KeyUse::Access, realm.signing_alg),
             };
             let at = now();
             let natural = realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds;
@@ -700,13 +717,17 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
             let previous: Vec<String> = store
                 .list_keys(&realm.name)?
                 .into_iter()
-                .filter(|k| k.retired_at.is_none())
+                .filter(|k| k.key_use == key_use && k.retired_at.is_none())
                 .map(|k| k.kid)
                 .collect();
-            let kid = add_signing_key(&store, &realm.name, alg, at, retire_at)?;
+            let kid = add_signing_key(&store, &realm.name, key_use, alg, at, retire_at)?;
+            let what = match key_use {
+                KeyUse::Access => "",
+                KeyUse::IdToken => " id_tokens",
+            };
             writeln!(
                 out,
-                "realm '{}' now signs with {} key {kid}",
+                "realm '{}' now signs{what} with {} key {kid}",
                 realm.name,
                 alg.name()
             )?;
@@ -729,7 +750,11 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
         KeysCommand::List { realm } => {
             let realm = existing_realm(&store, realm, loaded)?;
             let at = now();
-            writeln!(out, "{:<18} {:<6} {:<10} RETIRES", "KID", "ALG", "STATE")?;
+            writeln!(
+                out,
+                "{:<18} {:<8} {:<6} {:<10} RETIRES",
+                "KID", "SIGNS", "ALG", "STATE"
+            )?;
             for key in store.list_keys(&realm.name)? {
                 let (state, retires) = match key.retired_at {
                     None => ("signing", "-".to_owned()),
@@ -737,9 +762,13 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
                     Some(_) => ("retired", "-".to_owned()),
                 };
                 let state = if key.active { "signing" } else { state };
+                let signs = match key.key_use {
+                    KeyUse::Access => "access",
+                    KeyUse::IdToken => "id_token",
+                };
                 writeln!(
                     out,
-                    "{:<18} {:<6} {:<10} {retires}",
+                    "{:<18} {signs:<8} {:<6} {:<10} {retires}",
                     key.kid, key.alg, state
                 )?;
             }
@@ -903,7 +932,7 @@ fn realm(cmd: RealmCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
             if !store.ensure_realm(&realm, lifetime, alg, at)? {
                 bail!("realm '{realm}' already exists");
             }
-            let kid = add_signing_key(&store, &realm, alg, at, at)?;
+            let kid = add_signing_key(&store, &realm, KeyUse::Access, alg, at, at)?;
             ensure_id_token_key(&store, &realm, at)?;
             writeln!(
                 out,

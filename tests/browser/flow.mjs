@@ -5,7 +5,7 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import https from 'node:https';
-import puppeteer from 'puppeteer-core';
+import { check, throughPages } from './chromium.mjs';
 
 const [base, caFile, shots] = process.argv.slice(2);
 const ca = readFileSync(caFile);
@@ -32,11 +32,6 @@ function request(method, url, { form, token } = {}) {
   });
 }
 
-function check(condition, message) {
-  if (!condition) { console.error(`FAILED: ${message}`); process.exit(1); }
-  console.log(`ok: ${message}`);
-}
-
 const authorize = new URL(`${base}/realms/cara/protocol/openid-connect/auth`);
 for (const [k, v] of Object.entries({
   response_type: 'code', client_id: 'browser-app', redirect_uri: redirectUri,
@@ -44,28 +39,8 @@ for (const [k, v] of Object.entries({
   state, code_challenge: challenge, code_challenge_method: 'S256', aud: `${base}/fhir`,
 })) authorize.searchParams.set(k, v);
 
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  acceptInsecureCerts: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--ignore-certificate-errors'],
-});
-let redirected = null;
-try {
-  const page = await browser.newPage();
-  await page.setJavaScriptEnabled(false); // the pages must work without JavaScript
-  await page.setRequestInterception(true);
-  page.on('request', (req) => {
-    if (req.url().startsWith(redirectUri)) {
-      redirected = req.url();
-      req.respond({ status: 200, contentType: 'text/html', body: '<p>app</p>' });
-    } else {
-      req.continue();
-    }
-  });
-  await page.goto(authorize.href);
+// JavaScript off: the pages must work without it.
+const redirected = await throughPages(authorize.href, redirectUri, async (page) => {
   check((await page.title()).startsWith('Log in'), 'the authorization request shows the login page');
   await page.screenshot({ path: `${shots}/login.png` });
   await page.type('#username', 'rita');
@@ -82,9 +57,7 @@ try {
   await page.click('#partition-2');
   await page.screenshot({ path: `${shots}/consent.png`, fullPage: true });
   await Promise.all([page.waitForNavigation(), page.click('button[value=allow]')]);
-} finally {
-  await browser.close();
-}
+}, { javascript: false });
 
 check(redirected !== null, 'the browser was sent back to the app');
 const back = new URL(redirected);

@@ -4,15 +4,10 @@
 // checked by the library (RS256, iss, aud, nonce, RFC 9207 iss), UserInfo, and a
 // refresh. Usage: NODE_EXTRA_CA_CERTS=pki/ca.crt node library.mjs BASE_URL
 import * as oidc from 'openid-client';
-import puppeteer from 'puppeteer-core';
+import { check, throughPages } from './chromium.mjs';
 
 const [base] = process.argv.slice(2);
 const redirectUri = 'https://app.example/cb';
-
-function check(condition, message) {
-  if (!condition) { console.error(`FAILED: ${message}`); process.exit(1); }
-  console.log(`ok: ${message}`);
-}
 
 const config = await oidc.discovery(new URL(`${base}/realms/cara`), 'library-app', undefined, oidc.None());
 check(config.serverMetadata().authorization_endpoint.endsWith('/protocol/openid-connect/auth'),
@@ -31,33 +26,12 @@ const url = oidc.buildAuthorizationUrl(config, {
   aud: `${base}/fhir`,
 });
 
-const browser = await puppeteer.launch({
-  executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-  headless: true,
-  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--ignore-certificate-errors'],
-});
-let redirected = null;
-try {
-  const page = await browser.newPage();
-  await page.setRequestInterception(true);
-  page.on('request', (req) => {
-    if (req.url().startsWith(redirectUri)) {
-      redirected = req.url();
-      req.respond({ status: 200, contentType: 'text/html', body: '<p>app</p>' });
-    } else {
-      req.continue();
-    }
-  });
-  await page.goto(url.href);
+const redirected = await throughPages(url.href, redirectUri, async (page) => {
   await page.type('#username', 'anna');
   await page.type('#password', 'correct horse battery staple');
   await Promise.all([page.waitForNavigation(), page.click('button[type=submit]')]);
   await Promise.all([page.waitForNavigation(), page.click('button[value=allow]')]);
-} finally {
-  await browser.close();
-}
+});
 check(redirected !== null, 'the browser came back to the app');
 
 const tokens = await oidc.authorizationCodeGrant(config, new URL(redirected), {

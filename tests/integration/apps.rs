@@ -1067,6 +1067,43 @@ fn openid_gives_an_rs256_id_token_and_userinfo() {
             .status,
         401
     );
+
+    // The id_token key rotates on its own: the access-token key is untouched, and the
+    // previous id_token key stays published until its tokens have expired.
+    let access_kid = decode_jwt(token).0["kid"].as_str().unwrap().to_owned();
+    let printed = a.env.cli(&["keys", "rotate", "--id-token"]).unwrap();
+    assert!(
+        printed.contains("now signs id_tokens with RS256"),
+        "{printed}"
+    );
+    let old_kid = header["kid"].as_str().unwrap();
+    assert!(printed.contains(&format!("key {old_kid} stops signing")));
+    assert!(!printed.contains(&access_kid), "{printed}");
+    let listed = a.env.cli(&["keys", "list"]).unwrap();
+    let line_of = |kid: &str| listed.lines().find(|l| l.contains(kid)).unwrap().to_owned();
+    assert!(line_of(old_kid).contains("id_token"), "{listed}");
+    assert!(line_of(old_kid).contains("verifying"), "{listed}");
+    assert!(line_of(&access_kid).contains("signing"), "{listed}");
+    let page = browser.get(&authorize);
+    assert_eq!(page.status, 303, "consent remembered: {}", page.body);
+    let body = a
+        .exchange(&query_of(&location(&page))["code"], VERIFIER, "app")
+        .json();
+    let (new_header, _) = decode_jwt(body["id_token"].as_str().unwrap());
+    assert_eq!(new_header["alg"], "RS256");
+    assert_ne!(new_header["kid"], header["kid"]);
+    let (access_header, _) = decode_jwt(body["access_token"].as_str().unwrap());
+    assert_eq!(access_header["kid"], access_kid.as_str());
+    let kids: Vec<String> = Client::new(&a.env, None)
+        .get("/realms/cara/protocol/openid-connect/certs")
+        .json()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["kid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(kids.len(), 3, "{kids:?}");
+    assert!(kids.iter().any(|k| k == old_kid));
 }
 
 #[test]
@@ -1333,4 +1370,165 @@ fn browser_apps_get_cors_from_their_registered_origins() {
         Some("https://app.example"),
         "errors are readable by the app too"
     );
+}
+
+#[test]
+fn refresh_tokens_are_introspectable_and_revocable() {
+    let a = apps();
+    let code = a.code_for_anna(&mut Browser::new(&a.env));
+    let body = a.exchange(&code, VERIFIER, "app").json();
+    let refresh = body["refresh_token"].as_str().unwrap().to_owned();
+    let access = body["access_token"].as_str().unwrap().to_owned();
+    let c = Client::new(&a.env, None);
+    let secret = a.env.add_secret_client(&[
+        "--client-id",
+        "gateway",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "introspection",
+    ]);
+    let introspect = |token: &str| {
+        c.post_form(
+            "/realms/cara/protocol/openid-connect/token/introspect",
+            &[
+                ("token", token),
+                ("client_id", "gateway"),
+                ("client_secret", &secret),
+            ],
+        )
+        .json()
+    };
+    let seen = introspect(&refresh);
+    assert_eq!(seen["active"], true, "{seen}");
+    assert_eq!(seen["token_type"], "refresh_token");
+    assert_eq!(seen["client_id"], "app");
+    assert_eq!(seen["scope"], body["scope"]);
+    // A resource server learns nothing about refresh tokens.
+    let rs = a.env.add_secret_client(&[
+        "--client-id",
+        "fhir-rs",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "introspection",
+        "--resource-server",
+        &format!("{}/fhir", a.env.base_url()),
+    ]);
+    let seen = c
+        .post_form(
+            "/realms/cara/protocol/openid-connect/token/introspect",
+            &[
+                ("token", &refresh),
+                ("client_id", "fhir-rs"),
+                ("client_secret", &rs),
+            ],
+        )
+        .json();
+    assert_eq!(seen, json!({"active": false}));
+
+    // Another client may not revoke it; the app may, and that ends the grant.
+    let revoke = |client: &str, token: &str| {
+        c.post_form(
+            "/realms/cara/protocol/openid-connect/revoke",
+            &[
+                ("token", token),
+                ("client_id", client),
+                ("token_type_hint", "refresh_token"),
+            ],
+        )
+    };
+    revoke("other-app", &refresh).oauth_error(400, "unauthorized_client");
+    assert_eq!(introspect(&refresh)["active"], true);
+    let done = revoke("app", &refresh);
+    assert_eq!(done.status, 200, "{}", done.body);
+    assert_eq!(introspect(&refresh), json!({"active": false}));
+    assert_eq!(
+        introspect(&access),
+        json!({"active": false}),
+        "its access token too"
+    );
+    c.token(&[
+        ("grant_type", "refresh_token"),
+        ("refresh_token", &refresh),
+        ("client_id", "app"),
+    ])
+    .oauth_error(400, "invalid_grant");
+}
+
+#[test]
+fn an_auditor_reads_the_trail_and_nobody_else_does() {
+    let a = apps();
+    let pw = a.env.path("password.txt");
+    a.env
+        .cli(&[
+            "user",
+            "add",
+            "audrey",
+            "--role",
+            "auditor",
+            "--password-file",
+            pw.to_str().unwrap(),
+        ])
+        .unwrap();
+    a.env
+        .cli(&[
+            "client",
+            "add",
+            "--client-id",
+            "trail-app",
+            "--auth",
+            "none",
+            "--redirect-uri",
+            REDIRECT,
+            "--scope",
+            "openid user/*.rs patient/*.rs",
+        ])
+        .unwrap();
+    let url = |extra: &[(&str, &str)]| {
+        let mut all = vec![
+            ("client_id", "trail-app"),
+            ("scope", "openid user/AuditEvent.rs"),
+        ];
+        all.extend_from_slice(extra);
+        a.authorize_url(&all)
+    };
+    // The auditor: a consent page with nothing to choose, then a token for the trail.
+    let mut browser = Browser::new(&a.env);
+    let page = a.login(&mut browser, &url(&[]), "audrey");
+    assert!(!page.body.contains("name=\"partition\""), "{}", page.body);
+    let back = a.consent(
+        &mut browser,
+        &page,
+        &["openid", "user/AuditEvent.rs"],
+        &[],
+        None,
+    );
+    let body = a
+        .exchange(&query_of(&back)["code"], VERIFIER, "trail-app")
+        .json();
+    let token = body["access_token"].as_str().unwrap();
+    let (_, claims) = decode_jwt(token);
+    assert!(claims.get("partitions").is_none(), "{claims}");
+    let day = &tessera_atna::timestamp(tessera_types::UnixTime(crate::support::now()))[..10];
+    let c = Client::new(&a.env, None);
+    let trail = c.send(
+        "GET",
+        &format!("/audit/fhir/AuditEvent?date=ge{day}"),
+        Some(token),
+        &[],
+        None,
+    );
+    assert_eq!(trail.status, 200, "{}", trail.body);
+    assert!(trail.json()["total"].as_u64().unwrap() > 0);
+    // Her login reaches no patient record.
+    let back = location(&browser.get(&url(&[(
+        "scope",
+        "user/AuditEvent.rs patient/Observation.rs",
+    )])));
+    assert_eq!(query_of(&back)["error"], "access_denied");
+    // A patient's app never gets the trail, even with user/*.rs registered.
+    let mut browser = Browser::new(&a.env);
+    let back = location(&a.login(&mut browser, &url(&[]), "anna"));
+    assert_eq!(query_of(&back)["error"], "access_denied");
 }

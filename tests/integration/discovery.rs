@@ -108,13 +108,20 @@ fn jwks_publishes_the_signing_key_without_private_parts() {
     assert_eq!(reply.status, 200);
     let jwks = reply.json();
     let keys = jwks["keys"].as_array().unwrap();
-    assert_eq!(keys.len(), 1);
-    let key = &keys[0];
-    assert_eq!(key["kty"], "EC");
-    assert_eq!(key["crv"], "P-256");
-    assert_eq!(key["alg"], "ES256");
-    assert_eq!(key["use"], "sig");
-    assert!(key.get("d").is_none());
+    // The access-token key (ES256) and the id_token key (RS256, SMART).
+    assert_eq!(keys.len(), 2, "{jwks}");
+    let access = keys.iter().find(|k| k["alg"] == "ES256").unwrap();
+    assert_eq!(access["kty"], "EC");
+    assert_eq!(access["crv"], "P-256");
+    let id = keys.iter().find(|k| k["alg"] == "RS256").unwrap();
+    assert_eq!(id["kty"], "RSA");
+    assert_ne!(access["kid"], id["kid"]);
+    for key in keys {
+        assert_eq!(key["use"], "sig");
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(key.get(private).is_none(), "{private} published");
+        }
+    }
     let printed = std::fs::read_to_string(env.path("config/tessera.toml")).unwrap();
     assert!(!printed.is_empty());
 }

@@ -451,7 +451,8 @@ fn rotation_keeps_old_tokens_valid_until_their_key_retires() {
     let jwks = Client::new(&s.env, None)
         .get("/realms/cara/protocol/openid-connect/certs")
         .json();
-    assert_eq!(jwks["keys"].as_array().unwrap().len(), 2, "{jwks}");
+    // The new and the previous access-token keys, and the id_token key.
+    assert_eq!(jwks["keys"].as_array().unwrap().len(), 3, "{jwks}");
     assert_eq!(s.gateway_introspects(&before).json()["active"], true);
     assert_eq!(s.gateway_introspects(&after).json()["active"], true);
     let meta = Client::new(&s.env, None)

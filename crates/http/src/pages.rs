@@ -302,6 +302,31 @@ async fn logged_in(
     .await?
 }
 
+/// Who posted a form that needs a login: the session and its user when the session is
+/// live and the form carries the session's CSRF token.
+enum Poster {
+    User(Box<(Session, User)>),
+    /// No live session (logged out or expired meanwhile).
+    Nobody,
+    /// A session, but the form lacks its token: forged, or from an old page.
+    Forged,
+}
+
+async fn poster(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    realm: &RealmState,
+    pairs: &[(String, String)],
+) -> Result<Poster, ApiError> {
+    let Some((session, user)) = logged_in(req, state, realm).await? else {
+        return Ok(Poster::Nobody);
+    };
+    if !field(pairs, "csrf").is_some_and(|sent| constant_time_eq(sent, &session.csrf)) {
+        return Ok(Poster::Forged);
+    }
+    Ok(Poster::User(Box::new((session, user))))
+}
+
 async fn realm_or_page(
     state: &web::Data<AppState>,
     name: &str,
@@ -1004,26 +1029,28 @@ async fn consent(
             "The consent form must be sent as a form.",
         ));
     };
-    let Some((session, _)) = logged_in(&req, &state, &realm).await? else {
-        // The session ended meanwhile: log in again, then see the question again.
-        let carry = carried(&pairs);
-        return Ok(login_page(
-            &req,
-            &realm,
-            None,
-            carry,
-            Some("Your session ended. Please log in again."),
-            "",
-            StatusCode::UNAUTHORIZED,
-        ));
-    };
-    if !field(&pairs, "csrf").is_some_and(|sent| constant_time_eq(sent, &session.csrf)) {
-        return Ok(message(
-            &path,
-            StatusCode::BAD_REQUEST,
-            "This request cannot be completed",
-            "This form has expired or did not come from this site. Start again from the application.",
-        ));
+    match poster(&req, &state, &realm, &pairs).await? {
+        Poster::User(_) => {}
+        Poster::Nobody => {
+            // The session ended meanwhile: log in again, then see the question again.
+            return Ok(login_page(
+                &req,
+                &realm,
+                None,
+                carried(&pairs),
+                Some("Your session ended. Please log in again."),
+                "",
+                StatusCode::UNAUTHORIZED,
+            ));
+        }
+        Poster::Forged => {
+            return Ok(message(
+                &path,
+                StatusCode::BAD_REQUEST,
+                "This request cannot be completed",
+                "This form has expired or did not come from this site. Start again from the application.",
+            ))
+        }
     }
     let mut scopes = Vec::new();
     for (name, value) in &pairs {
@@ -1094,17 +1121,17 @@ async fn logout(
         .filter(|(n, _)| ["post_logout_redirect_uri", "client_id", "state"].contains(&n.as_str()))
         .cloned()
         .collect();
-    let Some((session, user)) = logged_in(&req, &state, &realm).await? else {
-        return Ok(after_logout(&state, &realm, &carry).await);
-    };
-    if !field(&pairs, "csrf").is_some_and(|sent| constant_time_eq(sent, &session.csrf)) {
-        return Ok(message(
-            &path,
-            StatusCode::BAD_REQUEST,
-            "Log out",
-            "This form has expired or did not come from this site; you are still logged in.",
-        ));
-    }
+    let (session, user) =
+        match poster(&req, &state, &realm, &pairs).await? {
+            Poster::User(posted) => *posted,
+            Poster::Nobody => return Ok(after_logout(&state, &realm, &carry).await),
+            Poster::Forged => return Ok(message(
+                &path,
+                StatusCode::BAD_REQUEST,
+                "Log out",
+                "This form has expired or did not come from this site; you are still logged in.",
+            )),
+        };
     let st = state.clone().into_inner();
     let id_hash = session.id_hash.clone();
     blocking(move || st.store.delete_session(&id_hash)).await??;
@@ -1218,26 +1245,29 @@ async fn withdraw(
         Err(page) => return Ok(page),
     };
     let pairs = form_pairs(&req, &body).unwrap_or_default();
-    let Some((session, user)) = logged_in(&req, &state, &realm).await? else {
-        let carry = vec![("next".to_owned(), "account".to_owned())];
-        return Ok(login_page(
-            &req,
-            &realm,
-            None,
-            carry,
-            Some("Please log in first."),
-            "",
-            StatusCode::UNAUTHORIZED,
-        ));
+    let user = match poster(&req, &state, &realm, &pairs).await? {
+        Poster::User(posted) => posted.1,
+        Poster::Nobody => {
+            let carry = vec![("next".to_owned(), "account".to_owned())];
+            return Ok(login_page(
+                &req,
+                &realm,
+                None,
+                carry,
+                Some("Please log in first."),
+                "",
+                StatusCode::UNAUTHORIZED,
+            ));
+        }
+        Poster::Forged => {
+            return Ok(message(
+                &path,
+                StatusCode::BAD_REQUEST,
+                "Your account",
+                "This form has expired or did not come from this site; nothing was changed.",
+            ))
+        }
     };
-    if !field(&pairs, "csrf").is_some_and(|sent| constant_time_eq(sent, &session.csrf)) {
-        return Ok(message(
-            &path,
-            StatusCode::BAD_REQUEST,
-            "Your account",
-            "This form has expired or did not come from this site; nothing was changed.",
-        ));
-    }
     let Some(client_id) = field(&pairs, "client_id").map(str::to_owned) else {
         return Ok(message(
             &path,

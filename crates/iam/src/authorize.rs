@@ -13,6 +13,10 @@ use crate::error::{OAuthError, OAuthErrorCode};
 use crate::launch::{LaunchContext, LAUNCH_SCOPE};
 use crate::user::{Role, User};
 
+/// The resource type of the audit trail: `user/AuditEvent.*` is the whole trail and is
+/// an auditor's alone.
+const AUDIT_EVENT: &str = "AuditEvent";
+
 /// PKCE `code_challenge_method` Tessera accepts (RFC 7636 4.2); `plain` is refused.
 pub const PKCE_S256: &str = "S256";
 
@@ -403,14 +407,35 @@ fn partition_choices(
     user: &User,
     reachable: &[Reachable],
 ) -> Result<Vec<Reachable>, AuthorizeError> {
-    let resource_scopes = valid.scope.iter().any(|s| SmartScope::parse(s).is_some());
-    if user.role == Role::Auditor || !(resource_scopes || valid.needs_patient()) {
-        if user.role == Role::Auditor && resource_scopes {
+    let smart: Vec<SmartScope> = valid.scope.iter().filter_map(SmartScope::parse).collect();
+    let audit = |s: &SmartScope| s.resource_type == AUDIT_EVENT;
+    if user.role == Role::Auditor {
+        // An auditor reaches the audit repository (ITI-81) and nothing else: only
+        // AuditEvent scopes, for the realm's audience, no partition.
+        if !smart.iter().all(audit) || valid.needs_patient() {
             return Err(valid.redirect_error(
                 OAuthErrorCode::AccessDenied,
-                "an auditor's login reaches no patient record",
+                "an auditor's login reaches the audit trail, no patient record",
             ));
         }
+        if matches!(valid.target, Target::Partition { .. }) {
+            return Err(valid.redirect_error(
+                OAuthErrorCode::AccessDenied,
+                "the audit trail is not a patient's record: use the realm's FHIR audience",
+            ));
+        }
+        return Ok(Vec::new());
+    }
+    if smart
+        .iter()
+        .any(|s| audit(s) && s.context != Context::Patient)
+    {
+        return Err(valid.redirect_error(
+            OAuthErrorCode::AccessDenied,
+            "only auditors read the audit trail",
+        ));
+    }
+    if smart.is_empty() && !valid.needs_patient() {
         return Ok(Vec::new());
     }
     let choices: Vec<Reachable> = match &valid.target {
@@ -812,9 +837,20 @@ mod tests {
             next_step(&p3, Some(&patient), &two, None).unwrap(),
             Step::Consent { choices } if choices == vec![reach("p1")]
         ));
-        // An auditor reaches no patient record.
+        // An auditor reaches no patient record, only the audit trail.
+        let auditor = user(Role::Auditor);
         assert_eq!(
-            redirect_code(next_step(&valid, Some(&user(Role::Auditor)), &two, None)),
+            redirect_code(next_step(&valid, Some(&auditor), &two, None)),
+            OAuthErrorCode::AccessDenied
+        );
+        let trail = check(request(&[("scope", "openid user/AuditEvent.rs")])).unwrap();
+        assert_eq!(
+            next_step(&trail, Some(&auditor), &[], None).unwrap(),
+            Step::Consent { choices: vec![] }
+        );
+        // ... which nobody else reads, whatever the app registered.
+        assert_eq!(
+            redirect_code(next_step(&trail, Some(&patient), &two, None)),
             OAuthErrorCode::AccessDenied
         );
     }

@@ -76,6 +76,14 @@ pub trait IamStore: Send + Sync {
         code_hash: &str,
         now: UnixTime,
     ) -> Result<Redeemed<CodeRecord>, StoreError>;
+    /// A refresh token that is unused, unrevoked and unexpired at `now`, without using it:
+    /// its record, family and expiry.
+    fn live_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<(RefreshRecord, String, i64)>, StoreError>;
     /// Marks a refresh token used (rotation), atomically.
     fn redeem_refresh(
         &self,
@@ -733,7 +741,8 @@ pub fn secret_hash(secret: &str) -> String {
         .collect()
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+/// Compares secrets without leaking where they differ through timing.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 

@@ -84,6 +84,14 @@ impl IamStore for MemoryStore {
     ) -> Result<Redeemed<CodeRecord>, StoreError> {
         Ok(Redeemed::Unknown)
     }
+    fn live_refresh(
+        &self,
+        _: &RealmName,
+        _: &str,
+        _: UnixTime,
+    ) -> Result<Option<(RefreshRecord, String, i64)>, StoreError> {
+        Ok(None)
+    }
     fn redeem_refresh(
         &self,
         _: &RealmName,

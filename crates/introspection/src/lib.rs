@@ -167,6 +167,13 @@ impl Introspection {
         };
         let inactive = json!({ "active": false });
         let Some(token) = self.active(realm, revocations, &query.token, now, skew)? else {
+            // Not an access token: a refresh token, told only to callers that are not a
+            // resource server (refresh tokens are never meant for one).
+            if caller.resource_servers.is_empty() {
+                if let Some(live) = tokens.live_refresh(realm, &query.token, now)? {
+                    return Ok(live.introspection(&realm.issuer));
+                }
+            }
             return Ok(inactive);
         };
         let for_caller = caller.resource_servers.is_empty()
@@ -255,20 +262,35 @@ impl Introspection {
         now: UnixTime,
     ) -> Result<Option<String>, OAuthError> {
         let skew = tokens.settings().clock_skew_seconds;
+        let not_yours = || {
+            OAuthError::new(
+                OAuthErrorCode::UnauthorizedClient,
+                "the token was not issued to this client",
+            )
+        };
         let target = tokens.authenticate_then(realm, &query.client, credentials, now, |auth| {
             let Some(token) = self.verify(realm, &query.token, now, skew) else {
-                return Ok(None);
+                // A refresh token: revoking it revokes its grant (RFC 7009 2.1).
+                let Some(live) = tokens.live_refresh(realm, &query.token, now)? else {
+                    return Ok(Revocable::Nothing);
+                };
+                if live.record.grant.client_id != auth.client.client_id.as_str() {
+                    return Err(not_yours());
+                }
+                return Ok(Revocable::Refresh(Box::new(live)));
             };
             if token.claims.client_id != auth.client.client_id.as_str() {
-                return Err(OAuthError::new(
-                    OAuthErrorCode::UnauthorizedClient,
-                    "the token was not issued to this client",
-                ));
+                return Err(not_yours());
             }
-            Ok(Some(token))
+            Ok(Revocable::Access(token))
         })?;
-        let Some(token) = target else {
-            return Ok(None);
+        let token = match target {
+            Revocable::Nothing => return Ok(None),
+            Revocable::Refresh(live) => {
+                tokens.revoke_refresh(realm, &live, now)?;
+                return Ok(Some(format!("refresh token family {}", live.family)));
+            }
+            Revocable::Access(token) => token,
         };
         let claims = &token.claims;
         revocations.revoke(
@@ -280,6 +302,13 @@ impl Introspection {
         )?;
         Ok(Some(claims.jti.clone()))
     }
+}
+
+/// What a revocation request names.
+enum Revocable {
+    Nothing,
+    Access(Arc<VerifiedToken>),
+    Refresh(Box<tessera_iam::grant::refresh_token::LiveRefresh>),
 }
 
 fn may_introspect<'a>(mut scopes: impl Iterator<Item = &'a Scope>) -> bool {

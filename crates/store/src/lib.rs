@@ -36,9 +36,29 @@ pub use crate::audit::{AuditWriter, ChainReport, JournalStats, Lease};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 pub use crate::users::{AddUserError, Consent, Session};
 
-/// `signing_keys.key_use`: a key that signs access tokens, or OpenID Connect id_tokens.
-const ACCESS_KEY: &str = "access";
-const ID_TOKEN_KEY: &str = "id";
+/// What a realm key signs: access tokens, or OpenID Connect id_tokens (`signing_keys.key_use`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyUse {
+    Access,
+    IdToken,
+}
+
+impl KeyUse {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyUse::Access => "access",
+            KeyUse::IdToken => "id",
+        }
+    }
+
+    fn parse(text: &str) -> Self {
+        if text == KeyUse::IdToken.as_str() {
+            KeyUse::IdToken
+        } else {
+            KeyUse::Access
+        }
+    }
+}
 
 const SQLITE_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/sqlite");
 const POSTGRES_MIGRATIONS: EmbeddedMigrations = embed_migrations!("../../migrations/postgres");
@@ -205,14 +225,15 @@ impl Store {
         Ok(true)
     }
 
-    /// Adds a signing key and makes it the one that signs; earlier keys stay published
-    /// for verification.
-    /// Makes a new key the realm's signing key, in one transaction. Keys that were
-    /// signing stop signing and are retired at `retire_previous_at` (when every token
-    /// they signed has expired); until then they stay in the JWKS and verify.
+    /// Makes a new key the one that signs for its use (access tokens or id_tokens), in
+    /// one transaction. Keys of that use that were signing stop signing and are retired at
+    /// `retire_previous_at` (when every token they signed has expired); until then they
+    /// stay in the JWKS and verify.
+    #[allow(clippy::too_many_arguments)]
     pub fn add_signing_key(
         &self,
         realm: &RealmName,
+        key_use: KeyUse,
         kid: &str,
         alg: Algorithm,
         pkcs8: &[u8],
@@ -223,25 +244,23 @@ impl Store {
         let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
         conn.transaction(|conn| {
             let of_realm = signing_keys::realm.eq(realm.as_str());
-            let access = signing_keys::key_use.eq(ACCESS_KEY);
+            let same_use = signing_keys::key_use.eq(key_use.as_str());
             diesel::update(
                 signing_keys::table
                     .filter(of_realm)
-                    .filter(access)
+                    .filter(same_use)
                     .filter(signing_keys::retired_at.is_null()),
             )
             .set(signing_keys::retired_at.eq(retire_previous_at.0))
             .execute(conn)?;
-            diesel::update(
-                signing_keys::table
-                    .filter(signing_keys::realm.eq(realm.as_str()))
-                    .filter(access),
-            )
-            .set(signing_keys::active.eq(false))
-            .execute(conn)?;
-            diesel::update(realms::table.filter(realms::name.eq(realm.as_str())))
-                .set(realms::signing_alg.eq(alg.name()))
+            diesel::update(signing_keys::table.filter(of_realm).filter(same_use))
+                .set(signing_keys::active.eq(false))
                 .execute(conn)?;
+            if key_use == KeyUse::Access {
+                diesel::update(realms::table.filter(realms::name.eq(realm.as_str())))
+                    .set(realms::signing_alg.eq(alg.name()))
+                    .execute(conn)?;
+            }
             diesel::insert_into(signing_keys::table)
                 .values((
                     signing_keys::kid.eq(kid),
@@ -250,6 +269,7 @@ impl Store {
                     signing_keys::private_key.eq(&encoded),
                     signing_keys::active.eq(true),
                     signing_keys::created_at.eq(now.0),
+                    signing_keys::key_use.eq(key_use.as_str()),
                 ))
                 .execute(conn)
                 .map(|_| ())
@@ -257,43 +277,17 @@ impl Store {
         .map_err(db_error)
     }
 
-    /// Does the realm have a key for OpenID Connect id_tokens?
-    pub fn has_id_token_key(&self, realm: &RealmName) -> Result<bool, StoreError> {
+    /// Does the realm have a key that signs for `key_use`?
+    pub fn has_signing_key(&self, realm: &RealmName, key_use: KeyUse) -> Result<bool, StoreError> {
         let mut conn = self.conn()?;
         let count: i64 = signing_keys::table
             .filter(signing_keys::realm.eq(realm.as_str()))
-            .filter(signing_keys::key_use.eq(ID_TOKEN_KEY))
-            .filter(signing_keys::retired_at.is_null())
+            .filter(signing_keys::key_use.eq(key_use.as_str()))
+            .filter(signing_keys::active.eq(true))
             .count()
             .get_result(&mut *conn)
             .map_err(db_error)?;
         Ok(count > 0)
-    }
-
-    /// Adds the realm's id_token key (RS256).
-    pub fn add_id_token_key(
-        &self,
-        realm: &RealmName,
-        kid: &str,
-        alg: Algorithm,
-        pkcs8: &[u8],
-        now: UnixTime,
-    ) -> Result<(), StoreError> {
-        let mut conn = self.conn()?;
-        diesel::insert_into(signing_keys::table)
-            .values((
-                signing_keys::kid.eq(kid),
-                signing_keys::realm.eq(realm.as_str()),
-                signing_keys::alg.eq(alg.name()),
-                signing_keys::private_key
-                    .eq(base64::engine::general_purpose::STANDARD.encode(pkcs8)),
-                signing_keys::active.eq(true),
-                signing_keys::created_at.eq(now.0),
-                signing_keys::key_use.eq(ID_TOKEN_KEY),
-            ))
-            .execute(&mut *conn)
-            .map_err(db_error)?;
-        Ok(())
     }
 
     pub fn insert_client(&self, client: &Client, now: UnixTime) -> Result<(), AddClientError> {
@@ -381,11 +375,12 @@ impl Store {
     /// The realm's keys, newest first, retired ones included.
     pub fn list_keys(&self, realm: &RealmName) -> Result<Vec<KeyInfo>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<(String, String, bool, i64, Option<i64>)> = signing_keys::table
+        let rows: Vec<(String, String, String, bool, i64, Option<i64>)> = signing_keys::table
             .filter(signing_keys::realm.eq(realm.as_str()))
             .order(signing_keys::created_at.desc())
             .select((
                 signing_keys::kid,
+                signing_keys::key_use,
                 signing_keys::alg,
                 signing_keys::active,
                 signing_keys::created_at,
@@ -395,13 +390,16 @@ impl Store {
             .map_err(db_error)?;
         Ok(rows
             .into_iter()
-            .map(|(kid, alg, active, created_at, retired_at)| KeyInfo {
-                kid,
-                alg,
-                active,
-                created_at: UnixTime(created_at),
-                retired_at: retired_at.map(UnixTime),
-            })
+            .map(
+                |(kid, key_use, alg, active, created_at, retired_at)| KeyInfo {
+                    kid,
+                    key_use: KeyUse::parse(&key_use),
+                    alg,
+                    active,
+                    created_at: UnixTime(created_at),
+                    retired_at: retired_at.map(UnixTime),
+                },
+            )
             .collect())
     }
 }
@@ -448,7 +446,7 @@ impl IamStore for Store {
                         .decode(key)
                         .map_err(db_error)?,
                     active,
-                    id_token: key_use == ID_TOKEN_KEY,
+                    id_token: KeyUse::parse(&key_use) == KeyUse::IdToken,
                 })
             })
             .collect()
@@ -532,6 +530,15 @@ impl IamStore for Store {
         self.take_code(realm, code_hash, now)
     }
 
+    fn live_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<(RefreshRecord, String, i64)>, StoreError> {
+        self.peek_refresh(realm, token_hash, now)
+    }
+
     fn redeem_refresh(
         &self,
         realm: &RealmName,
@@ -609,6 +616,7 @@ fn realm_from_row((name, lifetime, alg): (String, i64, String)) -> Result<Realm,
 #[derive(Debug, Clone)]
 pub struct KeyInfo {
     pub kid: String,
+    pub key_use: KeyUse,
     pub alg: String,
     pub active: bool,
     pub created_at: UnixTime,

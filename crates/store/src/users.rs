@@ -627,6 +627,37 @@ impl Store {
         })
     }
 
+    pub(crate) fn peek_refresh(
+        &self,
+        realm: &RealmName,
+        token_hash: &str,
+        now: UnixTime,
+    ) -> Result<Option<(RefreshRecord, String, i64)>, StoreError> {
+        let mut conn = self.conn()?;
+        let row: Option<(String, String, i64)> = refresh_tokens::table
+            .filter(refresh_tokens::token_hash.eq(token_hash))
+            .filter(refresh_tokens::realm.eq(realm.as_str()))
+            .filter(refresh_tokens::used_at.is_null())
+            .filter(refresh_tokens::revoked.eq(false))
+            .filter(refresh_tokens::expires_at.gt(now.0))
+            .select((
+                refresh_tokens::record,
+                refresh_tokens::family,
+                refresh_tokens::expires_at,
+            ))
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        row.map(|(record, family, expires_at)| {
+            Ok((
+                serde_json::from_str(&record).map_err(db_error)?,
+                family,
+                expires_at,
+            ))
+        })
+        .transpose()
+    }
+
     pub(crate) fn take_refresh(
         &self,
         realm: &RealmName,

@@ -9,7 +9,7 @@ use tessera_types::{RealmName, UnixTime};
 use crate::authorize::{pkce_value_ok, Decision, Target, ValidRequest};
 use crate::client::{Client, IuaAttributes};
 use crate::error::{OAuthError, StoreError};
-use crate::grant::{CodeRecord, Redeemed, RefreshRecord, UserGrant};
+use crate::grant::{CodeRecord, RefreshRecord, UserGrant};
 use crate::jose::b64;
 use crate::request::{ClientAuthParams, Credentials};
 use crate::service::{
@@ -103,35 +103,22 @@ impl<S: IamStore> TokenService<S> {
             self.authenticate_then(realm, client, credentials, now, |auth| {
                 // The verifier's form is checked before the code is spent, so a
                 // malformed request does not burn a good code.
-                let verifier = exchange
-                    .code_verifier
-                    .ok_or_else(|| OAuthError::invalid_request("code_verifier is required (PKCE)"))?;
+                let verifier = exchange.code_verifier.ok_or_else(|| {
+                    OAuthError::invalid_request("code_verifier is required (PKCE)")
+                })?;
                 if !pkce_value_ok(verifier) {
                     return Err(OAuthError::invalid_request(
                         "code_verifier must be 43 to 128 characters of A-Z a-z 0-9 - . _ ~",
                     ));
                 }
-                let (record, family) =
-                    match self.store().redeem_code(name, &secret_hash(exchange.code), now)? {
-                        Redeemed::Fresh {
-                            record,
-                            family,
-                            expires_at,
-                        } if expires_at > now.0 => (record, family),
-                        Redeemed::Fresh { .. } => {
-                            return Err(OAuthError::invalid_grant("the code has expired"))
-                        }
-                        Redeemed::Spent { family } => {
-                            self.store().revoke_family(name, &family, now)?;
-                            tracing::warn!(%family, "an authorization code was used twice; what it issued is revoked");
-                            return Err(OAuthError::invalid_grant("the code was already used"));
-                        }
-                        Redeemed::Unknown => {
-                            return Err(OAuthError::invalid_grant("unknown code"))
-                        }
-                    };
+                let redeemed = self
+                    .store()
+                    .redeem_code(name, &secret_hash(exchange.code), now)?;
+                let (record, family) = self.first_use(name, redeemed, "code", now)?;
                 if record.grant.client_id != auth.client.client_id.as_str() {
-                    return Err(OAuthError::invalid_grant("the code was issued to another client"));
+                    return Err(OAuthError::invalid_grant(
+                        "the code was issued to another client",
+                    ));
                 }
                 if exchange.redirect_uri != Some(record.redirect_uri.as_str()) {
                     return Err(OAuthError::invalid_grant(

@@ -124,3 +124,36 @@ pub enum Redeemed<T> {
     },
     Unknown,
 }
+
+impl<S: crate::IamStore> crate::TokenService<S> {
+    /// What a single-use value (`what`: a code, a refresh token) stands for, if this was
+    /// its first use and it has not expired. A second use means the value was stolen
+    /// or replayed: everything issued from its family is revoked (RFC 6749 4.1.2,
+    /// OAuth 2.0 Security BCP 4.14.2).
+    pub(crate) fn first_use<T>(
+        &self,
+        realm: &tessera_types::RealmName,
+        redeemed: Redeemed<T>,
+        what: &str,
+        now: tessera_types::UnixTime,
+    ) -> Result<(T, String), OAuthError> {
+        match redeemed {
+            Redeemed::Fresh {
+                record,
+                family,
+                expires_at,
+            } if expires_at > now.0 => Ok((record, family)),
+            Redeemed::Fresh { .. } => {
+                Err(OAuthError::invalid_grant(format!("the {what} has expired")))
+            }
+            Redeemed::Spent { family } => {
+                self.store().revoke_family(realm, &family, now)?;
+                tracing::warn!(%family, what, "a single-use value was used again; its family is revoked");
+                Err(OAuthError::invalid_grant(format!(
+                    "the {what} was already used or revoked"
+                )))
+            }
+            Redeemed::Unknown => Err(OAuthError::invalid_grant(format!("unknown {what}"))),
+        }
+    }
+}

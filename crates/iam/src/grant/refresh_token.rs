@@ -6,8 +6,8 @@
 
 use tessera_types::{Scope, ScopeSet, UnixTime};
 
-use crate::error::OAuthError;
-use crate::grant::{Redeemed, UserGrant};
+use crate::error::{OAuthError, StoreError};
+use crate::grant::{RefreshRecord, UserGrant};
 use crate::request::{ClientAuthParams, Credentials};
 use crate::service::{secret_hash, IamStore, Issued, RealmState, TokenService};
 
@@ -27,27 +27,10 @@ impl<S: IamStore> TokenService<S> {
                 let narrowed = scope.map(ScopeSet::parse).transpose().map_err(|_| {
                     OAuthError::invalid_scope("scope contains characters RFC 6749 forbids")
                 })?;
-                let (record, family) =
-                    match self.store().redeem_refresh(name, &secret_hash(refresh_token), now)? {
-                        Redeemed::Fresh {
-                            record,
-                            family,
-                            expires_at,
-                        } if expires_at > now.0 => (record, family),
-                        Redeemed::Fresh { .. } => {
-                            return Err(OAuthError::invalid_grant("the refresh token has expired"))
-                        }
-                        Redeemed::Spent { family } => {
-                            self.store().revoke_family(name, &family, now)?;
-                            tracing::warn!(%family, "a rotated refresh token was used again; its family is revoked");
-                            return Err(OAuthError::invalid_grant(
-                                "the refresh token was already used or revoked",
-                            ));
-                        }
-                        Redeemed::Unknown => {
-                            return Err(OAuthError::invalid_grant("unknown refresh token"))
-                        }
-                    };
+                let redeemed =
+                    self.store()
+                        .redeem_refresh(name, &secret_hash(refresh_token), now)?;
+                let (record, family) = self.first_use(name, redeemed, "refresh token", now)?;
                 if record.grant.client_id != auth.client.client_id.as_str() {
                     return Err(OAuthError::invalid_grant(
                         "the refresh token was issued to another client",
@@ -65,6 +48,67 @@ impl<S: IamStore> TokenService<S> {
                 Ok((auth.client.clone(), auth.cnf.clone(), grant, family))
             })?;
         self.mint_user_tokens(realm, &auth_client, cnf, &grant, &family, now)
+    }
+}
+
+/// A live refresh token as introspection and revocation see it.
+#[derive(Debug, Clone)]
+pub struct LiveRefresh {
+    pub record: RefreshRecord,
+    pub family: String,
+    pub expires_at: i64,
+}
+
+impl LiveRefresh {
+    /// RFC 7662 claims of the refresh token.
+    pub fn introspection(&self, issuer: &str) -> serde_json::Value {
+        serde_json::json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "iss": issuer,
+            "client_id": self.record.grant.client_id,
+            "sub": self.record.grant.user_id,
+            "scope": self.record.grant.scope,
+            "exp": self.expires_at,
+        })
+    }
+}
+
+impl<S: IamStore> TokenService<S> {
+    /// A refresh token that would be accepted now (unused, unrevoked, unexpired, and for
+    /// `online_access` its session still logged in), without using it.
+    pub fn live_refresh(
+        &self,
+        realm: &RealmState,
+        token: &str,
+        now: UnixTime,
+    ) -> Result<Option<LiveRefresh>, StoreError> {
+        let Some((record, family, expires_at)) =
+            self.store()
+                .live_refresh(&realm.realm.name, &secret_hash(token), now)?
+        else {
+            return Ok(None);
+        };
+        if !record.offline && !self.store().session_active(&record.grant.session, now)? {
+            return Ok(None);
+        }
+        Ok(Some(LiveRefresh {
+            record,
+            family,
+            expires_at,
+        }))
+    }
+
+    /// RFC 7009 2.1: revoking a refresh token revokes its grant: the family's refresh
+    /// and access tokens.
+    pub fn revoke_refresh(
+        &self,
+        realm: &RealmState,
+        live: &LiveRefresh,
+        now: UnixTime,
+    ) -> Result<(), StoreError> {
+        self.store()
+            .revoke_family(&realm.realm.name, &live.family, now)
     }
 }
 
