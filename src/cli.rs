@@ -10,6 +10,7 @@ use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use tessera_iam::client::{CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource};
 use tessera_iam::jose::{Algorithm, JwkSet, SigningKey};
+use tessera_iam::keywrap::Kek;
 use tessera_iam::pem::public_pem_to_jwk;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::IamStore as _;
@@ -175,6 +176,13 @@ enum KeysCommand {
     List {
         #[arg(long)]
         realm: Option<String>,
+    },
+    /// Encrypt every realm's private keys with the configured key encryption key: keys
+    /// stored unencrypted, or under the old key encryption key given
+    Rewrap {
+        /// The previous key encryption key file
+        #[arg(long, value_name = "FILE")]
+        from_key_file: Option<PathBuf>,
     },
 }
 
@@ -393,6 +401,7 @@ fn admin_change(command: &Command) -> Option<(&'static str, String)> {
             "keys rotate",
             realm.clone().unwrap_or_else(|| "(default realm)".into()),
         ),
+        Command::Keys(KeysCommand::Rewrap { .. }) => ("keys rewrap", "(every realm)".into()),
         Command::Token(TokenCommand::Revoke { jti, .. }) => ("token revoke", jti.clone()),
         Command::Account(AccountCommand::Add { mpi_id, .. }) => ("account add", mpi_id.clone()),
         Command::Account(AccountCommand::LinkMpi { mpi_id, .. }) => {
@@ -520,15 +529,69 @@ fn load(file: Option<&Path>, database_url: Option<&str>) -> anyhow::Result<Loade
 }
 
 pub fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
+    let kek = key_encryption_key(loaded)?;
     let url = loaded.database_url();
-    Store::open(&url, loaded.config.database.max_connections).map_err(|e| {
+    let store = Store::open(&url, loaded.config.database.max_connections).map_err(|e| {
         anyhow!(
             "{}\n  database: {}\n  Check [database] url in the configuration or TESSERA_DATABASE_URL; \
              run `tessera init` in a new directory to create the embedded default.",
             e.0,
             redact_url(&url)
         )
-    })
+    })?;
+    Ok(store.with_kek(kek))
+}
+
+/// The key encryption key the configuration names (`iam.key_encryption_key_env` first,
+/// then `iam.key_encryption_key_file`); `None` when both are empty.
+pub fn key_encryption_key(loaded: &Loaded) -> anyhow::Result<Option<Kek>> {
+    let iam = &loaded.config.iam;
+    if !iam.key_encryption_key_env.is_empty() {
+        let name = &iam.key_encryption_key_env;
+        let text = std::env::var(name)
+            .map_err(|_| anyhow!("iam.key_encryption_key_env names {name}, which is not set"))?;
+        return Ok(Some(Kek::parse(&text).map_err(|e| anyhow!("{name}: {e}"))?));
+    }
+    if iam.key_encryption_key_file.is_empty() {
+        return Ok(None);
+    }
+    read_kek_file(&loaded.path(Path::new(&iam.key_encryption_key_file))).map(Some)
+}
+
+fn read_kek_file(path: &Path) -> anyhow::Result<Kek> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        anyhow!(
+            "the key encryption key {} cannot be read ({e}). `tessera init` creates it \
+             (then `tessera keys rewrap` encrypts keys stored before); \
+             iam.key_encryption_key_file = \"\" stores keys unencrypted",
+            path.display()
+        )
+    })?;
+    Kek::parse(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// `tessera init`: a new key encryption key file, unless one exists or the
+/// configuration names an environment variable (or nothing) instead.
+fn ensure_kek_file(loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<()> {
+    let iam = &loaded.config.iam;
+    if !iam.key_encryption_key_env.is_empty() || iam.key_encryption_key_file.is_empty() {
+        return Ok(());
+    }
+    let path = loaded.path(Path::new(&iam.key_encryption_key_file));
+    if path.exists() {
+        writeln!(out, "kept       {}", path.display())?;
+        return Ok(());
+    }
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    crate::pki::write_private(&path, &format!("{}\n", Kek::generate()?))?;
+    writeln!(
+        out,
+        "created    {} (key encryption key, keep it apart from database backups)",
+        path.display()
+    )?;
+    Ok(())
 }
 
 /// Hides a password in a database URL.
@@ -593,6 +656,7 @@ fn init(
             loaded.base.join("pki").display()
         )?;
     }
+    ensure_kek_file(&loaded, out)?;
 
     let store = open_store(&loaded)?;
     writeln!(
@@ -773,6 +837,21 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
                 )?;
             }
         }
+        KeysCommand::Rewrap { from_key_file } => {
+            let Some(kek) = key_encryption_key(loaded)? else {
+                bail!(
+                    "no key encryption key is configured (iam.key_encryption_key_file or \
+                     iam.key_encryption_key_env) to wrap the keys with"
+                );
+            };
+            let old = from_key_file.as_deref().map(read_kek_file).transpose()?;
+            let (rewrapped, current) = store.rewrap_keys(old.as_ref())?;
+            writeln!(
+                out,
+                "{rewrapped} private keys now encrypted with key encryption key {}; {current} already were",
+                kek.id()
+            )?;
+        }
     }
     Ok(())
 }
@@ -892,6 +971,24 @@ fn parse_since(text: &str) -> anyhow::Result<UnixTime> {
     Ok(UnixTime(parsed.unix_timestamp()))
 }
 
+/// Records a revocation wider than one token (a client's, a certificate's): every token
+/// under `key` issued until now is inactive, and the record is kept for one token
+/// lifetime, after which no such token is current anyway.
+fn revoke_wider(
+    store: &Store,
+    realm: &tessera_iam::Realm,
+    key: &str,
+    owner: &str,
+    loaded: &Loaded,
+) -> anyhow::Result<()> {
+    use tessera_introspection::RevocationStore as _;
+    let at = now();
+    let keep_until =
+        at.plus_seconds(realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds);
+    store.revoke(&realm.name, key, owner, keep_until, at)?;
+    Ok(())
+}
+
 fn revoke_token(
     jti: &str,
     realm: Option<String>,
@@ -985,12 +1082,20 @@ fn pki(cmd: PkiCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<
             )?;
         }
         PkiCommand::Revoke { cert } => {
-            let (serial, new) = pki.revoke(&cert)?;
+            let (serial, thumbprint, new) = pki.revoke(&cert)?;
             let crl = pki.path(crate::pki::CA_CRL);
+            // The CRL stops new handshakes once reloaded; the tokens bound to the
+            // certificate end now, on every instance, in every realm.
+            let store = open_store(loaded)?;
+            let key = tessera_introspection::certificate_revocation(&thumbprint);
+            for realm in store.list_realms()? {
+                revoke_wider(&store, &realm, &key, "(certificate)", loaded)?;
+            }
             if new {
                 writeln!(
                     out,
-                    "revoked serial {serial}; {} updated (the server reloads it within {} s)",
+                    "revoked serial {serial}; {} updated (the server reloads it within {} s); \
+                     the tokens bound to it are inactive now",
                     crl.display(),
                     loaded.config.tls.crl_refresh_seconds
                 )?;
@@ -1061,17 +1166,28 @@ fn set_enabled(
     enabled: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    let realm = realm_of(realm, loaded)?;
+    let realm = existing_realm(store, realm, loaded)?;
     let id = ClientId::try_from(client_id.as_str())?;
-    if !store.set_client_enabled(&realm, &id, enabled, now())? {
-        bail!("no client '{id}' in realm '{realm}'");
+    if !store.set_client_enabled(&realm.name, &id, enabled, now())? {
+        bail!("no client '{id}' in realm '{}'", realm.name);
     }
-    let word = if enabled { "enabled" } else { "disabled" };
-    writeln!(
-        out,
-        "client '{id}' {word} (running servers notice within {} s)",
-        loaded.config.iam.cache_seconds
-    )?;
+    if enabled {
+        writeln!(
+            out,
+            "client '{id}' enabled (running servers notice within {} s)",
+            loaded.config.iam.cache_seconds
+        )?;
+    } else {
+        // Its tokens end at once on every instance; new ones are refused once the
+        // servers' client cache notices.
+        let key = tessera_introspection::client_revocation(id.as_str());
+        revoke_wider(store, &realm, &key, id.as_str(), loaded)?;
+        writeln!(
+            out,
+            "client '{id}' disabled: its tokens are inactive now; running servers refuse it new ones within {} s",
+            loaded.config.iam.cache_seconds
+        )?;
+    }
     Ok(())
 }
 

@@ -219,6 +219,8 @@ pub struct IamConfig {
     pub jwks_refresh_min_seconds: i64,
     pub refresh_token_lifetime_seconds: i64,
     pub session_lifetime_seconds: i64,
+    pub key_encryption_key_file: String,
+    pub key_encryption_key_env: String,
 }
 
 impl Default for Config {
@@ -252,6 +254,8 @@ impl Default for Config {
                 jwks_refresh_min_seconds: 30,
                 refresh_token_lifetime_seconds: 30 * 24 * 3600,
                 session_lifetime_seconds: 8 * 3600,
+                key_encryption_key_file: "pki/signing-keys.kek".into(),
+                key_encryption_key_env: String::new(),
             },
             aim: AimConfig {
                 realm: "cara".into(),

@@ -44,7 +44,7 @@ impl Validity {
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(crate) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     let mut file = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -226,9 +226,9 @@ impl Pki {
         Ok((crt, key_path))
     }
 
-    /// Adds the certificate in `cert_file` to the CRL. Returns its serial (hex) and
-    /// whether it was newly revoked.
-    pub fn revoke(&self, cert_file: &Path) -> anyhow::Result<(String, bool)> {
+    /// Adds the certificate to the CRL. Answers its serial (hex), its `x5t#S256`
+    /// thumbprint, and whether it was not revoked before.
+    pub fn revoke(&self, cert_file: &Path) -> anyhow::Result<(String, String, bool)> {
         let pem =
             fs::read(cert_file).with_context(|| format!("cannot read {}", cert_file.display()))?;
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
@@ -250,12 +250,13 @@ impl Pki {
         );
         let serial = cert.raw_serial().to_vec();
         let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let thumbprint = tessera_iam::pem::certificate_thumbprint(&pem.contents);
         let mut revoked = self.revoked()?;
         if revoked
             .iter()
             .any(|r| r.serial_number.as_ref() == serial.as_slice())
         {
-            return Ok((hex, false));
+            return Ok((hex, thumbprint, false));
         }
         revoked.push(RevokedCertParams {
             serial_number: SerialNumber::from_slice(&serial),
@@ -264,7 +265,7 @@ impl Pki {
             invalidity_date: None,
         });
         self.write_crl(revoked)?;
-        Ok((hex, true))
+        Ok((hex, thumbprint, true))
     }
 
     fn revoked(&self) -> anyhow::Result<Vec<RevokedCertParams>> {

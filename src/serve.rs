@@ -20,6 +20,13 @@ use tessera_http::gateway::Introspector;
 /// The shared application state: database, token service, metrics.
 pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
     let store = crate::cli::open_store(loaded)?;
+    let plain = store.plain_keys()?;
+    if plain > 0 && crate::cli::key_encryption_key(loaded)?.is_some() {
+        tracing::warn!(
+            plain,
+            "realm private keys are stored unencrypted: `tessera keys rewrap` encrypts them"
+        );
+    }
     // Installations from before id_tokens get their realms' RS256 id_token key now.
     for realm in store.list_realms()? {
         if let Some(kid) = crate::cli::ensure_id_token_key(&store, &realm.name, crate::cli::now())?

@@ -220,6 +220,30 @@ fn resolution_needs_a_bound_token_for_aim_with_the_aim_scope() {
         assert_eq!(reply.status, 400, "{bad}: {}", reply.body);
         assert_eq!(reply.json()["error"], "invalid_request");
     }
+    // The body is JSON, said so exactly: a good body under another media type is refused.
+    for content_type in [
+        "text/plain",
+        "application/jsonx",
+        "application/x-www-form-urlencoded",
+    ] {
+        let reply = a.tcu.send(
+            "POST",
+            RESOLVE,
+            Some(&token),
+            &[("Content-Type", content_type)],
+            Some(&body),
+        );
+        assert_eq!(reply.status, 400, "{content_type}: {}", reply.body);
+        assert_eq!(reply.json()["error"], "invalid_request");
+    }
+    let with_charset = a.tcu.send(
+        "POST",
+        RESOLVE,
+        Some(&token),
+        &[("Content-Type", "application/json; charset=utf-8")],
+        Some(&body),
+    );
+    assert_eq!(with_charset.status, 200, "{}", with_charset.body);
 
     // No token, or a token only in the query string: 401 with a bare challenge.
     let none = resolve(&a.tcu, None, &body);

@@ -1482,7 +1482,8 @@ fn an_auditor_reads_the_trail_and_nobody_else_does() {
             "--redirect-uri",
             REDIRECT,
             "--scope",
-            "openid user/*.rs patient/*.rs",
+            // The trail is registered by name: `user/*.rs` would not cover it.
+            "openid user/*.rs user/AuditEvent.cruds patient/*.rs",
         ])
         .unwrap();
     let url = |extra: &[(&str, &str)]| {
@@ -1527,7 +1528,31 @@ fn an_auditor_reads_the_trail_and_nobody_else_does() {
         "user/AuditEvent.rs patient/Observation.rs",
     )])));
     assert_eq!(query_of(&back)["error"], "access_denied");
-    // A patient's app never gets the trail, even with user/*.rs registered.
+    // She reads the trail; she never writes to it, whatever the app registered.
+    let back = location(&browser.get(&url(&[("scope", "user/AuditEvent.cu")])));
+    assert_eq!(query_of(&back)["error"], "access_denied");
+    // An app registered with `user/*.rs` only is refused the trail outright.
+    a.env
+        .cli(&[
+            "client",
+            "add",
+            "--client-id",
+            "clinical-app",
+            "--auth",
+            "none",
+            "--redirect-uri",
+            REDIRECT,
+            "--scope",
+            "openid user/*.rs",
+        ])
+        .unwrap();
+    let wide = a.authorize_url(&[
+        ("client_id", "clinical-app"),
+        ("scope", "openid user/AuditEvent.rs"),
+    ]);
+    let back = location(&browser.get(&wide));
+    assert_eq!(query_of(&back)["error"], "invalid_scope");
+    // A patient's app never gets the trail, even with it registered.
     let mut browser = Browser::new(&a.env);
     let back = location(&a.login(&mut browser, &url(&[]), "anna"));
     assert_eq!(query_of(&back)["error"], "access_denied");

@@ -27,19 +27,22 @@ pub fn records_eventually(env: &Env, n: usize) -> Vec<Record> {
     }
 }
 
-/// The token requests of the trail, once it holds at least `n` of them.
-pub fn token_trail(env: &Env, n: usize) -> Vec<Record> {
+/// The records of the trail that match, once there are at least `n` of them (or 10 s
+/// have passed).
+pub fn matching_eventually(env: &Env, n: usize, wanted: impl Fn(&Record) -> bool) -> Vec<Record> {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
-        let trail: Vec<Record> = records(env)
-            .into_iter()
-            .filter(|r| matches!(r.event, Event::TokenRequest { .. }))
-            .collect();
+        let trail: Vec<Record> = records(env).into_iter().filter(&wanted).collect();
         if trail.len() >= n || std::time::Instant::now() > deadline {
             return trail;
         }
         std::thread::sleep(std::time::Duration::from_millis(20));
     }
+}
+
+/// The token requests of the trail, once it holds at least `n` of them.
+pub fn token_trail(env: &Env, n: usize) -> Vec<Record> {
+    matching_eventually(env, n, |r| matches!(r.event, Event::TokenRequest { .. }))
 }
 
 /// The raw text of the installation's audit journals.
@@ -162,13 +165,46 @@ fn every_token_request_is_recorded_before_the_answer_and_without_secrets() {
             .status,
         200
     );
-    // Malformed requests are recorded too.
+    // Malformed requests are recorded too ...
     anonymous
         .token(&[("client_id", "app")])
         .oauth_error(400, "invalid_request");
+    // ... a malformed Authorization header, read before the body ...
+    anonymous
+        .send(
+            "POST",
+            "/realms/cara/protocol/openid-connect/token",
+            None,
+            &[
+                ("Authorization", "Basic %%%not-base64"),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            Some("grant_type=client_credentials&client_id=app"),
+        )
+        .oauth_error(400, "invalid_request");
+    // ... and a realm that does not exist.
+    let nowhere = anonymous.post_form(
+        "/realms/nowhere/protocol/openid-connect/token",
+        &[("grant_type", "client_credentials"), ("client_id", "app")],
+    );
+    assert_eq!(nowhere.status, 404);
 
-    let trail = token_trail(&env, 5);
-    assert_eq!(trail.len(), 5, "{trail:#?}");
+    let trail = token_trail(&env, 7);
+    assert_eq!(trail.len(), 7, "{trail:#?}");
+    let header = &trail[5];
+    assert_eq!(header.outcome, Outcome::MinorFailure);
+    assert_eq!(parts(header).0, Some("app"));
+    assert!(
+        parts(header).3.unwrap().contains("Authorization"),
+        "{header:?}"
+    );
+    let unknown = &trail[6];
+    assert_eq!(unknown.outcome, Outcome::MinorFailure);
+    assert!(parts(unknown).3.unwrap().contains("nowhere"), "{unknown:?}");
+    let Event::TokenRequest { token_endpoint, .. } = &unknown.event else {
+        unreachable!()
+    };
+    assert!(token_endpoint.ends_with("/realms/nowhere/protocol/openid-connect/token"));
     assert_eq!(journaled(&env), trail);
     let refused = &trail[1];
     assert_eq!(refused.outcome, Outcome::MinorFailure);
@@ -357,6 +393,59 @@ fn introspections_and_aim_lookups_are_audited_too() {
         to_fhir(&trail[1])["entity"][0]["what"]["identifier"]["value"],
         json!(account)
     );
+
+    // RFC 7009 over HTTP: a revocation, one refused (not the caller's token), and one
+    // of a token nobody knows (200 all the same) each leave a record.
+    let revoke = "/realms/cara/protocol/openid-connect/revoke";
+    let other = env.secret_token("other", &["--scope", "system/Patient.rs"], &[]);
+    assert_eq!(
+        c.post_form(revoke, &[("token", &token), ("client_id", "gw")])
+            .status,
+        200
+    );
+    c.post_form(revoke, &[("token", &other), ("client_id", "gw")])
+        .oauth_error(400, "unauthorized_client");
+    assert_eq!(
+        c.post_form(revoke, &[("token", "no-such-token"), ("client_id", "gw")])
+            .status,
+        200
+    );
+    let revocations = matching_eventually(&env, 3, |r| {
+        matches!(r.event, Event::TokenRevocation { .. })
+    });
+    assert_eq!(revocations.len(), 3, "{revocations:?}");
+    let facts: Vec<(Outcome, Option<&str>, Option<&str>, bool)> = revocations
+        .iter()
+        .map(|r| match &r.event {
+            Event::TokenRevocation {
+                caller,
+                token_id,
+                error,
+                ..
+            } => (
+                r.outcome,
+                caller.as_deref(),
+                token_id.as_deref(),
+                error.is_some(),
+            ),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        facts,
+        vec![
+            (Outcome::Success, Some("gw"), Some(jti.as_str()), false),
+            (Outcome::MinorFailure, Some("gw"), None, true),
+            (Outcome::Success, Some("gw"), None, false),
+        ]
+    );
+    for record in &revocations {
+        assert_valid_fhir(&to_fhir(record));
+        assert!(to_dicom_xml(record).contains(r#"<EventID csd-code="110113""#));
+    }
+    assert!(!revocations
+        .iter()
+        .any(|r| format!("{r:?}").contains(&token)));
 }
 
 fn sample(id: &str, client: &str) -> Record {
@@ -653,4 +742,211 @@ fn journal_segments_are_deleted_once_the_database_holds_them() {
     let store = tessera::cli::open_store(&env.loaded()).unwrap();
     drop(tessera_store::AuditWriter::start_with(store, &dir, 2048).unwrap());
     assert_eq!(records(&env).len(), 200);
+}
+
+/// Every kind of event, as the DICOM audit message it becomes: valid against the
+/// DICOM PS3.15 A.5.1 schema, succeeded and failed, with and without optional facts.
+#[test]
+fn every_event_kind_is_a_schema_valid_dicom_audit_message() {
+    use tessera_atna::{AimTransaction, TokenUse};
+    // Exhaustive: a new kind of event does not compile until it is listed here.
+    fn kind(event: &Event) -> &'static str {
+        match event {
+            Event::TokenRequest { .. } => "token",
+            Event::FhirRequest { .. } => "fhir",
+            Event::Introspection { .. } => "introspection",
+            Event::TokenRevocation { .. } => "revocation",
+            Event::RepositoryRequest { .. } => "repository",
+            Event::AdminAction { .. } => "admin",
+            Event::ApplicationActivity { .. } => "activity",
+            Event::UserAuthentication { .. } => "login",
+            Event::AccountLookup { .. } => "aim",
+        }
+    }
+    const KINDS: usize = 9;
+    let token = || {
+        Some(TokenUse {
+            jti: "3ZCRX77v-XmgKziJgvtSjg".into(),
+            client_id: "bestclinic-tcu".into(),
+            sub: "u-1".into(),
+            iss: "https://h/realms/cara".into(),
+            subject_name: Some("Dr. <A> & B".into()),
+        })
+    };
+    let s = |text: &str| Some(text.to_owned());
+    let endpoint = || "https://h/fhir/p1".to_owned();
+    let events = vec![
+        Event::TokenRequest {
+            client_id: s("tcu"),
+            token_id: s("jti-1"),
+            scope: s("system/*.rs"),
+            token_endpoint: "https://h/realms/cara/protocol/openid-connect/token".into(),
+            request: "grant_type=client_credentials".into(),
+            error: None,
+        },
+        Event::TokenRequest {
+            client_id: None,
+            token_id: None,
+            scope: None,
+            token_endpoint: "https://h/realms/x/protocol/openid-connect/token".into(),
+            request: String::new(),
+            error: s("invalid_request: malformed Authorization header"),
+        },
+        Event::FhirRequest {
+            interaction: "read".into(),
+            token: token(),
+            partition: "p1".into(),
+            patient: s("urn:uuid:1"),
+            resource: s("https://h/fhir/p1/Patient/a"),
+            query: None,
+            endpoint: endpoint(),
+            status: 200,
+        },
+        Event::FhirRequest {
+            interaction: "search-type".into(),
+            token: token(),
+            partition: "p1".into(),
+            patient: s("urn:uuid:1"),
+            resource: None,
+            query: s("code=4548-4&_count=10"),
+            endpoint: endpoint(),
+            status: 200,
+        },
+        Event::FhirRequest {
+            interaction: "create".into(),
+            token: None,
+            partition: "p1".into(),
+            patient: None,
+            resource: None,
+            query: None,
+            endpoint: endpoint(),
+            status: 401,
+        },
+        Event::Introspection {
+            caller: s("gw"),
+            token_id: s("jti-1"),
+            endpoint: endpoint(),
+            error: None,
+        },
+        Event::Introspection {
+            caller: None,
+            token_id: None,
+            endpoint: endpoint(),
+            error: s("invalid_client"),
+        },
+        Event::TokenRevocation {
+            caller: s("gw"),
+            token_id: s("refresh-family:f1"),
+            endpoint: endpoint(),
+            error: None,
+        },
+        Event::TokenRevocation {
+            caller: None,
+            token_id: None,
+            endpoint: endpoint(),
+            error: s("unauthorized_client"),
+        },
+        Event::RepositoryRequest {
+            interaction: "search-type".into(),
+            token: token(),
+            query: s("date=ge2026-11-01"),
+            endpoint: endpoint(),
+            status: 200,
+        },
+        Event::RepositoryRequest {
+            interaction: "create".into(),
+            token: None,
+            query: None,
+            endpoint: endpoint(),
+            status: 403,
+        },
+        Event::AdminAction {
+            command: "client add".into(),
+            target: "tcu".into(),
+            operator: "root".into(),
+        },
+        Event::AdminAction {
+            command: "account add".into(),
+            target: "urn:uuid:1".into(),
+            operator: "root".into(),
+        },
+        Event::AdminAction {
+            command: "token revoke".into(),
+            target: "jti-1".into(),
+            operator: "root".into(),
+        },
+        Event::AdminAction {
+            command: "keys rotate".into(),
+            target: "cara".into(),
+            operator: "root".into(),
+        },
+        Event::ApplicationActivity {
+            started: true,
+            node: "https://h".into(),
+            version: "0.1.0".into(),
+        },
+        Event::ApplicationActivity {
+            started: false,
+            node: "https://h".into(),
+            version: "0.1.0".into(),
+        },
+        Event::UserAuthentication {
+            username: "anna".into(),
+            realm: "https://h/realms/cara".into(),
+            logout: false,
+            error: None,
+        },
+        Event::UserAuthentication {
+            username: "anna".into(),
+            realm: "https://h/realms/cara".into(),
+            logout: true,
+            error: None,
+        },
+        Event::UserAuthentication {
+            username: "mallory".into(),
+            realm: "https://h/realms/cara".into(),
+            logout: false,
+            error: s("wrong password"),
+        },
+        Event::AccountLookup {
+            transaction: AimTransaction::Resolution,
+            token: token(),
+            queried: s("urn:mpi:1"),
+            account: s("urn:uuid:1"),
+            endpoint: endpoint(),
+            status: 200,
+        },
+        Event::AccountLookup {
+            transaction: AimTransaction::Pixm,
+            token: None,
+            queried: None,
+            account: None,
+            endpoint: endpoint(),
+            status: 404,
+        },
+    ];
+    let kinds: std::collections::HashSet<&str> = events.iter().map(kind).collect();
+    assert_eq!(kinds.len(), KINDS, "every kind of event has a sample");
+    let records: Vec<Record> = events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Record {
+            id: format!("6b0f3a51-0c1e-4d2b-9a7f-{i:012}"),
+            recorded: tessera_types::UnixTime(now()),
+            observer: "https://h/realms/cara".into(),
+            client_address: (i % 2 == 0).then(|| "192.0.2.7".to_owned()),
+            outcome: if i % 3 == 0 {
+                Outcome::MinorFailure
+            } else {
+                Outcome::Success
+            },
+            event,
+        })
+        .collect();
+    let messages: Vec<String> = records.iter().map(to_dicom_xml).collect();
+    crate::support::assert_valid_dicom(&messages);
+    // ... and the FHIR form of each is valid R4.
+    for record in &records {
+        assert_valid_fhir(&to_fhir(record));
+    }
 }

@@ -1,6 +1,6 @@
 //! The command line as a user runs it: init, client registration, errors.
 
-use crate::support::{run_cli, Env};
+use crate::support::{run_cli, Client, Env};
 
 #[test]
 fn init_is_idempotent_and_keeps_what_exists() {
@@ -197,4 +197,101 @@ fn a_jti_that_begins_with_a_hyphen_can_be_revoked() {
     let env = Env::new();
     let printed = env.cli(&["token", "revoke", "-Xyz_123"]).unwrap();
     assert!(printed.contains("revoked token -Xyz_123"), "{printed}");
+}
+
+/// The realm's keys as the token service reads them (decrypted), or why they cannot be.
+fn realm_keys(env: &Env, realm: &str) -> Result<usize, String> {
+    use tessera_iam::IamStore as _;
+    let store = tessera::cli::open_store(&env.loaded()).map_err(|e| format!("{e:#}"))?;
+    store
+        .signing_keys(
+            &realm.try_into().unwrap(),
+            tessera_types::UnixTime(crate::support::now()),
+        )
+        .map(|keys| keys.len())
+        .map_err(|e| e.0)
+}
+
+#[test]
+fn realm_private_keys_are_encrypted_at_rest_and_can_be_rewrapped() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let env = Env::new();
+    // `init` made a key encryption key beside the PKI, readable by its owner only ...
+    let kek = env.path("pki/signing-keys.kek");
+    assert_eq!(
+        std::fs::metadata(&kek).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    // ... and the database holds no private key in the clear.
+    let stored = env.sql_values("SELECT private_key AS value FROM signing_keys");
+    assert_eq!(stored.len(), 2, "the access and id_token keys");
+    assert!(stored.iter().all(|k| k.starts_with("enc1.")), "{stored:?}");
+    assert_eq!(realm_keys(&env, "cara"), Ok(2));
+    let server = env.start();
+    assert_eq!(
+        Client::new(&env, None)
+            .get("/realms/cara/protocol/openid-connect/certs")
+            .status,
+        200
+    );
+    drop(server);
+
+    // Without its key encryption key the database's keys are useless, and say why.
+    let old = env.path("old.kek");
+    std::fs::rename(&kek, &old).unwrap();
+    let missing = format!("{:#}", env.cli(&["keys", "rewrap"]).unwrap_err());
+    assert!(
+        missing.contains("signing-keys.kek cannot be read"),
+        "{missing}"
+    );
+    env.cli(&["init", "--dir", env.path("").to_str().unwrap()])
+        .unwrap();
+    let other = realm_keys(&env, "cara").unwrap_err();
+    assert!(other.contains("rewrap --from-key-file"), "{other}");
+    // A wrong old key changes nothing; the right one re-wraps every key.
+    let wrong = env.path("wrong.kek");
+    std::fs::write(&wrong, tessera_iam::keywrap::Kek::generate().unwrap()).unwrap();
+    let refused = env
+        .cli(&["keys", "rewrap", "--from-key-file", wrong.to_str().unwrap()])
+        .unwrap_err();
+    assert!(
+        format!("{refused:#}").contains("not the configured"),
+        "{refused:#}"
+    );
+    assert_eq!(
+        env.sql_values("SELECT private_key AS value FROM signing_keys"),
+        stored
+    );
+    let printed = env
+        .cli(&["keys", "rewrap", "--from-key-file", old.to_str().unwrap()])
+        .unwrap();
+    assert!(
+        printed.contains("2 private keys now encrypted"),
+        "{printed}"
+    );
+    assert_eq!(realm_keys(&env, "cara"), Ok(2));
+
+    // An installation that stored keys unencrypted encrypts them with `keys rewrap`.
+    env.set_config(
+        "key_encryption_key_file = \"pki/signing-keys.kek\"",
+        "key_encryption_key_file = \"\"",
+    );
+    env.cli(&["realm", "add", "legacy"]).unwrap();
+    let plain =
+        env.sql_values("SELECT private_key AS value FROM signing_keys WHERE realm = 'legacy'");
+    assert!(plain.iter().all(|k| !k.starts_with("enc1.")), "{plain:?}");
+    env.set_config(
+        "key_encryption_key_file = \"\"",
+        "key_encryption_key_file = \"pki/signing-keys.kek\"",
+    );
+    let printed = env.cli(&["keys", "rewrap"]).unwrap();
+    assert!(
+        printed.contains("2 private keys now encrypted") && printed.contains("2 already were"),
+        "{printed}"
+    );
+    assert!(env
+        .sql_values("SELECT private_key AS value FROM signing_keys")
+        .iter()
+        .all(|k| k.starts_with("enc1.")));
+    assert_eq!(realm_keys(&env, "legacy"), Ok(2));
 }

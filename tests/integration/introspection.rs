@@ -490,3 +490,69 @@ fn rotation_keeps_old_tokens_valid_until_their_key_retires() {
     assert_eq!(s.gateway_introspects(&before).json()["active"], true);
     assert_eq!(s.gateway_introspects(&s.token(&[])).json()["active"], true);
 }
+
+#[test]
+fn disabling_a_client_or_revoking_its_certificate_ends_its_tokens_on_every_instance() {
+    let s = setup();
+    let (lab_crt, lab_key) = s.env.add_mtls_client("lab", &["--scope", "system/*.rs"]);
+    let lab = Client::new(&s.env, Some((&lab_crt, &lab_key)));
+    let lab_token = || {
+        let reply = lab.token(&[("grant_type", "client_credentials"), ("client_id", "lab")]);
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    let _first = s.env.start();
+    let port = crate::support::free_port();
+    let _second = Server::start_with(&s.env, |loaded| {
+        loaded.config.server.public_url = s.env.base_url();
+        loaded.config.server.listen = format!("127.0.0.1:{port}").parse().unwrap();
+    });
+    let second = Client::at(&s.env, &format!("https://127.0.0.1:{port}"));
+    let active = |token: &str| {
+        [
+            s.gateway_introspects(token).json()["active"] == true,
+            s.auditor_introspects(&second, token).json()["active"] == true,
+        ]
+    };
+
+    let before = s.token(&[]);
+    let bystander = lab_token();
+    assert_eq!(active(&before), [true, true]);
+    // Disabled: every token it holds is inactive at once, on both instances ...
+    let printed = s.env.cli(&["client", "disable", "tcu"]).unwrap();
+    assert!(printed.contains("inactive now"), "{printed}");
+    assert_eq!(active(&before), [false, false]);
+    // ... and no other client's.
+    assert_eq!(active(&bystander), [true, true]);
+    // Enabled again, a later token works; the old one stays dead.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    s.env.cli(&["client", "enable", "tcu"]).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let after = loop {
+        let reply = s
+            .tcu
+            .token(&[("grant_type", "client_credentials"), ("client_id", "tcu")]);
+        if reply.status == 200 {
+            break reply.json()["access_token"].as_str().unwrap().to_owned();
+        }
+        assert!(std::time::Instant::now() < deadline, "{}", reply.body);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(active(&after), [true, true]);
+    assert_eq!(active(&before), [false, false]);
+    // Disabled a second time, the tokens of its second life end too.
+    s.env.cli(&["client", "disable", "tcu"]).unwrap();
+    assert_eq!(active(&after), [false, false]);
+
+    // A revoked certificate ends the tokens bound to it at once, before any server has
+    // reloaded the CRL.
+    let bound = lab_token();
+    assert_eq!(active(&bound), [true, true]);
+    let printed = s
+        .env
+        .cli(&["pki", "revoke", lab_crt.to_str().unwrap()])
+        .unwrap();
+    assert!(printed.contains("inactive now"), "{printed}");
+    assert_eq!(active(&bound), [false, false]);
+    assert_eq!(active(&bystander), [false, false]);
+}

@@ -436,3 +436,71 @@ fn audit_verify_catches_an_altered_or_removed_repository_copy() {
     let removed = env.cli(&["audit", "verify"]).unwrap_err().to_string();
     assert!(removed.contains("#1"), "{removed}");
 }
+
+#[test]
+fn a_clinical_wildcard_reaches_no_audit_trail() {
+    let env = Env::new();
+    let _server = env.start();
+    let c = Client::new(&env, None);
+    // A clinic registered for everything clinical on its partition ...
+    let secret = env.add_secret_client(&[
+        "--client-id",
+        "clinic",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/*.cruds",
+        "--partition",
+        "p1",
+    ]);
+    let ask = |scope: &str| {
+        c.token(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", "clinic"),
+            ("client_secret", secret.as_str()),
+            ("scope", scope),
+        ])
+    };
+    // ... gets clinical scopes, and no audit scope of any kind: neither to read the
+    // trail (ITI-81) nor to feed events into it (ITI-20).
+    assert_eq!(ask("system/Observation.rs").status, 200);
+    for audit in [
+        "system/AuditEvent.rs",
+        "system/AuditEvent.read",
+        "system/AuditEvent.c",
+        "system/AuditEvent.cruds",
+        "system/Observation.rs system/AuditEvent.s",
+    ] {
+        ask(audit).oauth_error(400, "invalid_scope");
+    }
+    // Its broadest token still answers 403 at the repository, both ways.
+    let reply = ask("system/*.cruds");
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let wide = reply.json()["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(get(&c, &wide, "date=2026-11-20").status, 403);
+    let forged = json!({
+        "resourceType": "AuditEvent",
+        "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
+        "recorded": "2026-11-20T10:00:00Z",
+        "agent": [{"who": {"identifier": {"value": "someone"}}, "requestor": true}],
+        "source": {"observer": {"display": "forger"}},
+    });
+    let post = c.send(
+        "POST",
+        "/audit/fhir/AuditEvent",
+        Some(&wide),
+        &[],
+        Some(&forged.to_string()),
+    );
+    assert_eq!(post.status, 403, "{}", post.body);
+    // An audit source is registered by name: system/AuditEvent.c.
+    let node = token(&env, "node-2", &["--scope", "system/AuditEvent.c"], &[]);
+    let post = c.send(
+        "POST",
+        "/audit/fhir/AuditEvent",
+        Some(&node),
+        &[],
+        Some(&forged.to_string()),
+    );
+    assert_eq!(post.status, 201, "{}", post.body);
+}

@@ -222,6 +222,11 @@ impl Env {
         match url.strip_prefix("sqlite://") {
             Some(path) => {
                 let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                // The running server writes too (its audit drainer): wait for the lock
+                // as the server's own connections do.
+                diesel::sql_query("PRAGMA busy_timeout = 5000")
+                    .execute(&mut conn)
+                    .unwrap();
                 diesel::sql_query(statement).execute(&mut conn).unwrap()
             }
             None => {
@@ -229,6 +234,27 @@ impl Env {
                 diesel::sql_query(statement).execute(&mut conn).unwrap()
             }
         }
+    }
+
+    /// The text values a SQL query selects (one column named `value`).
+    pub fn sql_values(&self, query: &str) -> Vec<String> {
+        #[derive(diesel::QueryableByName)]
+        struct Row {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            value: String,
+        }
+        let url = self.loaded().database_url();
+        let rows: Vec<Row> = match url.strip_prefix("sqlite://") {
+            Some(path) => {
+                let mut conn = diesel::SqliteConnection::establish(path).unwrap();
+                diesel::sql_query(query).load(&mut conn).unwrap()
+            }
+            None => {
+                let mut conn = diesel::PgConnection::establish(&url).unwrap();
+                diesel::sql_query(query).load(&mut conn).unwrap()
+            }
+        };
+        rows.into_iter().map(|r| r.value).collect()
     }
 
     /// Replaces a line of the configuration file (before the server starts).
@@ -787,4 +813,46 @@ pub fn foreign_ca_client(env: &Env) -> (std::path::PathBuf, std::path::PathBuf) 
     std::fs::write(&crt_path, cert.pem()).unwrap();
     std::fs::write(&key_path, key.serialize_pem()).unwrap();
     (crt_path, key_path)
+}
+
+/// Validates DICOM audit messages against the DICOM PS3.15 A.5.1 RELAX NG schema in
+/// `../shared/standards` with xmllint (Debian's libxml2-utils); panics naming each
+/// invalid message and what xmllint said.
+pub fn assert_valid_dicom(messages: &[String]) {
+    let schema =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/standards/dicom-audit-message.rng");
+    assert!(schema.exists(), "{} is missing", schema.display());
+    let dir = std::env::temp_dir().join(unique("tessera-dicom"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let files: Vec<PathBuf> = messages
+        .iter()
+        .enumerate()
+        .map(|(i, xml)| {
+            let file = dir.join(format!("message-{i}.xml"));
+            std::fs::write(&file, xml).unwrap();
+            file
+        })
+        .collect();
+    let output = std::process::Command::new("xmllint")
+        .arg("--noout")
+        .arg("--relaxng")
+        .arg(&schema)
+        .args(&files)
+        .output()
+        .expect("xmllint (apt install libxml2-utils) validates the DICOM audit messages");
+    let said = String::from_utf8_lossy(&output.stderr).into_owned();
+    let _ = std::fs::remove_dir_all(&dir);
+    let invalid: Vec<String> = files
+        .iter()
+        .zip(messages)
+        .filter(|(file, _)| !said.contains(&format!("{} validates", file.display())))
+        .map(|(_, xml)| xml.clone())
+        .collect();
+    assert!(
+        output.status.success() && invalid.is_empty(),
+        "{} of {} messages are not valid DICOM audit messages:\n{said}\nfirst: {}",
+        invalid.len(),
+        messages.len(),
+        invalid.first().map(String::as_str).unwrap_or_default()
+    );
 }

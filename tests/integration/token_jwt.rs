@@ -157,6 +157,27 @@ fn every_bad_assertion_is_invalid_client_and_changes_nothing() {
             hmac_forgery(header, &claims(&env, "shared-jti"), public_pem.as_bytes()),
         ),
         ("not a JWS", "not-a-jwt".to_string()),
+        (
+            "a jku for a client whose keys are registered inline",
+            key.sign_with_header(
+                "JWT",
+                json!({"jku": "https://attacker.example/jwks.json"})
+                    .as_object()
+                    .unwrap()
+                    .clone(),
+                &claims(&env, "shared-jti"),
+            )
+            .unwrap(),
+        ),
+        (
+            "a numeric kid",
+            key.sign_with_header(
+                "JWT",
+                json!({"kid": 1}).as_object().unwrap().clone(),
+                &claims(&env, "shared-jti"),
+            )
+            .unwrap(),
+        ),
     ];
     for (name, assertion) in cases {
         let reply = request(&client, &assertion, "system/Patient.rs");
@@ -178,7 +199,9 @@ fn every_bad_assertion_is_invalid_client_and_changes_nothing() {
             &key.sign("JWT", &claims(&env, "t-1")).unwrap(),
         ),
     ]);
-    wrong_type.oauth_error(400, "invalid_request");
+    // SMART Backend Services: an assertion the server cannot use is invalid_client.
+    let said = wrong_type.oauth_error(401, "invalid_client");
+    assert!(said.contains("client_assertion_type"), "{said}");
 }
 
 #[test]
@@ -250,6 +273,39 @@ fn a_jwks_uri_is_fetched_cached_and_refreshed_when_the_client_rotates() {
         "system/Patient.rs",
     )
     .oauth_error(401, "invalid_client");
+
+    // SMART Backend Services: a `jku` in the header SHALL be the registered JWKS URL.
+    let fetched = jwks.hits.load(Ordering::SeqCst);
+    let with_header = |extra: Value, jti: &str| {
+        let Value::Object(extra) = extra else {
+            unreachable!()
+        };
+        second
+            .sign_with_header("JWT", extra, &claims(&env, jti))
+            .unwrap()
+    };
+    let named = with_header(json!({"jku": jwks.url}), "u-5");
+    assert_eq!(request(&client, &named, "system/Patient.rs").status, 200);
+    for (jku, jti) in [
+        ("https://attacker.example/jwks.json", "u-6"),
+        (&format!("{}/", jwks.url), "u-7"),
+    ] {
+        let said = request(
+            &client,
+            &with_header(json!({"jku": jku}), jti),
+            "system/Patient.rs",
+        )
+        .oauth_error(401, "invalid_client");
+        assert!(said.contains("jku"), "{said}");
+    }
+    // A `kid` that is not a string is malformed, not "no kid, use the only key".
+    let numeric = with_header(json!({"kid": 7}), "u-8");
+    request(&client, &numeric, "system/Patient.rs").oauth_error(401, "invalid_client");
+    assert_eq!(
+        jwks.hits.load(Ordering::SeqCst),
+        fetched,
+        "a jku is compared, never fetched"
+    );
 }
 
 #[test]

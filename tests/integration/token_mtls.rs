@@ -448,6 +448,18 @@ fn malformed_requests_are_rfc_6749_errors() {
             r#"{"grant_type":"client_credentials"}"#,
         )
         .oauth_error(400, "invalid_request");
+    // The media type is compared exactly, not by prefix; parameters are allowed.
+    let body = format!("grant_type=client_credentials&client_id={CLIENT_ID}");
+    let said = client
+        .post_raw(path, "application/x-www-form-urlencodedX", &body)
+        .oauth_error(400, "invalid_request");
+    assert!(said.contains("x-www-form-urlencoded"), "{said}");
+    let charset = client.post_raw(
+        path,
+        "Application/X-WWW-Form-Urlencoded; charset=UTF-8",
+        &body,
+    );
+    assert_eq!(charset.status, 200, "{}", charset.body);
     let mut form = cara_form(CLIENT_ID);
     form.push(("resource", "https://elsewhere.example/fhir"));
     client.token(&form).oauth_error(400, "invalid_target");

@@ -3,7 +3,7 @@
 
 use serde_json::{json, Value};
 
-use crate::support::{assert_valid_fhir, Client, Env, Reply, Server};
+use crate::support::{assert_valid_fhir, decode_jwt, Client, Env, Reply, Server};
 
 const MPI_A: &str =
     "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
@@ -1052,6 +1052,25 @@ fn transactions_are_all_or_nothing_and_batches_are_not() {
         1
     );
     assert_valid_fhir(&response);
+
+    // A batch to a partition the token does not name is refused whole, as a
+    // transaction is: 403, no batch-response of 403 entries.
+    for kind in ["batch", "transaction"] {
+        let elsewhere = json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "GET", "url": "Patient?name=x"}},
+        ]});
+        outcome(
+            &c.send(
+                "POST",
+                "/fhir/pb",
+                Some(&mixed),
+                &[],
+                Some(&elsewhere.to_string()),
+            ),
+            403,
+            "forbidden",
+        );
+    }
 }
 
 #[test]
@@ -1266,6 +1285,14 @@ fn gateway_mode_checks_tokens_by_introspection() {
             401,
             "login",
         );
+        // The gateway's refusal is on the trail, as a local refusal is.
+        let refused = crate::audit::matching_eventually(&v.env, 1, |r| {
+            matches!(
+                r.event,
+                tessera_atna::Event::FhirRequest { status: 401, .. }
+            )
+        });
+        assert_eq!(refused.len(), 1, "the refused request is audited");
         // The partition and scope rules are the same as in local mode.
         let other = v.token("other", "system/*.rs", &["pb"]);
         outcome(
@@ -1304,7 +1331,8 @@ fn expired_and_foreign_realm_tokens_are_refused() {
         "pa",
     ])
     .unwrap();
-    env.cli(&["realm", "add", "short", "--token-lifetime", "1"])
+    // Long enough to be used once on a loaded machine, short enough to wait out.
+    env.cli(&["realm", "add", "short", "--token-lifetime", "4"])
         .unwrap();
     env.set_config("[vault]\n# The realm whose access tokens the FHIR Vault (/fhir/{partition}) accepts.\nrealm = \"cara\"", "[vault]\nrealm = \"short\"");
     let mut secrets = Vec::new();
@@ -1348,7 +1376,9 @@ fn expired_and_foreign_realm_tokens_are_refused() {
         401,
         "login",
     );
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let exp = decode_jwt(&short).1["exp"].as_i64().unwrap();
+    let left = u64::try_from(exp - crate::support::now()).unwrap_or(0);
+    std::thread::sleep(std::time::Duration::from_millis(left * 1000 + 1100));
     let expired = c.send("GET", "/fhir/pa/Patient", Some(&short), &[], None);
     outcome(&expired, 401, "login");
     assert!(expired
@@ -1581,4 +1611,58 @@ fn every_vault_interaction_is_audited_before_the_answer() {
         ]
     );
     assert_eq!(events[9].outcome, Outcome::MinorFailure);
+}
+
+#[test]
+fn a_search_past_its_bounds_is_refused_before_it_runs() {
+    let v = vault();
+    let c = v.client();
+    let token = v.token("app", "system/*.cruds", &["pa"]);
+    let auditor = v
+        .env
+        .secret_token("auditor", &["--scope", "system/AuditEvent.rs"], &[]);
+    let search = |path: &str, token: &str| c.send("GET", path, Some(token), &[], None);
+    let repeated = |name: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("{name}=v{i}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    // Within the bounds: answered.
+    let within = search(
+        &format!("/fhir/pa/Patient?{}", repeated("family", 16)),
+        &token,
+    );
+    assert_eq!(within.status, 200, "{}", within.body);
+    // 1,000 repeated parameters, 300 dates on ITI-81, a thousand comma values, a huge
+    // value: each 400 too-costly, at once.
+    let cases = [
+        (
+            format!("/fhir/pa/Patient?{}", repeated("family", 1000)),
+            &token,
+        ),
+        (
+            format!("/fhir/pa/Patient?family={}", vec!["x"; 1000].join(",")),
+            &token,
+        ),
+        (
+            format!("/fhir/pa/Patient?family={}", "x".repeat(5000)),
+            &token,
+        ),
+        (
+            format!(
+                "/audit/fhir/AuditEvent?{}",
+                vec!["date=ge2026-11-01"; 300].join("&")
+            ),
+            &auditor,
+        ),
+        (
+            format!("/fhir/pa/Patient?_sort={}", ["family"; 5].join(",")),
+            &token,
+        ),
+    ];
+    for (path, token) in &cases {
+        let diagnostics = outcome(&search(path, token), 400, "too-costly");
+        assert!(diagnostics.contains("at most"), "{path}: {diagnostics}");
+    }
 }

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::shape::escape;
+use crate::shape::{audit_source, escape};
 use crate::{timestamp, Event, Record};
 
 /// The record as a DICOM `AuditMessage` document.
@@ -52,11 +52,7 @@ pub fn to_dicom_xml(record: &Record) -> String {
     );
     xml.push_str("    <RoleIDCode csd-code=\"110152\" codeSystemName=\"DCM\" originalText=\"Destination Role ID\"/>\n");
     xml.push_str("  </ActiveParticipant>\n");
-    let _ = writeln!(
-        xml,
-        "  <AuditSourceIdentification AuditSourceID=\"{}\"/>",
-        escape(&record.observer)
-    );
+    audit_source(record, &mut xml);
     xml.push_str("  <ParticipantObjectIdentification ParticipantObjectTypeCode=\"2\" ParticipantObjectTypeCodeRole=\"24\" ParticipantObjectID=\"token-request\">\n");
     xml.push_str("    <ParticipantObjectIDTypeCode csd-code=\"ITI-71\" codeSystemName=\"IHE Transactions\" originalText=\"Get Access Token\"/>\n");
     let _ = writeln!(
@@ -72,6 +68,11 @@ pub fn to_dicom_xml(record: &Record) -> String {
                     escape(jti)
                 );
         xml.push_str("    <ParticipantObjectIDTypeCode csd-code=\"access-token\" codeSystemName=\"OAuth\" originalText=\"Access Token jti\"/>\n");
+        let _ = writeln!(
+            xml,
+            "    <ParticipantObjectName>{}</ParticipantObjectName>",
+            escape(jti)
+        );
         xml.push_str("  </ParticipantObjectIdentification>\n");
     }
     xml.push_str("</AuditMessage>\n");

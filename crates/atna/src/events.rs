@@ -218,6 +218,38 @@ pub(crate) fn introspection(
     }
 }
 
+/// RFC 7009: the client asked to end a token; the token (when one was revoked) is the
+/// object whose security attributes changed, as for `tessera token revoke`.
+pub(crate) fn token_revocation(
+    record: &Record,
+    caller: Option<&str>,
+    token_id: Option<&str>,
+    endpoint: &str,
+    error: Option<&str>,
+) -> Shape {
+    let client = application(
+        caller.unwrap_or("anonymous"),
+        record.client_address.as_deref(),
+    );
+    Shape {
+        action: 'U',
+        event: SECURITY_ALERT,
+        subtypes: vec![dcm("110135", "Object Security Attributes Changed")],
+        participants: vec![client, server(endpoint)],
+        objects: token_id
+            .map(|id| Object {
+                kind: ObjectType::SystemObject,
+                role: ObjectRole::SecurityResource,
+                id: id.to_owned(),
+                reference: None,
+                query: None,
+            })
+            .into_iter()
+            .collect(),
+        outcome_text: error.map(str::to_owned),
+    }
+}
+
 pub(crate) fn repository_request(
     record: &Record,
     interaction: &str,

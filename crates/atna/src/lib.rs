@@ -53,7 +53,8 @@ pub enum RepositoryAccess {
 }
 
 /// ITI-81 / ITI-20 authority from a token's scopes: `system/` or `user/` AuditEvent
-/// scopes (v1 or v2; `s` to query, `c` to feed events) make an auditor or a feeding node;
+/// scopes (v1 or v2; `s` to query) make an auditor, `system/AuditEvent.c` a feeding
+/// node (an audit source is a machine: a person's token never feeds events);
 /// `patient/AuditEvent.rs` with the token's `account` lets a patient read the events
 /// about that account. A `*` resource type does not count: a clinical wildcard such as
 /// `system/*.rs` is no licence to read everyone's audit trail.
@@ -76,14 +77,16 @@ pub fn repository_access(
         else {
             continue;
         };
-        if smart.resource_type != "AuditEvent"
+        if smart.resource_type != tessera_types::smart::AUDIT_EVENT
             || !smart.permissions.contains(need)
             || smart.query.is_some()
         {
             continue;
         }
         match smart.context {
-            Context::System | Context::User => return Some(RepositoryAccess::All),
+            Context::System => return Some(RepositoryAccess::All),
+            Context::User if !feed => return Some(RepositoryAccess::All),
+            Context::User => {}
             Context::Patient if !feed => {
                 if let Some(account) = account {
                     access = Some(RepositoryAccess::Patient(account.to_owned()));
@@ -158,6 +161,17 @@ pub enum Event {
         /// The authenticated caller (client id), if it authenticated.
         caller: Option<String>,
         /// The introspected token's `jti`, when it was active.
+        token_id: Option<String>,
+        endpoint: String,
+        error: Option<String>,
+    },
+    /// RFC 7009 Token Revocation over HTTP, done or refused (the CLI's revocations are
+    /// [`Event::AdminAction`]s).
+    TokenRevocation {
+        /// The client that asked (as it claimed, when refused).
+        caller: Option<String>,
+        /// What was revoked: an access token's `jti` or `refresh-family:{id}`; `None`
+        /// when nothing was (an unknown token is answered 200 all the same).
         token_id: Option<String>,
         endpoint: String,
         error: Option<String>,
@@ -244,6 +258,18 @@ impl Record {
                 endpoint,
                 error,
             } => events::introspection(
+                self,
+                caller.as_deref(),
+                token_id.as_deref(),
+                endpoint,
+                error.as_deref(),
+            ),
+            Event::TokenRevocation {
+                caller,
+                token_id,
+                endpoint,
+                error,
+            } => events::token_revocation(
                 self,
                 caller.as_deref(),
                 token_id.as_deref(),
@@ -475,6 +501,8 @@ mod tests {
             ("system/*.rs", None, false, None),
             ("system/*.cruds", None, true, None),
             ("system/AuditEvent.c", None, true, all.clone()),
+            ("user/AuditEvent.c", None, true, None),
+            ("user/AuditEvent.cruds", None, true, None),
             ("system/AuditEvent.rs", None, true, None),
             (
                 "patient/AuditEvent.rs",

@@ -238,11 +238,7 @@ impl Shape {
             let _ = writeln!(xml, "    {}", code("RoleIDCode", &p.role));
             xml.push_str("  </ActiveParticipant>\n");
         }
-        let _ = writeln!(
-            xml,
-            "  <AuditSourceIdentification AuditSourceID=\"{}\"/>",
-            escape(&record.observer)
-        );
+        audit_source(record, xml);
         for o in &self.objects {
             let _ = writeln!(
                 xml,
@@ -258,16 +254,36 @@ impl Shape {
                 ObjectRole::DomainResource => dcm("12", "URI"),
             };
             let _ = writeln!(xml, "    {}", code("ParticipantObjectIDTypeCode", &id_type));
-            if let Some(query) = &o.query {
-                let _ = writeln!(
-                    xml,
-                    "    <ParticipantObjectQuery>{}</ParticipantObjectQuery>",
-                    base64(query)
-                );
+            // PS3.15 A.5.1: each object has either a name or a query.
+            match &o.query {
+                Some(query) => {
+                    let _ = writeln!(
+                        xml,
+                        "    <ParticipantObjectQuery>{}</ParticipantObjectQuery>",
+                        base64(query)
+                    );
+                }
+                None => {
+                    let _ = writeln!(
+                        xml,
+                        "    <ParticipantObjectName>{}</ParticipantObjectName>",
+                        escape(o.reference.as_deref().unwrap_or(&o.id))
+                    );
+                }
             }
             xml.push_str("  </ParticipantObjectIdentification>\n");
         }
     }
+}
+
+/// `AuditSourceIdentification`: the observing node, of DICOM audit source type 4
+/// (application server process), as PS3.15 A.5.1 requires a type `code`.
+pub(crate) fn audit_source(record: &Record, xml: &mut String) {
+    let _ = writeln!(
+        xml,
+        "  <AuditSourceIdentification code=\"4\" AuditSourceID=\"{}\"/>",
+        escape(&record.observer)
+    );
 }
 
 pub(crate) fn escape(text: &str) -> String {

@@ -111,6 +111,11 @@ async fn resolve_inner(
     let token = authorized(req, state).await?;
     lookup.token = Some(audit::token_use(&token));
     let client = token.claims.client_id.clone();
+    if crate::media_type(req).as_deref() != Some("application/json") {
+        return Err(ApiError::BadRequest(
+            "the body must be application/json".into(),
+        ));
+    }
     let mpi_id = parse_resolution_request(body).map_err(ApiError::BadRequest)?;
     lookup.queried = Some(mpi_id.to_string());
     let st = state.clone().into_inner();

@@ -130,7 +130,9 @@ fn bearer_status(error: BearerError) -> StatusCode {
 /// 403 `insufficient_scope`, as DESIGN.md chooses over IUA's 401.
 pub fn vault_status(error: &VaultError) -> StatusCode {
     match error {
-        VaultError::Invalid(_) | VaultError::NotSupported(_) => StatusCode::BAD_REQUEST,
+        VaultError::Invalid(_) | VaultError::NotSupported(_) | VaultError::TooCostly(_) => {
+            StatusCode::BAD_REQUEST
+        }
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
         VaultError::Gone(_) => StatusCode::GONE,
         VaultError::VersionConflict(_) => StatusCode::PRECONDITION_FAILED,
@@ -145,6 +147,7 @@ fn vault_issue(error: &VaultError) -> &'static str {
     match error {
         VaultError::Invalid(_) => "invalid",
         VaultError::NotSupported(_) => "not-supported",
+        VaultError::TooCostly(_) => "too-costly",
         VaultError::NotFound(_) => "not-found",
         VaultError::Gone(_) => "deleted",
         VaultError::VersionConflict(_) | VaultError::Conflict(_) => "conflict",

@@ -100,20 +100,21 @@ fn authorization(req: &HttpRequest) -> Result<Authorization, OAuthError> {
 
 /// The decoded pairs of an `application/x-www-form-urlencoded` body.
 fn form(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, OAuthError> {
-    let form_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.to_ascii_lowercase()
-                .starts_with("application/x-www-form-urlencoded")
-        });
-    if !form_type {
+    if !crate::is_form(req) {
         return Err(OAuthError::invalid_request(
             "the body must be application/x-www-form-urlencoded",
         ));
     }
     Ok(url::form_urlencoded::parse(body).into_owned().collect())
+}
+
+/// The first value of a form field, if the body was a form.
+fn form_value(pairs: &Result<Vec<(String, String)>, OAuthError>, name: &str) -> Option<String> {
+    let pairs = pairs.as_ref().ok()?;
+    pairs
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, v)| v.clone())
 }
 
 /// Client credentials from the connection and a Basic header; a Bearer header is only
@@ -192,13 +193,16 @@ async fn issue(
     body: &[u8],
     state: &web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let (realm, auth, challenge) = begin(req, state, realm).await?;
     let pairs = form(req, body);
     // What the trail may keep of the request: no secret, no assertion signature.
     let redacted = pairs
         .as_ref()
         .map(|p| redact_token_request(p))
         .unwrap_or_default();
+    let (realm, auth, challenge) = match begin(req, state, realm).await {
+        Ok(begun) => begun,
+        Err(error) => return refused_early(req, state, realm, &pairs, redacted, error).await,
+    };
     let prepared = client_credentials(req, auth).and_then(|credentials| {
         let request = GrantRequest::from_form(pairs?)?;
         Ok((credentials, request))
@@ -254,6 +258,36 @@ async fn issue(
             Err(challenge.error(error))
         }
     }
+}
+
+/// A token request refused before its realm or credentials could be read (an unknown
+/// realm, a malformed `Authorization` header) is audited like any other: every request
+/// to a token endpoint leaves its ITI-71 record.
+async fn refused_early(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    realm: &str,
+    pairs: &Result<Vec<(String, String)>, OAuthError>,
+    request: String,
+    error: ApiError,
+) -> Result<HttpResponse, ApiError> {
+    let refusal = match &error {
+        ApiError::OAuth { error, .. } => error.clone(),
+        ApiError::UnknownRealm(name) => {
+            OAuthError::invalid_request(format!("realm '{name}' does not exist"))
+        }
+        _ => return Err(error),
+    };
+    let issuer = format!("{}/realms/{realm}", state.tokens.settings().public_base_url);
+    let audit = TokenAudit {
+        token_endpoint: tessera_iam::metadata::endpoint(&issuer, "token"),
+        observer: issuer,
+        client_address: req.peer_addr().map(|a| a.ip().to_string()),
+        request,
+        client_hint: form_value(pairs, "client_id"),
+    };
+    crate::audit::append(state, audit.record(&Err(refusal), now())?).await?;
+    Err(error)
 }
 
 /// What the audit record of a token request needs besides the outcome.
@@ -418,16 +452,45 @@ async fn revoke(
 ) -> Result<HttpResponse, ApiError> {
     let (realm, auth, challenge) = begin(&req, &state, &path).await?;
     let oauth = |error: OAuthError| challenge.error(error);
-    let credentials = client_credentials(&req, auth).map_err(oauth)?;
-    let query = TokenQuery::from_form(form(&req, &body).map_err(oauth)?).map_err(oauth)?;
+    let endpoint = tessera_iam::metadata::endpoint(&realm.issuer, "revoke");
+    let observer = realm.issuer.clone();
+    let pairs = form(&req, &body);
+    // Who asked, as the request claims it (the record's requestor).
+    let caller = form_value(&pairs, "client_id").or_else(|| match &auth {
+        Authorization::Basic(id, _) => Some(id.clone()),
+        _ => None,
+    });
+    let prepared = client_credentials(&req, auth)
+        .and_then(|credentials| Ok((credentials, TokenQuery::from_form(pairs?)?)));
 
     let st = state.clone().into_inner();
     let at = now();
     let realm_name = realm.realm.name.to_string();
     let result = blocking(move || {
+        let (credentials, query) = prepared?;
         st.introspection
             .revoke(&st.tokens, &st.store, &realm, &query, &credentials, at)
     })
+    .await?;
+    // Done or refused, the revocation is on record before the answer.
+    let (status, token_id, error) = match &result {
+        Ok(revoked) => (200, revoked.clone(), None),
+        Err(error) => (
+            crate::error::oauth_status(error.code).as_u16(),
+            None,
+            Some(format!("{}: {}", error.code.as_str(), error.description)),
+        ),
+    };
+    let event = tessera_atna::Event::TokenRevocation {
+        caller,
+        token_id,
+        endpoint,
+        error,
+    };
+    crate::audit::append(
+        &state,
+        crate::audit::record(&req, &observer, status, event)?,
+    )
     .await?;
     match result {
         Ok(revoked) => {

@@ -160,6 +160,23 @@ pub(crate) async fn blocking<T: Send + 'static>(
         .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
+/// The media type of a request body (RFC 9110 8.3.1): the `Content-Type` before any
+/// parameter, trimmed and lowercased. Compared exactly, never by prefix.
+pub(crate) fn media_type(req: &actix_web::HttpRequest) -> Option<String> {
+    let value = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)?
+        .to_str()
+        .ok()?;
+    let essence = value.split(';').next().unwrap_or_default().trim();
+    Some(essence.to_ascii_lowercase())
+}
+
+/// Is the request body a form (`application/x-www-form-urlencoded`, any parameters)?
+pub(crate) fn is_form(req: &actix_web::HttpRequest) -> bool {
+    media_type(req).as_deref() == Some("application/x-www-form-urlencoded")
+}
+
 /// The wall clock, read here at the edge and passed into the domain.
 pub fn now() -> UnixTime {
     let seconds = SystemTime::now()

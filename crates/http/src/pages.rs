@@ -222,19 +222,7 @@ fn constant_time_eq(a: &str, b: &str) -> bool {
 /// Decoded pairs of a form body; the content type must be exactly a form (parameters
 /// such as `charset` allowed).
 fn form_pairs(req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
-    let essence = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or_default()
-                .trim()
-                .to_ascii_lowercase()
-        });
-    (essence.as_deref() == Some("application/x-www-form-urlencoded"))
-        .then(|| url::form_urlencoded::parse(body).into_owned().collect())
+    crate::is_form(req).then(|| url::form_urlencoded::parse(body).into_owned().collect())
 }
 
 fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
@@ -892,6 +880,9 @@ async fn login(
             .map(|u| u.password_hash.as_str())
             .unwrap_or_else(|| tessera_iam::user::decoy_hash());
         let password_ok = verify_password(&password, hash);
+        // A failure counts from when it was answered: the wait it earns must not pass
+        // while the password hash is still being checked.
+        let judged = now();
         match user {
             Some(user) if password_ok && user.enabled => {
                 st.store.clear_login_failures(&attempt[..1])?;
@@ -911,12 +902,12 @@ async fn login(
             }
             Some(user) if password_ok && !user.enabled => {
                 st.store
-                    .record_login_failure(&attempt, at, FAILURES_FORGOTTEN_AFTER)?;
+                    .record_login_failure(&attempt, judged, FAILURES_FORGOTTEN_AFTER)?;
                 Ok(LoginResult::Failed("the user is disabled"))
             }
             _ => {
                 st.store
-                    .record_login_failure(&attempt, at, FAILURES_FORGOTTEN_AFTER)?;
+                    .record_login_failure(&attempt, judged, FAILURES_FORGOTTEN_AFTER)?;
                 Ok(LoginResult::Failed("wrong username or password"))
             }
         }

@@ -5,8 +5,6 @@ use std::any::Any;
 
 use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
-use ring::digest;
-use tessera_iam::jose::b64;
 use tessera_iam::request::PresentedCertificate;
 
 /// Describes a DER certificate: its `x5t#S256` thumbprint and its subject and issuer
@@ -14,7 +12,7 @@ use tessera_iam::request::PresentedCertificate;
 pub fn describe_certificate(der: &[u8]) -> Option<PresentedCertificate> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
     Some(PresentedCertificate {
-        thumbprint: b64(digest::digest(&digest::SHA256, der).as_ref()),
+        thumbprint: tessera_iam::pem::certificate_thumbprint(der),
         subject: cert.subject().to_string(),
         issuer: cert.issuer().to_string(),
     })

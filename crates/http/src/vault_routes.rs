@@ -195,19 +195,9 @@ fn query_pairs(text: &str) -> Vec<(String, String)> {
 
 /// JSON only: a body in another format is refused before it is read as a resource.
 fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
-    let Some(value) = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(mime) = crate::media_type(req) else {
         return Ok(());
     };
-    let mime = value
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim()
-        .to_ascii_lowercase();
     if mime == FHIR_JSON || mime == "application/json" || mime == "application/json+fhir" {
         Ok(())
     } else {
@@ -300,12 +290,7 @@ async fn search_post(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let (partition, ty) = path.into_inner();
-    let form = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/x-www-form-urlencoded"));
-    if !body.is_empty() && !form {
+    if !body.is_empty() && !crate::is_form(&req) {
         return Err(ApiError::Vault(VaultError::Invalid(
             "_search takes its parameters as application/x-www-form-urlencoded".into(),
         )));

@@ -13,9 +13,9 @@ use crate::error::{OAuthError, OAuthErrorCode};
 use crate::launch::{LaunchContext, LAUNCH_SCOPE};
 use crate::user::{Role, User};
 
-/// The resource type of the audit trail: `user/AuditEvent.*` is the whole trail and is
-/// an auditor's alone.
-const AUDIT_EVENT: &str = "AuditEvent";
+// The audit trail's resource type: `user/AuditEvent.rs` is the whole trail and is an
+// auditor's alone.
+use tessera_types::smart::AUDIT_EVENT;
 
 /// PKCE `code_challenge_method` Tessera accepts (RFC 7636 4.2); `plain` is refused.
 pub const PKCE_S256: &str = "S256";
@@ -411,8 +411,9 @@ fn partition_choices(
     let audit = |s: &SmartScope| s.resource_type == AUDIT_EVENT;
     if user.role == Role::Auditor {
         // An auditor reaches the audit repository (ITI-81) and nothing else: only
-        // AuditEvent scopes, for the realm's audience, no partition.
-        if !smart.iter().all(audit) || valid.needs_patient() {
+        // AuditEvent scopes that read, for the realm's audience, no partition.
+        let reads_trail = |s: &SmartScope| audit(s) && s.permissions.reads_only();
+        if !smart.iter().all(reads_trail) || valid.needs_patient() {
             return Err(valid.redirect_error(
                 OAuthErrorCode::AccessDenied,
                 "an auditor's login reaches the audit trail, no patient record",
@@ -600,7 +601,8 @@ mod tests {
             enabled: true,
             auth: ClientAuth::None,
             scopes: ScopeSet::parse(
-                "openid fhirUser launch launch/patient offline_access patient/*.rs user/*.rs system/*.rs",
+                "openid fhirUser launch launch/patient offline_access patient/*.rs user/*.rs system/*.rs \
+                 user/AuditEvent.cruds patient/AuditEvent.rs",
             )
             .unwrap(),
             partitions: vec![],
@@ -657,7 +659,13 @@ mod tests {
     }
 
     fn check(req: AuthorizationRequest) -> Result<ValidRequest, AuthorizeError> {
-        let c = client();
+        check_with(req, client())
+    }
+
+    fn check_with(
+        req: AuthorizationRequest,
+        c: Arc<Client>,
+    ) -> Result<ValidRequest, AuthorizeError> {
         let uri = check_client_and_redirect(&req, Some(&c))?;
         check_request(req, c, uri, audience, launch)
     }
@@ -847,6 +855,20 @@ mod tests {
         assert_eq!(
             next_step(&trail, Some(&auditor), &[], None).unwrap(),
             Step::Consent { choices: vec![] }
+        );
+        // ... to read it, never to change it, whatever the app registered.
+        let write = check(request(&[("scope", "openid user/AuditEvent.cu")])).unwrap();
+        assert_eq!(
+            redirect_code(next_step(&write, Some(&auditor), &[], None)),
+            OAuthErrorCode::AccessDenied
+        );
+        // A `*` registration never stands for the audit trail.
+        let mut wildcard = (*client()).clone();
+        wildcard.scopes = ScopeSet::parse("openid user/*.cruds").unwrap();
+        let wide = request(&[("scope", "openid user/AuditEvent.rs")]);
+        assert_eq!(
+            redirect_code(check_with(wide, Arc::new(wildcard))),
+            OAuthErrorCode::InvalidScope
         );
         // ... which nobody else reads, whatever the app registered.
         assert_eq!(

@@ -201,6 +201,9 @@ pub struct Header {
     pub alg: Algorithm,
     pub kid: Option<String>,
     pub typ: Option<String>,
+    /// The JWK Set URL the signer names (RFC 7515 4.1.2); never fetched, only compared
+    /// with the one registered.
+    pub jku: Option<String>,
 }
 
 /// A JWS whose structure and header are valid but whose signature is not yet checked.
@@ -231,16 +234,18 @@ impl<'a> UnverifiedJws<'a> {
         if raw_header.get("crit").is_some() {
             return Err(JoseError::Malformed("unsupported crit header"));
         }
+        // RFC 7515 4.1: these members are strings; any other JSON type is malformed, not
+        // absent (a numeric `kid` must not fall back to "the only key").
+        let text = |name: &'static str| match raw_header.get(name) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(_) => Err(JoseError::Malformed("kid, typ and jku must be strings")),
+        };
         let header = Header {
             alg,
-            kid: raw_header
-                .get("kid")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
-            typ: raw_header
-                .get("typ")
-                .and_then(Value::as_str)
-                .map(str::to_owned),
+            kid: text("kid")?,
+            typ: text("typ")?,
+            jku: text("jku")?,
         };
         let signing_input = &token[..h.len() + 1 + p.len()];
         Ok(Self {
@@ -384,7 +389,22 @@ impl SigningKey {
 
     /// Signs `claims` as a compact JWS with the given `typ`.
     pub fn sign(&self, typ: &str, claims: &impl Serialize) -> Result<String, JoseError> {
-        let header = serde_json::json!({ "alg": self.alg.name(), "typ": typ, "kid": self.kid });
+        self.sign_with_header(typ, serde_json::Map::new(), claims)
+    }
+
+    /// Signs with more protected header members (`jku`, ...); `extra` overrides `typ` and
+    /// `kid`, so a caller can also send what a hostile signer would.
+    pub fn sign_with_header(
+        &self,
+        typ: &str,
+        extra: serde_json::Map<String, Value>,
+        claims: &impl Serialize,
+    ) -> Result<String, JoseError> {
+        let mut header = serde_json::Map::new();
+        header.insert("alg".into(), self.alg.name().into());
+        header.insert("typ".into(), typ.into());
+        header.insert("kid".into(), self.kid.clone().into());
+        header.extend(extra);
         let header = serde_json::to_vec(&header).map_err(|_| JoseError::Malformed("header"))?;
         let payload = serde_json::to_vec(claims).map_err(|_| JoseError::Malformed("claims"))?;
         let mut token = b64(&header);
@@ -458,6 +478,29 @@ mod tests {
                 "{alg}"
             );
         }
+    }
+
+    #[test]
+    fn header_members_that_are_not_strings_are_malformed() {
+        for member in [
+            r#""kid":7"#,
+            r#""kid":null"#,
+            r#""typ":["JWT"]"#,
+            r#""jku":{}"#,
+        ] {
+            let header = b64(format!("{{\"alg\":\"ES256\",{member}}}").as_bytes());
+            let token = format!("{header}.{}.{}", b64(b"{}"), b64(&[0u8; 64]));
+            assert!(
+                matches!(UnverifiedJws::parse(&token), Err(JoseError::Malformed(_))),
+                "{member}"
+            );
+        }
+        let header = b64(br#"{"alg":"ES256","jku":"https://a.example/jwks"}"#);
+        let token = format!("{header}.{}.{}", b64(b"{}"), b64(&[0u8; 64]));
+        assert_eq!(
+            UnverifiedJws::parse(&token).unwrap().header.jku.as_deref(),
+            Some("https://a.example/jwks")
+        );
     }
 
     #[test]

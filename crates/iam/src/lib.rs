@@ -12,6 +12,7 @@ pub mod client;
 pub mod error;
 pub mod grant;
 pub mod jose;
+pub mod keywrap;
 pub mod launch;
 pub mod metadata;
 pub mod pem;

@@ -230,6 +230,12 @@ pub fn jwk_to_pem(jwk: &Jwk) -> Result<String, JoseError> {
     Ok(pem_encode("PUBLIC KEY", &jwk_to_spki(jwk)?))
 }
 
+/// RFC 8705 3.1: a certificate's `x5t#S256` thumbprint, base64url of the SHA-256 of
+/// its DER, as certificate-bound tokens carry it in `cnf`.
+pub fn certificate_thumbprint(der: &[u8]) -> String {
+    b64(digest::digest(&digest::SHA256, der).as_ref())
+}
+
 /// The key id rule of seed 002, applied to the canonical PEM of the key.
 pub fn kid_for_jwk(jwk: &Jwk) -> Result<String, JoseError> {
     let pem = jwk_to_pem(jwk)?;

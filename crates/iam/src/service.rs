@@ -529,8 +529,10 @@ impl<S: IamStore> TokenService<S> {
             });
         }
         if request.client_assertion.is_some() || request.client_assertion_type.is_some() {
+            // SMART Backend Services answers any assertion it cannot use with
+            // invalid_client, a wrong client_assertion_type included.
             if request.client_assertion_type.as_deref() != Some(JWT_BEARER_ASSERTION) {
-                return Err(OAuthError::invalid_request(format!(
+                return Err(invalid_client(&format!(
                     "client_assertion_type must be {JWT_BEARER_ASSERTION}"
                 )));
             }
@@ -630,6 +632,15 @@ impl<S: IamStore> TokenService<S> {
         let ClientAuth::PrivateKeyJwt(source) = &client.auth else {
             return Err(invalid_client("client authentication failed"));
         };
+        // SMART Backend Services: a `jku` present SHALL match the registered JWKS URL;
+        // it is compared, never fetched.
+        if let Some(jku) = &jws.header.jku {
+            if !matches!(source, JwksSource::Uri(uri) if uri == jku) {
+                return Err(invalid_client(
+                    "the assertion jku is not the JWKS URL registered for this client",
+                ));
+            }
+        }
         let claims = match source {
             JwksSource::Inline(set) => jws.verify(&set.keys),
             JwksSource::Uri(uri) => {

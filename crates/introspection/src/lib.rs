@@ -25,9 +25,42 @@ use tessera_types::{ClientId, RealmName, Scope, UnixTime};
 /// The scope that lets a client or a token holder call the introspection endpoint.
 pub const INTROSPECTION_SCOPE: &str = "introspection";
 
-/// Revoked access tokens, by realm and `jti`.
+/// The revocation key that ends every token of a client issued until the revocation
+/// (`tessera client disable`).
+pub fn client_revocation(client_id: &str) -> String {
+    format!("client:{client_id}")
+}
+
+/// The revocation key that ends every token bound to a certificate (its
+/// `cnf.x5t#S256`) issued until the revocation (`tessera pki revoke`).
+pub fn certificate_revocation(x5t_s256: &str) -> String {
+    format!("x5t#S256:{x5t_s256}")
+}
+
+/// Is the token revoked, given the revocations found under its keys (key, revoked at)?
+/// Its own `jti` ends it whenever it was revoked; a client's or certificate's
+/// revocation ends the tokens issued until then (a client enabled again gets working
+/// tokens, the old ones stay dead).
+pub fn is_revoked(claims: &tessera_iam::token::AccessTokenClaims, found: &[(String, i64)]) -> bool {
+    found
+        .iter()
+        .any(|(key, revoked_at)| *key == claims.jti || *revoked_at >= claims.iat)
+}
+
+/// The keys a token may be revoked under: its `jti`, its client, its certificate.
+pub fn revocation_keys(claims: &tessera_iam::token::AccessTokenClaims) -> Vec<String> {
+    let mut keys = vec![claims.jti.clone(), client_revocation(&claims.client_id)];
+    if let Some(cnf) = &claims.cnf {
+        keys.push(certificate_revocation(&cnf.x5t_s256));
+    }
+    keys
+}
+
+/// Revoked access tokens by realm and `jti`, and wider revocations (a client, a
+/// certificate) under the keys of [`client_revocation`] and [`certificate_revocation`].
 pub trait RevocationStore: Send + Sync {
-    /// Records the revocation; revoking twice is not an error. `expires_at` is when the
+    /// Records the revocation; revoking twice is not an error (the later time is kept).
+    /// `expires_at` is when the
     /// record may be forgotten (the token would be inactive anyway).
     fn revoke(
         &self,
@@ -37,7 +70,12 @@ pub trait RevocationStore: Send + Sync {
         expires_at: UnixTime,
         now: UnixTime,
     ) -> Result<(), StoreError>;
-    fn is_revoked(&self, realm: &RealmName, jti: &str) -> Result<bool, StoreError>;
+    /// The revocations recorded under any of `keys`: (key, revoked at). One query.
+    fn revocations(
+        &self,
+        realm: &RealmName,
+        keys: &[String],
+    ) -> Result<Vec<(String, i64)>, StoreError>;
 }
 
 /// Why the caller of the introspection endpoint was refused.
@@ -130,7 +168,9 @@ impl Introspection {
         let Some(verified) = self.verify(realm, token, now, skew) else {
             return Ok(None);
         };
-        if revocations.is_revoked(&realm.realm.name, &verified.claims.jti)? {
+        let keys = revocation_keys(&verified.claims);
+        let found = revocations.revocations(&realm.realm.name, &keys)?;
+        if is_revoked(&verified.claims, &found) {
             return Ok(None);
         }
         Ok(Some(verified))
@@ -261,6 +301,7 @@ impl Introspection {
         credentials: &Credentials,
         now: UnixTime,
     ) -> Result<Option<String>, OAuthError> {
+        // Answers what was revoked: an access token's jti, or `refresh-family:{id}`.
         let skew = tokens.settings().clock_skew_seconds;
         let not_yours = || {
             OAuthError::new(
@@ -288,7 +329,7 @@ impl Introspection {
             Revocable::Nothing => return Ok(None),
             Revocable::Refresh(live) => {
                 tokens.revoke_refresh(realm, &live, now)?;
-                return Ok(Some(format!("refresh token family {}", live.family)));
+                return Ok(Some(format!("refresh-family:{}", live.family)));
             }
             Revocable::Access(token) => token,
         };
@@ -313,4 +354,55 @@ enum Revocable {
 
 fn may_introspect<'a>(mut scopes: impl Iterator<Item = &'a Scope>) -> bool {
     scopes.any(|s| s.as_str() == INTROSPECTION_SCOPE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_iam::token::{AccessTokenClaims, Confirmation};
+
+    fn claims(iat: i64, bound: bool) -> AccessTokenClaims {
+        AccessTokenClaims {
+            iss: "https://h/realms/cara".into(),
+            sub: "tcu".into(),
+            client_id: "tcu".into(),
+            aud: vec!["https://h/fhir".into()],
+            jti: "j1".into(),
+            iat,
+            exp: iat + 300,
+            scope: "system/*.rs".into(),
+            cnf: bound.then(|| Confirmation {
+                x5t_s256: "thumb".into(),
+            }),
+            account: None,
+            partitions: vec![],
+            extensions: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_token_ends_with_its_jti_its_client_or_its_certificate() {
+        let token = claims(1_000, true);
+        assert_eq!(
+            revocation_keys(&token),
+            ["j1", "client:tcu", "x5t#S256:thumb"]
+        );
+        assert_eq!(revocation_keys(&claims(1_000, false)).len(), 2);
+        let table: &[(&[(&str, i64)], bool)] = &[
+            (&[], false),
+            // Its own jti ends it whatever the clocks say.
+            (&[("j1", 999)], true),
+            // A client or certificate revocation ends what was issued until then ...
+            (&[("client:tcu", 1_000)], true),
+            (&[("x5t#S256:thumb", 1_500)], true),
+            // ... not what was issued after it (the client was enabled again).
+            (&[("client:tcu", 999)], false),
+            (&[("x5t#S256:thumb", 999), ("client:tcu", 500)], false),
+        ];
+        for (found, revoked) in table {
+            let found: Vec<(String, i64)> =
+                found.iter().map(|(k, at)| (k.to_string(), *at)).collect();
+            assert_eq!(is_revoked(&token, &found), *revoked, "{found:?}");
+        }
+    }
 }

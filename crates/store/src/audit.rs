@@ -542,6 +542,15 @@ impl AuditWriter {
             );
         }
         let (file, path) = own_journal(dir).map_err(|e| fail("cannot open one", &e))?;
+        // A segment is written ahead with zeros (see `Journal::append`); doing the first
+        // one now makes a volume without room for it fail here, saying so.
+        let segment = segment_bytes(rotate_bytes);
+        let allocated = file.metadata().map(|m| m.len()).unwrap_or(0);
+        if allocated < segment {
+            write_zeros(&file, allocated, segment)
+                .and_then(|()| file.sync_all())
+                .map_err(|e| fail("cannot write its first segment", &no_space_hint(e, segment)))?;
+        }
         let journal_dir = dir.to_owned();
         let queue = Arc::new(Queue::new());
         let incoming = queue.clone();
@@ -566,7 +575,7 @@ impl AuditWriter {
             .spawn(move || {
                 let journal = Journal {
                     size: 0,
-                    allocated: file.metadata().map(|m| m.len()).unwrap_or(0),
+                    allocated: file.metadata().map(|m| m.len()).unwrap_or(segment),
                     file,
                     path,
                     dir: journal_dir,
@@ -610,6 +619,38 @@ impl AuditWriter {
 }
 
 /// The first journal file in `dir` whose lock is free, locked for this process.
+/// The bytes one journal segment takes on disk: it rotates past `rotate_bytes` and is
+/// written ahead a quarter beyond. The journal volume needs at least this much free
+/// (5 MiB with the default 4 MiB segments), more while the database is unreachable.
+pub fn segment_bytes(rotate_bytes: u64) -> u64 {
+    rotate_bytes + rotate_bytes / 4
+}
+
+/// Writes zeros over `[from, to)` of `file`.
+fn write_zeros(file: &File, from: u64, to: u64) -> std::io::Result<()> {
+    let zeros = vec![0u8; 1 << 20];
+    let mut at = from;
+    while at < to {
+        let n = (to - at).min(zeros.len() as u64);
+        file.write_all_at(&zeros[..n as usize], at)?;
+        at += n;
+    }
+    Ok(())
+}
+
+/// A write error, with what the volume must have free when it is full.
+fn no_space_hint(error: std::io::Error, needed: u64) -> String {
+    if error.kind() == std::io::ErrorKind::StorageFull {
+        format!(
+            "{error}: the audit journal needs {} MiB free for a segment (audit.journal_dir); \
+             free space or move the journal to a larger volume",
+            needed.div_ceil(1024 * 1024)
+        )
+    } else {
+        error.to_string()
+    }
+}
+
 fn own_journal(dir: &Path) -> std::io::Result<(File, PathBuf)> {
     for n in 0u32.. {
         let path = dir.join(format!("{n}.journal"));
@@ -752,9 +793,10 @@ impl Journal {
         let end = self.size + buffer.len() as u64;
         if end > self.allocated {
             // A segment ends a little past `rotate_bytes`: zeros for that, at once.
-            let target = end.max(self.allocated + self.rotate_bytes + self.rotate_bytes / 4);
-            self.zero(self.allocated, target)?;
-            self.file.sync_all().map_err(db_error)?;
+            let target = end.max(self.allocated + segment_bytes(self.rotate_bytes));
+            write_zeros(&self.file, self.allocated, target)
+                .and_then(|()| self.file.sync_all())
+                .map_err(|e| db_error(no_space_hint(e, target - self.allocated)))?;
             self.allocated = target;
         }
         self.file
@@ -769,20 +811,6 @@ impl Journal {
             .records
             .fetch_add(lines.len() as u64, Ordering::Relaxed);
         self.size = end;
-        Ok(())
-    }
-
-    /// Writes zeros over `[from, to)`.
-    fn zero(&self, from: u64, to: u64) -> Result<(), StoreError> {
-        let zeros = vec![0u8; 1 << 20];
-        let mut at = from;
-        while at < to {
-            let n = (to - at).min(zeros.len() as u64);
-            self.file
-                .write_all_at(&zeros[..n as usize], at)
-                .map_err(db_error)?;
-            at += n;
-        }
         Ok(())
     }
 
@@ -1014,6 +1042,20 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_journal_volume_says_how_much_it_needs() {
+        assert_eq!(segment_bytes(ROTATE_BYTES), 5 * 1024 * 1024);
+        let full = std::io::Error::from(std::io::ErrorKind::StorageFull);
+        let said = no_space_hint(full, segment_bytes(ROTATE_BYTES));
+        assert!(said.contains("needs 5 MiB free"), "{said}");
+        let other = std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        assert!(!no_space_hint(other, 1).contains("MiB"));
+        // The real thing: /dev/full answers every write with ENOSPC.
+        let dev_full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+        let error = write_zeros(&dev_full, 0, 4096).unwrap_err();
+        assert!(no_space_hint(error, segment_bytes(ROTATE_BYTES)).contains("needs 5 MiB free"));
+    }
 
     #[test]
     fn a_group_asks_for_one_more_once_it_fills_and_for_what_came_when_it_did_not() {

@@ -16,10 +16,9 @@ mod vault;
 
 use std::time::Duration;
 
-use base64::Engine as _;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
-use diesel::r2d2::{ConnectionManager, CustomizeConnection, Pool, PooledConnection};
+use diesel::r2d2::{CustomizeConnection, HandleError, ManageConnection, Pool, PooledConnection};
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use diesel_migrations::{embed_migrations, EmbeddedMigrations, MigrationHarness};
 use tessera_iam::client::{Client, ClientAuth, IuaAttributes};
@@ -69,7 +68,70 @@ pub enum DbConnection {
     Sqlite(diesel::SqliteConnection),
 }
 
-type DbPool = Pool<ConnectionManager<DbConnection>>;
+type DbPool = Pool<Manager>;
+
+/// Opens connections of the one backend the URL names. (diesel's generic manager tries
+/// every backend in turn and, when the database is down, reports only "Invalid
+/// connection url for multiconnection"; this one reports the real error.)
+#[derive(Debug)]
+struct Manager {
+    url: String,
+    postgres: bool,
+}
+
+impl ManageConnection for Manager {
+    type Connection = DbConnection;
+    type Error = diesel::r2d2::Error;
+
+    fn connect(&self) -> Result<DbConnection, Self::Error> {
+        use diesel::Connection as _;
+        let connection = if self.postgres {
+            diesel::PgConnection::establish(&self.url).map(DbConnection::Postgres)
+        } else {
+            diesel::SqliteConnection::establish(&self.url).map(DbConnection::Sqlite)
+        };
+        connection.map_err(diesel::r2d2::Error::ConnectionError)
+    }
+
+    fn is_valid(&self, conn: &mut DbConnection) -> Result<(), Self::Error> {
+        conn.batch_execute("SELECT 1")
+            .map_err(diesel::r2d2::Error::QueryError)
+    }
+
+    fn has_broken(&self, conn: &mut DbConnection) -> bool {
+        std::thread::panicking() || diesel::r2d2::R2D2Connection::is_broken(conn)
+    }
+}
+
+/// Logs the pool's connection errors (a database outage) with their real cause, at most
+/// once per [`ERROR_LOG_INTERVAL`], saying how many were left out in between.
+#[derive(Debug, Default)]
+struct RateLimitedErrors {
+    state: std::sync::Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+const ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+impl HandleError<diesel::r2d2::Error> for RateLimitedErrors {
+    fn handle_error(&self, error: diesel::r2d2::Error) {
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        let (last, suppressed) = &mut *state;
+        let due = last.is_none_or(|at| at.elapsed() >= ERROR_LOG_INTERVAL);
+        if due {
+            tracing::error!(
+                %error,
+                suppressed = *suppressed,
+                "database connection failed (further failures are logged at most every 10 s)"
+            );
+            *last = Some(std::time::Instant::now());
+            *suppressed = 0;
+        } else {
+            *suppressed += 1;
+        }
+    }
+}
 
 /// SQLite needs its settings on every connection: WAL lets readers run beside the
 /// writer, the busy timeout makes writers wait instead of failing, and foreign keys
@@ -110,6 +172,8 @@ pub(crate) fn db_error(err: impl std::fmt::Display) -> StoreError {
 pub struct Store {
     pool: DbPool,
     backend: &'static str,
+    /// Encrypts realm private keys at rest; `None`: they are stored plain.
+    kek: Option<std::sync::Arc<tessera_iam::keywrap::Kek>>,
     /// Partitions seen to exist, with their account. Nothing deletes a partition or
     /// moves it to another account, so an entry stays true.
     known_partitions: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
@@ -142,16 +206,21 @@ impl Store {
         } else {
             "sqlite"
         };
-        let manager = ConnectionManager::<DbConnection>::new(connection_url(url));
+        let manager = Manager {
+            url: connection_url(url),
+            postgres: backend == "postgres",
+        };
         let pool = Pool::builder()
             .max_size(max_connections.max(1))
             .connection_timeout(Duration::from_secs(10))
+            .error_handler(Box::new(RateLimitedErrors::default()))
             .connection_customizer(Box::new(SqliteSettings))
             .build(manager)
             .map_err(|e| StoreError(format!("cannot connect to the {backend} database: {e}")))?;
         let store = Self {
             pool,
             backend,
+            kek: None,
             known_partitions: Default::default(),
         };
         store.migrate()?;
@@ -162,9 +231,75 @@ impl Store {
         self.backend
     }
 
-    pub(crate) fn conn(
+    /// Realm private keys are written encrypted with `kek` and read with it.
+    pub fn with_kek(mut self, kek: Option<tessera_iam::keywrap::Kek>) -> Self {
+        self.kek = kek.map(std::sync::Arc::new);
+        self
+    }
+
+    /// Encrypts every stored private key with this store's KEK (decrypting with `old`
+    /// or this KEK, or reading plain keys), in one transaction. Answers (re-wrapped,
+    /// already under this KEK).
+    pub fn rewrap_keys(
         &self,
-    ) -> Result<PooledConnection<ConnectionManager<DbConnection>>, StoreError> {
+        old: Option<&tessera_iam::keywrap::Kek>,
+    ) -> Result<(usize, usize), StoreError> {
+        use tessera_iam::keywrap;
+        let kek = self
+            .kek
+            .as_deref()
+            .ok_or_else(|| StoreError("no key encryption key is configured to wrap with".into()))?;
+        let mut conn = self.conn()?;
+        let rows: Vec<(String, String, String)> = signing_keys::table
+            .select((
+                signing_keys::kid,
+                signing_keys::realm,
+                signing_keys::private_key,
+            ))
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        // Every key is opened before anything is written: one that cannot be leaves all
+        // of them as they were.
+        let mut current = 0;
+        let mut rewrapped = Vec::new();
+        for (kid, realm, stored) in rows {
+            if stored.starts_with(&format!("enc1.{}.", kek.id())) {
+                current += 1;
+                continue;
+            }
+            let plain = keywrap::unwrap(old, &realm, &kid, &stored)
+                .map_err(|e| db_error(format!("key {kid} of realm {realm}: {e}")))?;
+            rewrapped.push((
+                kid.clone(),
+                kek.wrap(&realm, &kid, &plain).map_err(db_error)?,
+            ));
+        }
+        conn.transaction(|conn| {
+            for (kid, wrapped) in &rewrapped {
+                diesel::update(signing_keys::table.filter(signing_keys::kid.eq(kid)))
+                    .set(signing_keys::private_key.eq(wrapped))
+                    .execute(conn)?;
+            }
+            diesel::QueryResult::Ok(())
+        })
+        .map_err(db_error)?;
+        Ok((rewrapped.len(), current))
+    }
+
+    /// How many stored private keys are not encrypted.
+    pub fn plain_keys(&self) -> Result<usize, StoreError> {
+        let mut conn = self.conn()?;
+        let stored: Vec<String> = signing_keys::table
+            .select(signing_keys::private_key)
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        Ok(stored
+            .iter()
+            .filter(|s| !tessera_iam::keywrap::is_wrapped(s))
+            .count())
+    }
+
+    pub(crate) fn conn(&self) -> Result<PooledConnection<Manager>, StoreError> {
         self.pool.get().map_err(db_error)
     }
 
@@ -240,8 +375,9 @@ impl Store {
         now: UnixTime,
         retire_previous_at: UnixTime,
     ) -> Result<(), StoreError> {
+        let encoded = tessera_iam::keywrap::store(self.kek.as_deref(), realm.as_str(), kid, pkcs8)
+            .map_err(db_error)?;
         let mut conn = self.conn()?;
-        let encoded = base64::engine::general_purpose::STANDARD.encode(pkcs8);
         conn.transaction(|conn| {
             let of_realm = signing_keys::realm.eq(realm.as_str());
             let same_use = signing_keys::key_use.eq(key_use.as_str());
@@ -422,7 +558,7 @@ impl IamStore for Store {
 
     fn signing_keys(&self, realm: &RealmName, now: UnixTime) -> Result<Vec<StoredKey>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<(String, String, bool, String)> = signing_keys::table
+        let rows: Vec<(String, String, String, bool, String)> = signing_keys::table
             .filter(signing_keys::realm.eq(realm.as_str()))
             .filter(
                 signing_keys::retired_at
@@ -431,6 +567,7 @@ impl IamStore for Store {
             )
             .order(signing_keys::created_at.desc())
             .select((
+                signing_keys::kid,
                 signing_keys::alg,
                 signing_keys::private_key,
                 signing_keys::active,
@@ -439,12 +576,16 @@ impl IamStore for Store {
             .load(&mut *conn)
             .map_err(db_error)?;
         rows.into_iter()
-            .map(|(alg, key, active, key_use)| {
+            .map(|(kid, alg, key, active, key_use)| {
                 Ok(StoredKey {
                     alg: Algorithm::parse(&alg).map_err(db_error)?,
-                    pkcs8: base64::engine::general_purpose::STANDARD
-                        .decode(key)
-                        .map_err(db_error)?,
+                    pkcs8: tessera_iam::keywrap::unwrap(
+                        self.kek.as_deref(),
+                        realm.as_str(),
+                        &kid,
+                        &key,
+                    )
+                    .map_err(db_error)?,
                     active,
                     id_token: KeyUse::parse(&key_use) == KeyUse::IdToken,
                 })
@@ -643,23 +784,39 @@ impl RevocationStore for Store {
             ))
             .execute(&mut *conn);
         match inserted {
-            Ok(_) | Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
-                Ok(())
+            Ok(_) => Ok(()),
+            // Revoked again: the newer time counts (a client disabled, enabled and
+            // disabled again ends the tokens of its second life too).
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => {
+                diesel::update(
+                    revoked_tokens::table
+                        .filter(revoked_tokens::realm.eq(realm.as_str()))
+                        .filter(revoked_tokens::jti.eq(jti)),
+                )
+                .set((
+                    revoked_tokens::revoked_at.eq(now.0),
+                    revoked_tokens::expires_at.eq(expires_at.0),
+                ))
+                .execute(&mut *conn)
+                .map(drop)
+                .map_err(db_error)
             }
             Err(e) => Err(db_error(e)),
         }
     }
 
-    fn is_revoked(&self, realm: &RealmName, jti: &str) -> Result<bool, StoreError> {
+    fn revocations(
+        &self,
+        realm: &RealmName,
+        keys: &[String],
+    ) -> Result<Vec<(String, i64)>, StoreError> {
         let mut conn = self.conn()?;
-        let found: Option<String> = revoked_tokens::table
+        revoked_tokens::table
             .filter(revoked_tokens::realm.eq(realm.as_str()))
-            .filter(revoked_tokens::jti.eq(jti))
-            .select(revoked_tokens::jti)
-            .first(&mut *conn)
-            .optional()
-            .map_err(db_error)?;
-        Ok(found.is_some())
+            .filter(revoked_tokens::jti.eq_any(keys))
+            .select((revoked_tokens::jti, revoked_tokens::revoked_at))
+            .load(&mut *conn)
+            .map_err(db_error)
     }
 }
 

@@ -4,6 +4,10 @@
 
 use crate::Scope;
 
+/// The resource type of the audit trail. A `*` scope never covers it: the audit trail
+/// (ITI-81 reads, ITI-20 feeds) is granted only by a scope that names it.
+pub const AUDIT_EVENT: &str = "AuditEvent";
+
 /// `patient/`, `user/` or `system/`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Context {
@@ -37,6 +41,11 @@ impl Permissions {
 
     pub fn contains(self, other: Permissions) -> bool {
         self.0 & other.0 == other.0
+    }
+
+    /// Only `r` and `s`: nothing that changes data.
+    pub fn reads_only(self) -> bool {
+        self.0 & !(Self::READ.0 | Self::SEARCH.0) == 0
     }
 
     fn parse(text: &str) -> Option<Self> {
@@ -94,10 +103,13 @@ impl SmartScope {
         })
     }
 
-    /// Does this (granted) scope allow everything `wanted` asks for?
+    /// Does this (granted) scope allow everything `wanted` asks for? A `*` type covers
+    /// every type but [`AUDIT_EVENT`].
     pub fn covers(&self, wanted: &SmartScope) -> bool {
+        let type_covered = self.resource_type == wanted.resource_type
+            || (self.resource_type == "*" && wanted.resource_type != AUDIT_EVENT);
         self.context == wanted.context
-            && (self.resource_type == "*" || self.resource_type == wanted.resource_type)
+            && type_covered
             && self.permissions.contains(wanted.permissions)
             && (self.query.is_none() || self.query == wanted.query)
     }
@@ -187,6 +199,11 @@ mod tests {
             ),
             ("openid", "openid", true),
             ("openid", "profile", false),
+            // The audit trail is granted only by name.
+            ("system/*.cruds", "system/AuditEvent.rs", false),
+            ("system/*.cruds", "system/AuditEvent.c", false),
+            ("user/*.*", "user/AuditEvent.rs", false),
+            ("system/AuditEvent.cs", "system/AuditEvent.c", true),
         ];
         for (granted, wanted, expected) in table {
             assert_eq!(

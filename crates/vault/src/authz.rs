@@ -85,6 +85,16 @@ pub enum Denial {
     Scope,
 }
 
+/// Does `grant` name `partition` (or every partition)? The first question of every
+/// request, and the whole answer for a Bundle sent to a partition the token lacks.
+pub fn grants_partition(grant: Grant<'_>, partition: &str) -> Result<(), Denial> {
+    if grant.partitions.iter().any(|p| p == partition || p == "*") {
+        Ok(())
+    } else {
+        Err(Denial::Partition)
+    }
+}
+
 /// Decides whether `grant` allows `interaction` on `resource_type` in `partition`.
 pub fn authorize(
     registry: &Registry,
@@ -93,9 +103,7 @@ pub fn authorize(
     resource_type: &str,
     interaction: Interaction,
 ) -> Result<Access, Denial> {
-    if !grant.partitions.iter().any(|p| p == partition || p == "*") {
-        return Err(Denial::Partition);
-    }
+    grants_partition(grant, partition)?;
     let need = interaction.permission();
     let mut restrictions = Vec::new();
     for scope in grant.scope.split(' ').filter(|s| !s.is_empty()) {

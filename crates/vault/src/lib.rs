@@ -111,6 +111,9 @@ pub enum VaultError {
     Denied(Denial),
     #[error("{0}")]
     NotSupported(String),
+    /// More work than one request may cause (400 `too-costly`).
+    #[error("{0}")]
+    TooCostly(String),
     #[error("storage error: {0}")]
     Store(String),
 }
@@ -368,8 +371,12 @@ impl Vault {
         strict: bool,
         restrictions: Option<&[Vec<Criterion>]>,
     ) -> Result<BundleJson, VaultError> {
-        let query = search::parse(&self.registry, resource_type, pairs, strict, base)
-            .map_err(|e| VaultError::Invalid(e.to_string()))?;
+        let query = search::parse(&self.registry, resource_type, pairs, strict, base).map_err(
+            |e| match e {
+                search::SearchError::TooCostly(text) => VaultError::TooCostly(text),
+                other => VaultError::Invalid(other.to_string()),
+            },
+        )?;
         let count = if query.summary_count { 0 } else { query.count };
         let (total, found) = store.search(
             partition,
@@ -685,6 +692,9 @@ impl Vault {
         body: &[u8],
         new_id: &mut dyn FnMut() -> String,
     ) -> Result<BatchOutcome, VaultError> {
+        // A batch's entries fail one by one, but a partition the token does not name
+        // fails the whole request, as for a transaction (and before the body is read).
+        authz::grants_partition(ctx.grant, ctx.partition).map_err(VaultError::Denied)?;
         bundle::run(self, store, ctx, body, new_id)
     }
 }

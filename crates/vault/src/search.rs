@@ -11,6 +11,17 @@ use crate::registry::{ParamKind, Registry};
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
 
+/// The work one search may cause. Every criterion value is one pass over the search
+/// index, so a request is bounded by its parameters, their values and its size; past
+/// a bound it is refused (400 `too-costly`) before anything is read. Measured worst
+/// case within the bounds: `bench/search-limits.sh`.
+pub const MAX_PARAMETERS: usize = 16;
+/// Values over all parameters (`a=x,y&b=z` is three).
+pub const MAX_VALUES: usize = 32;
+pub const MAX_SORT_KEYS: usize = 4;
+/// Bytes of all parameter names and values.
+pub const MAX_QUERY_BYTES: usize = 4096;
+
 /// Date comparison prefixes (R4 search 3.1.1.4.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Prefix {
@@ -131,6 +142,9 @@ pub enum SearchError {
     UnknownParameter(String),
     #[error("{0}")]
     Invalid(String),
+    /// The request asks for more work than one search may cause.
+    #[error("{0}")]
+    TooCostly(String),
 }
 
 /// Splits on `sep` where it is not escaped with `\`, and unescapes `\,` `\|` `\$` `\\`.
@@ -254,6 +268,13 @@ pub fn parse(
         used: Vec::new(),
         ignored: Vec::new(),
     };
+    let bytes: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+    if bytes > MAX_QUERY_BYTES {
+        return Err(SearchError::TooCostly(format!(
+            "the search parameters are {bytes} bytes; at most {MAX_QUERY_BYTES} are searched"
+        )));
+    }
+    let mut values = 0;
     for (key, value) in pairs {
         let number = |what: &str| {
             value
@@ -310,6 +331,11 @@ pub fn parse(
                         kind: param.kind,
                         descending,
                     });
+                    if query.sort.len() > MAX_SORT_KEYS {
+                        return Err(SearchError::TooCostly(format!(
+                            "at most {MAX_SORT_KEYS} sort keys"
+                        )));
+                    }
                 }
                 query.used.push((key.clone(), value.clone()));
                 continue;
@@ -354,7 +380,18 @@ pub fn parse(
                         missing: None,
                     }
                 };
+                values += criterion.any_of.len().max(1);
                 query.criteria.push(criterion);
+                if query.criteria.len() > MAX_PARAMETERS {
+                    return Err(SearchError::TooCostly(format!(
+                        "at most {MAX_PARAMETERS} search parameters in one search"
+                    )));
+                }
+                if values > MAX_VALUES {
+                    return Err(SearchError::TooCostly(format!(
+                        "at most {MAX_VALUES} search values in one search (each comma-separated value counts)"
+                    )));
+                }
             }
         }
         query.used.push((key.clone(), value.clone()));
@@ -418,6 +455,46 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         parse(&registry, "Observation", &pairs, false, "https://h/fhir/p1")
+    }
+
+    #[test]
+    fn the_work_of_one_search_is_bounded() {
+        let too_costly = |pairs: Vec<(String, String)>| {
+            let borrowed: Vec<(&str, &str)> = pairs
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            matches!(q(&borrowed), Err(SearchError::TooCostly(_)))
+        };
+        let repeated = |n: usize| -> Vec<(String, String)> {
+            (0..n)
+                .map(|i| ("code".to_string(), format!("c{i}")))
+                .collect()
+        };
+        assert!(!too_costly(repeated(MAX_PARAMETERS)));
+        assert!(too_costly(repeated(MAX_PARAMETERS + 1)));
+        let values = |n: usize| {
+            let list: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+            vec![("code".to_string(), list.join(","))]
+        };
+        assert!(!too_costly(values(MAX_VALUES)));
+        assert!(too_costly(values(MAX_VALUES + 1)));
+        // Values count over all parameters.
+        let mut spread = values(MAX_VALUES - 1);
+        spread.push(("status".into(), "final,amended".into()));
+        assert!(too_costly(spread));
+        let sorts = vec![(
+            "_sort".to_string(),
+            "date,code,status,date,code".to_string(),
+        )];
+        assert!(too_costly(sorts));
+        let long = vec![("code".to_string(), "x".repeat(MAX_QUERY_BYTES))];
+        assert!(too_costly(long));
+        // Unknown parameters (ignored) still count towards the bytes only.
+        let ignored: Vec<(String, String)> = (0..100)
+            .map(|i| (format!("unknown{i}"), "x".into()))
+            .collect();
+        assert!(!too_costly(ignored));
     }
 
     #[test]
