@@ -34,6 +34,23 @@ start_server() {
   return 1
 }
 
+# A partition and an mTLS client with system/*.cruds on it; sets $tls (curl's
+# certificate arguments), $auth (its Bearer header) and $fhir (the partition's base).
+bench_client() { # partition
+  local partition=$1
+  local mpi="urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/$(cat /proc/sys/kernel/random/uuid)"
+  "$bin" account add --mpi-id "$mpi" --partition-name "$partition" >/dev/null
+  "$bin" pki issue-client tcu --out clients >/dev/null
+  "$bin" client add --client-id tcu --auth tls_client_auth --cert clients/tcu.crt \
+    --scope "system/*.cruds" --partition "$partition" >/dev/null
+  tls=(--cacert pki/ca.crt --cert clients/tcu.crt --key clients/tcu.key)
+  local access
+  access=$(curl -fsS "${tls[@]}" -d grant_type=client_credentials -d client_id=tcu \
+    "$url/realms/cara/protocol/openid-connect/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  auth="Authorization: Bearer $access"
+  fhir="$url/fhir/$partition"
+}
+
 report() { # name, oha json
   python3 - "$1" "$2" <<'PY'
 import json, sys

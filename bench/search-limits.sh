@@ -10,16 +10,7 @@ duration=${1:-10}
 source "$(dirname "$0")/lib.sh"
 start_server
 
-mpi="urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/$(cat /proc/sys/kernel/random/uuid)"
-"$bin" account add --mpi-id "$mpi" --partition-name p-bench >/dev/null
-"$bin" pki issue-client tcu --out clients >/dev/null
-"$bin" client add --client-id tcu --auth tls_client_auth --cert clients/tcu.crt \
-  --scope "system/*.cruds" --partition p-bench >/dev/null
-tls=(--cacert pki/ca.crt --cert clients/tcu.crt --key clients/tcu.key)
-access=$(curl -fsS "${tls[@]}" -d grant_type=client_credentials -d client_id=tcu \
-  "$url/realms/cara/protocol/openid-connect/token" | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-auth="Authorization: Bearer $access"
-fhir="$url/fhir/p-bench"
+bench_client p-bench
 
 echo "loading 10,000 Patients (10 transactions of 1,000)"
 for batch in $(seq 0 9); do

@@ -82,6 +82,17 @@ fn server(endpoint: &str) -> Participant {
     }
 }
 
+/// A token (its `jti`, or a refresh token family) as the object of an event.
+fn security_token(id: &str) -> Object {
+    Object {
+        kind: ObjectType::SystemObject,
+        role: ObjectRole::SecurityResource,
+        id: id.to_owned(),
+        reference: None,
+        query: None,
+    }
+}
+
 fn patient(id: &str) -> Object {
     Object {
         kind: ObjectType::Person,
@@ -198,22 +209,12 @@ pub(crate) fn introspection(
 ) -> Shape {
     let address = record.client_address.as_deref();
     let client = application(caller.unwrap_or("anonymous"), address);
-    let mut objects = Vec::new();
-    if let Some(jti) = token_id {
-        objects.push(Object {
-            kind: ObjectType::SystemObject,
-            role: ObjectRole::SecurityResource,
-            id: jti.to_owned(),
-            reference: None,
-            query: None,
-        });
-    }
     Shape {
         action: 'E',
         event: QUERY,
         subtypes: vec![ihe("ITI-102", "Introspect Token")],
         participants: vec![client, server(endpoint)],
-        objects,
+        objects: token_id.map(security_token).into_iter().collect(),
         outcome_text: error.map(str::to_owned),
     }
 }
@@ -236,16 +237,7 @@ pub(crate) fn token_revocation(
         event: SECURITY_ALERT,
         subtypes: vec![dcm("110135", "Object Security Attributes Changed")],
         participants: vec![client, server(endpoint)],
-        objects: token_id
-            .map(|id| Object {
-                kind: ObjectType::SystemObject,
-                role: ObjectRole::SecurityResource,
-                id: id.to_owned(),
-                reference: None,
-                query: None,
-            })
-            .into_iter()
-            .collect(),
+        objects: token_id.map(security_token).into_iter().collect(),
         outcome_text: error.map(str::to_owned),
     }
 }

@@ -895,3 +895,34 @@ impl ClientRow {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_outage_is_logged_with_its_cause_at_most_every_ten_seconds() {
+        let errors = RateLimitedErrors::default();
+        for _ in 0..5 {
+            errors.handle_error(diesel::r2d2::Error::ConnectionError(
+                diesel::ConnectionError::BadConnection("Connection refused".into()),
+            ));
+        }
+        let (last, suppressed) = *errors.state.lock().unwrap();
+        assert!(last.is_some(), "the first failure is logged");
+        assert_eq!(
+            suppressed, 4,
+            "the next ones within 10 s are counted, not logged"
+        );
+    }
+
+    #[test]
+    fn a_database_that_is_down_is_reported_with_the_real_error() {
+        // Nothing listens on port 1: the refusal itself must reach the operator, not
+        // diesel's "Invalid connection url for multiconnection".
+        let error = Store::open("postgres://postgres@127.0.0.1:1/tessera", 1)
+            .expect_err("nothing listens on port 1");
+        assert!(error.0.contains("Connection refused"), "{}", error.0);
+        assert!(!error.0.contains("multiconnection"), "{}", error.0);
+    }
+}
