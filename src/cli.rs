@@ -544,7 +544,7 @@ pub fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
 
 /// The key encryption key the configuration names (`iam.key_encryption_key_env` first,
 /// then `iam.key_encryption_key_file`); `None` when both are empty.
-pub fn key_encryption_key(loaded: &Loaded) -> anyhow::Result<Option<Kek>> {
+fn key_encryption_key(loaded: &Loaded) -> anyhow::Result<Option<Kek>> {
     let iam = &loaded.config.iam;
     if !iam.key_encryption_key_env.is_empty() {
         let name = &iam.key_encryption_key_env;
@@ -838,7 +838,7 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
             }
         }
         KeysCommand::Rewrap { from_key_file } => {
-            let Some(kek) = key_encryption_key(loaded)? else {
+            let Some(kek_id) = store.kek_id() else {
                 bail!(
                     "no key encryption key is configured (iam.key_encryption_key_file or \
                      iam.key_encryption_key_env) to wrap the keys with"
@@ -848,8 +848,7 @@ fn keys(cmd: KeysCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Resul
             let (rewrapped, current) = store.rewrap_keys(old.as_ref())?;
             writeln!(
                 out,
-                "{rewrapped} private keys now encrypted with key encryption key {}; {current} already were",
-                kek.id()
+                "{rewrapped} private keys now encrypted with key encryption key {kek_id}; {current} already were"
             )?;
         }
     }
@@ -971,10 +970,10 @@ fn parse_since(text: &str) -> anyhow::Result<UnixTime> {
     Ok(UnixTime(parsed.unix_timestamp()))
 }
 
-/// Records a revocation wider than one token (a client's, a certificate's): every token
-/// under `key` issued until now is inactive, and the record is kept for one token
-/// lifetime, after which no such token is current anyway.
-fn revoke_wider(
+/// Records a revocation under `key` (a jti, or a client's or certificate's key: then every
+/// token under it issued until now is inactive). The record is kept for one token
+/// lifetime: the token's own exp is unknown here, and it is at most that far away.
+fn revoke_key(
     store: &Store,
     realm: &tessera_iam::Realm,
     key: &str,
@@ -995,15 +994,10 @@ fn revoke_token(
     loaded: &Loaded,
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
-    use tessera_introspection::RevocationStore as _;
     let store = open_store(loaded)?;
     let realm = existing_realm(&store, realm, loaded)?;
     tessera_types::Jti::try_from(jti).map_err(|e| anyhow!("{e}"))?;
-    let at = now();
-    // The token's own exp is unknown here; it is at most one lifetime away.
-    let keep_until =
-        at.plus_seconds(realm.token_lifetime_seconds + loaded.config.iam.clock_skew_seconds);
-    store.revoke(&realm.name, jti, "(operator)", keep_until, at)?;
+    revoke_key(&store, &realm, jti, "(operator)", loaded)?;
     writeln!(
         out,
         "revoked token {jti} in realm '{}': inactive at introspection now, on every instance",
@@ -1089,7 +1083,7 @@ fn pki(cmd: PkiCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Result<
             let store = open_store(loaded)?;
             let key = tessera_introspection::certificate_revocation(&thumbprint);
             for realm in store.list_realms()? {
-                revoke_wider(&store, &realm, &key, "(certificate)", loaded)?;
+                revoke_key(&store, &realm, &key, "(certificate)", loaded)?;
             }
             if new {
                 writeln!(
@@ -1181,7 +1175,7 @@ fn set_enabled(
         // Its tokens end at once on every instance; new ones are refused once the
         // servers' client cache notices.
         let key = tessera_introspection::client_revocation(id.as_str());
-        revoke_wider(store, &realm, &key, id.as_str(), loaded)?;
+        revoke_key(store, &realm, &key, id.as_str(), loaded)?;
         writeln!(
             out,
             "client '{id}' disabled: its tokens are inactive now; running servers refuse it new ones within {} s",

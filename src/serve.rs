@@ -21,7 +21,7 @@ use tessera_http::gateway::Introspector;
 pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
     let store = crate::cli::open_store(loaded)?;
     let plain = store.plain_keys()?;
-    if plain > 0 && crate::cli::key_encryption_key(loaded)?.is_some() {
+    if plain > 0 && store.kek_id().is_some() {
         tracing::warn!(
             plain,
             "realm private keys are stored unencrypted: `tessera keys rewrap` encrypts them"

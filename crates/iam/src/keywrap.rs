@@ -73,6 +73,15 @@ impl Kek {
         &self.id
     }
 
+    /// Is `stored` already wrapped with this KEK?
+    pub fn wrapped(&self, stored: &str) -> bool {
+        stored
+            .strip_prefix(PREFIX)
+            .and_then(|rest| rest.strip_prefix('.'))
+            .and_then(|rest| rest.split('.').next())
+            == Some(self.id.as_str())
+    }
+
     /// Encrypts `pkcs8`, bound to `realm` and `kid`.
     pub fn wrap(&self, realm: &str, kid: &str, pkcs8: &[u8]) -> Result<String, KeyWrapError> {
         let mut nonce = [0u8; NONCE_LEN];
@@ -126,7 +135,9 @@ fn associated(realm: &str, kid: &str) -> Vec<u8> {
 /// Is the stored form encrypted (rather than the plain base64 of keys written before
 /// encryption at rest, or without a KEK)?
 pub fn is_wrapped(stored: &str) -> bool {
-    stored.starts_with("enc1.")
+    stored
+        .strip_prefix(PREFIX)
+        .is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// The PKCS#8 bytes of a stored key: unwrapped with `kek` when it is encrypted, decoded
@@ -192,6 +203,7 @@ mod tests {
         let (a, b) = (kek(), kek());
         let stored = store(Some(&a), "cara", "k1", b"secret pkcs8").unwrap();
         assert!(is_wrapped(&stored));
+        assert!(a.wrapped(&stored) && !b.wrapped(&stored));
         assert!(!stored.contains(&b64(b"secret pkcs8")));
         assert_eq!(
             unwrap(Some(&a), "cara", "k1", &stored).unwrap(),

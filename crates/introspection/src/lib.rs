@@ -60,8 +60,8 @@ pub fn revocation_keys(claims: &tessera_iam::token::AccessTokenClaims) -> Vec<St
 /// certificate) under the keys of [`client_revocation`] and [`certificate_revocation`].
 pub trait RevocationStore: Send + Sync {
     /// Records the revocation; revoking twice is not an error (the later time is kept).
-    /// `expires_at` is when the
-    /// record may be forgotten (the token would be inactive anyway).
+    /// `expires_at` is when the record may be forgotten (the token would be inactive
+    /// anyway).
     fn revoke(
         &self,
         realm: &RealmName,

@@ -263,7 +263,7 @@ impl Store {
         let mut current = 0;
         let mut rewrapped = Vec::new();
         for (kid, realm, stored) in rows {
-            if stored.starts_with(&format!("enc1.{}.", kek.id())) {
+            if kek.wrapped(&stored) {
                 current += 1;
                 continue;
             }
@@ -284,6 +284,11 @@ impl Store {
         })
         .map_err(db_error)?;
         Ok((rewrapped.len(), current))
+    }
+
+    /// The id of the key encryption key this store wraps keys with, if it has one.
+    pub fn kek_id(&self) -> Option<&str> {
+        self.kek.as_deref().map(tessera_iam::keywrap::Kek::id)
     }
 
     /// How many stored private keys are not encrypted.
