@@ -16,13 +16,20 @@ fi
 (cd "$root" && cargo build --release --locked --quiet --bin tessera --example jwt_load)
 bin="$root/target/release/tessera"
 
-work=$(mktemp -d)
+# BENCH_REUSE=DIR measures an installation a BENCH_KEEP run left (its data kept).
+if [ -n "${BENCH_REUSE:-}" ]; then work=$BENCH_REUSE; export BENCH_KEEP=1; else work=$(mktemp -d); fi
 server=""
-cleanup() { [ -n "$server" ] && kill "$server" 2>/dev/null; rm -rf "$work"; }
+# BENCH_KEEP=1 keeps the installation (its database) for a look afterwards.
+cleanup() {
+  [ -n "$server" ] && kill "$server" 2>/dev/null
+  if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
+}
 trap cleanup EXIT
-"$bin" init --dir "$work" >/dev/null
+if [ -z "${BENCH_REUSE:-}" ]; then
+  "$bin" init --dir "$work" >/dev/null
+  sed -i 's/^workers = 0/workers = 1/' "$work/config/tessera.toml"
+fi
 cd "$work"
-sed -i 's/^workers = 0/workers = 1/' config/tessera.toml
 url=https://127.0.0.1:18443
 
 start_server() {

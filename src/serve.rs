@@ -34,6 +34,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
             tracing::info!(realm = %realm.name, %kid, "created an RS256 id_token key");
         }
     }
+    ensure_console_client(&store, loaded)?;
     let iam = &loaded.config.iam;
     let fetcher = HttpJwksFetcher::new(
         iam.jwks_uri_ca
@@ -251,6 +252,37 @@ fn init_logging(format: LogFormat) {
     };
 }
 
+/// The audit console signs in as a public client of the audit repository's realm
+/// (`tessera-console`, redirect URI `{public_url}/console/callback`). Registered here,
+/// once, so every installation has it; an operator may disable it like any client.
+fn ensure_console_client(store: &tessera_store::Store, loaded: &Loaded) -> anyhow::Result<()> {
+    use tessera_http::console::{redirect_uri, CLIENT_ID, CLIENT_SCOPES};
+    use tessera_iam::IamStore as _;
+    let realm = tessera_types::RealmName::try_from(loaded.config.vault.realm.as_str())
+        .map_err(|e| anyhow::anyhow!("vault.realm: {e}"))?;
+    let id = tessera_types::ClientId::try_from(CLIENT_ID).map_err(|e| anyhow::anyhow!("{e}"))?;
+    if store.client(&realm, &id)?.is_some() {
+        return Ok(());
+    }
+    let client = tessera_iam::client::first_party_public(
+        realm.clone(),
+        id,
+        tessera_types::ScopeSet::parse(CLIENT_SCOPES).map_err(|e| anyhow::anyhow!("{e}"))?,
+        redirect_uri(&loaded.public_url()),
+    );
+    match store.insert_client(&client, crate::cli::now()) {
+        Ok(()) => {
+            tracing::info!(%realm, client_id = CLIENT_ID, "registered the audit console's client");
+            Ok(())
+        }
+        // Another instance registered it meanwhile, or the realm is not created yet.
+        Err(
+            tessera_store::AddClientError::Exists(_) | tessera_store::AddClientError::NoRealm(_),
+        ) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
 pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::Result<()> {
     init_logging(loaded.config.server.log_format);
     let settings = server_settings(&loaded, services);
@@ -280,6 +312,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         }
         if services.atna {
             writeln!(out, "  audit         {base}/audit/fhir/AuditEvent  (ITI-81 query, ITI-20 FHIR feed)")?;
+            writeln!(out, "  console       {base}/console  (the audit trail in the browser)")?;
         }
         if services.vault {
             writeln!(out, "  fhir vault    {base}/fhir/{{partition}}  (CapabilityStatement: {base}/fhir/{{partition}}/metadata)")?;

@@ -35,3 +35,22 @@ export function check(condition, message) {
   if (!condition) { console.error(`FAILED: ${message}`); process.exit(1); }
   console.log(`ok: ${message}`);
 }
+
+// A fresh headless Chromium for `steps(page)`; JavaScript off unless asked for.
+export async function inBrowser(steps, { javascript = false } = {}) {
+  const browser = await puppeteer.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    headless: true,
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      '--ignore-certificate-errors'],
+  });
+  try {
+    const page = await browser.newPage();
+    await page.setJavaScriptEnabled(javascript);
+    await page.setViewport({ width: 1200, height: 900 });
+    await steps(page);
+  } finally {
+    await browser.close();
+  }
+}

@@ -2,6 +2,7 @@
 # A real headless Chromium (Debian's package; nothing downloaded) through Tessera's
 # login and consent pages against a fresh `tessera serve`: see flow.mjs.
 # Then openid-client (a real OIDC client library) does a standalone launch: library.mjs.
+# Then the audit console, as an auditor and as a patient: console.mjs.
 # Screenshots land in target/browser/.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,6 +34,7 @@ for p in pa pb; do
 done
 printf 'correct horse battery staple\n' > pw
 "$bin" user add rita --role representative --account "${accounts[0]}" --account "${accounts[1]}" --password-file pw >/dev/null
+"$bin" user add audrey --role auditor --password-file pw >/dev/null
 "$bin" user add anna --role patient --account "${accounts[0]}" --fhir-user Patient/anna --password-file pw >/dev/null
 "$bin" client add --client-id browser-app --auth none --redirect-uri https://app.example/cb \
   --scope "openid launch/patient patient/*.rs" >/dev/null
@@ -52,3 +54,4 @@ for p in pa pb; do
 done
 node "$root/tests/browser/flow.mjs" "$base" pki/ca.crt "$shots"
 NODE_EXTRA_CA_CERTS="$PWD/pki/ca.crt" node "$root/tests/browser/library.mjs" "$base"
+node "$root/tests/browser/console.mjs" "$base" "${accounts[1]}" "$shots"

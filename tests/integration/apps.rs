@@ -11,12 +11,12 @@ use ureq::tls::{RootCerts, TlsConfig};
 
 use crate::support::{decode_jwt, Client, Env, Reply, Server};
 
-const MPI_A: &str =
+pub(crate) const MPI_A: &str =
     "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
-const MPI_B: &str =
+pub(crate) const MPI_B: &str =
     "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/7d1e9a2c-0c1f-4f5e-8b44-2a9d3c1e5f60";
 const REDIRECT: &str = "https://app.example/cb";
-const PASSWORD: &str = "correct horse battery staple";
+pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// RFC 7636 appendix B.
 const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
 const CHALLENGE: &str = "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM";
@@ -24,14 +24,14 @@ const SCOPE: &str =
     "openid launch/patient offline_access patient/Patient.rs patient/Observation.rs";
 
 /// A browser: keeps cookies, never follows redirects.
-struct Browser {
+pub(crate) struct Browser {
     agent: ureq::Agent,
     base: String,
     cookies: HashMap<String, String>,
 }
 
 impl Browser {
-    fn new(env: &Env) -> Self {
+    pub(crate) fn new(env: &Env) -> Self {
         let pem = std::fs::read(env.path("pki/ca.crt")).unwrap();
         let certs: Vec<_> = ureq::tls::parse_pem(&pem)
             .filter_map(|item| match item.unwrap() {
@@ -54,6 +54,14 @@ impl Browser {
             base: env.base_url(),
             cookies: HashMap::new(),
         }
+    }
+
+    pub(crate) fn cookie(&self, name: &str) -> Option<&str> {
+        self.cookies.get(name).map(String::as_str)
+    }
+
+    pub(crate) fn set_cookie(&mut self, name: &str, value: &str) {
+        self.cookies.insert(name.to_owned(), value.to_owned());
     }
 
     fn cookie_header(&self) -> String {
@@ -87,7 +95,7 @@ impl Browser {
         }
     }
 
-    fn get(&mut self, path: &str) -> Reply {
+    pub(crate) fn get(&mut self, path: &str) -> Reply {
         let mut request = self.agent.get(self.url(path));
         if !self.cookies.is_empty() {
             request = request.header("Cookie", &self.cookie_header());
@@ -97,7 +105,7 @@ impl Browser {
         reply
     }
 
-    fn post(&mut self, path: &str, form: &[(String, String)]) -> Reply {
+    pub(crate) fn post(&mut self, path: &str, form: &[(String, String)]) -> Reply {
         let mut request = self.agent.post(self.url(path));
         if !self.cookies.is_empty() {
             request = request.header("Cookie", &self.cookie_header());
@@ -125,7 +133,7 @@ fn read(result: Result<ureq::http::Response<ureq::Body>, ureq::Error>) -> Reply 
 }
 
 /// Undoes HTML escaping: named entities and decimal/hex character references.
-fn unescape(text: &str) -> String {
+pub(crate) fn unescape(text: &str) -> String {
     let mut out = String::new();
     let mut rest = text;
     while let Some(at) = rest.find('&') {
@@ -152,7 +160,7 @@ fn unescape(text: &str) -> String {
 }
 
 /// The hidden inputs of the first form whose action ends with `action`.
-fn hidden_fields(html: &str, action: &str) -> Vec<(String, String)> {
+pub(crate) fn hidden_fields(html: &str, action: &str) -> Vec<(String, String)> {
     let start = html
         .find(&format!("action=\"{action}"))
         .or_else(|| html.find(action))
@@ -186,7 +194,7 @@ fn offered_scopes(html: &str) -> Vec<String> {
 
 /// Waits (up to 10 s) until the exported trail holds every needle: the journal drains
 /// into the database a moment after the response.
-fn trail_with(env: &Env, needles: &[&str]) {
+pub(crate) fn trail_with(env: &Env, needles: &[&str]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let export = env.cli(&["audit", "export"]).unwrap();
@@ -201,19 +209,19 @@ fn trail_with(env: &Env, needles: &[&str]) {
     }
 }
 
-fn location(reply: &Reply) -> String {
+pub(crate) fn location(reply: &Reply) -> String {
     assert_eq!(reply.status, 303, "{}", reply.body);
     reply.header("location").unwrap().to_owned()
 }
 
-fn query_of(url: &str) -> HashMap<String, String> {
+pub(crate) fn query_of(url: &str) -> HashMap<String, String> {
     let query = url.split_once('?').map(|(_, q)| q).unwrap_or_default();
     url::form_urlencoded::parse(query.as_bytes())
         .into_owned()
         .collect()
 }
 
-fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+pub(crate) fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     pairs
         .iter()
         .map(|(a, b)| (a.to_string(), b.to_string()))
@@ -222,13 +230,13 @@ fn owned(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 
 /// An installation with two patients' accounts (partitions `pa`, `pb`), a patient user
 /// reaching `pa`, a representative reaching both, a public app, and data in both.
-struct Apps {
+pub(crate) struct Apps {
     _server: Server,
-    env: Env,
+    pub(crate) env: Env,
     patient_id: String,
 }
 
-fn apps() -> Apps {
+pub(crate) fn apps() -> Apps {
     let env = Env::new();
     let mut accounts = Vec::new();
     for (mpi, partition) in [(MPI_A, "pa"), (MPI_B, "pb")] {
@@ -383,7 +391,7 @@ impl Apps {
 
     /// Logs `user` in from an authorization request's login page; returns the reply to
     /// the request that follows the login.
-    fn login(&self, browser: &mut Browser, authorize: &str, user: &str) -> Reply {
+    pub(crate) fn login(&self, browser: &mut Browser, authorize: &str, user: &str) -> Reply {
         let page = browser.get(authorize);
         assert_eq!(page.status, 200, "{}", page.body);
         assert!(page.body.contains("Log in"), "{}", page.body);
@@ -399,7 +407,7 @@ impl Apps {
 
     /// Answers a consent page: `keep` the scopes to leave ticked, `narrow` category per
     /// scope, `partition` to pick; returns the redirect to the app.
-    fn consent(
+    pub(crate) fn consent(
         &self,
         browser: &mut Browser,
         page: &Reply,

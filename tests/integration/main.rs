@@ -16,6 +16,7 @@ mod aim;
 mod apps;
 mod audit;
 mod cli;
+mod console;
 mod discovery;
 mod introspection;
 mod repository;

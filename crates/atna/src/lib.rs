@@ -11,6 +11,7 @@
 mod dicom;
 mod events;
 mod fhir;
+pub mod plain;
 pub mod shape;
 pub mod syslog;
 

@@ -6,7 +6,7 @@
 //! audited before its answer.
 
 use actix_web::http::StatusCode;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use serde_json::Value;
 use tessera_atna::{repository_access, Event, RepositoryAccess, REPOSITORY_PARTITION};
 use tessera_iam::VerifiedToken;
@@ -16,7 +16,6 @@ use tessera_vault::{VaultError, WriteOutcome};
 
 use crate::audit::{append, record, token_use};
 use crate::error::{vault_status, BearerError};
-use crate::vault_routes::token;
 use crate::{blocking, now_ms, ApiError, AppState};
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
@@ -56,13 +55,48 @@ async fn caller(
     state: &web::Data<AppState>,
     interaction: &str,
 ) -> Result<std::sync::Arc<VerifiedToken>, ApiError> {
-    match token(req, state).await {
+    match repository_token(req, state).await {
         Ok(token) => Ok(token),
         Err(error) => match audited(req, state, interaction, None, Err(error)).await {
             Err(error) => Err(error),
             Ok(_) => Err(ApiError::Internal("a refused token was answered".into())),
         },
     }
+}
+
+/// Is the token meant for the audit repository? Its audience is the realm's FHIR
+/// audience, or (a person's token for their own record) one of its partitions' bases:
+/// a patient reads the events about their account with the token of their record.
+pub(crate) fn meant_for_repository(token: &VerifiedToken, audience: &str) -> bool {
+    let claims = &token.claims;
+    claims.aud.iter().any(|aud| {
+        aud == audience
+            || claims.partitions.iter().any(|p| {
+                aud.strip_prefix(audience)
+                    .and_then(|rest| rest.strip_prefix('/'))
+                    == Some(p.as_str())
+            })
+    })
+}
+
+/// The request's Bearer token, checked as the vault checks it, for the repository.
+async fn repository_token(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<std::sync::Arc<VerifiedToken>, ApiError> {
+    let vault = &state.vault;
+    let token = crate::bearer::verify(req, state, &vault.realm, None, vault.introspector.clone())
+        .await
+        .map_err(ApiError::into_fhir)?;
+    if !meant_for_repository(&token, &vault.audience) {
+        return Err(ApiError::FhirBearer {
+            realm: vault.realm.to_string(),
+            error: BearerError::InvalidToken,
+        });
+    }
+    req.extensions_mut()
+        .insert(crate::audit::VaultToken(token.clone()));
+    Ok(token)
 }
 
 /// Answers after the request's own audit record is durable.
@@ -119,38 +153,46 @@ async fn query_inner(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.contains("handling=strict"));
     let st = state.clone().into_inner();
-    let base = base(state);
-    let bundle = blocking(move || {
-        st.store
-            .catch_up_audit_repository()
-            .map_err(|e| VaultError::Store(e.0))?;
-        let vault = &st.vault.vault;
-        let restriction = match access {
-            RepositoryAccess::All => None,
-            RepositoryAccess::Patient(account) => Some(vec![parse_restriction(
-                vault.registry(),
-                "AuditEvent",
-                &format!(
-                    "patient={}",
-                    account.replace('%', "%25").replace('&', "%26")
-                ),
-            )
-            .map_err(|e| VaultError::Invalid(e.to_string()))?]),
-        };
-        vault.search_in(
-            &st.store,
-            REPOSITORY_PARTITION,
-            &base,
-            "AuditEvent",
-            &pairs,
-            strict,
-            restriction.as_deref(),
-        )
-    })
-    .await??;
+    let bundle = blocking(move || search_repository(&st, access, &pairs, strict)).await??;
     Ok(HttpResponse::Ok()
         .content_type("application/fhir+json")
         .json(bundle))
+}
+
+/// An ITI-81 search of the repository, within what `access` lets the caller see (the
+/// console's searches too). The repository is caught up with the trail first, so a
+/// search sees every event recorded before it.
+pub(crate) fn search_repository(
+    st: &AppState,
+    access: RepositoryAccess,
+    pairs: &[(String, String)],
+    strict: bool,
+) -> Result<tessera_vault::BundleJson, VaultError> {
+    st.store
+        .catch_up_audit_repository()
+        .map_err(|e| VaultError::Store(e.0))?;
+    let vault = &st.vault.vault;
+    let restriction = match access {
+        RepositoryAccess::All => None,
+        RepositoryAccess::Patient(account) => Some(vec![parse_restriction(
+            vault.registry(),
+            "AuditEvent",
+            &format!(
+                "patient={}",
+                account.replace('%', "%25").replace('&', "%26")
+            ),
+        )
+        .map_err(|e| VaultError::Invalid(e.to_string()))?]),
+    };
+    vault.search_in(
+        &st.store,
+        REPOSITORY_PARTITION,
+        &base(st),
+        "AuditEvent",
+        pairs,
+        strict,
+        restriction.as_deref(),
+    )
 }
 
 /// Stores events another node sends; each must be an AuditEvent.

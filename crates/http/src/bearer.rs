@@ -64,6 +64,23 @@ pub async fn verify(
         .map(|(_, token)| token.trim().to_owned())
         .filter(|t| !t.is_empty())
         .ok_or_else(|| refuse(BearerError::Missing))?;
+    verify_presented(req, state, realm_name, audiences, remote, token).await
+}
+
+/// [`verify`] for a token the request presented some other way (the audit console's
+/// cookie).
+pub async fn verify_presented(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    realm_name: &RealmName,
+    audiences: Option<&[&str]>,
+    remote: Option<Arc<Introspector>>,
+    token: String,
+) -> Result<Arc<VerifiedToken>, ApiError> {
+    let refuse = |error| ApiError::Bearer {
+        realm: realm_name.to_string(),
+        error,
+    };
     let at = now();
     let verified = match remote {
         Some(remote) => blocking(move || remote.active(&token, at))

@@ -260,6 +260,37 @@ async fn issue(
     }
 }
 
+/// A token request Tessera's own pages make for a person (the audit console exchanging
+/// its authorization code): the same grant rules and the same ITI-71 record as a
+/// request over HTTP, made in-process. The inner error is the grant's refusal.
+pub(crate) async fn issue_for_page(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    realm: Arc<RealmState>,
+    pairs: Vec<(String, String)>,
+) -> Result<Result<Issued, OAuthError>, ApiError> {
+    let audit = TokenAudit {
+        observer: realm.issuer.clone(),
+        token_endpoint: realm.token_endpoint.clone(),
+        client_address: req.peer_addr().map(|a| a.ip().to_string()),
+        request: redact_token_request(&pairs),
+        client_hint: form_value(&Ok(pairs.clone()), "client_id"),
+    };
+    let st = state.clone().into_inner();
+    let at = now();
+    let (result, record) = blocking(move || {
+        let result = GrantRequest::from_form(pairs).and_then(|request| {
+            st.tokens
+                .issue(&realm, request, &Credentials::default(), at)
+        });
+        let record = audit.record(&result, at);
+        (result, record)
+    })
+    .await?;
+    crate::audit::append(state, record?).await?;
+    Ok(result)
+}
+
 /// A token request refused before its realm or credentials could be read (an unknown
 /// realm, a malformed `Authorization` header) is audited like any other: every request
 /// to a token endpoint leaves its ITI-71 record.

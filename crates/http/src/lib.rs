@@ -9,6 +9,7 @@ mod aim_routes;
 pub mod audit;
 mod audit_routes;
 pub mod bearer;
+pub mod console;
 mod cors;
 pub mod delivery;
 pub mod error;
@@ -226,7 +227,9 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
             app = app.configure(|cfg| vault_routes::configure(cfg, max_body));
         }
         if services.atna {
-            app = app.configure(|cfg| audit_routes::configure(cfg, max_body));
+            app = app
+                .configure(|cfg| audit_routes::configure(cfg, max_body))
+                .configure(console::configure);
         }
         app
     })

@@ -145,7 +145,7 @@ struct AccountPage<'a> {
 /// An HTML response with the headers every page carries: no caching, no framing, no
 /// referrer, and a CSP that allows only this origin's stylesheet and forms (plus the
 /// app's origins, where a form's answer redirects to the app).
-fn html(
+pub(crate) fn html(
     status: StatusCode,
     body: Result<String, askama::Error>,
     form_origins: &[String],
@@ -178,7 +178,7 @@ fn html(
         .body(body)
 }
 
-fn message(realm: &str, status: StatusCode, heading: &str, text: &str) -> HttpResponse {
+pub(crate) fn message(realm: &str, status: StatusCode, heading: &str, text: &str) -> HttpResponse {
     let page = MessagePage {
         realm,
         heading,
@@ -208,7 +208,7 @@ fn cookie(realm: &RealmName, name: &'static str, value: String, max_age: i64) ->
         .finish()
 }
 
-fn constant_time_eq(a: &str, b: &str) -> bool {
+pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
     a.len() == b.len()
         && a.bytes()
             .zip(b.bytes())

@@ -150,3 +150,30 @@ pub fn origin_of(uri: &str) -> Option<String> {
     let authority = rest.split(['/', '?', '#']).next()?;
     (!authority.is_empty()).then(|| format!("{scheme}://{}", authority.to_ascii_lowercase()))
 }
+
+/// A public client (no secret: PKCE protects its codes) that Tessera itself runs in the
+/// browser, such as the audit console: registered by Tessera, with exactly the scopes
+/// and the one redirect URI given.
+pub fn first_party_public(
+    realm: RealmName,
+    client_id: ClientId,
+    scopes: ScopeSet,
+    redirect_uri: String,
+) -> Client {
+    Client {
+        realm,
+        client_id,
+        enabled: true,
+        auth: ClientAuth::None,
+        scopes,
+        partitions: Vec::new(),
+        principal_id: None,
+        principal_name: None,
+        person_ids: Vec::new(),
+        resource_servers: Vec::new(),
+        accounts: Vec::new(),
+        iua: IuaAttributes::default(),
+        redirect_uris: vec![redirect_uri],
+        launch_url: None,
+    }
+}

@@ -181,6 +181,24 @@ impl Store {
     /// each repository query, so the cost of indexing falls on auditors, not on every
     /// audited request. Serialised by the cursor row's lock.
     pub fn catch_up_audit_repository(&self) -> Result<u64, StoreError> {
+        // Most queries find the repository current: two reads, no write lock.
+        {
+            let mut conn = self.conn()?;
+            let cursor: i64 = audit_repository_cursor::table
+                .filter(audit_repository_cursor::id.eq(1))
+                .select(audit_repository_cursor::seq)
+                .first(&mut *conn)
+                .map_err(db_error)?;
+            let newer = audit_events::table
+                .filter(audit_events::seq.gt(cursor))
+                .select(audit_events::seq)
+                .first::<i64>(&mut *conn)
+                .optional()
+                .map_err(db_error)?;
+            if newer.is_none() {
+                return Ok(0);
+            }
+        }
         let mut indexed = 0u64;
         loop {
             let mut conn = self.conn()?;
@@ -1016,6 +1034,21 @@ impl Store {
         rows.into_iter()
             .map(|(seq, text)| Ok((seq, serde_json::from_str(&text).map_err(db_error)?)))
             .collect()
+    }
+
+    /// This node's own record of an event, found by its id and the second it was
+    /// recorded (the `recorded` index narrows the search to that second).
+    pub fn audit_record(&self, id: &str, recorded: UnixTime) -> Result<Option<Record>, StoreError> {
+        let mut conn = self.conn()?;
+        let text: Option<String> = audit_events::table
+            .filter(audit_events::recorded.eq(recorded.0))
+            .filter(audit_events::id.eq(id))
+            .select(audit_events::record)
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        text.map(|t| serde_json::from_str(&t).map_err(db_error))
+            .transpose()
     }
 
     /// The sequence number of the newest event of the trail.

@@ -11,6 +11,7 @@
 mod aim;
 mod audit;
 mod schema;
+mod search;
 mod users;
 mod vault;
 

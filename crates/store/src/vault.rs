@@ -1,22 +1,20 @@
 //! The FHIR Vault's tables: current resources, every version, and the search index.
 //!
-//! Search runs one indexed query per token, reference or uri value; date and string
-//! values are compared in Rust with the vault crate's own rules over that parameter's
-//! rows of the partition (a partition is one patient's data, so these are few).
-//! Criteria combine as sets of ids; the page is cut after sorting, so totals are exact.
+//! Search is SQL ([`crate::search`]): the database filters, counts, sorts and cuts the
+//! page; only the page's resources are read.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
 use tessera_vault::index::{IndexEntry, IndexValue};
-use tessera_vault::registry::ParamKind;
-use tessera_vault::search::{Criterion, Match, SortKey, StringMode};
+use tessera_vault::search::{Criterion, SortKey};
 use tessera_vault::{
     id_criterion, Prepared, Stored, VaultError, VaultStore, WriteKind, WriteOp, WriteOutcome,
 };
 
 use crate::schema::{fhir_index, fhir_resources, fhir_versions, partitions};
+use crate::search::Search;
 use crate::{DbConnection, Store};
 
 type Row = (String, String, i64, i64, bool, String);
@@ -123,230 +121,6 @@ fn columns(value: &IndexValue) -> IndexColumns {
     c
 }
 
-/// The scope of one search: a partition and a type.
-struct Scope<'a> {
-    partition: &'a str,
-    resource_type: &'a str,
-}
-
-impl Scope<'_> {
-    /// Ids whose `param` has a value matching `m`.
-    fn ids_matching(
-        &self,
-        conn: &mut DbConnection,
-        param: &str,
-        m: &Match,
-    ) -> QueryResult<HashSet<String>> {
-        let rows = fhir_index::table
-            .filter(fhir_index::partition_id.eq(self.partition))
-            .filter(fhir_index::resource_type.eq(self.resource_type))
-            .filter(fhir_index::param.eq(param));
-        let ids: Vec<String> = match m {
-            Match::Token { system, code } => {
-                let mut query = rows.select(fhir_index::resource_id).into_boxed();
-                if let Some(code) = code {
-                    query = query.filter(fhir_index::code.eq(code));
-                }
-                match system {
-                    None => {}
-                    Some(None) => query = query.filter(fhir_index::system.is_null()),
-                    Some(Some(system)) => query = query.filter(fhir_index::system.eq(system)),
-                }
-                query.load(conn)?
-            }
-            Match::Reference {
-                reference: Some(reference),
-                ..
-            } => rows
-                .filter(fhir_index::reference.eq(reference))
-                .select(fhir_index::resource_id)
-                .load(conn)?,
-            Match::Reference {
-                reference: None,
-                id,
-            } => rows
-                .filter(fhir_index::code.eq(id))
-                .select(fhir_index::resource_id)
-                .load(conn)?,
-            Match::Uri(uri) => rows
-                .filter(fhir_index::code.eq(uri))
-                .select(fhir_index::resource_id)
-                .load(conn)?,
-            Match::Date { prefix, range } => {
-                let values: Vec<(String, Option<i64>, Option<i64>)> = rows
-                    .select((fhir_index::resource_id, fhir_index::lo, fhir_index::hi))
-                    .load(conn)?;
-                values
-                    .into_iter()
-                    .filter(|(_, lo, hi)| match (lo, hi) {
-                        (Some(lo), Some(hi)) => prefix.matches(*lo, *hi, *range),
-                        _ => false,
-                    })
-                    .map(|(id, _, _)| id)
-                    .collect()
-            }
-            Match::String { value, mode } => {
-                let values: Vec<(String, Option<String>, Option<String>)> = rows
-                    .select((
-                        fhir_index::resource_id,
-                        fhir_index::code,
-                        fhir_index::text_value,
-                    ))
-                    .load(conn)?;
-                values
-                    .into_iter()
-                    .filter(|(_, exact, normalized)| match mode {
-                        StringMode::Exact => exact.as_deref() == Some(value.as_str()),
-                        StringMode::Starts => normalized
-                            .as_deref()
-                            .is_some_and(|n| n.starts_with(value.as_str())),
-                        StringMode::Contains => normalized
-                            .as_deref()
-                            .is_some_and(|n| n.contains(value.as_str())),
-                    })
-                    .map(|(id, _, _)| id)
-                    .collect()
-            }
-        };
-        Ok(ids.into_iter().collect())
-    }
-
-    fn ids_with(&self, conn: &mut DbConnection, param: &str) -> QueryResult<HashSet<String>> {
-        let ids: Vec<String> = fhir_index::table
-            .filter(fhir_index::partition_id.eq(self.partition))
-            .filter(fhir_index::resource_type.eq(self.resource_type))
-            .filter(fhir_index::param.eq(param))
-            .select(fhir_index::resource_id)
-            .load(conn)?;
-        Ok(ids.into_iter().collect())
-    }
-
-    /// The ids meeting every criterion, within `all`.
-    fn ids_meeting(
-        &self,
-        conn: &mut DbConnection,
-        criteria: &[Criterion],
-        all: &HashSet<String>,
-    ) -> QueryResult<HashSet<String>> {
-        let mut result = all.clone();
-        for criterion in criteria {
-            let found = match criterion.missing {
-                Some(missing) => {
-                    let with = self.ids_with(conn, &criterion.param)?;
-                    if missing {
-                        all.difference(&with).cloned().collect()
-                    } else {
-                        with
-                    }
-                }
-                None => {
-                    let mut matched = HashSet::new();
-                    for m in &criterion.any_of {
-                        matched.extend(self.ids_matching(conn, &criterion.param, m)?);
-                    }
-                    if criterion.negate {
-                        all.difference(&matched).cloned().collect()
-                    } else {
-                        matched
-                    }
-                }
-            };
-            result.retain(|id| found.contains(id));
-            if result.is_empty() {
-                break;
-            }
-        }
-        Ok(result)
-    }
-
-    /// Current, not deleted resources: id -> last_updated.
-    fn all(&self, conn: &mut DbConnection) -> QueryResult<HashMap<String, i64>> {
-        let rows: Vec<(String, i64)> = fhir_resources::table
-            .filter(fhir_resources::partition_id.eq(self.partition))
-            .filter(fhir_resources::resource_type.eq(self.resource_type))
-            .filter(fhir_resources::deleted.eq(false))
-            .select((fhir_resources::id, fhir_resources::last_updated))
-            .load(conn)?;
-        Ok(rows.into_iter().collect())
-    }
-
-    fn search_ids(
-        &self,
-        conn: &mut DbConnection,
-        criteria: &[Criterion],
-        restrictions: Option<&[Vec<Criterion>]>,
-    ) -> QueryResult<(HashMap<String, i64>, HashSet<String>)> {
-        let all = self.all(conn)?;
-        let ids: HashSet<String> = all.keys().cloned().collect();
-        let mut found = self.ids_meeting(conn, criteria, &ids)?;
-        if let Some(restrictions) = restrictions {
-            let mut allowed = HashSet::new();
-            for restriction in restrictions {
-                allowed.extend(self.ids_meeting(conn, restriction, &found)?);
-            }
-            found = allowed;
-        }
-        Ok((all, found))
-    }
-
-    /// Sort keys of `param` per resource: the least value ascending, the greatest descending.
-    fn sort_values(
-        &self,
-        conn: &mut DbConnection,
-        key: &SortKey,
-    ) -> QueryResult<HashMap<String, SortValue>> {
-        let rows = fhir_index::table
-            .filter(fhir_index::partition_id.eq(self.partition))
-            .filter(fhir_index::resource_type.eq(self.resource_type))
-            .filter(fhir_index::param.eq(&key.param));
-        let keyed: Vec<(String, Option<SortValue>)> = match key.kind {
-            ParamKind::Date => rows
-                .select((fhir_index::resource_id, fhir_index::lo))
-                .load::<(String, Option<i64>)>(conn)?
-                .into_iter()
-                .map(|(id, lo)| (id, lo.map(SortValue::Number)))
-                .collect(),
-            kind => {
-                let column = match kind {
-                    ParamKind::String => rows
-                        .select((fhir_index::resource_id, fhir_index::text_value))
-                        .into_boxed(),
-                    ParamKind::Reference => rows
-                        .select((fhir_index::resource_id, fhir_index::reference))
-                        .into_boxed(),
-                    _ => rows
-                        .select((fhir_index::resource_id, fhir_index::code))
-                        .into_boxed(),
-                };
-                column
-                    .load::<(String, Option<String>)>(conn)?
-                    .into_iter()
-                    .map(|(id, text)| (id, text.map(SortValue::Text)))
-                    .collect()
-            }
-        };
-        let mut values: HashMap<String, SortValue> = HashMap::new();
-        for (id, value) in keyed {
-            let Some(value) = value else { continue };
-            values
-                .entry(id)
-                .and_modify(|v| {
-                    if (key.descending && value > *v) || (!key.descending && value < *v) {
-                        *v = value.clone();
-                    }
-                })
-                .or_insert(value);
-        }
-        Ok(values)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum SortValue {
-    Number(i64),
-    Text(String),
-}
-
 fn load_current(
     conn: &mut DbConnection,
     partition: &str,
@@ -368,12 +142,14 @@ fn within(conn: &mut DbConnection, partition: &str, op: &WriteOp) -> QueryResult
     let Some(restrictions) = &op.restrictions else {
         return Ok(true);
     };
-    let scope = Scope {
+    let criteria = [id_criterion(&op.id)];
+    let search = Search {
         partition,
         resource_type: &op.resource_type,
+        criteria: &criteria,
+        restrictions: Some(restrictions),
     };
-    let (_, found) = scope.search_ids(conn, &[id_criterion(&op.id)], Some(restrictions))?;
-    Ok(!found.is_empty())
+    Ok(search.count(conn, &[])? > 0)
 }
 
 type IndexRow<'a> = (
@@ -770,42 +546,32 @@ impl VaultStore for Store {
         sort: &[SortKey],
         offset: usize,
         count: usize,
+        exact_total: bool,
     ) -> Result<(u64, Vec<Stored>), VaultError> {
         let mut conn = self.conn().map_err(store_error)?;
-        let scope = Scope {
+        let search = Search {
             partition,
             resource_type,
+            criteria,
+            restrictions,
         };
-        let (all, found) = scope
-            .search_ids(&mut conn, criteria, restrictions)
-            .map_err(store_error)?;
-        let total = found.len() as u64;
-        if count == 0 || offset >= found.len() {
-            return Ok((total, Vec::new()));
-        }
-        let keys = sort
-            .iter()
-            .map(|key| scope.sort_values(&mut conn, key))
-            .collect::<QueryResult<Vec<_>>>()
-            .map_err(store_error)?;
-        let mut ordered: Vec<String> = found.into_iter().collect();
-        ordered.sort_by(|a, b| {
-            for (key, values) in sort.iter().zip(&keys) {
-                let order = match (values.get(a), values.get(b)) {
-                    (Some(x), Some(y)) if key.descending => y.cmp(x),
-                    (Some(x), Some(y)) => x.cmp(y),
-                    // Resources without a value come last either way.
-                    (Some(_), None) => std::cmp::Ordering::Less,
-                    (None, Some(_)) => std::cmp::Ordering::Greater,
-                    (None, None) => std::cmp::Ordering::Equal,
-                };
-                if order.is_ne() {
-                    return order;
-                }
+        let (total, mut page) = if exact_total {
+            let total = search.count(&mut conn, sort).map_err(store_error)?;
+            if count == 0 || offset as u64 >= total {
+                return Ok((total, Vec::new()));
             }
-            all.get(a).cmp(&all.get(b)).then_with(|| a.cmp(b))
-        });
-        let page: Vec<String> = ordered.into_iter().skip(offset).take(count).collect();
+            let page = search
+                .page(&mut conn, sort, offset, count)
+                .map_err(store_error)?;
+            (total, page)
+        } else {
+            // One more than the page says whether another follows.
+            let page = search
+                .page(&mut conn, sort, offset, count.saturating_add(1))
+                .map_err(store_error)?;
+            ((offset + page.len()) as u64, page)
+        };
+        page.truncate(count);
         let rows: Vec<Row> = fhir_resources::table
             .filter(fhir_resources::partition_id.eq(partition))
             .filter(fhir_resources::resource_type.eq(resource_type))

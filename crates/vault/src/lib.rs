@@ -147,7 +147,9 @@ pub trait VaultStore: Send + Sync {
         count: usize,
     ) -> Result<(u64, Vec<Stored>), VaultError>;
     /// Current, not deleted resources of a type meeting every criterion and, when given,
-    /// at least one of the restrictions; sorted, then one page; with the total.
+    /// at least one of the restrictions; sorted, then one page; with the total. Without
+    /// `exact_total` the matches are not counted: the total is then `offset` plus the
+    /// page, plus one when more follow (enough for the paging links).
     #[allow(clippy::too_many_arguments)]
     fn search(
         &self,
@@ -158,6 +160,7 @@ pub trait VaultStore: Send + Sync {
         sort: &[SortKey],
         offset: usize,
         count: usize,
+        exact_total: bool,
     ) -> Result<(u64, Vec<Stored>), VaultError>;
     fn write(
         &self,
@@ -267,6 +270,7 @@ impl Vault {
                     &[],
                     0,
                     0,
+                    true,
                 )?;
                 Ok(total > 0)
             }
@@ -386,6 +390,7 @@ impl Vault {
             &query.sort,
             query.offset,
             count,
+            query.total || query.summary_count,
         )?;
         bundle::searchset(base, resource_type, &query, total, &found)
     }

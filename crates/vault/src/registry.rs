@@ -175,6 +175,14 @@ impl Registry {
         self.params.get(resource_type)?.get(code)
     }
 
+    /// Does every resource of the type have at most one value of the parameter? True
+    /// only where the specification makes the element `0..1` or `1..1`: a search sorted
+    /// by it can then walk the parameter's index in order (`crates/store/src/search.rs`).
+    pub fn single_valued(&self, resource_type: &str, code: &str) -> bool {
+        // `meta.lastUpdated` is 0..1 on every resource; `AuditEvent.recorded` is 1..1.
+        code == "_lastUpdated" || (resource_type == "AuditEvent" && code == "date")
+    }
+
     /// The supported parameters of a type, by code.
     pub fn params(&self, resource_type: &str) -> impl Iterator<Item = &SearchParam> {
         self.params

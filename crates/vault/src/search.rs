@@ -118,6 +118,8 @@ pub struct SortKey {
     pub param: String,
     pub kind: ParamKind,
     pub descending: bool,
+    /// At most one value per resource ([`Registry::single_valued`]).
+    pub single_valued: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -330,6 +332,7 @@ pub fn parse(
                         param: code.to_owned(),
                         kind: param.kind,
                         descending,
+                        single_valued: registry.single_valued(resource_type, code),
                     });
                     if query.sort.len() > MAX_SORT_KEYS {
                         return Err(SearchError::TooCostly(format!(
@@ -506,7 +509,8 @@ mod tests {
             vec![SortKey {
                 param: "date".into(),
                 kind: ParamKind::Date,
-                descending: true
+                descending: true,
+                single_valued: false,
             }]
         );
         assert_eq!(

@@ -1,0 +1,1 @@
+DROP INDEX fhir_index_date;
