@@ -257,13 +257,9 @@ fn init_logging(format: LogFormat) {
 /// once, so every installation has it; an operator may disable it like any client.
 fn ensure_console_client(store: &tessera_store::Store, loaded: &Loaded) -> anyhow::Result<()> {
     use tessera_http::console::{redirect_uri, CLIENT_ID, CLIENT_SCOPES};
-    use tessera_iam::IamStore as _;
     let realm = tessera_types::RealmName::try_from(loaded.config.vault.realm.as_str())
         .map_err(|e| anyhow::anyhow!("vault.realm: {e}"))?;
     let id = tessera_types::ClientId::try_from(CLIENT_ID).map_err(|e| anyhow::anyhow!("{e}"))?;
-    if store.client(&realm, &id)?.is_some() {
-        return Ok(());
-    }
     let client = tessera_iam::client::first_party_public(
         realm.clone(),
         id,
@@ -275,7 +271,7 @@ fn ensure_console_client(store: &tessera_store::Store, loaded: &Loaded) -> anyho
             tracing::info!(%realm, client_id = CLIENT_ID, "registered the audit console's client");
             Ok(())
         }
-        // Another instance registered it meanwhile, or the realm is not created yet.
+        // Registered before (by this or another instance), or the realm is not created yet.
         Err(
             tessera_store::AddClientError::Exists(_) | tessera_store::AddClientError::NoRealm(_),
         ) => Ok(()),

@@ -2,14 +2,18 @@
 // redirect URI is not a real server: the redirect back is caught and its URL returned.
 import puppeteer from 'puppeteer-core';
 
-export async function throughPages(url, redirectUri, steps, { javascript = true } = {}) {
-  const browser = await puppeteer.launch({
+function launch() {
+  return puppeteer.launch({
     executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
     headless: true,
     args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
       '--disable-background-networking', '--disable-component-update', '--disable-sync',
       '--ignore-certificate-errors'],
   });
+}
+
+export async function throughPages(url, redirectUri, steps, { javascript = true } = {}) {
+  const browser = await launch();
   let redirected = null;
   try {
     const page = await browser.newPage();
@@ -38,13 +42,7 @@ export function check(condition, message) {
 
 // A fresh headless Chromium for `steps(page)`; JavaScript off unless asked for.
 export async function inBrowser(steps, { javascript = false } = {}) {
-  const browser = await puppeteer.launch({
-    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
-    headless: true,
-    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-      '--disable-background-networking', '--disable-component-update', '--disable-sync',
-      '--ignore-certificate-errors'],
-  });
+  const browser = await launch();
   try {
     const page = await browser.newPage();
     await page.setJavaScriptEnabled(javascript);

@@ -365,6 +365,22 @@ pub(crate) fn apps() -> Apps {
 }
 
 impl Apps {
+    /// Adds `audrey`, an auditor, with the test password.
+    pub(crate) fn add_auditor(&self) {
+        let pw = self.env.path("password.txt");
+        self.env
+            .cli(&[
+                "user",
+                "add",
+                "audrey",
+                "--role",
+                "auditor",
+                "--password-file",
+                pw.to_str().unwrap(),
+            ])
+            .unwrap();
+    }
+
     fn authorize_url(&self, extra: &[(&str, &str)]) -> String {
         let aud = format!("{}/fhir", self.env.base_url());
         let mut pairs = vec![
@@ -1467,18 +1483,7 @@ fn refresh_tokens_are_introspectable_and_revocable() {
 #[test]
 fn an_auditor_reads_the_trail_and_nobody_else_does() {
     let a = apps();
-    let pw = a.env.path("password.txt");
-    a.env
-        .cli(&[
-            "user",
-            "add",
-            "audrey",
-            "--role",
-            "auditor",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ])
-        .unwrap();
+    a.add_auditor();
     a.env
         .cli(&[
             "client",

@@ -43,21 +43,6 @@ fn sign_in(a: &Apps, user: &str, as_: &str, partition: Option<&str>) -> Browser 
     browser
 }
 
-fn add_auditor(a: &Apps) {
-    let pw = a.env.path("password.txt");
-    a.env
-        .cli(&[
-            "user",
-            "add",
-            "audrey",
-            "--role",
-            "auditor",
-            "--password-file",
-            pw.to_str().unwrap(),
-        ])
-        .unwrap();
-}
-
 /// The Account URN of a partition's account.
 fn account_of(a: &Apps, mpi: &str) -> String {
     let shown: Value =
@@ -76,7 +61,7 @@ fn event_links(html: &str) -> Vec<String> {
 #[test]
 fn an_auditor_searches_the_trail_opens_an_event_exports_and_checks_the_chain() {
     let a = apps();
-    add_auditor(&a);
+    a.add_auditor();
     // The setup's writes are in the trail before the console looks.
     trail_with(&a.env, &["\"display\":\"create\""]);
     let mut browser = sign_in(&a, "audrey", "auditor", None);
@@ -207,7 +192,7 @@ fn an_auditor_searches_the_trail_opens_an_event_exports_and_checks_the_chain() {
 #[test]
 fn a_patient_reads_who_accessed_their_record_and_nothing_else() {
     let a = apps();
-    add_auditor(&a);
+    a.add_auditor();
     trail_with(&a.env, &["\"display\":\"create\""]);
     let own = account_of(&a, crate::apps::MPI_A);
     let other = account_of(&a, crate::apps::MPI_B);
@@ -295,7 +280,7 @@ fn a_patient_reads_who_accessed_their_record_and_nothing_else() {
 #[test]
 fn the_console_accepts_only_its_own_sign_ins() {
     let a = apps();
-    add_auditor(&a);
+    a.add_auditor();
     let mut browser = Browser::new(&a.env);
     // A callback this browser did not start, or with another state, signs nobody in.
     let stray = browser.get("/console/callback?code=abc&state=xyz");

@@ -111,6 +111,19 @@ async fn audited(
         Ok(response) => response.status().as_u16(),
         Err(error) => actix_web::ResponseError::status_code(error).as_u16(),
     };
+    record_request(req, state, interaction, token, status).await?;
+    result
+}
+
+/// Makes the record of a request to the repository durable: an ITI-81 query or feed
+/// over HTTP, or a page of the audit console, with the URL asked and the status.
+pub(crate) async fn record_request(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+    interaction: &str,
+    token: Option<&VerifiedToken>,
+    status: u16,
+) -> Result<(), ApiError> {
     let event = Event::RepositoryRequest {
         interaction: interaction.to_owned(),
         token: token.map(token_use),
@@ -118,8 +131,7 @@ async fn audited(
         endpoint: format!("{}{}", state.aim.public_base, req.path()),
         status,
     };
-    append(state, record(req, &base(state), status, event)?).await?;
-    result
+    append(state, record(req, &base(state), status, event)?).await
 }
 
 async fn query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {

@@ -11,22 +11,23 @@
 
 use std::sync::Arc;
 
-use actix_web::cookie::{Cookie, SameSite};
+use actix_web::cookie::Cookie;
 use actix_web::http::{header, StatusCode};
 use actix_web::{web, HttpRequest, HttpResponse};
 use askama::Template;
 use serde_json::Value;
 use tessera_atna::plain::{summarize, when, Summary};
-use tessera_atna::{repository_access, Event, RepositoryAccess};
+use tessera_atna::{repository_access, RepositoryAccess};
 use tessera_iam::grant::authorization_code::s256;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::VerifiedToken;
 use tessera_types::UnixTime;
 use tessera_vault::VaultError;
 
-use crate::audit::{append, record, token_use};
-use crate::audit_routes::search_repository;
-use crate::pages::{html, message};
+use crate::audit_routes::{record_request, search_repository};
+use crate::pages::{
+    constant_time_eq, cookie_on, field, form_pairs, html, message, query_pairs, redirect,
+};
 use crate::{blocking, now, realm_state, ApiError, AppState};
 
 /// The console's client id in the audit repository's realm.
@@ -123,20 +124,16 @@ async fn viewer(
 }
 
 fn console_cookie(name: &'static str, value: String, max_age: i64) -> Cookie<'static> {
-    Cookie::build(name, value)
-        .path("/console/")
-        .http_only(true)
-        .secure(true)
-        .same_site(SameSite::Lax)
-        .max_age(actix_web::cookie::time::Duration::seconds(max_age))
-        .finish()
+    cookie_on("/console/".to_owned(), name, value, max_age)
 }
 
-fn see_other(location: &str) -> actix_web::HttpResponseBuilder {
-    let mut response = HttpResponse::SeeOther();
-    response
-        .insert_header((header::LOCATION, location))
-        .insert_header((header::CACHE_CONTROL, "no-store"));
+/// A redirect that also sets `cookies`.
+fn redirect_with(location: &str, cookies: &[Cookie<'static>]) -> HttpResponse {
+    let mut response = redirect(location);
+    for cookie in cookies {
+        // Only fails for a value no header can carry; these are base64url or empty.
+        let _ = response.add_cookie(cookie);
+    }
     response
 }
 
@@ -160,7 +157,7 @@ struct StartPage<'a> {
 
 async fn start(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if viewer(&req, &state).await?.is_some() {
-        return Ok(see_other("/console/events").finish());
+        return Ok(redirect("/console/events"));
     }
     let realm = realm_label(&state);
     let page = StartPage {
@@ -184,14 +181,7 @@ fn start_with_error(state: &AppState, status: StatusCode, error: &str) -> HttpRe
 /// Starts the authorization code flow: a new `state` and PKCE verifier, kept in a
 /// short-lived cookie, and the browser sent to the realm's authorization endpoint.
 async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .into_owned()
-        .collect();
-    let scope = match pairs
-        .iter()
-        .find(|(n, _)| n == "as")
-        .map(|(_, v)| v.as_str())
-    {
+    let scope = match field(&query_pairs(&req), "as") {
         Some("auditor") => "openid user/AuditEvent.rs",
         Some("patient") => "openid patient/AuditEvent.rs",
         _ => {
@@ -222,35 +212,29 @@ async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
             ("aud", &state.vault.audience),
         ],
     );
-    Ok(see_other(&location)
-        .cookie(console_cookie(
+    Ok(redirect_with(
+        &location,
+        &[console_cookie(
             LOGIN_COOKIE,
             format!("{nonce}.{verifier}"),
             600,
-        ))
-        .finish())
+        )],
+    ))
 }
 
 /// The end of the flow: the `state` must be the one this browser started with; the
 /// code is exchanged in-process (audited as any ITI-71 request) for the access token
 /// the console keeps.
 async fn callback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(req.query_string().as_bytes())
-        .into_owned()
-        .collect();
-    let field = |name: &str| {
-        pairs
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.clone())
-    };
+    let pairs = query_pairs(&req);
+    let field = |name: &str| field(&pairs, name).map(str::to_owned);
     let started = req.cookie(LOGIN_COOKIE).and_then(|c| {
         c.value()
             .split_once('.')
             .map(|(s, v)| (s.to_owned(), v.to_owned()))
     });
     let Some((_, verifier)) = started.filter(|(expected, _)| {
-        field("state").is_some_and(|given| crate::pages::constant_time_eq(&given, expected))
+        field("state").is_some_and(|given| constant_time_eq(&given, expected))
     }) else {
         return Ok(start_with_error(
             &state,
@@ -283,14 +267,13 @@ async fn callback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
     match crate::iam_routes::issue_for_page(&req, &state, realm, exchange).await? {
         Ok(issued) => {
             let lifetime = issued.response.expires_in.max(1);
-            Ok(see_other("/console/events")
-                .cookie(console_cookie(
-                    TOKEN_COOKIE,
-                    issued.response.access_token,
-                    lifetime,
-                ))
-                .cookie(console_cookie(LOGIN_COOKIE, String::new(), 0))
-                .finish())
+            Ok(redirect_with(
+                "/console/events",
+                &[
+                    console_cookie(TOKEN_COOKIE, issued.response.access_token, lifetime),
+                    console_cookie(LOGIN_COOKIE, String::new(), 0),
+                ],
+            ))
         }
         Err(error) => Ok(start_with_error(
             &state,
@@ -314,19 +297,19 @@ async fn logout(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
             );
         }
     }
-    see_other(&format!(
-        "/realms/{}/protocol/openid-connect/logout",
-        state.vault.realm
-    ))
-    .cookie(console_cookie(TOKEN_COOKIE, String::new(), 0))
-    .finish()
+    redirect_with(
+        &format!(
+            "/realms/{}/protocol/openid-connect/logout",
+            state.vault.realm
+        ),
+        &[console_cookie(TOKEN_COOKIE, String::new(), 0)],
+    )
 }
 
 fn posted_csrf_matches(req: &HttpRequest, body: &[u8], viewer: &Viewer) -> bool {
-    crate::is_form(req)
-        && url::form_urlencoded::parse(body)
-            .find(|(n, _)| n == "csrf")
-            .is_some_and(|(_, v)| crate::pages::constant_time_eq(&v, &viewer.csrf))
+    form_pairs(req, body).is_some_and(|pairs| {
+        field(&pairs, "csrf").is_some_and(|csrf| constant_time_eq(csrf, &viewer.csrf))
+    })
 }
 
 // ---------------------------------------------------------------------------------
@@ -374,23 +357,29 @@ impl Filters {
         filters
     }
 
-    /// The ITI-81 parameters, newest first, for `count` events from `offset`.
-    fn search_pairs(&self, offset: usize, count: usize) -> Vec<(String, String)> {
-        let mut pairs = vec![
-            ("date".to_owned(), format!("ge{}", self.from)),
-            ("date".to_owned(), format!("le{}", self.to)),
-        ];
-        for (name, value) in [
+    /// The filters given besides the range, by their ITI-81 (and form) names.
+    fn filled(&self) -> impl Iterator<Item = (&'static str, &str)> {
+        [
             ("patient", &self.patient),
             ("agent", &self.agent),
             ("type", &self.kind),
             ("subtype", &self.subtype),
             ("outcome", &self.outcome),
             ("action", &self.action),
-        ] {
-            if !value.is_empty() {
-                pairs.push((name.to_owned(), value.clone()));
-            }
+        ]
+        .into_iter()
+        .filter(|(_, value)| !value.is_empty())
+        .map(|(name, value)| (name, value.as_str()))
+    }
+
+    /// The ITI-81 parameters, newest first, for `count` events from `offset`.
+    fn search_pairs(&self, offset: usize, count: usize) -> Vec<(String, String)> {
+        let mut pairs = vec![
+            ("date".to_owned(), format!("ge{}", self.from)),
+            ("date".to_owned(), format!("le{}", self.to)),
+        ];
+        for (name, value) in self.filled() {
+            pairs.push((name.to_owned(), value.to_owned()));
         }
         pairs.push(("_sort".into(), "-date".into()));
         // Counting a million matches costs more than the page: the pages say only
@@ -404,19 +393,10 @@ impl Filters {
     /// The form's own query string, for links to another page or an export.
     fn query(&self, extra: &[(&str, &str)]) -> String {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
-        for (name, value) in [
-            ("from", &self.from),
-            ("to", &self.to),
-            ("patient", &self.patient),
-            ("agent", &self.agent),
-            ("type", &self.kind),
-            ("subtype", &self.subtype),
-            ("outcome", &self.outcome),
-            ("action", &self.action),
-        ] {
-            if !value.is_empty() {
-                out.append_pair(name, value);
-            }
+        out.append_pair("from", &self.from)
+            .append_pair("to", &self.to);
+        for (name, value) in self.filled() {
+            out.append_pair(name, value);
         }
         for (name, value) in extra {
             out.append_pair(name, value);
@@ -457,7 +437,8 @@ async fn find(
     Ok((more, resources))
 }
 
-/// Records a console request in the trail before it is answered.
+/// Records a console request in the trail before it is answered, as the repository
+/// records its ITI-81 requests.
 async fn audited(
     req: &HttpRequest,
     state: &web::Data<AppState>,
@@ -465,17 +446,12 @@ async fn audited(
     interaction: &str,
     status: StatusCode,
 ) -> Result<(), ApiError> {
-    let public = public_url(state);
-    let event = Event::RepositoryRequest {
-        interaction: interaction.to_owned(),
-        token: Some(token_use(&viewer.token)),
-        query: Some(req.query_string().to_owned()).filter(|q| !q.is_empty()),
-        endpoint: format!("{public}{}", req.path()),
-        status: status.as_u16(),
-    };
-    append(
+    record_request(
+        req,
         state,
-        record(req, &format!("{public}/console"), status.as_u16(), event)?,
+        interaction,
+        Some(&viewer.token),
+        status.as_u16(),
     )
     .await
 }
@@ -545,7 +521,7 @@ fn viewer_name(viewer: &Viewer) -> String {
 
 async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(see_other("/console").finish());
+        return Ok(redirect("/console"));
     };
     let filters = Filters::from_query(req.query_string(), now());
     let offset = filters.page.saturating_mul(PAGE_SIZE);
@@ -608,7 +584,7 @@ async fn event(
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
     let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(see_other("/console").finish());
+        return Ok(redirect("/console"));
     };
     let id = path.into_inner();
     let pairs = vec![("_id".to_owned(), id.clone())];
@@ -700,7 +676,7 @@ fn csv_line(summary: &Summary) -> String {
 /// to [`EXPORT_LIMIT`] events. Auditors only.
 async fn export(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     let Some(viewer) = viewer(&req, &state).await? else {
-        return Ok(see_other("/console").finish());
+        return Ok(redirect("/console"));
     };
     let realm = realm_label(&state);
     if !viewer.auditor() {
@@ -841,7 +817,7 @@ async fn auditor_only(
     state: &web::Data<AppState>,
 ) -> Result<Result<Viewer, HttpResponse>, ApiError> {
     let Some(viewer) = viewer(req, state).await? else {
-        return Ok(Err(see_other("/console").finish()));
+        return Ok(Err(redirect("/console")));
     };
     if !viewer.auditor() {
         audited(req, state, &viewer, "read", StatusCode::FORBIDDEN).await?;

@@ -222,20 +222,8 @@ async fn issue(
         client_hint: client_hint.clone(),
     };
 
-    let st = state.clone().into_inner();
     let realm_name = realm.realm.name.clone();
-    let at = now();
-    // The outcome is recorded durably before anyone sees it; if it cannot be, no token
-    // leaves the server.
-    let (result, record) = blocking(move || {
-        let result = prepared
-            .and_then(|(credentials, request)| st.tokens.issue(&realm, request, &credentials, at));
-        let record = audit.record(&result, at);
-        (result, record)
-    })
-    .await?;
-    crate::audit::append(state, record?).await?;
-    match result {
+    match issue_recorded(state, realm, prepared, audit).await? {
         Ok(issued) => {
             tracing::info!(
                 realm = %realm_name,
@@ -276,13 +264,23 @@ pub(crate) async fn issue_for_page(
         request: redact_token_request(&pairs),
         client_hint: form_value(&Ok(pairs.clone()), "client_id"),
     };
+    let prepared = GrantRequest::from_form(pairs).map(|request| (Credentials::default(), request));
+    issue_recorded(state, realm, prepared, audit).await
+}
+
+/// Runs a prepared grant and makes its ITI-71 record durable before anyone sees the
+/// outcome; if the record cannot be kept, no token leaves the server.
+async fn issue_recorded(
+    state: &web::Data<AppState>,
+    realm: Arc<RealmState>,
+    prepared: Result<(Credentials, GrantRequest), OAuthError>,
+    audit: TokenAudit,
+) -> Result<Result<Issued, OAuthError>, ApiError> {
     let st = state.clone().into_inner();
     let at = now();
     let (result, record) = blocking(move || {
-        let result = GrantRequest::from_form(pairs).and_then(|request| {
-            st.tokens
-                .issue(&realm, request, &Credentials::default(), at)
-        });
+        let result = prepared
+            .and_then(|(credentials, request)| st.tokens.issue(&realm, request, &credentials, at));
         let record = audit.record(&result, at);
         (result, record)
     })

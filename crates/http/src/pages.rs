@@ -189,18 +189,28 @@ pub(crate) fn message(realm: &str, status: StatusCode, heading: &str, text: &str
     html(status, page.render(), &[])
 }
 
-fn redirect(location: &str) -> HttpResponse {
+pub(crate) fn redirect(location: &str) -> HttpResponse {
     HttpResponse::SeeOther()
         .insert_header((header::LOCATION, location))
         .insert_header((header::CACHE_CONTROL, "no-store"))
         .finish()
 }
 
-/// A cookie only this realm's pages receive, never readable by scripts, never sent in
-/// clear, not on cross-site subrequests.
+/// A cookie only this realm's pages receive.
 fn cookie(realm: &RealmName, name: &'static str, value: String, max_age: i64) -> Cookie<'static> {
+    cookie_on(format!("/realms/{realm}/"), name, value, max_age)
+}
+
+/// A cookie only the pages under `path` receive, never readable by scripts, never sent
+/// in clear, not on cross-site subrequests.
+pub(crate) fn cookie_on(
+    path: String,
+    name: &'static str,
+    value: String,
+    max_age: i64,
+) -> Cookie<'static> {
     Cookie::build(name, value)
-        .path(format!("/realms/{realm}/"))
+        .path(path)
         .http_only(true)
         .secure(true)
         .same_site(SameSite::Lax)
@@ -221,17 +231,17 @@ pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
 
 /// Decoded pairs of a form body; the content type must be exactly a form (parameters
 /// such as `charset` allowed).
-fn form_pairs(req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
+pub(crate) fn form_pairs(req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
     crate::is_form(req).then(|| url::form_urlencoded::parse(body).into_owned().collect())
 }
 
-fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
     url::form_urlencoded::parse(req.query_string().as_bytes())
         .into_owned()
         .collect()
 }
 
-fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
+pub(crate) fn field<'a>(pairs: &'a [(String, String)], name: &str) -> Option<&'a str> {
     pairs
         .iter()
         .find(|(n, _)| n == name)

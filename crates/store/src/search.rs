@@ -6,8 +6,10 @@
 //! `:not` and `:missing=true`), which both backends answer from the index on
 //! (partition, type, param, value). A sort key is the least (ascending) or greatest
 //! (descending) value of its parameter per resource; resources without one come last;
-//! ties go to the oldest `lastUpdated`, then the id. Values are always bound, never
-//! spliced into the text.
+//! ties go to the oldest `lastUpdated`, then the id. A search sorted only by a
+//! single-valued date it also filters on walks that date's index instead ([`Search::plan`]),
+//! ties going to the period's end, then the id. Values are always bound, never spliced
+//! into the text.
 
 use diesel::backend::Backend;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
@@ -78,6 +80,16 @@ pub(crate) struct Search<'a> {
     pub restrictions: Option<&'a [Vec<Criterion>]>,
 }
 
+/// How a search runs: walking a driving key's index, with, per criterion, whether it
+/// is tested per driving row; or (`None`) over the resources, sorting the matches.
+pub(crate) type Plan<'k> = Option<(&'k SortKey, Vec<bool>)>;
+
+/// Is `criterion` one the driving key's own index row answers (the key being
+/// single-valued): a positive criterion on the key's parameter?
+fn on_driving_row(criterion: &Criterion, key: &SortKey) -> bool {
+    criterion.param == key.param && criterion.missing.is_none() && !criterion.negate
+}
+
 #[derive(QueryableByName)]
 struct IdRow {
     #[diesel(sql_type = Text)]
@@ -102,17 +114,17 @@ impl Search<'_> {
             .filter(|k| k.kind == ParamKind::Date && k.single_valued)?;
         self.criteria
             .iter()
-            .any(|c| c.param == key.param && c.missing.is_none() && !c.negate)
+            .any(|c| on_driving_row(c, key))
             .then_some(key)
     }
 
-    /// How many resources meet the search (sorted by `sort`, which decides the plan).
-    pub fn count(&self, conn: &mut DbConnection, sort: &[SortKey]) -> QueryResult<u64> {
+    /// How many resources meet the search, run as `plan` says.
+    pub fn count(&self, conn: &mut DbConnection, plan: &Plan<'_>) -> QueryResult<u64> {
         let mut sql = Sql::new(matches!(conn, DbConnection::Postgres(_)));
-        match self.plan(conn, sort)? {
+        match plan {
             Some((key, widespread)) => {
                 sql.push("SELECT COUNT(*) AS n FROM fhir_index d WHERE ");
-                self.driven_condition(&mut sql, key, &widespread);
+                self.driven_condition(&mut sql, key, widespread);
             }
             None => {
                 sql.push("SELECT COUNT(*) AS n FROM fhir_resources r WHERE ");
@@ -126,18 +138,19 @@ impl Search<'_> {
             .unwrap_or_default())
     }
 
-    /// The ids of one page of the resources meeting the search, in `sort` order.
+    /// The ids of one page of the resources meeting the search, in `sort` order, run
+    /// as `driving` (the plan for `sort`) says.
     pub fn page(
         &self,
         conn: &mut DbConnection,
+        driving: &Plan<'_>,
         sort: &[SortKey],
         offset: usize,
         count: usize,
     ) -> QueryResult<Vec<String>> {
         let postgres = matches!(conn, DbConnection::Postgres(_));
         let mut sql = Sql::new(postgres);
-        let driving = self.plan(conn, sort)?;
-        if let (Some((key, widespread)), [_]) = (&driving, sort) {
+        if let (Some((key, widespread)), [_]) = (driving, sort) {
             // The index is the order: ties by the period's end, then the id, so the walk
             // stops at the page without sorting the events that share a second.
             let direction = if key.descending { "DESC" } else { "ASC" };
@@ -170,7 +183,7 @@ impl Search<'_> {
                 .text(&key.param)
                 .push(&format!(") AS s{n}"));
         }
-        match &driving {
+        match driving {
             Some((key, widespread)) => {
                 sql.push(
                     " FROM fhir_index d JOIN fhir_resources r ON r.partition_id = d.partition_id \
@@ -222,11 +235,7 @@ impl Search<'_> {
             .push(" AND d.param = ")
             .text(&key.param)
             .push(" AND d.lo IS NOT NULL");
-        for criterion in self
-            .criteria
-            .iter()
-            .filter(|c| c.param == key.param && c.missing.is_none() && !c.negate)
-        {
+        for criterion in self.criteria.iter().filter(|c| on_driving_row(c, key)) {
             matches_any(sql, criterion, "d");
         }
         self.criteria_on(sql, "d.resource_id", Some((key, widespread)));
@@ -236,11 +245,8 @@ impl Search<'_> {
     /// on the resource whose id is `id`. A widespread criterion of a driven search is
     /// tested per driving row (`EXISTS`, which stops with the page); the others as a set.
     fn criteria_on(&self, sql: &mut Sql, id: &str, driving: Option<(&SortKey, &[bool])>) {
-        let on_driving_row = |c: &Criterion| {
-            driving.is_some_and(|(k, _)| c.param == k.param && c.missing.is_none() && !c.negate)
-        };
         for (n, criterion) in self.criteria.iter().enumerate() {
-            if on_driving_row(criterion) {
+            if driving.is_some_and(|(key, _)| on_driving_row(criterion, key)) {
                 continue;
             }
             sql.push(" AND ");
@@ -270,20 +276,19 @@ impl Search<'_> {
         }
     }
 
-    /// How to run a search sorted by `sort`: walking the driving key's index, with, per
-    /// criterion, whether it is tested per row (it matches at least [`WIDESPREAD`]
-    /// resources, so the walk meets a match soon) or as a set of ids. One bounded count
-    /// per criterion decides. `None`: no key drives; sort the matches.
-    fn plan<'k>(
-        &self,
-        conn: &mut DbConnection,
-        sort: &'k [SortKey],
-    ) -> QueryResult<Option<(&'k SortKey, Vec<bool>)>> {
+    /// How to run the search sorted by `sort`, decided once for its count and its page:
+    /// walking the driving key's index, with, per criterion, whether it is tested per
+    /// row (it matches at least [`WIDESPREAD`] resources, so the walk meets a match
+    /// soon) or as a set of ids. One bounded count per criterion decides. `None`: no key
+    /// drives; sort the matches.
+    pub fn plan<'k>(&self, conn: &mut DbConnection, sort: &'k [SortKey]) -> QueryResult<Plan<'k>> {
         let Some(key) = self.driving(sort) else {
             return Ok(None);
         };
         let mut widespread = Vec::with_capacity(self.criteria.len());
         for criterion in self.criteria {
+            // Negations and `:missing` are never tested per row; the key's own criteria
+            // test its row already.
             let probed =
                 criterion.param != key.param && !criterion.negate && criterion.missing.is_none();
             widespread.push(probed && self.matches_at_least(conn, criterion)?);

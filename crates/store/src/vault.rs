@@ -149,7 +149,7 @@ fn within(conn: &mut DbConnection, partition: &str, op: &WriteOp) -> QueryResult
         criteria: &criteria,
         restrictions: Some(restrictions),
     };
-    Ok(search.count(conn, &[])? > 0)
+    Ok(search.count(conn, &None)? > 0)
 }
 
 type IndexRow<'a> = (
@@ -555,19 +555,20 @@ impl VaultStore for Store {
             criteria,
             restrictions,
         };
+        let plan = search.plan(&mut conn, sort).map_err(store_error)?;
         let (total, mut page) = if exact_total {
-            let total = search.count(&mut conn, sort).map_err(store_error)?;
+            let total = search.count(&mut conn, &plan).map_err(store_error)?;
             if count == 0 || offset as u64 >= total {
                 return Ok((total, Vec::new()));
             }
             let page = search
-                .page(&mut conn, sort, offset, count)
+                .page(&mut conn, &plan, sort, offset, count)
                 .map_err(store_error)?;
             (total, page)
         } else {
             // One more than the page says whether another follows.
             let page = search
-                .page(&mut conn, sort, offset, count.saturating_add(1))
+                .page(&mut conn, &plan, sort, offset, count.saturating_add(1))
                 .map_err(store_error)?;
             ((offset + page.len()) as u64, page)
         };
