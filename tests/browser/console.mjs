@@ -27,6 +27,8 @@ await inBrowser(async (page) => {
   await page.screenshot({ path: `${shots}/console-start.png` });
   await signIn(page, 'auditor', 'audrey');
   check((await page.title()).startsWith('Audit events'), 'an auditor sees the audit events');
+  await page.goto(`${base}/console`);
+  check(new URL(page.url()).pathname === '/console/events', 'signed in, the console\'s address opens the events');
   await page.screenshot({ path: `${shots}/console-events.png`, fullPage: true });
   // The keyboard reaches the content first: the skip link is the first stop.
   await page.keyboard.press('Tab');

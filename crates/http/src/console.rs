@@ -5,7 +5,7 @@
 //! The console is a registered public client of the audit repository's realm
 //! ([`CLIENT_ID`]): signing in is Tessera's own authorization code flow with PKCE,
 //! and the access token it gets is kept in an HttpOnly, Secure, SameSite=Lax cookie
-//! scoped to `/console/`. Every page checks that token as ITI-81 checks its Bearer
+//! scoped to `/console`. Every page checks that token as ITI-81 checks its Bearer
 //! token, and what it shows is what `tessera_atna::repository_access` allows that token.
 //! Every query, event view, export and chain check is audited like an ITI-81 query.
 
@@ -123,8 +123,10 @@ async fn viewer(
     })
 }
 
+/// A cookie for `/console` and every page under it (a path of `/console/` would not
+/// reach `/console` itself).
 fn console_cookie(name: &'static str, value: String, max_age: i64) -> Cookie<'static> {
-    cookie_on("/console/".to_owned(), name, value, max_age)
+    cookie_on("/console".to_owned(), name, value, max_age)
 }
 
 /// A redirect that also sets `cookies`.
