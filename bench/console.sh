@@ -82,5 +82,6 @@ method=GET run_oha console-page-100 "$url/console/events?page=100" "$duration" -
 method=GET run_oha console-agent "$url/console/events?agent=tcu" "$duration" -c 4 -H "$cookie"
 method=GET run_oha console-patient "$url/console/events?patient=$patient" "$duration" -c 4 -H "$cookie"
 method=GET run_oha console-failures "$url/console/events?outcome=4" "$duration" -c 4 -H "$cookie"
+method=GET run_oha console-agent-failures "$url/console/events?agent=tcu&outcome=4" "$duration" -c 4 -H "$cookie"
 method=GET run_oha console-event "$url/console/events/$first" "$duration" -c 4 -H "$cookie"
 method=GET run_oha iti81-newest-50 "$url/audit/fhir/AuditEvent?date=ge$week&date=le$day&_count=50" "$duration" -c 4 "${iti81[@]}"

@@ -422,7 +422,8 @@ fn audit_admin_change(loaded: &Loaded, command: &str, target: String) -> anyhow:
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
     let record = tessera_atna::Record {
-        id: tessera_atna::new_event_id().context("no randomness for an audit event id")?,
+        id: tessera_atna::new_event_id(tessera_http::now_ms())
+            .context("no randomness for an audit event id")?,
         recorded: now(),
         observer: loaded.public_url(),
         client_address: None,
@@ -859,7 +860,7 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
     let store = open_store(loaded)?;
     match cmd {
         AuditCommand::Verify => {
-            let report = store.verify_audit_chain()?;
+            let report = store.verify_audit_chain(&mut |_| {})?;
             if let Some((seq, id)) = report.first_broken {
                 bail!(
                     "audit chain broken at event #{seq} ({id}): {} events before it verify, this one does not; \

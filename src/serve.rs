@@ -93,6 +93,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
             session_lifetime_seconds: iam.session_lifetime_seconds,
         },
         cors: Default::default(),
+        chain_check: Default::default(),
     }))
 }
 
@@ -212,7 +213,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
     let owner = format!(
         "{hostname}/{}/{}",
         std::process::id(),
-        tessera_atna::new_event_id().unwrap_or_default()
+        tessera_atna::new_event_id(tessera_http::now_ms()).unwrap_or_default()
     );
     tessera_http::delivery::start(store, &destinations, &owner)
 }
@@ -220,7 +221,8 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
 /// Records the node's start or stop (ATNA Application Activity), durably.
 async fn node_activity(state: &AppState, node: &str, started: bool) -> anyhow::Result<()> {
     let record = tessera_atna::Record {
-        id: tessera_atna::new_event_id().context("no randomness for an audit event id")?,
+        id: tessera_atna::new_event_id(tessera_http::now_ms())
+            .context("no randomness for an audit event id")?,
         recorded: tessera_http::now(),
         observer: node.to_owned(),
         client_address: None,

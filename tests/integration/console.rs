@@ -156,13 +156,24 @@ fn an_auditor_searches_the_trail_opens_an_event_exports_and_checks_the_chain() {
     // The chain: checked from the page, only with the page's form token.
     let trail = browser.get("/console/trail");
     assert_eq!(trail.status, 200, "{}", trail.body);
+    assert!(!trail.body.contains("Checked "), "{}", trail.body);
     let form = hidden_fields(&trail.body, "/console/trail/verify");
-    let checked = browser.post("/console/trail/verify", &form);
-    assert_eq!(checked.status, 200, "{}", checked.body);
+    let checked = check_chain(&mut browser, &form);
     assert!(
-        checked.body.contains("the chain is intact"),
-        "{}",
-        checked.body
+        checked.contains(" events: the chain is intact and every searchable copy matches"),
+        "{checked}"
+    );
+    assert!(checked.contains("by audrey, finished"), "{checked}");
+    // Someone with database access rewrites the third event: the check names it.
+    assert_eq!(
+        a.env
+            .sql("UPDATE audit_events SET record = record || ' ' WHERE seq = 3"),
+        1
+    );
+    let broken = check_chain(&mut browser, &form);
+    assert!(
+        broken.contains("Checked 2 events: the chain is broken at event 3 ("),
+        "{broken}"
     );
     let forged = browser.post("/console/trail/verify", &owned(&[("csrf", "guess")]));
     assert_eq!(forged.status, 403, "{}", forged.body);
@@ -275,6 +286,48 @@ fn a_patient_reads_who_accessed_their_record_and_nothing_else() {
     // What is for auditors is refused to her.
     assert_eq!(patient.get("/console/export?format=csv").status, 403);
     assert_eq!(patient.get("/console/trail").status, 403);
+    // Her one record is named; there is no other to switch to.
+    assert!(page.body.contains("The record of "), "{}", page.body);
+    assert!(!page.body.contains("Switch record"), "{}", page.body);
+
+    // A representative reaches two records: one at a time, switching without a new
+    // login (the login session is still there; only the picker is asked again).
+    let mut rita = sign_in(&a, "rita", "patient", Some("pa"));
+    let first = rita.get("/console/events");
+    assert!(first.body.contains("Switch record"), "{}", first.body);
+    let first_ids = event_links(&first.body);
+    assert_eq!(first_ids.len(), 3, "{}", first.body);
+    let authorize = location(&rita.get("/console/login?as=patient"));
+    let picker = rita.get(&authorize);
+    assert!(!picker.body.contains("Log in"), "{}", picker.body);
+    let back = a.consent(
+        &mut rita,
+        &picker,
+        &["openid", "patient/AuditEvent.rs"],
+        &[],
+        Some("pb"),
+    );
+    assert_eq!(location(&rita.get(&back)), "/console/events");
+    let second = rita.get("/console/events");
+    let second_ids = event_links(&second.body);
+    assert_eq!(second_ids.len(), 3, "{}", second.body);
+    assert!(second_ids.iter().all(|id| their_ids.contains(id)));
+    assert!(first_ids.iter().all(|id| !second_ids.contains(id)));
+    let label = |body: &str| {
+        let at = body.find("The record of ").unwrap();
+        body[at..at + body[at..].find(")").unwrap()].to_owned()
+    };
+    assert!(label(&first.body).ends_with("(record pa"), "{}", first.body);
+    assert!(
+        label(&second.body).ends_with("(record pb"),
+        "{}",
+        second.body
+    );
+    assert_eq!(
+        rita.get(&format!("/console/events/{}", first_ids[0]))
+            .status,
+        404
+    );
 }
 
 #[test]
@@ -315,4 +368,24 @@ fn the_console_accepts_only_its_own_sign_ins() {
     assert_eq!(location(&forger.get("/console/events")), "/console");
     let unknown = forger.get("/console/login?as=admin");
     assert_eq!(unknown.status, 400, "{}", unknown.body);
+}
+
+/// Starts the chain check from the trail page's form and follows the page, which
+/// reloads itself while the check runs, until the check has ended; its text.
+fn check_chain(browser: &mut Browser, form: &[(String, String)]) -> String {
+    let started = browser.post("/console/trail/verify", form);
+    assert_eq!(started.status, 303, "{}", started.body);
+    assert_eq!(location(&started), "/console/trail");
+    for _ in 0..100 {
+        let page = browser.get("/console/trail");
+        assert_eq!(page.status, 200, "{}", page.body);
+        if page.body.contains("http-equiv=\"refresh\"") {
+            assert!(page.body.contains("<progress"), "{}", page.body);
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            continue;
+        }
+        assert!(page.body.contains("finished"), "{}", page.body);
+        return page.body;
+    }
+    panic!("the chain check did not end");
 }

@@ -88,6 +88,23 @@ fn ids(bundle: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A searchset and the pages its `next` links lead to, each fetched by `search` with
+/// the path under `/fhir/pa/`.
+fn every_page(first: Value, search: impl Fn(&str) -> Value) -> Vec<Value> {
+    let mut pages = vec![first];
+    while let Some(next) = pages.last().and_then(|page| {
+        page["link"]
+            .as_array()?
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .and_then(|l| l["url"].as_str())
+            .map(str::to_owned)
+    }) {
+        pages.push(search(next.split_once("/fhir/pa/").unwrap().1));
+    }
+    pages
+}
+
 fn create(client: &Client, token: &str, path: &str, body: &str) -> Value {
     let reply = client.send("POST", path, Some(token), &[], Some(body));
     assert_eq!(reply.status, 201, "{}", reply.body);
@@ -437,20 +454,10 @@ fn the_seed_002_query_and_search_parameters() {
     assert_eq!(posted.json()["total"], 1, "{}", posted.body);
 
     // Paging: next links until the end, each entry exactly once.
-    let mut seen = Vec::new();
-    let mut page = search("Observation?_sort=date&_count=2");
-    loop {
-        seen.extend(ids(&page));
-        let next = page["link"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|l| l["relation"] == "next")
-            .map(|l| l["url"].as_str().unwrap().to_owned());
-        let Some(next) = next else { break };
-        let path = next.split_once("/fhir/pa/").unwrap().1.to_owned();
-        page = search(&path);
-    }
+    let seen: Vec<String> = every_page(search("Observation?_sort=date&_count=2"), search)
+        .iter()
+        .flat_map(ids)
+        .collect();
     assert_eq!(seen.len(), 5);
     assert_eq!(seen[0], hba1c[3], "ascending date starts in 2020");
     assert_eq!(seen[4], hba1c[1]);
@@ -1665,4 +1672,132 @@ fn a_search_past_its_bounds_is_refused_before_it_runs() {
         let diagnostics = outcome(&search(path, token), 400, "too-costly");
         assert!(diagnostics.contains("at most"), "{path}: {diagnostics}");
     }
+}
+
+/// Sorted newest first by `_lastUpdated` and filtered on it, a search walks the rows of
+/// its most selective code or reference in that order: each match once, in order,
+/// across pages, with the other criteria still applied.
+#[test]
+fn newest_first_searches_by_a_code_walk_its_rows_and_meet_each_resource_once() {
+    let v = vault();
+    let c = v.client();
+    let writer = v.token("writer", "system/*.cruds", &["pa"]);
+    let patient = create(
+        &c,
+        &writer,
+        "/fhir/pa/Patient",
+        r#"{"resourceType":"Patient","name":[{"family":"Walker"}]}"#,
+    );
+    let pid = patient["id"].as_str().unwrap();
+    let mut hba1c = Vec::new();
+    for n in 0..7 {
+        let date = format!("2020-01-0{}", n + 1);
+        let created = create(
+            &c,
+            &writer,
+            "/fhir/pa/Observation",
+            &observation("4548-4", &date, "laboratory", pid),
+        );
+        hba1c.push(created["id"].as_str().unwrap().to_owned());
+        create(
+            &c,
+            &writer,
+            "/fhir/pa/Observation",
+            &observation("8867-4", &date, "vital-signs", pid),
+        );
+    }
+    // One code in two systems: a bare `code=` meets this resource by two index rows.
+    let twice = create(
+        &c,
+        &writer,
+        "/fhir/pa/Observation",
+        &json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"},
+                                {"system": "urn:local", "code": "1234-5"}]},
+            "subject": {"reference": format!("Patient/{pid}")},
+        })
+        .to_string(),
+    );
+    let reader = v.token("reader", "system/Observation.rs", &["pa"]);
+    let search = |query: &str| {
+        let reply = c.send(
+            "GET",
+            &format!("/fhir/pa/{query}"),
+            Some(&reader),
+            &[],
+            None,
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()
+    };
+    let newest = "_lastUpdated=gt2000-01-01&_sort=-_lastUpdated";
+
+    let first = search(&format!("Observation?code=4548-4&{newest}&_count=3"));
+    assert_eq!(first["total"], 7, "{first}");
+    let pages = every_page(first, search);
+    let seen: Vec<String> = pages.iter().flat_map(ids).collect();
+    let stamps: Vec<String> = pages
+        .iter()
+        .flat_map(|page| page["entry"].as_array().cloned().unwrap_or_default())
+        .map(|entry| {
+            entry["resource"]["meta"]["lastUpdated"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    let mut expected = hba1c.clone();
+    expected.sort();
+    assert_eq!(sorted_seen, expected, "each match once, across pages");
+    assert!(
+        stamps.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {stamps:?}"
+    );
+    // Two codes and a reference: whichever leads, the others still apply.
+    let both = search(&format!(
+        "Observation?code=4548-4&category=laboratory&subject=Patient/{pid}&{newest}"
+    ));
+    assert_eq!(both["total"], 7, "{both}");
+    let none = search(&format!(
+        "Observation?code=4548-4&category=vital-signs&{newest}"
+    ));
+    assert_eq!(none["total"], 0, "{none}");
+    let not = search(&format!(
+        "Observation?code=4548-4&status:not=final&{newest}"
+    ));
+    assert_eq!(not["total"], 0, "{not}");
+    let ranged = search(&format!(
+        "Observation?code=4548-4&date=ge2020-01-05&{newest}"
+    ));
+    assert_eq!(ranged["total"], 3, "{ranged}");
+    // The resource with the code in two systems: once.
+    let once = search(&format!("Observation?code=1234-5&{newest}"));
+    assert_eq!(once["total"], 1, "{once}");
+    assert_eq!(ids(&once), vec![twice["id"].as_str().unwrap().to_owned()]);
+    // An update moves a resource to the front.
+    let first = &hba1c[0];
+    let updated = c.send(
+        "PUT",
+        &format!("/fhir/pa/Observation/{first}"),
+        Some(&writer),
+        &[],
+        Some(
+            &json!({
+                "resourceType": "Observation",
+                "id": first,
+                "status": "amended",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "subject": {"reference": format!("Patient/{pid}")},
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let front = search(&format!("Observation?code=4548-4&{newest}&_count=1"));
+    assert_eq!(ids(&front), vec![first.clone()]);
+    assert_eq!(front["total"], 7);
 }

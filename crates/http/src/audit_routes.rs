@@ -217,7 +217,7 @@ fn store_events(state: &AppState, resources: Vec<Value>) -> Vec<EntryResult> {
                 Value::Object(map)
                     if map.get("resourceType").and_then(Value::as_str) == Some("AuditEvent") =>
                 {
-                    let id = tessera_atna::new_event_id()
+                    let id = tessera_atna::new_event_id(now_ms())
                         .ok_or_else(|| VaultError::Store("no randomness".into()));
                     id.and_then(|id| {
                         state.vault.vault.store_in(

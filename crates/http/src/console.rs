@@ -22,9 +22,11 @@ use tessera_iam::grant::authorization_code::s256;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::VerifiedToken;
 use tessera_types::UnixTime;
+use tessera_vault::dates::format_instant;
 use tessera_vault::VaultError;
 
 use crate::audit_routes::{record_request, search_repository};
+use crate::chain_check::Run;
 use crate::pages::{
     constant_time_eq, cookie_on, field, form_pairs, html, message, query_pairs, redirect,
 };
@@ -508,6 +510,47 @@ struct EventsPage<'a> {
     next: Option<String>,
     export_ndjson: String,
     export_csv: String,
+    /// A patient's or representative's: whose record the page shows.
+    record: Option<RecordView>,
+}
+
+/// The record a patient or representative is looking at, and whether they reach
+/// others (signing in again offers the choice: the login session is still there, so
+/// only the consent page's picker is shown).
+struct RecordView {
+    label: String,
+    switchable: bool,
+}
+
+async fn record_view(
+    state: &web::Data<AppState>,
+    viewer: &Viewer,
+    account: &str,
+) -> Result<RecordView, ApiError> {
+    let st = state.clone().into_inner();
+    let (sub, account) = (viewer.token.claims.sub.clone(), account.to_owned());
+    blocking(move || -> Result<RecordView, ApiError> {
+        use tessera_iam::IamStore as _;
+        let user = st.store.user_by_id(&st.vault.realm, &sub)?;
+        let reachable = match &user {
+            Some(user) => st.store.reachable(user)?,
+            None => Vec::new(),
+        };
+        let partition = reachable.iter().find(|r| r.account.as_str() == account);
+        // Named as the consent page's picker names it.
+        let label = match partition {
+            Some(r) => match st.store.partition_patient_name(r.partition.as_str())? {
+                Some(name) => format!("{name} (record {})", r.partition),
+                None => format!("record {}", r.partition),
+            },
+            None => account,
+        };
+        Ok(RecordView {
+            label,
+            switchable: reachable.len() > 1,
+        })
+    })
+    .await?
 }
 
 fn viewer_name(viewer: &Viewer) -> String {
@@ -544,9 +587,14 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
             filters.query(&[("page", &page.to_string())])
         )
     };
+    let record = match &viewer.access {
+        RepositoryAccess::Patient(account) => Some(record_view(&state, &viewer, account).await?),
+        RepositoryAccess::All => None,
+    };
     let realm = realm_label(&state);
     let who = viewer_name(&viewer);
     let page = EventsPage {
+        record,
         realm: &realm,
         auditor: viewer.auditor(),
         who: &who,
@@ -764,33 +812,70 @@ struct TrailPage<'a> {
     csrf: &'a str,
     head: i64,
     deliveries: Vec<Delivery>,
-    /// After a check: how many events were checked and the first problem, if any.
-    checked: Option<u64>,
+    /// The latest chain check of this server.
+    check: Option<CheckView>,
+    /// While it runs, the page reloads itself every `refresh` seconds (no script).
+    check_running: bool,
+    refresh: u32,
+}
+
+/// A chain check as the trail page tells it.
+struct CheckView {
+    started: String,
+    by: String,
+    of: i64,
+    checked: u64,
+    /// Of `of`, for the progress bar.
+    percent: u64,
+    /// When it ended; `None` while it runs (the page then refreshes itself).
+    ended: Option<String>,
+    failed: Option<String>,
     broken: Option<String>,
     altered: Option<String>,
+}
+
+impl CheckView {
+    fn of(run: &Run) -> Self {
+        let at = |t: UnixTime| when(&format_instant(t.0.saturating_mul(1000)));
+        let describe = |found: &Option<(i64, String)>| {
+            found
+                .as_ref()
+                .map(|(seq, id)| format!("event {seq} ({id})"))
+        };
+        let checked = run.checked();
+        let ended = run.ended();
+        let report = ended.as_ref().and_then(|(_, r)| r.as_ref().ok());
+        Self {
+            started: at(run.started),
+            by: run.by.clone(),
+            of: run.of,
+            checked,
+            percent: match u64::try_from(run.of) {
+                Ok(of) if of > 0 => (checked.saturating_mul(100) / of).min(100),
+                _ => 100,
+            },
+            ended: ended.as_ref().map(|(t, _)| at(*t)),
+            failed: ended.as_ref().and_then(|(_, r)| r.as_ref().err().cloned()),
+            broken: report.and_then(|r| describe(&r.first_broken)),
+            altered: report.and_then(|r| describe(&r.first_altered_copy)),
+        }
+    }
 }
 
 async fn trail_page(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     viewer: &Viewer,
-    report: Option<tessera_store::ChainReport>,
 ) -> Result<HttpResponse, ApiError> {
     let st = state.clone().into_inner();
     let (head, acknowledged) = blocking(move || -> Result<_, ApiError> {
         Ok((st.store.audit_head()?, st.store.deliveries()?))
     })
     .await??;
-    let interaction = if report.is_some() {
-        "operation"
-    } else {
-        "read"
-    };
-    audited(req, state, viewer, interaction, StatusCode::OK).await?;
+    audited(req, state, viewer, "read", StatusCode::OK).await?;
     let realm = realm_label(state);
     let who = viewer_name(viewer);
-    let describe =
-        |found: Option<(i64, String)>| found.map(|(seq, id)| format!("event {seq} ({id})"));
+    let check = state.chain_check.latest().map(|run| CheckView::of(&run));
     let page = TrailPage {
         realm: &realm,
         auditor: true,
@@ -805,11 +890,9 @@ async fn trail_page(
                 behind: (head - seq).max(0),
             })
             .collect(),
-        checked: report.as_ref().map(|r| r.checked),
-        broken: report
-            .as_ref()
-            .and_then(|r| describe(r.first_broken.clone())),
-        altered: report.and_then(|r| describe(r.first_altered_copy)),
+        check_running: check.as_ref().is_some_and(|c| c.ended.is_none()),
+        check,
+        refresh: 2,
     };
     Ok(html(StatusCode::OK, page.render(), &[]))
 }
@@ -835,12 +918,14 @@ async fn auditor_only(
 
 async fn trail(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match auditor_only(&req, &state).await? {
-        Ok(viewer) => trail_page(&req, &state, &viewer, None).await,
+        Ok(viewer) => trail_page(&req, &state, &viewer).await,
         Err(response) => Ok(response),
     }
 }
 
-/// Runs `audit verify` over the whole trail and shows the first broken event.
+/// Starts `audit verify` over the whole trail in the background (unless a check is
+/// running already) and sends the auditor to the trail page, which shows its progress
+/// and then the first broken event.
 async fn verify(
     req: HttpRequest,
     body: web::Bytes,
@@ -859,8 +944,12 @@ async fn verify(
         ));
     }
     let st = state.clone().into_inner();
-    let report = blocking(move || st.store.verify_audit_chain()).await??;
-    trail_page(&req, &state, &viewer, Some(report)).await
+    let head = blocking(move || st.store.audit_head()).await??;
+    state
+        .chain_check
+        .start(&state.store, viewer_name(&viewer), head, now(), now);
+    audited(&req, &state, &viewer, "operation", StatusCode::SEE_OTHER).await?;
+    Ok(redirect("/console/trail"))
 }
 
 #[cfg(test)]

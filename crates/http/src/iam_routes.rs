@@ -18,7 +18,7 @@ use tessera_introspection::{IntrospectionError, IntrospectionRequest};
 use tessera_types::Secret;
 
 use crate::error::BearerError;
-use crate::{blocking, now, realm_state, ApiError, AppState};
+use crate::{blocking, now, now_ms, realm_state, ApiError, AppState};
 
 const FORM_LIMIT: usize = 64 * 1024;
 
@@ -334,7 +334,7 @@ impl TokenAudit {
         result: &Result<Issued, OAuthError>,
         at: tessera_types::UnixTime,
     ) -> Result<Record, tessera_iam::StoreError> {
-        let id = tessera_atna::new_event_id()
+        let id = tessera_atna::new_event_id(now_ms())
             .ok_or_else(|| tessera_iam::StoreError("no randomness for an event id".into()))?;
         let (outcome, client_id, token_id, scope, error) = match result {
             Ok(issued) => (

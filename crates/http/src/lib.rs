@@ -9,6 +9,7 @@ mod aim_routes;
 pub mod audit;
 mod audit_routes;
 pub mod bearer;
+pub mod chain_check;
 pub mod console;
 mod cors;
 pub mod delivery;
@@ -117,6 +118,8 @@ pub struct AppState {
     pub pages: PageSettings,
     /// The browser origins allowed cross-origin (from registered redirect URIs).
     pub cors: cors::Origins,
+    /// The console's background check of the audit chain.
+    pub chain_check: chain_check::ChainCheck,
 }
 
 /// Settings of the pages people use (login, consent, account).
@@ -187,8 +190,8 @@ pub fn now() -> UnixTime {
     UnixTime(i64::try_from(seconds).unwrap_or(i64::MAX))
 }
 
-/// The wall clock in milliseconds (FHIR `lastUpdated`, audit repository entries).
-pub(crate) fn now_ms() -> i64 {
+/// The wall clock in milliseconds (FHIR `lastUpdated`, audit event ids).
+pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

@@ -110,9 +110,13 @@ impl Store {
 
     /// Recomputes the chain from the first event; names the first broken link. Checks
     /// as well that the audit repository's copy of each event it has indexed is the one
-    /// the trail derives.
-    pub fn verify_audit_chain(&self) -> Result<ChainReport, StoreError> {
-        let mut conn = self.conn()?;
+    /// the trail derives. `progress` hears how many events verify so far, after each
+    /// batch of 1,000 (each batch on a connection of its own, so a long check holds
+    /// none of the pool's connections for long).
+    pub fn verify_audit_chain(
+        &self,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<ChainReport, StoreError> {
         let mut previous = String::new();
         let mut expected_seq = 0i64;
         let mut checked = 0u64;
@@ -120,9 +124,10 @@ impl Store {
         let indexed: i64 = audit_repository_cursor::table
             .filter(audit_repository_cursor::id.eq(1))
             .select(audit_repository_cursor::seq)
-            .first(&mut *conn)
+            .first(&mut *self.conn()?)
             .map_err(db_error)?;
         loop {
+            let mut conn = self.conn()?;
             let rows: Vec<(i64, String, String, String)> = audit_events::table
                 .filter(audit_events::seq.gt(expected_seq))
                 .order(audit_events::seq.asc())
@@ -155,11 +160,12 @@ impl Store {
                 previous = hash;
                 checked += 1;
             }
+            progress(checked);
         }
         let (head_seq, head_hash): (i64, String) = audit_chain::table
             .filter(audit_chain::id.eq(1))
             .select((audit_chain::seq, audit_chain::hash))
-            .first(&mut *conn)
+            .first(&mut *self.conn()?)
             .map_err(db_error)?;
         if head_seq != expected_seq || head_hash != previous {
             // The newest events were removed, or the head was rewritten.

@@ -222,6 +222,8 @@ diesel::table! {
         lo -> Nullable<BigInt>,
         hi -> Nullable<BigInt>,
         reference -> Nullable<Text>,
+        sort_lo -> Nullable<BigInt>,
+        sort_hi -> Nullable<BigInt>,
     }
 }
 

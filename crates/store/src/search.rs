@@ -6,10 +6,14 @@
 //! `:not` and `:missing=true`), which both backends answer from the index on
 //! (partition, type, param, value). A sort key is the least (ascending) or greatest
 //! (descending) value of its parameter per resource; resources without one come last;
-//! ties go to the oldest `lastUpdated`, then the id. A search sorted only by a
-//! single-valued date it also filters on walks that date's index instead ([`Search::plan`]),
-//! ties going to the period's end, then the id. Values are always bound, never spliced
-//! into the text.
+//! ties go to the oldest `lastUpdated`, then the id.
+//!
+//! A search sorted by its type's ordering date (the audit trail's `date`, otherwise
+//! `_lastUpdated`) and filtered on it walks an index in that order and stops at the
+//! page instead ([`Search::plan`]): the rows of its most selective code or reference
+//! (each index row carries its resource's ordering date), or the date's own rows; ties
+//! go to the period's end, then the id. Values are always bound, never spliced into the
+//! text.
 
 use diesel::backend::Backend;
 use diesel::query_builder::{BoxedSqlQuery, SqlQuery};
@@ -80,14 +84,38 @@ pub(crate) struct Search<'a> {
     pub restrictions: Option<&'a [Vec<Criterion>]>,
 }
 
-/// How a search runs: walking a driving key's index, with, per criterion, whether it
-/// is tested per driving row; or (`None`) over the resources, sorting the matches.
-pub(crate) type Plan<'k> = Option<(&'k SortKey, Vec<bool>)>;
+/// How a search runs, decided once for its count and its page.
+pub(crate) enum Plan<'k> {
+    /// Over the resources, sorting every match.
+    Sorted,
+    /// Walking the ordering key's own index rows in order, with, per criterion,
+    /// whether it is tested per row (`true`) or as a set of ids.
+    Dated {
+        key: &'k SortKey,
+        widespread: Vec<bool>,
+    },
+    /// Walking the index rows of one value of the `driver`-th conjunct (a code or a
+    /// reference) in the ordering key's order, which every row carries; the other
+    /// conjuncts are tested per row.
+    Filtered { key: &'k SortKey, driver: usize },
+}
 
 /// Is `criterion` one the driving key's own index row answers (the key being
 /// single-valued): a positive criterion on the key's parameter?
 fn on_driving_row(criterion: &Criterion, key: &SortKey) -> bool {
     criterion.param == key.param && criterion.missing.is_none() && !criterion.negate
+}
+
+/// Can a walk follow `criterion`'s index rows: one positive value compared for
+/// equality in an indexed column (`fhir_index_code`, `fhir_index_reference`)?
+fn can_drive(criterion: &Criterion, key: &SortKey) -> bool {
+    let indexed = match criterion.any_of.as_slice() {
+        [Match::Token { code, .. }] => code.is_some(),
+        [Match::Reference { .. } | Match::Uri(_)] => true,
+        [Match::String { mode, .. }] => *mode == StringMode::Exact,
+        _ => false,
+    };
+    indexed && criterion.param != key.param && !criterion.negate && criterion.missing.is_none()
 }
 
 #[derive(QueryableByName)]
@@ -102,33 +130,93 @@ struct CountRow {
     n: i64,
 }
 
-impl Search<'_> {
-    /// The sort key whose index a search can walk in order instead of sorting every
-    /// match: the first key, when it is a date every resource has at most one value of
-    /// (the audit repository's `date`) and a criterion on it excludes the resources
-    /// without one (ITI-81 always has one). A page of the newest events then reads
-    /// about a page of index rows, however many events match.
+impl<'a> Search<'a> {
+    /// The sort key a search can walk in order instead of sorting every match: the
+    /// first key, when it is the type's ordering date (single-valued, carried by every
+    /// index row) and a criterion on it excludes the resources without one (ITI-81
+    /// always has one). A page of the newest events then reads about a page of index
+    /// rows, however many events match.
     fn driving<'k>(&self, sort: &'k [SortKey]) -> Option<&'k SortKey> {
         let key = sort
             .first()
-            .filter(|k| k.kind == ParamKind::Date && k.single_valued)?;
+            .filter(|k| k.kind == ParamKind::Date && k.ordering)?;
         self.criteria
             .iter()
             .any(|c| on_driving_row(c, key))
             .then_some(key)
     }
 
+    /// Every criterion the resources must meet: the search's, and the restriction's
+    /// when there is exactly one (a patient's console: `patient=` their account);
+    /// `true` when the restriction is among them.
+    fn conjuncts(&self) -> (Vec<&'a Criterion>, bool) {
+        let mut all: Vec<&Criterion> = self.criteria.iter().collect();
+        match self.restrictions {
+            Some([only]) => {
+                all.extend(only);
+                (all, true)
+            }
+            _ => (all, false),
+        }
+    }
+
+    /// How to run the search sorted by `sort`. Sorted by the ordering date it filters
+    /// on, it walks the rows of its most selective indexed value when it has one
+    /// ([`Plan::Filtered`]: one bounded count per candidate decides), the date's own
+    /// index otherwise ([`Plan::Dated`]: per criterion, whether it matches at least
+    /// [`WIDESPREAD`] resources, so the walk meets a match soon and tests it per row,
+    /// or fewer, collected as a set of ids first). Otherwise it sorts the matches.
+    pub fn plan<'k>(&self, conn: &mut DbConnection, sort: &'k [SortKey]) -> QueryResult<Plan<'k>> {
+        let Some(key) = self.driving(sort) else {
+            return Ok(Plan::Sorted);
+        };
+        if sort.len() == 1 {
+            let (conjuncts, _) = self.conjuncts();
+            let candidates: Vec<usize> = (0..conjuncts.len())
+                .filter(|&n| can_drive(conjuncts[n], key))
+                .collect();
+            let mut best: Option<(usize, i64)> = None;
+            for &n in &candidates {
+                if candidates.len() == 1 {
+                    best = Some((n, 0));
+                    break;
+                }
+                let rows = self.matching_rows(conn, conjuncts[n], SELECTIVE)?;
+                if best.is_none_or(|(_, fewest)| rows < fewest) {
+                    best = Some((n, rows));
+                }
+            }
+            if let Some((driver, _)) = best {
+                return Ok(Plan::Filtered { key, driver });
+            }
+        }
+        let mut widespread = Vec::with_capacity(self.criteria.len());
+        for criterion in self.criteria {
+            // Negations and `:missing` are never tested per row; the key's own criteria
+            // test its row already.
+            let probed =
+                criterion.param != key.param && !criterion.negate && criterion.missing.is_none();
+            widespread
+                .push(probed && self.matching_rows(conn, criterion, WIDESPREAD)? >= WIDESPREAD);
+        }
+        Ok(Plan::Dated { key, widespread })
+    }
+
     /// How many resources meet the search, run as `plan` says.
     pub fn count(&self, conn: &mut DbConnection, plan: &Plan<'_>) -> QueryResult<u64> {
         let mut sql = Sql::new(matches!(conn, DbConnection::Postgres(_)));
         match plan {
-            Some((key, widespread)) => {
-                sql.push("SELECT COUNT(*) AS n FROM fhir_index d WHERE ");
-                self.driven_condition(&mut sql, key, widespread);
-            }
-            None => {
+            Plan::Sorted => {
                 sql.push("SELECT COUNT(*) AS n FROM fhir_resources r WHERE ");
                 self.condition(&mut sql);
+            }
+            Plan::Dated { key, widespread } => {
+                sql.push("SELECT COUNT(*) AS n FROM fhir_index d WHERE ");
+                self.dated_condition(&mut sql, key, widespread);
+            }
+            Plan::Filtered { key, driver } => {
+                sql.push("SELECT COUNT(*) AS n FROM fhir_index d WHERE ");
+                self.filtered_condition(&mut sql, key, *driver);
             }
         }
         let rows: Vec<CountRow> = load(conn, &sql)?;
@@ -139,25 +227,38 @@ impl Search<'_> {
     }
 
     /// The ids of one page of the resources meeting the search, in `sort` order, run
-    /// as `driving` (the plan for `sort`) says.
+    /// as `plan` (the plan for `sort`) says.
     pub fn page(
         &self,
         conn: &mut DbConnection,
-        driving: &Plan<'_>,
+        plan: &Plan<'_>,
         sort: &[SortKey],
         offset: usize,
         count: usize,
     ) -> QueryResult<Vec<String>> {
         let postgres = matches!(conn, DbConnection::Postgres(_));
         let mut sql = Sql::new(postgres);
-        if let (Some((key, widespread)), [_]) = (driving, sort) {
+        let walked = match (plan, sort) {
+            (Plan::Dated { key, widespread }, [_]) => {
+                sql.push("SELECT d.resource_id AS id FROM fhir_index d WHERE ");
+                self.dated_condition(&mut sql, key, widespread);
+                // The key's own row: its value is the ordering date.
+                Some((key, "d.lo", "d.hi"))
+            }
+            (Plan::Filtered { key, driver }, _) => {
+                sql.push("SELECT d.resource_id AS id FROM fhir_index d WHERE ");
+                self.filtered_condition(&mut sql, key, *driver);
+                Some((key, "d.sort_lo", "d.sort_hi"))
+            }
+            _ => None,
+        };
+        if let Some((key, lo, hi)) = walked {
             // The index is the order: ties by the period's end, then the id, so the walk
-            // stops at the page without sorting the events that share a second.
+            // stops at the page without sorting the events that share a second. Both
+            // walks order ties so, so pages agree whichever plan each one takes.
             let direction = if key.descending { "DESC" } else { "ASC" };
-            sql.push("SELECT d.resource_id AS id FROM fhir_index d WHERE ");
-            self.driven_condition(&mut sql, key, widespread);
             sql.push(&format!(
-                " ORDER BY d.lo {direction}, d.hi {direction}, d.resource_id {direction} LIMIT "
+                " ORDER BY {lo} {direction}, {hi} {direction}, d.resource_id {direction} LIMIT "
             ))
             .int(i64::try_from(count).unwrap_or(i64::MAX))
             .push(" OFFSET ")
@@ -165,11 +266,15 @@ impl Search<'_> {
             let rows: Vec<IdRow> = load(conn, &sql)?;
             return Ok(rows.into_iter().map(|r| r.id).collect());
         }
+        let dated = match plan {
+            Plan::Dated { key, widespread } => Some((key, widespread)),
+            _ => None,
+        };
         sql.push("SELECT t.id FROM (SELECT r.id, r.last_updated");
-        if driving.is_some() {
+        if dated.is_some() {
             sql.push(", d.lo AS s0");
         }
-        let skip = usize::from(driving.is_some());
+        let skip = usize::from(dated.is_some());
         for (n, key) in sort.iter().enumerate().skip(skip) {
             sql.push(", (SELECT ")
                 .push(if key.descending { "MAX" } else { "MIN" })
@@ -183,13 +288,13 @@ impl Search<'_> {
                 .text(&key.param)
                 .push(&format!(") AS s{n}"));
         }
-        match driving {
+        match dated {
             Some((key, widespread)) => {
                 sql.push(
                     " FROM fhir_index d JOIN fhir_resources r ON r.partition_id = d.partition_id \
                      AND r.resource_type = d.resource_type AND r.id = d.resource_id WHERE ",
                 );
-                self.driven_condition(&mut sql, key, widespread);
+                self.dated_condition(&mut sql, key, widespread);
             }
             None => {
                 sql.push(" FROM fhir_resources r WHERE ");
@@ -199,7 +304,7 @@ impl Search<'_> {
         sql.push(") t ORDER BY ");
         for (n, key) in sort.iter().enumerate() {
             let direction = if key.descending { "DESC" } else { "ASC" };
-            if n == 0 && driving.is_some() {
+            if n == 0 && dated.is_some() {
                 // Never null: in the index's own order, so the walk stops at the page.
                 sql.push(&format!("t.s0 {direction}, "));
             } else {
@@ -221,13 +326,18 @@ impl Search<'_> {
             .push(" AND r.resource_type = ")
             .text(self.resource_type)
             .push(" AND NOT r.deleted");
-        self.criteria_on(sql, "r.id", None);
+        for criterion in self.criteria {
+            sql.push(" AND ");
+            self.criterion(sql, criterion, "r.id");
+        }
+        self.restrictions_on(sql, "r.id");
     }
 
     /// The WHERE condition on `d`, the driving key's index row of each resource: the
     /// key's own criteria test that one row (the key is single-valued), the others the
-    /// resource's id. Deleted resources have no index rows.
-    fn driven_condition(&self, sql: &mut Sql, key: &SortKey, widespread: &[bool]) {
+    /// resource's id: per row where `widespread` says so, otherwise as a set. Deleted
+    /// resources have no index rows.
+    fn dated_condition(&self, sql: &mut Sql, key: &SortKey, widespread: &[bool]) {
         sql.push("d.partition_id = ")
             .text(self.partition)
             .push(" AND d.resource_type = ")
@@ -235,73 +345,96 @@ impl Search<'_> {
             .push(" AND d.param = ")
             .text(&key.param)
             .push(" AND d.lo IS NOT NULL");
-        for criterion in self.criteria.iter().filter(|c| on_driving_row(c, key)) {
-            matches_any(sql, criterion, "d");
-        }
-        self.criteria_on(sql, "d.resource_id", Some((key, widespread)));
-    }
-
-    /// ` AND` each criterion (but those on the driving key's row) and the restrictions,
-    /// on the resource whose id is `id`. A widespread criterion of a driven search is
-    /// tested per driving row (`EXISTS`, which stops with the page); the others as a set.
-    fn criteria_on(&self, sql: &mut Sql, id: &str, driving: Option<(&SortKey, &[bool])>) {
         for (n, criterion) in self.criteria.iter().enumerate() {
-            if driving.is_some_and(|(key, _)| on_driving_row(criterion, key)) {
+            if on_driving_row(criterion, key) {
+                matches_any(sql, criterion, "d");
                 continue;
             }
             sql.push(" AND ");
-            if driving.is_some_and(|(_, widespread)| widespread.get(n) == Some(&true)) {
-                self.exists_on_driving_row(sql, criterion);
+            if widespread.get(n) == Some(&true) {
+                self.on_own_rows(sql, criterion);
             } else {
-                self.criterion(sql, criterion, id);
+                self.criterion(sql, criterion, "d.resource_id");
             }
         }
-        if let Some(restrictions) = self.restrictions {
-            sql.push(" AND (");
-            if restrictions.is_empty() {
-                sql.push("1 = 0");
+        self.restrictions_on(sql, "d.resource_id");
+    }
+
+    /// The WHERE condition on `d`, the index rows of the driving conjunct's value: the
+    /// ordering key's criteria test the date every row carries, the other conjuncts the
+    /// row's resource, per row.
+    fn filtered_condition(&self, sql: &mut Sql, key: &SortKey, driver: usize) {
+        let (conjuncts, folded) = self.conjuncts();
+        let lead = conjuncts[driver];
+        sql.push("d.partition_id = ")
+            .text(self.partition)
+            .push(" AND d.resource_type = ")
+            .text(self.resource_type)
+            .push(" AND d.param = ")
+            .text(&lead.param);
+        matches_any(sql, lead, "d");
+        sql.push(" AND d.sort_lo IS NOT NULL");
+        if !one_row_per_resource(lead) {
+            // A resource meets a bare code or id by several rows (`Device/x` and
+            // `Patient/x`): only the first of them counts.
+            let table = own_rows(sql.postgres);
+            sql.push(" AND NOT EXISTS (SELECT 1 FROM ")
+                .push(table)
+                .push(
+                    " WHERE i.partition_id = d.partition_id AND i.resource_type = d.resource_type \
+                     AND i.resource_id = d.resource_id AND i.param = d.param \
+                     AND i.ordinal < d.ordinal",
+                );
+            matches_any(sql, lead, "i");
+            sql.push(")");
+        }
+        for (n, criterion) in conjuncts.iter().enumerate() {
+            if n == driver {
+                continue;
             }
-            for (n, restriction) in restrictions.iter().enumerate() {
-                if n > 0 {
-                    sql.push(" OR ");
-                }
-                sql.push("(1 = 1");
-                for criterion in restriction {
-                    sql.push(" AND ");
-                    self.criterion(sql, criterion, id);
-                }
-                sql.push(")");
+            if on_driving_row(criterion, key) {
+                matches_on(sql, criterion, "d", ("d.sort_lo", "d.sort_hi"));
+            } else {
+                sql.push(" AND ");
+                self.on_own_rows(sql, criterion);
+            }
+        }
+        if !folded {
+            self.restrictions_on(sql, "d.resource_id");
+        }
+    }
+
+    /// ` AND` one of the restrictions (when given) holds for the resource whose id is
+    /// `id`.
+    fn restrictions_on(&self, sql: &mut Sql, id: &str) {
+        let Some(restrictions) = self.restrictions else {
+            return;
+        };
+        sql.push(" AND (");
+        if restrictions.is_empty() {
+            sql.push("1 = 0");
+        }
+        for (n, restriction) in restrictions.iter().enumerate() {
+            if n > 0 {
+                sql.push(" OR ");
+            }
+            sql.push("(1 = 1");
+            for criterion in restriction {
+                sql.push(" AND ");
+                self.criterion(sql, criterion, id);
             }
             sql.push(")");
         }
+        sql.push(")");
     }
 
-    /// How to run the search sorted by `sort`, decided once for its count and its page:
-    /// walking the driving key's index, with, per criterion, whether it is tested per
-    /// row (it matches at least [`WIDESPREAD`] resources, so the walk meets a match
-    /// soon) or as a set of ids. One bounded count per criterion decides. `None`: no key
-    /// drives; sort the matches.
-    pub fn plan<'k>(&self, conn: &mut DbConnection, sort: &'k [SortKey]) -> QueryResult<Plan<'k>> {
-        let Some(key) = self.driving(sort) else {
-            return Ok(None);
-        };
-        let mut widespread = Vec::with_capacity(self.criteria.len());
-        for criterion in self.criteria {
-            // Negations and `:missing` are never tested per row; the key's own criteria
-            // test its row already.
-            let probed =
-                criterion.param != key.param && !criterion.negate && criterion.missing.is_none();
-            widespread.push(probed && self.matches_at_least(conn, criterion)?);
-        }
-        Ok(Some((key, widespread)))
-    }
-
-    /// Does `criterion` match at least [`WIDESPREAD`] index rows? A bounded count.
-    fn matches_at_least(
+    /// How many index rows match `criterion`, counted up to `limit`.
+    fn matching_rows(
         &self,
         conn: &mut DbConnection,
         criterion: &Criterion,
-    ) -> QueryResult<bool> {
+        limit: i64,
+    ) -> QueryResult<i64> {
         let mut sql = Sql::new(matches!(conn, DbConnection::Postgres(_)));
         sql.push("SELECT COUNT(*) AS n FROM (SELECT 1 FROM fhir_index i WHERE i.partition_id = ")
             .text(self.partition)
@@ -310,30 +443,33 @@ impl Search<'_> {
             .push(" AND i.param = ")
             .text(&criterion.param);
         matches_any(&mut sql, criterion, "i");
-        sql.push(" LIMIT ").int(WIDESPREAD).push(") t");
+        sql.push(" LIMIT ").int(limit).push(") t");
         let rows: Vec<CountRow> = load(conn, &sql)?;
-        Ok(rows.first().is_some_and(|r| r.n >= WIDESPREAD))
+        Ok(rows.first().map_or(0, |r| r.n))
     }
 
-    /// `criterion` tested on the driving row's resource, through its own index rows.
-    fn exists_on_driving_row(&self, sql: &mut Sql, criterion: &Criterion) {
+    /// `criterion` tested on the resource of the walked row `d`, through its own index
+    /// rows (`NOT EXISTS` for `:not` and `:missing=true`).
+    fn on_own_rows(&self, sql: &mut Sql, criterion: &Criterion) {
+        let excluded = criterion.missing.unwrap_or(criterion.negate);
         let table = own_rows(sql.postgres);
-        sql.push("EXISTS (SELECT 1 FROM ")
+        sql.push(if excluded { "NOT EXISTS" } else { "EXISTS" })
+            .push(" (SELECT 1 FROM ")
             .push(table)
             .push(
                 " WHERE i.partition_id = d.partition_id AND i.resource_type = d.resource_type \
                  AND i.resource_id = d.resource_id AND i.param = ",
             )
             .text(&criterion.param);
-        matches_any(sql, criterion, "i");
+        if criterion.missing.is_none() {
+            matches_any(sql, criterion, "i");
+        }
         sql.push(")");
     }
 
+    /// `criterion` tested on the resource whose id is `id`, as a set of ids.
     fn criterion(&self, sql: &mut Sql, criterion: &Criterion, id: &str) {
-        let excluded = match criterion.missing {
-            Some(missing) => missing,
-            None => criterion.negate,
-        };
+        let excluded = criterion.missing.unwrap_or(criterion.negate);
         sql.push(id)
             .push(if excluded { " NOT IN " } else { " IN " })
             .push("(SELECT i.resource_id FROM fhir_index i WHERE i.partition_id = ")
@@ -349,14 +485,37 @@ impl Search<'_> {
     }
 }
 
+/// A candidate value with fewer rows than this is as good as any other: the bounded
+/// count that ranks the candidates stops here.
+const SELECTIVE: i64 = 10_000;
+
 /// A criterion matching this many resources or more is tested per row of the driving
 /// walk, which meets a match soon; one matching fewer is collected as a set of ids
 /// first (measured on 1,000,000 audit events: the newest of a patient's 50,000 took
 /// 19 s tested per row, under 1 s as a set; sorting those 50,000 instead took longer).
 const WIDESPREAD: i64 = 100_000;
 
+/// Does at most one index row of a resource match the criterion's one value? A
+/// resource's values of a parameter are distinct, and these name a value whole; a bare
+/// code (any system) or a bare id (any type) may match several.
+fn one_row_per_resource(criterion: &Criterion) -> bool {
+    match criterion.any_of.as_slice() {
+        [Match::Token { system, .. }] => system.is_some(),
+        [Match::Reference { reference, .. }] => reference.is_some(),
+        [Match::Uri(_) | Match::String { .. }] => true,
+        _ => false,
+    }
+}
+
 /// ` AND (` one of the criterion's values matches the index row `alias` `)`.
 fn matches_any(sql: &mut Sql, criterion: &Criterion, alias: &str) {
+    let (lo, hi) = (format!("{alias}.lo"), format!("{alias}.hi"));
+    matches_on(sql, criterion, alias, (&lo, &hi));
+}
+
+/// [`matches_any`], a date compared with the `dates` columns (the row's own value, or
+/// the ordering date it carries).
+fn matches_on(sql: &mut Sql, criterion: &Criterion, alias: &str, dates: (&str, &str)) {
     sql.push(" AND (");
     if criterion.any_of.is_empty() {
         sql.push("1 = 0");
@@ -365,7 +524,7 @@ fn matches_any(sql: &mut Sql, criterion: &Criterion, alias: &str) {
         if n > 0 {
             sql.push(" OR ");
         }
-        value_match(sql, m, alias);
+        value_match(sql, m, alias, dates);
     }
     sql.push(")");
 }
@@ -402,7 +561,7 @@ fn sort_column(kind: ParamKind, postgres: bool) -> &'static str {
 
 /// Does the index row `i` match one value of a criterion? The same rules as
 /// `tessera_vault::search` states for each kind (a date by `Prefix::matches`).
-fn value_match(sql: &mut Sql, m: &Match, alias: &str) {
+fn value_match(sql: &mut Sql, m: &Match, alias: &str, (lo, hi): (&str, &str)) {
     sql.push("(");
     match m {
         Match::Token { system, code } => {
@@ -456,13 +615,11 @@ fn value_match(sql: &mut Sql, m: &Match, alias: &str) {
             }
         },
         Match::Date { prefix, range } => {
-            sql.push(&format!(
-                "{alias}.lo IS NOT NULL AND {alias}.hi IS NOT NULL AND "
-            ));
+            sql.push(&format!("{lo} IS NOT NULL AND {hi} IS NOT NULL AND "));
             let contained = |sql: &mut Sql| {
-                sql.push(&format!("({alias}.lo >= "))
+                sql.push(&format!("({lo} >= "))
                     .int(range.lo)
-                    .push(&format!(" AND {alias}.hi <= "))
+                    .push(&format!(" AND {hi} <= "))
                     .int(range.hi)
                     .push(")");
             };
@@ -473,35 +630,31 @@ fn value_match(sql: &mut Sql, m: &Match, alias: &str) {
                     contained(sql);
                 }
                 Prefix::Gt => {
-                    sql.push(&format!("{alias}.hi > ")).int(range.hi);
+                    sql.push(&format!("{hi} > ")).int(range.hi);
                 }
                 Prefix::Lt => {
-                    sql.push(&format!("{alias}.lo < ")).int(range.lo);
+                    sql.push(&format!("{lo} < ")).int(range.lo);
                 }
                 Prefix::Ge => {
-                    sql.push(&format!("({alias}.hi > "))
-                        .int(range.hi)
-                        .push(" OR ");
+                    sql.push(&format!("({hi} > ")).int(range.hi).push(" OR ");
                     contained(sql);
                     sql.push(")");
                 }
                 Prefix::Le => {
-                    sql.push(&format!("({alias}.lo < "))
-                        .int(range.lo)
-                        .push(" OR ");
+                    sql.push(&format!("({lo} < ")).int(range.lo).push(" OR ");
                     contained(sql);
                     sql.push(")");
                 }
                 Prefix::Sa => {
-                    sql.push(&format!("{alias}.lo >= ")).int(range.hi);
+                    sql.push(&format!("{lo} >= ")).int(range.hi);
                 }
                 Prefix::Eb => {
-                    sql.push(&format!("{alias}.hi <= ")).int(range.lo);
+                    sql.push(&format!("{hi} <= ")).int(range.lo);
                 }
                 Prefix::Ap => {
-                    sql.push(&format!("{alias}.lo < "))
+                    sql.push(&format!("{lo} < "))
                         .int(range.hi)
-                        .push(&format!(" AND {alias}.hi > "))
+                        .push(&format!(" AND {hi} > "))
                         .int(range.lo);
                 }
             }
@@ -568,10 +721,9 @@ mod tests {
         }
     }
 
-    #[test]
-    fn only_a_single_valued_date_with_a_criterion_on_it_drives_the_search() {
+    fn date(prefix: Prefix) -> Criterion {
         use tessera_vault::dates::DateRange;
-        let date = |prefix| Criterion {
+        Criterion {
             param: "date".into(),
             any_of: vec![Match::Date {
                 prefix,
@@ -579,13 +731,32 @@ mod tests {
             }],
             negate: false,
             missing: None,
-        };
-        let key = |single_valued| SortKey {
+        }
+    }
+
+    fn token(param: &str, code: &str) -> Criterion {
+        Criterion {
+            param: param.into(),
+            any_of: vec![Match::Token {
+                system: None,
+                code: Some(code.into()),
+            }],
+            negate: false,
+            missing: None,
+        }
+    }
+
+    fn key(ordering: bool) -> SortKey {
+        SortKey {
             param: "date".into(),
             kind: ParamKind::Date,
             descending: true,
-            single_valued,
-        };
+            ordering,
+        }
+    }
+
+    #[test]
+    fn only_the_ordering_date_with_a_criterion_on_it_drives_the_search() {
         let ranged = [date(Prefix::Ge), date(Prefix::Le)];
         let search = Search {
             partition: "$audit",
@@ -594,7 +765,7 @@ mod tests {
             restrictions: None,
         };
         assert!(search.driving(&[key(true)]).is_some());
-        // Several values per resource: sorting by the greatest needs every value.
+        // Not the date every index row carries: sorting by it needs every value.
         assert!(search.driving(&[key(false)]).is_none());
         // No criterion on the key: resources without a date would be left out.
         let unranged = Search {
@@ -611,11 +782,106 @@ mod tests {
             ..search
         };
         assert!(without.driving(&[key(true)]).is_none());
-        // Driven: the key's criteria test the driving row itself, in one statement.
+        // Walking the date's rows: the key's criteria test the row itself.
         let mut sql = Sql::new(false);
-        search.driven_condition(&mut sql, &key(true), &[false, false]);
+        search.dated_condition(&mut sql, &key(true), &[false, false]);
         assert!(!sql.text.contains("IN (SELECT"), "{}", sql.text);
         assert!(sql.text.contains("d.hi > ?"), "{}", sql.text);
+    }
+
+    #[test]
+    fn only_one_positive_indexed_value_can_lead_a_walk() {
+        let key = key(true);
+        assert!(can_drive(&token("outcome", "4"), &key));
+        let either = Criterion {
+            any_of: [token("outcome", "4"), token("outcome", "8")]
+                .into_iter()
+                .flat_map(|c| c.any_of)
+                .collect(),
+            ..token("outcome", "4")
+        };
+        assert!(!can_drive(&either, &key));
+        let not = Criterion {
+            negate: true,
+            ..token("outcome", "4")
+        };
+        assert!(!can_drive(&not, &key));
+        let system_only = Criterion {
+            any_of: vec![Match::Token {
+                system: Some(Some("http://x".into())),
+                code: None,
+            }],
+            ..token("type", "x")
+        };
+        assert!(!can_drive(&system_only, &key));
+        assert!(!can_drive(&date(Prefix::Eq), &key));
+        let contains = Criterion {
+            any_of: vec![Match::String {
+                value: "x".into(),
+                mode: StringMode::Contains,
+            }],
+            ..token("name", "x")
+        };
+        assert!(!can_drive(&contains, &key));
+    }
+
+    #[test]
+    fn a_walk_led_by_a_value_tests_the_others_per_row_and_the_date_it_carries() {
+        let criteria = [
+            date(Prefix::Ge),
+            token("agent", "Practitioner/1"),
+            Criterion {
+                negate: true,
+                ..token("outcome", "0")
+            },
+        ];
+        let patient = |id: &str| Criterion {
+            param: "patient".into(),
+            any_of: vec![Match::Reference {
+                reference: Some(format!("Patient/{id}")),
+                id: id.into(),
+            }],
+            negate: false,
+            missing: None,
+        };
+        let restrictions = vec![vec![patient("p")]];
+        let search = Search {
+            partition: "$audit",
+            resource_type: "AuditEvent",
+            criteria: &criteria,
+            restrictions: Some(&restrictions),
+        };
+        let (conjuncts, folded) = search.conjuncts();
+        assert!(folded);
+        assert_eq!(conjuncts.len(), 4);
+        // Led by the restriction (the patient's console).
+        let mut sql = Sql::new(true);
+        search.filtered_condition(&mut sql, &key(true), 3);
+        assert!(!sql.text.contains(" IN ("), "{}", sql.text);
+        assert!(sql.text.contains("d.sort_hi > $"), "{}", sql.text);
+        assert_eq!(sql.text.matches("NOT EXISTS").count(), 1, "{}", sql.text);
+        assert_eq!(sql.text.matches("EXISTS").count(), 2, "{}", sql.text);
+        assert_eq!(
+            sql.binds.get(2),
+            Some(&Bind::Text("patient".into())),
+            "{}",
+            sql.text
+        );
+        // Two alternatives: the restriction is not a conjunct; tested as sets.
+        // A bare code may match several rows of one resource: the first one counts.
+        assert!(!sql.text.contains("i.ordinal < d.ordinal"), "{}", sql.text);
+        let mut sql = Sql::new(true);
+        search.filtered_condition(&mut sql, &key(true), 1);
+        assert!(sql.text.contains("i.ordinal < d.ordinal"), "{}", sql.text);
+        let two = vec![vec![patient("p")], vec![patient("q")]];
+        let either = Search {
+            restrictions: Some(&two),
+            ..search
+        };
+        assert_eq!(either.conjuncts().0.len(), 3);
+        let mut sql = Sql::new(true);
+        either.filtered_condition(&mut sql, &key(true), 1);
+        assert_eq!(sql.text.matches(" IN (").count(), 2, "{}", sql.text);
     }
 
     #[test]

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use tessera_vault::dates::DateRange;
 use tessera_vault::index::{IndexEntry, IndexValue};
 use tessera_vault::search::{Criterion, SortKey};
 use tessera_vault::{
@@ -14,7 +15,7 @@ use tessera_vault::{
 };
 
 use crate::schema::{fhir_index, fhir_resources, fhir_versions, partitions};
-use crate::search::Search;
+use crate::search::{Plan, Search};
 use crate::{DbConnection, Store};
 
 type Row = (String, String, i64, i64, bool, String);
@@ -149,7 +150,7 @@ fn within(conn: &mut DbConnection, partition: &str, op: &WriteOp) -> QueryResult
         criteria: &criteria,
         restrictions: Some(restrictions),
     };
-    Ok(search.count(conn, &None)? > 0)
+    Ok(search.count(conn, &Plan::Sorted)? > 0)
 }
 
 type IndexRow<'a> = (
@@ -164,7 +165,19 @@ type IndexRow<'a> = (
     diesel::dsl::Eq<fhir_index::lo, Option<i64>>,
     diesel::dsl::Eq<fhir_index::hi, Option<i64>>,
     diesel::dsl::Eq<fhir_index::reference, Option<String>>,
+    diesel::dsl::Eq<fhir_index::sort_lo, Option<i64>>,
+    diesel::dsl::Eq<fhir_index::sort_hi, Option<i64>>,
 );
+
+/// The resource's ordering date ([`tessera_vault::Registry::ordering_date`]) among its
+/// index entries, which every one of its index rows carries.
+fn ordering_of(resource_type: &str, entries: &[IndexEntry]) -> Option<DateRange> {
+    let param = tessera_vault::Registry::ordering_date(resource_type);
+    entries.iter().find_map(|e| match &e.value {
+        IndexValue::Date(range) if e.param == param => Some(*range),
+        _ => None,
+    })
+}
 
 fn index_row<'a>(
     partition: &'a str,
@@ -172,6 +185,7 @@ fn index_row<'a>(
     id: String,
     ordinal: usize,
     entry: &IndexEntry,
+    ordering: Option<DateRange>,
 ) -> IndexRow<'a> {
     let c = columns(&entry.value);
     (
@@ -186,11 +200,13 @@ fn index_row<'a>(
         fhir_index::lo.eq(c.lo),
         fhir_index::hi.eq(c.hi),
         fhir_index::reference.eq(c.reference),
+        fhir_index::sort_lo.eq(ordering.map(|r| r.lo)),
+        fhir_index::sort_hi.eq(ordering.map(|r| r.hi)),
     )
 }
 
 /// Inserts index rows, many a statement (multi-row inserts are per backend: diesel's
-/// MultiBackend has none). SQLite allows 32766 bound values a statement: 11 a row.
+/// MultiBackend has none). SQLite allows 32766 bound values a statement: 13 a row.
 fn insert_index_rows(conn: &mut DbConnection, rows: &[IndexRow<'_>]) -> QueryResult<()> {
     for chunk in rows.chunks(2000) {
         let insert = diesel::insert_into(fhir_index::table).values(chunk);
@@ -257,13 +273,21 @@ pub(crate) fn index_repository(
     for record in records.iter().filter(|r| !held.contains(&r.id)) {
         let (event, last_updated) = repository_copy(record);
         let entries = tessera_vault::index::entries(registry, "AuditEvent", &event, "");
+        let ordering = ordering_of("AuditEvent", &entries);
         rows.extend(
             entries
                 .iter()
                 .filter(|e| tessera_atna::REPOSITORY_PARAMS.contains(&e.param.as_str()))
                 .enumerate()
                 .map(|(ordinal, entry)| {
-                    index_row(partition, "AuditEvent", record.id.clone(), ordinal, entry)
+                    index_row(
+                        partition,
+                        "AuditEvent",
+                        record.id.clone(),
+                        ordinal,
+                        entry,
+                        ordering,
+                    )
                 }),
         );
         resources.push((
@@ -338,12 +362,20 @@ fn write_version(
             .filter(fhir_index::resource_id.eq(&op.id)),
     )
     .execute(conn)?;
+    let ordering = ordering_of(&op.resource_type, &prepared.index);
     let rows: Vec<_> = prepared
         .index
         .iter()
         .enumerate()
         .map(|(ordinal, entry)| {
-            index_row(partition, &op.resource_type, op.id.clone(), ordinal, entry)
+            index_row(
+                partition,
+                &op.resource_type,
+                op.id.clone(),
+                ordinal,
+                entry,
+                ordering,
+            )
         })
         .collect();
     insert_index_rows(conn, &rows)?;

@@ -349,18 +349,22 @@ impl fmt::Debug for Secret {
 
 /// Formats 16 random bytes as a version 4 UUID (RFC 9562), setting the version and
 /// variant bits. The caller brings the randomness (this crate has no RNG).
-pub fn uuid_v4(mut bytes: [u8; 16]) -> String {
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..]
-    )
+pub fn uuid_v4(bytes: [u8; 16]) -> String {
+    uuid::Builder::from_random_bytes(bytes)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
+}
+
+/// A version 7 UUID (RFC 9562): the milliseconds since the Unix epoch, then 74 random
+/// bits from `random`. Ids made later sort later (to the millisecond), so an index on
+/// them grows at its end instead of everywhere; the caller brings the time and the
+/// randomness.
+pub fn uuid_v7(unix_ms: u64, random: [u8; 10]) -> String {
+    uuid::Builder::from_unix_timestamp_millis(unix_ms, &random)
+        .into_uuid()
+        .hyphenated()
+        .to_string()
 }
 
 /// Seconds since the Unix epoch. Domain functions take the current time as one of these
@@ -454,6 +458,16 @@ mod tests {
         let id = uuid_v4([0xff; 16]);
         assert_eq!(id, "ffffffff-ffff-4fff-bfff-ffffffffffff");
         assert_eq!(uuid_v4([0; 16]), "00000000-0000-4000-8000-000000000000");
+    }
+
+    #[test]
+    fn version_7_uuids_carry_the_millisecond_and_sort_by_it() {
+        let id = uuid_v7(0x0123_4567_89ab, [0; 10]);
+        assert_eq!(id, "01234567-89ab-7000-8000-000000000000");
+        let earlier = uuid_v7(1_764_633_600_000, [0xff; 10]);
+        let later = uuid_v7(1_764_633_600_001, [0; 10]);
+        assert!(earlier < later, "{earlier} {later}");
+        assert_eq!(&later[14..15], "7");
     }
 
     #[test]

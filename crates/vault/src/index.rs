@@ -160,8 +160,15 @@ pub fn entries(
                 extract(param, node.value, base, &mut values);
             }
         }
-        values.dedup();
-        out.extend(values.into_iter().map(|value| IndexEntry {
+        // One row per distinct value: a search walking a value's rows meets each
+        // resource once.
+        let mut distinct: Vec<IndexValue> = Vec::with_capacity(values.len());
+        for value in values {
+            if !distinct.contains(&value) {
+                distinct.push(value);
+            }
+        }
+        out.extend(distinct.into_iter().map(|value| IndexEntry {
             param: param.code.clone(),
             value,
         }));

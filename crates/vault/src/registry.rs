@@ -175,12 +175,18 @@ impl Registry {
         self.params.get(resource_type)?.get(code)
     }
 
-    /// Does every resource of the type have at most one value of the parameter? True
-    /// only where the specification makes the element `0..1` or `1..1`: a search sorted
-    /// by it can then walk the parameter's index in order (`crates/store/src/search.rs`).
-    pub fn single_valued(&self, resource_type: &str, code: &str) -> bool {
-        // `meta.lastUpdated` is 0..1 on every resource; `AuditEvent.recorded` is 1..1.
-        code == "_lastUpdated" || (resource_type == "AuditEvent" && code == "date")
+    /// The date parameter a resource of the type is ordered by: one the specification
+    /// makes single-valued (`AuditEvent.recorded` is 1..1, `meta.lastUpdated` 0..1 on
+    /// every resource). Each of a resource's index rows carries its value, so a search
+    /// sorted by it can walk any criterion's index rows in that order and stop at the
+    /// page (`crates/store/src/search.rs`; the store's migrations name the same
+    /// parameters to fill older rows).
+    pub fn ordering_date(resource_type: &str) -> &'static str {
+        if resource_type == "AuditEvent" {
+            "date"
+        } else {
+            "_lastUpdated"
+        }
     }
 
     /// The supported parameters of a type, by code.

@@ -118,8 +118,9 @@ pub struct SortKey {
     pub param: String,
     pub kind: ParamKind,
     pub descending: bool,
-    /// At most one value per resource ([`Registry::single_valued`]).
-    pub single_valued: bool,
+    /// The type's ordering date ([`Registry::ordering_date`]), carried by every index
+    /// row of a resource.
+    pub ordering: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -332,7 +333,7 @@ pub fn parse(
                         param: code.to_owned(),
                         kind: param.kind,
                         descending,
-                        single_valued: registry.single_valued(resource_type, code),
+                        ordering: Registry::ordering_date(resource_type) == code,
                     });
                     if query.sort.len() > MAX_SORT_KEYS {
                         return Err(SearchError::TooCostly(format!(
@@ -510,7 +511,7 @@ mod tests {
                 param: "date".into(),
                 kind: ParamKind::Date,
                 descending: true,
-                single_valued: false,
+                ordering: false,
             }]
         );
         assert_eq!(
