@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The cost of auditing on the token endpoint (issue 6 allows 20%): bench/token.sh on this
+# The cost of auditing on the token endpoint (the budget is 20%): bench/token.sh on this
 # commit as it is, and on the same commit with bench/no-audit.patch applied (the audit
 # writer answers at once and keeps nothing), built in a scratch worktree.
 # Usage: bench/audit-cost.sh [seconds per scenario, default 10]

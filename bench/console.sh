@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The audit console and ITI-81 on a large trail (issue 16: "fast on 1,000,000 events").
+# The audit console and ITI-81 on a large trail (they must stay fast at 1,000,000 events).
 # Fills the trail with real audited requests (half ITI-71 token requests, half ITI-72
 # reads spread over 10 patients' partitions), lets the repository index them, then
 # measures the console's pages and the matching ITI-81 query, each newest first.

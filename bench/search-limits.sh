@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The worst search one request may still ask for (issue 14: bounded search cost).
+# The worst search one request may still ask for within the bounds on search cost.
 # A partition of 10,000 Patients; each search within the bounds of
 # tessera_vault::search (16 parameters, 32 values, 4 sort keys, 4096 bytes) makes up to
 # 32 passes over the index. Measured: the seed-like single-value search, the widest

@@ -1321,6 +1321,7 @@ fn client_add(
                 .ok_or_else(|| anyhow!("the system random number generator failed"))?;
             let auth = ClientAuth::ClientSecret {
                 secret_sha256: secret_hash(&generated),
+                post: matches!(args.auth, AuthMethod::ClientSecretPost),
             };
             secret = Some(generated);
             auth
@@ -1390,8 +1391,9 @@ fn client_add(
     }
     writeln!(
         out,
-        "token endpoint: {}/realms/{realm}/protocol/openid-connect/token",
-        loaded.public_url()
+        "token endpoint: {}{}",
+        loaded.public_url(),
+        tessera_iam::metadata::endpoint_path(realm.as_str(), "token")
     )?;
     Ok(())
 }

@@ -59,7 +59,11 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         public_base: loaded.public_url(),
     };
     let vault_realm = loaded.config.vault.realm.as_str();
-    let issuer = format!("{}/realms/{vault_realm}", loaded.public_url());
+    let issuer = format!(
+        "{}{}",
+        loaded.public_url(),
+        tessera_iam::metadata::realm_path(vault_realm)
+    );
     let vault = VaultState {
         vault: tessera_vault::Vault::new().map_err(|e| anyhow::anyhow!(e))?,
         realm: tessera_types::RealmName::try_from(vault_realm)
@@ -111,9 +115,9 @@ fn gateway(loaded: &Loaded) -> anyhow::Result<Option<Arc<Introspector>>> {
     );
     let url = match vault.introspection_url.as_str() {
         "" => format!(
-            "{}/realms/{}/protocol/openid-connect/token/introspect",
+            "{}{}",
             loaded.public_url(),
-            vault.realm
+            tessera_iam::metadata::endpoint_path(&vault.realm, "token/introspect")
         ),
         url => url.to_owned(),
     };
@@ -302,7 +306,8 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         writeln!(out, "  services      {}, healthz, metrics", services.names().join(", "))?;
         if services.iam {
             let realm = &loaded.config.iam.default_realm;
-            writeln!(out, "  token         {base}/realms/{realm}/protocol/openid-connect/token")?;
+            let token = tessera_iam::metadata::endpoint_path(realm, "token");
+            writeln!(out, "  token         {base}{token}")?;
             writeln!(out, "  discovery     {base}/.well-known/oauth-authorization-server/realms/{realm}")?;
         }
         if services.aim {

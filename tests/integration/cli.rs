@@ -143,7 +143,7 @@ fn client_registration_errors_are_clear_and_change_nothing() {
 #[test]
 fn a_public_key_registration_uses_the_seed_002_kid() {
     let env = Env::new();
-    // The RSA public key printed in seed 002 and the kid its Python code computes.
+    // The reference client's RSA public key and the kid its Python code computes.
     let pem = "-----BEGIN PUBLIC KEY-----\nMIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAwnNZRLN/bjgBLe5BujbS\nzv0ehKr1txlNAZK2Bgr9BI1Y7HQjYM+8btv5KN5YEsF99Q49l4kz0eQjBF8pz3yw\nxf9Dj0DBvF6i+tuUtn1tc80R2gV99+MK85kbic7odNHS/VMPMZr/wL3VMu7/4y+g\nDOve4EWOWney532+kAla/L4xZxjGmoR7GiN2iuxx+2L4J7szIcWG6hdlA0sXPhTO\nKZ6jmjzUngdihOrnTVkC9UKUBTD+DgL6FMcptiP4SKmIlE4glcWvVvgJfZ2miFp5\nW3MYGJjd70KFAP6wVw+Axudcpus7NpZUoojtPjKVKVISvQ1bzH5OA3rqD5ZhulwO\ntQIDAQAB\n-----END PUBLIC KEY-----\n";
     let hash = ring::digest::digest(&ring::digest::SHA256, pem.as_bytes());
     let kid = &tessera_iam::jose::b64(hash.as_ref())[..16];

@@ -1,4 +1,4 @@
-//! ITI-71 with `private_key_jwt`: SMART Backend Services client assertions (seed 002).
+//! ITI-71 with `private_key_jwt`: SMART Backend Services client assertions.
 
 use std::sync::atomic::Ordering;
 

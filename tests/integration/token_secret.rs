@@ -29,6 +29,25 @@ fn a_secret_client_authenticates_with_basic_or_post_and_only_its_hash_is_stored(
 
     let shown = env.cli(&["client", "show", "gateway"]).unwrap();
     assert!(!shown.contains(&secret), "{shown}");
+    let method = |id: &str| {
+        let shown: serde_json::Value =
+            serde_json::from_str(&env.cli(&["client", "show", id]).unwrap()).unwrap();
+        shown["token_endpoint_auth_method"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(method("gateway"), "client_secret_basic");
+    // A client registered for the form body is named so (either way is accepted).
+    env.add_secret_client(&[
+        "--client-id",
+        "former",
+        "--auth",
+        "client_secret_post",
+        "--scope",
+        "system/Patient.rs",
+    ]);
+    assert_eq!(method("former"), "client_secret_post");
     let store = tessera::cli::open_store(&env.loaded()).unwrap();
     let stored = store
         .client(

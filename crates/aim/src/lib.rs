@@ -1,4 +1,4 @@
-//! AIM, Account and Identifier Management (seed 003): every patient has an account,
+//! AIM, Account and Identifier Management (as in CARA): every patient has an account,
 //! named by an Account URN, with a default FHIR Vault partition and optional extra
 //! partitions for specific use cases; MPI-IDs point to accounts (several may point to
 //! one, after a merge; one never points to two). Resolution answers CARA's

@@ -19,6 +19,7 @@ use serde_json::Value;
 use tessera_atna::plain::{summarize, when, Summary};
 use tessera_atna::{repository_access, RepositoryAccess};
 use tessera_iam::grant::authorization_code::s256;
+use tessera_iam::metadata::endpoint_path;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::VerifiedToken;
 use tessera_types::UnixTime;
@@ -202,8 +203,8 @@ async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     let public = public_url(&state);
     let location = tessera_iam::authorize::append_query(
         &format!(
-            "{public}/realms/{}/protocol/openid-connect/auth",
-            state.vault.realm
+            "{public}{}",
+            endpoint_path(state.vault.realm.as_str(), "auth")
         ),
         &[
             ("response_type", "code"),
@@ -302,10 +303,7 @@ async fn logout(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
         }
     }
     redirect_with(
-        &format!(
-            "/realms/{}/protocol/openid-connect/logout",
-            state.vault.realm
-        ),
+        &endpoint_path(state.vault.realm.as_str(), "logout"),
         &[console_cookie(TOKEN_COOKIE, String::new(), 0)],
     )
 }

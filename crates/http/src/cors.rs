@@ -62,14 +62,13 @@ fn cross_origin_path(path: &str) -> bool {
     let Some((_, tail)) = rest.split_once('/') else {
         return false;
     };
-    matches!(
-        tail,
-        ".well-known/openid-configuration"
-            | "protocol/openid-connect/token"
-            | "protocol/openid-connect/revoke"
-            | "protocol/openid-connect/userinfo"
-            | "protocol/openid-connect/certs"
-    )
+    if tail == ".well-known/openid-configuration" {
+        return true;
+    }
+    let endpoint = tail
+        .strip_prefix(tessera_iam::metadata::ENDPOINTS)
+        .and_then(|rest| rest.strip_prefix('/'));
+    matches!(endpoint, Some("token" | "revoke" | "userinfo" | "certs"))
 }
 
 const ALLOW_HEADERS: &str =

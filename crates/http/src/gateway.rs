@@ -1,4 +1,4 @@
-//! Gateway mode (seed 000): the vault checks access tokens by asking an authorization
+//! Gateway mode: the vault checks access tokens by asking an authorization
 //! server's ITI-102 introspection endpoint instead of verifying them itself, as an API
 //! gateway in front of a FHIR server does. Active answers are cached until the token's
 //! `exp`, and at most `max_cache_seconds`, so a revocation reaches the vault within that

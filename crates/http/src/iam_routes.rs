@@ -11,7 +11,7 @@ use base64::Engine as _;
 use percent_encoding::percent_decode_str;
 use tessera_atna::{redact_token_request, Event, Outcome, Record};
 use tessera_iam::grant::GrantRequest;
-use tessera_iam::metadata::authorization_server_metadata;
+use tessera_iam::metadata::{authorization_server_metadata, endpoint_path, realm_path};
 use tessera_iam::request::{Credentials, PresentedCertificate, TokenQuery};
 use tessera_iam::{Issued, OAuthError, RealmState};
 use tessera_introspection::{IntrospectionError, IntrospectionRequest};
@@ -25,38 +25,22 @@ const FORM_LIMIT: usize = 64 * 1024;
 pub fn configure(cfg: &mut web::ServiceConfig) {
     let form_endpoint =
         |path: &str| web::resource(path.to_owned()).app_data(web::PayloadConfig::new(FORM_LIMIT));
-    cfg.service(
-        form_endpoint("/realms/{realm}/protocol/openid-connect/token").route(web::post().to(token)),
-    )
-    .service(
-        form_endpoint("/realms/{realm}/protocol/openid-connect/token/introspect")
-            .route(web::post().to(introspect)),
-    )
-    .service(
-        form_endpoint("/realms/{realm}/protocol/openid-connect/revoke")
-            .route(web::post().to(revoke)),
-    )
-    .service(form_endpoint("/realms/{realm}/launch").route(web::post().to(launch)))
-    .route(
-        "/realms/{realm}/protocol/openid-connect/certs",
-        web::get().to(certs),
-    )
-    .route(
-        "/realms/{realm}/protocol/openid-connect/userinfo",
-        web::get().to(userinfo),
-    )
-    .route(
-        "/realms/{realm}/protocol/openid-connect/userinfo",
-        web::post().to(userinfo),
-    )
-    .route(
-        "/realms/{realm}/.well-known/openid-configuration",
-        web::get().to(metadata),
-    )
-    .route(
-        "/.well-known/oauth-authorization-server/realms/{realm}",
-        web::get().to(metadata),
-    );
+    let endpoint = |name: &str| endpoint_path("{realm}", name);
+    cfg.service(form_endpoint(&endpoint("token")).route(web::post().to(token)))
+        .service(form_endpoint(&endpoint("token/introspect")).route(web::post().to(introspect)))
+        .service(form_endpoint(&endpoint("revoke")).route(web::post().to(revoke)))
+        .service(form_endpoint("/realms/{realm}/launch").route(web::post().to(launch)))
+        .route(&endpoint("certs"), web::get().to(certs))
+        .route(&endpoint("userinfo"), web::get().to(userinfo))
+        .route(&endpoint("userinfo"), web::post().to(userinfo))
+        .route(
+            "/realms/{realm}/.well-known/openid-configuration",
+            web::get().to(metadata),
+        )
+        .route(
+            "/.well-known/oauth-authorization-server/realms/{realm}",
+            web::get().to(metadata),
+        );
 }
 
 /// The `Authorization` header of a request to an OAuth endpoint.
@@ -307,7 +291,11 @@ async fn refused_early(
         }
         _ => return Err(error),
     };
-    let issuer = format!("{}/realms/{realm}", state.tokens.settings().public_base_url);
+    let issuer = format!(
+        "{}{}",
+        state.tokens.settings().public_base_url,
+        realm_path(realm)
+    );
     let audit = TokenAudit {
         token_endpoint: tessera_iam::metadata::endpoint(&issuer, "token"),
         observer: issuer,

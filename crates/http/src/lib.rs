@@ -39,7 +39,7 @@ use crate::metrics::Metrics;
 use crate::tls::TlsSettings;
 pub use crate::vault_routes::VaultState;
 
-/// The services `tessera serve --only` can select. Services of later issues join here.
+/// The services `tessera serve --only` can select.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Services {
     pub iam: bool,

@@ -19,7 +19,7 @@ use tessera_iam::authorize::{
 };
 use tessera_iam::client::Client;
 use tessera_iam::grant::authorization_code::LoggedIn;
-use tessera_iam::metadata::endpoint;
+use tessera_iam::metadata::{endpoint, endpoint_path};
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::user::{login_wait, verify_password, User, FAILURES_FORGOTTEN_AFTER};
 use tessera_iam::RealmState;
@@ -40,14 +40,14 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
     let form =
         |path: &str| web::resource(path.to_owned()).app_data(web::PayloadConfig::new(FORM_LIMIT));
     cfg.service(
-        form("/realms/{realm}/protocol/openid-connect/auth")
+        form(&endpoint_path("{realm}", "auth"))
             .route(web::get().to(authorize_get))
             .route(web::post().to(authorize_post)),
     )
     .service(form("/realms/{realm}/login-actions/authenticate").route(web::post().to(login)))
     .service(form("/realms/{realm}/login-actions/consent").route(web::post().to(consent)))
     .service(
-        form("/realms/{realm}/protocol/openid-connect/logout")
+        form(&endpoint_path("{realm}", "logout"))
             .route(web::get().to(logout_page))
             .route(web::post().to(logout)),
     )
@@ -262,14 +262,11 @@ fn continue_url(realm: &RealmState, carry: &[(String, String)]) -> String {
     if pairs.is_empty() {
         return format!("{}/account", realm_path(realm));
     }
-    authorize::append_query(
-        &format!("{}/protocol/openid-connect/auth", realm_path(realm)),
-        &pairs,
-    )
+    authorize::append_query(&endpoint(&realm_path(realm), "auth"), &pairs)
 }
 
 fn realm_path(realm: &RealmState) -> String {
-    format!("/realms/{}", realm.realm.name)
+    tessera_iam::metadata::realm_path(realm.realm.name.as_str())
 }
 
 /// The logged-in user of this request, if the session cookie names a live session of

@@ -68,9 +68,13 @@ pub enum JwksSource {
 pub enum ClientAuth {
     TlsClientAuth(CertBinding),
     PrivateKeyJwt(JwksSource),
-    /// `client_secret_basic` or `client_secret_post`; the hex SHA-256 of the secret.
+    /// A shared secret: the hex SHA-256 of it, and how the client registered to send it
+    /// (either way is accepted; registrations stored before `post` existed read as
+    /// `client_secret_basic`).
     ClientSecret {
         secret_sha256: String,
+        #[serde(default)]
+        post: bool,
     },
     /// A public client (RFC 6749 2.1, a browser or native app): it names itself with
     /// `client_id` only and proves the authorization code with PKCE.
@@ -82,7 +86,8 @@ impl ClientAuth {
         match self {
             ClientAuth::TlsClientAuth(_) => "tls_client_auth",
             ClientAuth::PrivateKeyJwt(_) => "private_key_jwt",
-            ClientAuth::ClientSecret { .. } => "client_secret_basic",
+            ClientAuth::ClientSecret { post: false, .. } => "client_secret_basic",
+            ClientAuth::ClientSecret { post: true, .. } => "client_secret_post",
             ClientAuth::None => "none",
         }
     }

@@ -5,10 +5,24 @@ use serde_json::{json, Value};
 
 use crate::jose::Algorithm;
 
+/// Where a realm's OpenID Connect endpoints live under its issuer.
+pub const ENDPOINTS: &str = "protocol/openid-connect";
+
 /// The URL of one of a realm's OpenID Connect endpoints (`token`, `auth`, `certs`, ...):
 /// the one place these paths are built.
 pub fn endpoint(issuer: &str, name: &str) -> String {
-    format!("{issuer}/protocol/openid-connect/{name}")
+    format!("{issuer}/{ENDPOINTS}/{name}")
+}
+
+/// The path of a realm under the server's root (its issuer is the public URL and this).
+pub fn realm_path(realm: &str) -> String {
+    format!("/realms/{realm}")
+}
+
+/// The path of a realm's endpoint under the server's root; with the realm `{realm}`,
+/// the route pattern that serves it.
+pub fn endpoint_path(realm: &str, name: &str) -> String {
+    endpoint(&realm_path(realm), name)
 }
 
 /// The metadata of the realm whose issuer is `issuer`.

@@ -1,5 +1,5 @@
-//! Public keys between PEM (SubjectPublicKeyInfo) and JWK, and the key id rule of
-//! seed 002: `kid` = the first 16 characters of base64url(SHA-256(SPKI PEM)), where the
+//! Public keys between PEM (SubjectPublicKeyInfo) and JWK, and the key id rule of the
+//! SMART backend-services client the project was specified with: `kid` = the first 16 characters of base64url(SHA-256(SPKI PEM)), where the
 //! PEM is the canonical form Python's `cryptography` writes (64-character lines).
 //!
 //! The DER handled here is the tiny fixed subset SPKI needs, so a full ASN.1 library
@@ -236,7 +236,7 @@ pub fn certificate_thumbprint(der: &[u8]) -> String {
     b64(digest::digest(&digest::SHA256, der).as_ref())
 }
 
-/// The key id rule of seed 002, applied to the canonical PEM of the key.
+/// The key id rule (module docs), applied to the canonical PEM of the key.
 pub fn kid_for_jwk(jwk: &Jwk) -> Result<String, JoseError> {
     let pem = jwk_to_pem(jwk)?;
     let hash = digest::digest(&digest::SHA256, pem.as_bytes());
@@ -246,7 +246,7 @@ pub fn kid_for_jwk(jwk: &Jwk) -> Result<String, JoseError> {
 }
 
 /// Converts a PEM public key (`PUBLIC KEY` or PKCS#1 `RSA PUBLIC KEY`) to the JWK a
-/// client is registered with: `use: sig`, `kid` by the seed 002 rule, and `alg` set to
+/// client is registered with: `use: sig`, `kid` by the module's key id rule, and `alg` set to
 /// `alg` (RS384 or ES384 are what SMART backend services recommend).
 pub fn public_pem_to_jwk(pem: &str, alg: Option<Algorithm>) -> Result<Jwk, JoseError> {
     let mut jwk = if let Some(der) = pem_block(pem, "PUBLIC KEY") {
@@ -273,7 +273,7 @@ pub fn public_pem_to_jwk(pem: &str, alg: Option<Algorithm>) -> Result<Jwk, JoseE
 mod tests {
     use super::*;
 
-    /// The RSA public key printed in seed 002.
+    /// The RSA public key of the reference backend-services client (`../shared/seeds`).
     const SEED_PEM: &str = "-----BEGIN PUBLIC KEY-----
 MIIBIjANBgkqhkiG9w0BAQEFAAOCAQ8AMIIBCgKCAQEAwnNZRLN/bjgBLe5BujbS
 zv0ehKr1txlNAZK2Bgr9BI1Y7HQjYM+8btv5KN5YEsF99Q49l4kz0eQjBF8pz3yw

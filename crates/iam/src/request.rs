@@ -121,12 +121,12 @@ impl TokenRequest {
     }
 }
 
-/// A token introspection (RFC 7662) or revocation (RFC 7009) request: the token, an
-/// optional hint, and the caller's client authentication.
+/// A token introspection (RFC 7662) or revocation (RFC 7009) request: the token and the
+/// caller's client authentication. The optional `token_type_hint` is not read: an
+/// access token and a refresh token are told apart by their form, as both RFCs allow.
 #[derive(Debug, Clone, Default)]
 pub struct TokenQuery {
     pub token: String,
-    pub token_type_hint: Option<String>,
     pub client: ClientAuthParams,
 }
 
@@ -135,7 +135,6 @@ impl TokenQuery {
         let mut form = Form::parse(pairs)?;
         Ok(TokenQuery {
             token: form.require("token")?,
-            token_type_hint: form.take("token_type_hint"),
             client: form.client_auth(),
         })
     }

@@ -320,7 +320,11 @@ impl<S: IamStore> TokenService<S> {
     }
 
     pub fn issuer(&self, realm: &RealmName) -> String {
-        format!("{}/realms/{}", self.settings.public_base_url, realm)
+        format!(
+            "{}{}",
+            self.settings.public_base_url,
+            crate::metadata::realm_path(realm.as_str())
+        )
     }
 
     /// The realm from cache if it is fresh, without touching storage: the hot path of
@@ -732,7 +736,7 @@ fn verify_secret(
             "client_id differs from the Basic credentials",
         ));
     }
-    let ClientAuth::ClientSecret { secret_sha256 } = &client.auth else {
+    let ClientAuth::ClientSecret { secret_sha256, .. } = &client.auth else {
         return Err(invalid_client("client authentication failed"));
     };
     if !constant_time_eq(secret_hash(secret).as_bytes(), secret_sha256.as_bytes()) {

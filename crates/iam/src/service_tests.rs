@@ -196,6 +196,7 @@ fn fixture() -> Fixture {
             "secret",
             ClientAuth::ClientSecret {
                 secret_sha256: secret_hash("s3cret"),
+                post: false,
             },
         ),
         client("app", ClientAuth::None),

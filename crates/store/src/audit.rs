@@ -635,11 +635,6 @@ impl AuditWriter {
     pub fn stats(&self) -> &JournalStats {
         &self.inner.stats
     }
-
-    /// Blocks until the record is durable in the journal.
-    pub fn append(&self, record: Record) -> Result<(), StoreError> {
-        self.submit(record).wait()
-    }
 }
 
 /// The first journal file in `dir` whose lock is free, locked for this process.

@@ -1,4 +1,4 @@
-//! The FHIR Vault (seed 003): a FHIR R4 server with one partition per patient account.
+//! The FHIR Vault (CARA's ITI-72 data store): a FHIR R4 server with one partition per patient account.
 //! This crate owns the FHIR semantics: which resources are valid, how they are indexed
 //! and searched (from the specification's SearchParameter data), versioning, Bundles
 //! (searchset, history, batch and transaction) and the ITI-72 authorization decision.

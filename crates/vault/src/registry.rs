@@ -202,7 +202,8 @@ impl Registry {
 mod tests {
     use super::*;
 
-    /// The parameters issue 5 names, on the types it names, come from the spec's data.
+    /// The clinical search parameters the vault promises, on their types, come from the
+    /// spec's data.
     #[test]
     fn the_clinical_parameters_are_supported() {
         let registry = Registry::load().unwrap();
