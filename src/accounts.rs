@@ -32,14 +32,9 @@ fn account_urn(text: &str) -> anyhow::Result<AccountUrn> {
     AccountUrn::try_from(text).map_err(|e| anyhow!("{e}"))
 }
 
-/// A random version 4 UUID: the account id.
+/// The account id: random, telling nothing about when the account was made.
 fn new_account_id() -> anyhow::Result<String> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 16];
-    ring::rand::SystemRandom::new()
-        .fill(&mut bytes)
-        .map_err(|_| anyhow!("the system random number generator failed"))?;
-    Ok(tessera_types::uuid_v4(bytes))
+    Ok(tessera_http::ids::random_id()?)
 }
 
 fn describe(account: &Account) -> serde_json::Value {

@@ -422,8 +422,7 @@ fn audit_admin_change(loaded: &Loaded, command: &str, target: String) -> anyhow:
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
     let record = tessera_atna::Record {
-        id: tessera_atna::new_event_id(tessera_http::now_ms())
-            .context("no randomness for an audit event id")?,
+        id: tessera_http::ids::time_ordered_id()?,
         recorded: now(),
         observer: loaded.public_url(),
         client_address: None,

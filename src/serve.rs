@@ -65,7 +65,7 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         tessera_iam::metadata::realm_path(vault_realm)
     );
     let vault = VaultState {
-        vault: tessera_vault::Vault::new().map_err(|e| anyhow::anyhow!(e))?,
+        fhir: tessera_vault::Vault::new().map_err(|e| anyhow::anyhow!(e))?,
         realm: tessera_types::RealmName::try_from(vault_realm)
             .map_err(|e| anyhow::anyhow!("vault.realm: {e}"))?,
         audience: loaded.vault_audience(),
@@ -81,8 +81,15 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         max_body_bytes: loaded.config.vault.max_body_bytes,
         introspector: gateway(loaded)?,
     };
+    let repository = tessera_http::RepositorySettings {
+        realm: vault.realm.clone(),
+        audience: vault.audience.clone(),
+        public_url: loaded.public_url().trim_end_matches('/').to_owned(),
+        introspector: vault.introspector.clone(),
+    };
     Ok(Arc::new(AppState {
         vault,
+        repository,
         tokens: TokenService::new(store.clone(), Arc::new(fetcher), settings),
         audit: tessera_store::AuditWriter::start(
             store.clone(),
@@ -217,7 +224,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
     let owner = format!(
         "{hostname}/{}/{}",
         std::process::id(),
-        tessera_atna::new_event_id(tessera_http::now_ms()).unwrap_or_default()
+        tessera_http::ids::random_id().unwrap_or_default()
     );
     tessera_http::delivery::start(store, &destinations, &owner)
 }
@@ -225,8 +232,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
 /// Records the node's start or stop (ATNA Application Activity), durably.
 async fn node_activity(state: &AppState, node: &str, started: bool) -> anyhow::Result<()> {
     let record = tessera_atna::Record {
-        id: tessera_atna::new_event_id(tessera_http::now_ms())
-            .context("no randomness for an audit event id")?,
+        id: tessera_http::ids::time_ordered_id()?,
         recorded: tessera_http::now(),
         observer: node.to_owned(),
         client_address: None,

@@ -185,7 +185,7 @@ fn add(args: UserAdd, loaded: &Loaded, store: &Store, out: &mut dyn Write) -> an
         user::check_gln(gln)?;
     }
     let password = read_password(args.password_file.as_deref(), out)?;
-    let id = tessera_types::uuid_v4(random_bytes()?);
+    let id = tessera_http::ids::random_id()?;
     let new = User {
         realm: realm.clone(),
         id,
@@ -209,15 +209,6 @@ fn add(args: UserAdd, loaded: &Loaded, store: &Store, out: &mut dyn Write) -> an
         loaded.public_url()
     )?;
     Ok(())
-}
-
-fn random_bytes() -> anyhow::Result<[u8; 16]> {
-    let text = tessera_iam::service::random_b64(16)
-        .ok_or_else(|| anyhow!("the system random number generator failed"))?;
-    let bytes = tessera_iam::jose::b64_decode(&text).map_err(|e| anyhow!("{e}"))?;
-    bytes
-        .try_into()
-        .map_err(|_| anyhow!("the system random number generator failed"))
 }
 
 fn set_enabled(

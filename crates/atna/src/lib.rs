@@ -414,19 +414,6 @@ pub fn canonical(record: &Record) -> String {
     serde_json::to_string(record).unwrap_or_default()
 }
 
-/// A new event id made at `unix_ms`: a version 7 UUID, so the trail's copies in the
-/// audit repository are inserted at the end of their indexes, in the order they were
-/// made; `None` if the system RNG fails.
-pub fn new_event_id(unix_ms: i64) -> Option<String> {
-    use ring::rand::SecureRandom as _;
-    let mut bytes = [0u8; 10];
-    ring::rand::SystemRandom::new().fill(&mut bytes).ok()?;
-    Some(tessera_types::uuid_v7(
-        u64::try_from(unix_ms).unwrap_or_default(),
-        bytes,
-    ))
-}
-
 /// RFC 3339 UTC, second precision, as FHIR `instant` and DICOM `EventDateTime` take it.
 pub fn timestamp(t: UnixTime) -> String {
     time::OffsetDateTime::from_unix_timestamp(t.0)

@@ -2,8 +2,7 @@
 
 use actix_web::{web, HttpRequest, HttpResponse};
 use tessera_aim::{
-    parse_resolution_request, pix_query, resolution, AccountStore as _, AimError, PixOutcome,
-    RESOLVE_SCOPE,
+    parse_resolution_request, pix_query, resolution, AccountStore as _, PixOutcome, RESOLVE_SCOPE,
 };
 
 use std::sync::Arc;
@@ -23,12 +22,6 @@ pub fn configure(cfg: &mut web::ServiceConfig) {
             .route(web::post().to(resolve)),
     )
     .route("/aim/fhir/Patient/$ihe-pix", web::get().to(pix));
-}
-
-impl From<AimError> for ApiError {
-    fn from(err: AimError) -> Self {
-        ApiError::Internal(err.to_string())
-    }
 }
 
 async fn authorized(

@@ -10,7 +10,7 @@ use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use tessera_atna::{outcome_of_status, Event, Record, TokenUse};
 use tessera_iam::VerifiedToken;
 
-use crate::{blocking, now, now_ms, ApiError, AppState};
+use crate::{blocking, now, ApiError, AppState};
 
 /// A record of `event` observed by `observer` now, for the request's peer.
 pub fn record(
@@ -20,8 +20,7 @@ pub fn record(
     event: Event,
 ) -> Result<Record, ApiError> {
     Ok(Record {
-        id: tessera_atna::new_event_id(now_ms())
-            .ok_or_else(|| ApiError::Internal("no randomness for an event id".into()))?,
+        id: crate::ids::time_ordered_id().map_err(|e| ApiError::Internal(e.to_string()))?,
         recorded: now(),
         observer: observer.to_owned(),
         client_address: req.peer_addr().map(|a| a.ip().to_string()),

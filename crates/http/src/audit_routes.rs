@@ -38,13 +38,25 @@ fn canonical_name(name: &str) -> &str {
     }
 }
 
+/// Where the audit repository is served and whose tokens it takes. Its realm and
+/// audience are the vault's (`vault.realm`, the vault's audience): the same tokens reach
+/// both, scoped by `AuditEvent` scopes.
+pub struct RepositorySettings {
+    pub realm: tessera_types::RealmName,
+    pub audience: String,
+    /// `{public_url}`, without a trailing slash.
+    pub public_url: String,
+    /// Gateway mode: tokens are checked by introspection, as the vault checks them.
+    pub introspector: Option<std::sync::Arc<crate::gateway::Introspector>>,
+}
+
 fn base(state: &AppState) -> String {
-    format!("{}/audit/fhir", state.aim.public_base)
+    format!("{}/audit/fhir", state.repository.public_url)
 }
 
 fn refused(state: &AppState) -> ApiError {
     ApiError::FhirBearer {
-        realm: state.vault.realm.to_string(),
+        realm: state.repository.realm.to_string(),
         error: BearerError::InsufficientScope,
     }
 }
@@ -84,13 +96,19 @@ async fn repository_token(
     req: &HttpRequest,
     state: &web::Data<AppState>,
 ) -> Result<std::sync::Arc<VerifiedToken>, ApiError> {
-    let vault = &state.vault;
-    let token = crate::bearer::verify(req, state, &vault.realm, None, vault.introspector.clone())
-        .await
-        .map_err(ApiError::into_fhir)?;
-    if !meant_for_repository(&token, &vault.audience) {
+    let repository = &state.repository;
+    let token = crate::bearer::verify(
+        req,
+        state,
+        &repository.realm,
+        None,
+        repository.introspector.clone(),
+    )
+    .await
+    .map_err(ApiError::into_fhir)?;
+    if !meant_for_repository(&token, &repository.audience) {
         return Err(ApiError::FhirBearer {
-            realm: vault.realm.to_string(),
+            realm: repository.realm.to_string(),
             error: BearerError::InvalidToken,
         });
     }
@@ -128,7 +146,7 @@ pub(crate) async fn record_request(
         interaction: interaction.to_owned(),
         token: token.map(token_use),
         query: Some(req.query_string().to_owned()).filter(|q| !q.is_empty()),
-        endpoint: format!("{}{}", state.aim.public_base, req.path()),
+        endpoint: format!("{}{}", state.repository.public_url, req.path()),
         status,
     };
     append(state, record(req, &base(state), status, event)?).await
@@ -183,7 +201,7 @@ pub(crate) fn search_repository(
     st.store
         .catch_up_audit_repository()
         .map_err(|e| VaultError::Store(e.0))?;
-    let vault = &st.vault.vault;
+    let vault = &st.vault.fhir;
     let restriction = match access {
         RepositoryAccess::All => None,
         RepositoryAccess::Patient(account) => Some(vec![parse_restriction(
@@ -217,10 +235,10 @@ fn store_events(state: &AppState, resources: Vec<Value>) -> Vec<EntryResult> {
                 Value::Object(map)
                     if map.get("resourceType").and_then(Value::as_str) == Some("AuditEvent") =>
                 {
-                    let id = tessera_atna::new_event_id(now_ms())
-                        .ok_or_else(|| VaultError::Store("no randomness".into()));
+                    let id =
+                        crate::ids::time_ordered_id().map_err(|e| VaultError::Store(e.to_string()));
                     id.and_then(|id| {
-                        state.vault.vault.store_in(
+                        state.vault.fhir.store_in(
                             &state.store,
                             REPOSITORY_PARTITION,
                             &base,

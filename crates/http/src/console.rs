@@ -98,13 +98,13 @@ async fn viewer(
         return Ok(None);
     };
     let presented = cookie.value().to_owned();
-    let vault = &state.vault;
+    let repository = &state.repository;
     let token = match crate::bearer::verify_presented(
         req,
         state,
-        &vault.realm,
+        &repository.realm,
         None,
-        vault.introspector.clone(),
+        repository.introspector.clone(),
         presented.clone(),
     )
     .await
@@ -114,7 +114,7 @@ async fn viewer(
         Err(other) => return Err(other),
     };
     let claims = &token.claims;
-    let for_us = crate::audit_routes::meant_for_repository(&token, &vault.audience);
+    let for_us = crate::audit_routes::meant_for_repository(&token, &repository.audience);
     let access = repository_access(&claims.scope, claims.account.as_deref(), false);
     Ok(match access {
         Some(access) if for_us => Some(Viewer {
@@ -143,11 +143,11 @@ fn redirect_with(location: &str, cookies: &[Cookie<'static>]) -> HttpResponse {
 }
 
 fn realm_label(state: &AppState) -> String {
-    format!("{} · audit console", state.vault.realm)
+    format!("{} · audit console", state.repository.realm)
 }
 
 fn public_url(state: &AppState) -> &str {
-    state.aim.public_base.trim_end_matches('/')
+    &state.repository.public_url
 }
 
 // ---------------------------------------------------------------------------------
@@ -204,7 +204,7 @@ async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
     let location = tessera_iam::authorize::append_query(
         &format!(
             "{public}{}",
-            endpoint_path(state.vault.realm.as_str(), "auth")
+            endpoint_path(state.repository.realm.as_str(), "auth")
         ),
         &[
             ("response_type", "code"),
@@ -214,7 +214,7 @@ async fn login(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRespo
             ("state", &nonce),
             ("code_challenge", &s256(&verifier)),
             ("code_challenge_method", "S256"),
-            ("aud", &state.vault.audience),
+            ("aud", &state.repository.audience),
         ],
     );
     Ok(redirect_with(
@@ -261,7 +261,7 @@ async fn callback(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpRe
             "The sign-in came back without a code. Please start again.",
         ));
     };
-    let realm = realm_state(&state, state.vault.realm.as_str()).await?;
+    let realm = realm_state(&state, state.repository.realm.as_str()).await?;
     let exchange = vec![
         ("grant_type".to_owned(), "authorization_code".to_owned()),
         ("code".to_owned(), code),
@@ -303,7 +303,7 @@ async fn logout(req: HttpRequest, body: web::Bytes, state: web::Data<AppState>) 
         }
     }
     redirect_with(
-        &endpoint_path(state.vault.realm.as_str(), "logout"),
+        &endpoint_path(state.repository.realm.as_str(), "logout"),
         &[console_cookie(TOKEN_COOKIE, String::new(), 0)],
     )
 }
@@ -529,7 +529,7 @@ async fn record_view(
     let (sub, account) = (viewer.token.claims.sub.clone(), account.to_owned());
     blocking(move || -> Result<RecordView, ApiError> {
         use tessera_iam::IamStore as _;
-        let user = st.store.user_by_id(&st.vault.realm, &sub)?;
+        let user = st.store.user_by_id(&st.repository.realm, &sub)?;
         let reachable = match &user {
             Some(user) => st.store.reachable(user)?,
             None => Vec::new(),

@@ -100,6 +100,21 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// AIM's errors: an unknown account is 404; a taken MPI-ID or partition name 400 (the
+/// request names something that exists); a storage failure 500.
+impl From<tessera_aim::AimError> for ApiError {
+    fn from(err: tessera_aim::AimError) -> Self {
+        use tessera_aim::AimError;
+        match err {
+            AimError::NoAccount(_) => ApiError::NotFound(err.to_string()),
+            AimError::MpiIdTaken(..) | AimError::PartitionTaken(_) => {
+                ApiError::BadRequest(err.to_string())
+            }
+            AimError::Store(detail) => ApiError::Internal(detail),
+        }
+    }
+}
+
 impl From<VaultError> for ApiError {
     fn from(err: VaultError) -> Self {
         ApiError::Vault(err)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use actix_web::http::header;
-use actix_web::{web, HttpRequest, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse, ResponseError as _};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use percent_encoding::percent_decode_str;
@@ -18,7 +18,7 @@ use tessera_introspection::{IntrospectionError, IntrospectionRequest};
 use tessera_types::Secret;
 
 use crate::error::BearerError;
-use crate::{blocking, now, now_ms, realm_state, ApiError, AppState};
+use crate::{blocking, now, realm_state, ApiError, AppState};
 
 const FORM_LIMIT: usize = 64 * 1024;
 
@@ -322,8 +322,8 @@ impl TokenAudit {
         result: &Result<Issued, OAuthError>,
         at: tessera_types::UnixTime,
     ) -> Result<Record, tessera_iam::StoreError> {
-        let id = tessera_atna::new_event_id(now_ms())
-            .ok_or_else(|| tessera_iam::StoreError("no randomness for an event id".into()))?;
+        let id =
+            crate::ids::time_ordered_id().map_err(|e| tessera_iam::StoreError(e.to_string()))?;
         let (outcome, client_id, token_id, scope, error) = match result {
             Ok(issued) => (
                 Outcome::Success,
@@ -405,6 +405,22 @@ async fn introspect(
             .introspect(&st.tokens, &st.store, &realm, &request, at)
     })
     .await?;
+    // A refusal is decided here once: its status goes into the record, then out.
+    let result = result.map_err(|error| {
+        let description = error.to_string();
+        let refusal = match error {
+            IntrospectionError::Client(error) => oauth(error),
+            IntrospectionError::InvalidBearer => ApiError::Bearer {
+                realm: realm_name.clone(),
+                error: BearerError::InvalidToken,
+            },
+            IntrospectionError::InsufficientScope => ApiError::Bearer {
+                realm: realm_name.clone(),
+                error: BearerError::NotAllowedToIntrospect,
+            },
+        };
+        (refusal, description)
+    });
     let (status, token_id, error) = match &result {
         Ok(response) => (
             200,
@@ -414,13 +430,10 @@ async fn introspect(
                 .map(str::to_owned),
             None,
         ),
-        Err(error) => (
-            match error {
-                IntrospectionError::Client(e) => crate::error::oauth_status(e.code).as_u16(),
-                _ => 401,
-            },
+        Err((refusal, description)) => (
+            refusal.status_code().as_u16(),
             None,
-            Some(error.to_string()),
+            Some(description.clone()),
         ),
     };
     let event = tessera_atna::Event::Introspection {
@@ -442,20 +455,10 @@ async fn introspect(
                 .introspection(if active { "active" } else { "inactive" });
             Ok(no_store(HttpResponse::Ok()).json(response))
         }
-        Err(error) => {
+        Err((refusal, description)) => {
             state.metrics.introspection("refused");
-            tracing::warn!(realm = %realm_name, %error, "introspection refused");
-            Err(match error {
-                IntrospectionError::Client(error) => oauth(error),
-                IntrospectionError::InvalidBearer => ApiError::Bearer {
-                    realm: realm_name,
-                    error: BearerError::InvalidToken,
-                },
-                IntrospectionError::InsufficientScope => ApiError::Bearer {
-                    realm: realm_name,
-                    error: BearerError::NotAllowedToIntrospect,
-                },
-            })
+            tracing::warn!(realm = %realm_name, error = %description, "introspection refused");
+            Err(refusal)
         }
     }
 }

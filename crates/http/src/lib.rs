@@ -16,6 +16,7 @@ pub mod delivery;
 pub mod error;
 pub mod gateway;
 mod iam_routes;
+pub mod ids;
 pub mod jwks;
 pub mod metrics;
 mod pages;
@@ -34,6 +35,7 @@ use tessera_iam::TokenService;
 use tessera_store::Store;
 use tessera_types::UnixTime;
 
+pub use crate::audit_routes::RepositorySettings;
 pub use crate::error::ApiError;
 use crate::metrics::Metrics;
 use crate::tls::TlsSettings;
@@ -112,6 +114,7 @@ pub struct AppState {
     pub audit: tessera_store::AuditWriter,
     pub aim: AimSettings,
     pub vault: VaultState,
+    pub repository: RepositorySettings,
     pub introspection: tessera_introspection::Introspection,
     pub store: Store,
     pub metrics: Metrics,
@@ -181,16 +184,13 @@ pub(crate) fn is_form(req: &actix_web::HttpRequest) -> bool {
     media_type(req).as_deref() == Some("application/x-www-form-urlencoded")
 }
 
-/// The wall clock, read here at the edge and passed into the domain.
+/// The wall clock in seconds, read here at the edge and passed into the domain.
 pub fn now() -> UnixTime {
-    let seconds = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    UnixTime(i64::try_from(seconds).unwrap_or(i64::MAX))
+    UnixTime(now_ms().div_euclid(1000))
 }
 
-/// The wall clock in milliseconds (FHIR `lastUpdated`, audit event ids).
+/// The wall clock in milliseconds (FHIR `lastUpdated`, time-ordered ids): the one
+/// place Tessera reads it.
 pub fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)

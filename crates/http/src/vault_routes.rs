@@ -22,7 +22,8 @@ use crate::{blocking, now_ms, ApiError, AppState};
 
 /// What the vault needs besides the store.
 pub struct VaultState {
-    pub vault: Vault,
+    /// The FHIR server itself (its semantics; this state adds where it is served).
+    pub fhir: Vault,
     pub realm: tessera_types::RealmName,
     pub audience: String,
     /// `{public_url}/fhir`: a partition's base is this plus `/{partition}`.
@@ -62,12 +63,9 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
 
 const FHIR_JSON: &str = "application/fhir+json";
 
-/// A random UUID for a new resource.
+/// The id of a new resource.
 fn new_id() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 16];
-    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
-        .map_err(|_| ApiError::Internal("no randomness for a resource id".into()))?;
-    Ok(tessera_types::uuid_v4(bytes))
+    crate::ids::time_ordered_id().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 fn partition_base(state: &AppState, partition: &str) -> String {
@@ -211,7 +209,7 @@ async fn metadata(path: web::Path<String>, state: web::Data<AppState>) -> HttpRe
     let base = partition_base(&state, &path.into_inner());
     let date = dates::format_instant(now_ms());
     let statement = tessera_vault::capability::capability_statement(
-        state.vault.vault.registry(),
+        state.vault.fhir.registry(),
         &base,
         &state.vault.auth,
         env!("CARGO_PKG_VERSION"),
@@ -235,7 +233,7 @@ async fn read(
     let (partition, ty, id) = path.into_inner();
     let base = partition_base(&state, &partition);
     let stored = call(&state, token, partition, move |st, ctx| {
-        st.vault.vault.read(&st.store, ctx, &ty, &id)
+        st.vault.fhir.read(&st.store, ctx, &ty, &id)
     })
     .await?;
     Ok(resource_response(&req, StatusCode::OK, &stored, &base))
@@ -250,7 +248,7 @@ async fn vread(
     let (partition, ty, id, vid) = path.into_inner();
     let base = partition_base(&state, &partition);
     let stored = call(&state, token, partition, move |st, ctx| {
-        st.vault.vault.vread(&st.store, ctx, &ty, &id, &vid)
+        st.vault.fhir.vread(&st.store, ctx, &ty, &id, &vid)
     })
     .await?;
     Ok(resource_response(&req, StatusCode::OK, &stored, &base))
@@ -266,7 +264,7 @@ async fn run_search(
     let token = token(req, state).await?;
     let strict = prefer(req, "handling").as_deref() == Some("strict");
     let bundle = call(state, token, partition, move |st, ctx| {
-        st.vault.vault.search(&st.store, ctx, &ty, &pairs, strict)
+        st.vault.fhir.search(&st.store, ctx, &ty, &pairs, strict)
     })
     .await?;
     Ok(json_response(&bundle))
@@ -311,7 +309,7 @@ async fn history_type(
     let (partition, ty) = path.into_inner();
     let pairs = query_pairs(req.query_string());
     let bundle = call(&state, token, partition, move |st, ctx| {
-        st.vault.vault.history(&st.store, ctx, &ty, None, &pairs)
+        st.vault.fhir.history(&st.store, ctx, &ty, None, &pairs)
     })
     .await?;
     Ok(json_response(&bundle))
@@ -327,7 +325,7 @@ async fn history_instance(
     let pairs = query_pairs(req.query_string());
     let bundle = call(&state, token, partition, move |st, ctx| {
         st.vault
-            .vault
+            .fhir
             .history(&st.store, ctx, &ty, Some(&id), &pairs)
     })
     .await?;
@@ -351,7 +349,7 @@ async fn create(
     let base = partition_base(&state, &partition);
     let id = new_id()?;
     let stored = call(&state, token, partition, move |st, ctx| {
-        st.vault.vault.create(&st.store, ctx, &ty, &body, id)
+        st.vault.fhir.create(&st.store, ctx, &ty, &body, id)
     })
     .await?;
     Ok(resource_response(&req, StatusCode::CREATED, &stored, &base))
@@ -370,7 +368,7 @@ async fn update(
     let precondition = if_match(&req);
     let (stored, created) = call(&state, token, partition, move |st, ctx| {
         st.vault
-            .vault
+            .fhir
             .update(&st.store, ctx, &ty, &id, &body, precondition.as_deref())
     })
     .await?;
@@ -392,7 +390,7 @@ async fn delete(
     let precondition = if_match(&req);
     let deleted = call(&state, token, partition, move |st, ctx| {
         st.vault
-            .vault
+            .fhir
             .delete(&st.store, ctx, &ty, &id, precondition.as_deref())
     })
     .await?;
@@ -427,7 +425,7 @@ async fn batch(
     let base = partition_base(&state, &partition);
     let outcome = call(&state, token, partition, move |st, ctx| {
         let mut ids = || new_id().unwrap_or_default();
-        st.vault.vault.batch(&st.store, ctx, &body, &mut ids)
+        st.vault.fhir.batch(&st.store, ctx, &body, &mut ids)
     })
     .await?;
     // Each entry is audited as the interaction it is (the middleware records them).

@@ -33,7 +33,7 @@ impl<S: IamStore> TokenService<S> {
                 ));
             }
             let scope = self.grant_scope(&auth.client, &request)?;
-            Ok(Grant {
+            Ok(Decided {
                 audience: self.audience(&request)?,
                 extensions: self.extensions(&auth.client, &request, &scope.extra)?,
                 account: self.account(&auth.client, &request)?,
@@ -277,7 +277,7 @@ const CH_PARAMETERS: [&str; 5] = [
 ];
 
 /// Everything the checks of a token request decided.
-struct Grant {
+struct Decided {
     client: Arc<Client>,
     cnf: Option<Confirmation>,
     scope: ScopeGrant,
