@@ -421,18 +421,17 @@ fn audit_admin_change(loaded: &Loaded, command: &str, target: String) -> anyhow:
     let operator = std::env::var("SUDO_USER")
         .or_else(|_| std::env::var("USER"))
         .unwrap_or_else(|_| "unknown".into());
-    let record = tessera_atna::Record {
-        id: tessera_http::ids::time_ordered_id()?,
-        recorded: now(),
-        observer: loaded.public_url(),
-        client_address: None,
-        outcome: tessera_atna::Outcome::Success,
-        event: tessera_atna::Event::AdminAction {
+    let record = tessera_http::audit::new_record(
+        now(),
+        &loaded.public_url(),
+        None,
+        tessera_atna::Outcome::Success,
+        tessera_atna::Event::AdminAction {
             command: command.to_owned(),
             target,
             operator,
         },
-    };
+    )?;
     open_store(loaded)?
         .append_audit(&[record])
         .map_err(|e| anyhow::anyhow!("the change was made, but could not be audited: {}", e.0))

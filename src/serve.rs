@@ -231,18 +231,17 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
 
 /// Records the node's start or stop (ATNA Application Activity), durably.
 async fn node_activity(state: &AppState, node: &str, started: bool) -> anyhow::Result<()> {
-    let record = tessera_atna::Record {
-        id: tessera_http::ids::time_ordered_id()?,
-        recorded: tessera_http::now(),
-        observer: node.to_owned(),
-        client_address: None,
-        outcome: tessera_atna::Outcome::Success,
-        event: tessera_atna::Event::ApplicationActivity {
+    let record = tessera_http::audit::new_record(
+        tessera_http::now(),
+        node,
+        None,
+        tessera_atna::Outcome::Success,
+        tessera_atna::Event::ApplicationActivity {
             started,
             node: node.to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
         },
-    };
+    )?;
     state.audit.submit(record).await.map_err(|e| {
         anyhow::anyhow!(
             "the node's {} could not be audited: {}",

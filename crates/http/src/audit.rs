@@ -7,10 +7,32 @@ use std::sync::Arc;
 use actix_web::body::BoxBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
-use tessera_atna::{outcome_of_status, Event, Record, TokenUse};
+use tessera_atna::{outcome_of_status, Event, Outcome, Record, TokenUse};
 use tessera_iam::VerifiedToken;
+use tessera_types::UnixTime;
+
+use crate::ids::NoRandomness;
 
 use crate::{blocking, now, ApiError, AppState};
+
+/// A new record of `event`, made `at` with a fresh id: every record Tessera writes is
+/// made here.
+pub fn new_record(
+    at: UnixTime,
+    observer: &str,
+    client_address: Option<String>,
+    outcome: Outcome,
+    event: Event,
+) -> Result<Record, NoRandomness> {
+    Ok(Record {
+        id: crate::ids::time_ordered_id()?,
+        recorded: at,
+        observer: observer.to_owned(),
+        client_address,
+        outcome,
+        event,
+    })
+}
 
 /// A record of `event` observed by `observer` now, for the request's peer.
 pub fn record(
@@ -19,14 +41,14 @@ pub fn record(
     status: u16,
     event: Event,
 ) -> Result<Record, ApiError> {
-    Ok(Record {
-        id: crate::ids::time_ordered_id().map_err(|e| ApiError::Internal(e.to_string()))?,
-        recorded: now(),
-        observer: observer.to_owned(),
-        client_address: req.peer_addr().map(|a| a.ip().to_string()),
-        outcome: outcome_of_status(status),
+    new_record(
+        now(),
+        observer,
+        req.peer_addr().map(|a| a.ip().to_string()),
+        outcome_of_status(status),
         event,
-    })
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))
 }
 
 /// Makes the record durable before the caller answers (awaiting the journal's sync;

@@ -322,8 +322,6 @@ impl TokenAudit {
         result: &Result<Issued, OAuthError>,
         at: tessera_types::UnixTime,
     ) -> Result<Record, tessera_iam::StoreError> {
-        let id =
-            crate::ids::time_ordered_id().map_err(|e| tessera_iam::StoreError(e.to_string()))?;
         let (outcome, client_id, token_id, scope, error) = match result {
             Ok(issued) => (
                 Outcome::Success,
@@ -344,13 +342,12 @@ impl TokenAudit {
                 Some(format!("{}: {}", error.code.as_str(), error.description)),
             ),
         };
-        Ok(Record {
-            id,
-            recorded: at,
-            observer: self.observer,
-            client_address: self.client_address,
+        crate::audit::new_record(
+            at,
+            &self.observer,
+            self.client_address,
             outcome,
-            event: Event::TokenRequest {
+            Event::TokenRequest {
                 client_id,
                 token_id,
                 scope,
@@ -358,7 +355,8 @@ impl TokenAudit {
                 request: self.request,
                 error,
             },
-        })
+        )
+        .map_err(|e| tessera_iam::StoreError(e.to_string()))
     }
 }
 
