@@ -1,0 +1,11 @@
+//! The durable audit trail: a journal that makes records durable in groups (one disk
+//! sync for many requests), appends that extend the hash chain in the database, chain
+//! verification and export.
+
+mod chain;
+mod deliveries;
+mod journal;
+
+pub use chain::ChainReport;
+pub use deliveries::Lease;
+pub use journal::{AuditWriter, JournalStats};
