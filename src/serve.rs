@@ -5,17 +5,17 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tessera_http::jwks::HttpJwksFetcher;
 use tessera_http::metrics::Metrics;
 use tessera_http::tls::TlsSettings;
 use tessera_http::{AimSettings, AppState, ServerSettings, Services, VaultState};
 use tessera_iam::{IamSettings, TokenService};
+use tessera_outbound::jwks::HttpJwksFetcher;
 
 use crate::config::{Loaded, LogFormat, VerifyMode};
-use tessera_http::delivery::{
+use tessera_outbound::delivery::{
     Deliveries, Destination, FhirFeedSettings, SyslogSettings, TransportSettings,
 };
-use tessera_http::gateway::Introspector;
+use tessera_outbound::gateway::Introspector;
 
 /// The shared application state: database, token service, metrics.
 pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
@@ -226,7 +226,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
         std::process::id(),
         tessera_http::ids::random_id().unwrap_or_default()
     );
-    tessera_http::delivery::start(store, &destinations, &owner)
+    tessera_outbound::delivery::start(store, &destinations, &owner, tessera_http::now)
 }
 
 /// Records the node's start or stop (ATNA Application Activity), durably.

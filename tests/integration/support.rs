@@ -329,7 +329,7 @@ pub struct Server {
     handle: actix_web::dev::ServerHandle,
     thread: Option<JoinHandle<()>>,
     /// The ITI-20 senders of `[audit]`, stopped after the server.
-    deliveries: Option<tessera_http::delivery::Deliveries>,
+    deliveries: Option<tessera_outbound::delivery::Deliveries>,
     /// The application state, dropped last: its audit writer then flushes into the
     /// database while the test's Env (and its PostgreSQL database) still exists.
     state: Option<std::sync::Arc<tessera_http::AppState>>,
@@ -630,7 +630,7 @@ impl JwksServer {
             .unwrap();
         let key =
             rustls::pki_types::PrivateKeyDer::from_pem_file(env.path("pki/server.key")).unwrap();
-        let config = rustls::ServerConfig::builder_with_provider(tessera_http::tls::provider())
+        let config = rustls::ServerConfig::builder_with_provider(tessera_outbound::tls::provider())
             .with_safe_default_protocol_versions()
             .unwrap()
             .with_no_client_auth()
@@ -721,7 +721,7 @@ pub fn tls_client_config(
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(tessera_http::tls::provider())
+    let config = rustls::ClientConfig::builder_with_provider(tessera_outbound::tls::provider())
         .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots)

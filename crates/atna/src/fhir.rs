@@ -83,6 +83,36 @@ fn outcome(outcome: Outcome) -> String {
     outcome.code().to_string()
 }
 
+/// A record as an audit repository holds it: its FHIR AuditEvent, version 1, last
+/// updated when it was recorded; and that instant in milliseconds. `audit verify`
+/// derives it again to check the repository's copy.
+pub fn repository_copy(record: &Record) -> (Value, i64) {
+    let mut event = to_fhir(record);
+    let last_updated = record.recorded.0.saturating_mul(1000);
+    // `recorded` is whole seconds: FHIR's instant with millisecond precision.
+    let instant = timestamp(record.recorded).replace('Z', ".000Z");
+    event["meta"]["versionId"] = json!("1");
+    event["meta"]["lastUpdated"] = json!(instant);
+    (event, last_updated)
+}
+
+/// A batch Bundle that creates each record's AuditEvent under the record's id, so a
+/// repository that keeps ids can tell a repeated delivery from a new event (the ITI-20
+/// FHIR feed).
+pub fn feed_bundle<'a>(records: impl IntoIterator<Item = &'a Record>) -> Value {
+    let entries: Vec<Value> = records
+        .into_iter()
+        .map(|record| {
+            json!({
+                "fullUrl": format!("urn:uuid:{}", record.id),
+                "resource": to_fhir(record),
+                "request": {"method": "POST", "url": "AuditEvent"},
+            })
+        })
+        .collect();
+    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
+}
+
 fn base64(text: &str) -> String {
     use base64::Engine as _;
     base64::engine::general_purpose::STANDARD.encode(text)

@@ -17,7 +17,7 @@ pub mod syslog;
 
 pub use dicom::to_dicom_xml;
 pub use events::{AimTransaction, TokenUse};
-pub use fhir::to_fhir;
+pub use fhir::{feed_bundle, repository_copy, to_fhir};
 use ring::digest;
 use serde::{Deserialize, Serialize};
 use tessera_types::UnixTime;

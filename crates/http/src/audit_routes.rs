@@ -47,7 +47,7 @@ pub struct RepositorySettings {
     /// `{public_url}`, without a trailing slash.
     pub public_url: String,
     /// Gateway mode: tokens are checked by introspection, as the vault checks them.
-    pub introspector: Option<std::sync::Arc<crate::gateway::Introspector>>,
+    pub introspector: Option<std::sync::Arc<tessera_outbound::gateway::Introspector>>,
 }
 
 fn base(state: &AppState) -> String {

@@ -12,8 +12,8 @@ use tessera_iam::VerifiedToken;
 use tessera_types::RealmName;
 
 use crate::error::BearerError;
-use crate::gateway::Introspector;
 use crate::{blocking, now, realm_state, ApiError, AppState};
+use tessera_outbound::gateway::Introspector;
 
 pub struct Requirement<'a> {
     pub realm: &'a RealmName,

@@ -31,7 +31,7 @@ pub struct VaultState {
     pub auth: AuthServer,
     pub max_body_bytes: usize,
     /// Gateway mode: tokens are checked by introspection at an authorization server.
-    pub introspector: Option<Arc<crate::gateway::Introspector>>,
+    pub introspector: Option<Arc<tessera_outbound::gateway::Introspector>>,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {

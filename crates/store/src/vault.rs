@@ -233,17 +233,6 @@ fn registry() -> Option<&'static tessera_vault::Registry> {
         .as_ref()
 }
 
-/// A record as the audit repository holds it: its FHIR AuditEvent, version 1, last
-/// updated when it was recorded (ms). `audit verify` re-derives it to check the copy.
-pub(crate) fn repository_copy(record: &tessera_atna::Record) -> (serde_json::Value, i64) {
-    let mut event = tessera_atna::to_fhir(record);
-    let last_updated = record.recorded.0.saturating_mul(1000);
-    event["meta"]["versionId"] = serde_json::json!("1");
-    event["meta"]["lastUpdated"] =
-        serde_json::json!(tessera_vault::dates::format_instant(last_updated));
-    (event, last_updated)
-}
-
 /// Adds audit records to the audit repository (ITI-81): each as a FHIR AuditEvent in
 /// the repository partition, indexed on the repository's parameters, in bulk. Called by
 /// [`Store::catch_up_audit_repository`] in the transaction that moves its cursor.
@@ -271,7 +260,7 @@ pub(crate) fn index_repository(
     let mut resources = Vec::with_capacity(records.len());
     let mut rows = Vec::new();
     for record in records.iter().filter(|r| !held.contains(&r.id)) {
-        let (event, last_updated) = repository_copy(record);
+        let (event, last_updated) = tessera_atna::repository_copy(record);
         let entries = tessera_vault::index::entries(registry, "AuditEvent", &event, "");
         let ordering = ordering_of("AuditEvent", &entries);
         rows.extend(
@@ -652,5 +641,39 @@ impl VaultStore for Store {
             ),
             TxError::Db(e) => (0, store_error(e)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tessera_atna::{Event, Outcome, Record};
+    use tessera_types::UnixTime;
+
+    /// The repository's copies written before this form moved into `tessera_atna` had
+    /// their `lastUpdated` from the vault's instant formatter: `audit verify` compares
+    /// against them, so both must write the same text.
+    #[test]
+    fn a_repository_copy_is_last_updated_as_the_vault_writes_instants() {
+        for seconds in [0, 1_764_633_600, 1_796_119_323, 4_102_444_799] {
+            let record = Record {
+                id: "e".into(),
+                recorded: UnixTime(seconds),
+                observer: "https://tessera.example".into(),
+                client_address: None,
+                outcome: Outcome::Success,
+                event: Event::AdminAction {
+                    command: "user add".into(),
+                    target: "audrey".into(),
+                    operator: "root".into(),
+                },
+            };
+            let (copy, ms) = tessera_atna::repository_copy(&record);
+            assert_eq!(ms, seconds * 1000);
+            assert_eq!(
+                copy["meta"]["lastUpdated"],
+                tessera_vault::dates::format_instant(ms)
+            );
+            assert_eq!(copy["meta"]["versionId"], "1");
+        }
     }
 }

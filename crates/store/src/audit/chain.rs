@@ -294,7 +294,7 @@ fn altered_copy(
             // An unreadable record fails the chain check itself.
             continue;
         };
-        let (expected, last_updated) = crate::vault::repository_copy(&record);
+        let (expected, last_updated) = tessera_atna::repository_copy(&record);
         let intact = copies.get(id).is_some_and(|(content, at, deleted)| {
             !deleted
                 && *at == last_updated

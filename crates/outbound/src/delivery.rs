@@ -19,12 +19,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
-use serde_json::{json, Value};
+use serde_json::Value;
 use tessera_atna::{syslog, Record};
 use tessera_store::Store;
 use tessera_types::Secret;
 
 use crate::tls::{load_certs, load_key, provider};
+use tessera_types::UnixTime;
 
 /// The most events one send carries.
 const BATCH: i64 = 500;
@@ -105,11 +106,13 @@ trait Transport: Send {
     fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String>;
 }
 
-/// Starts a sender for each destination. `owner` names this instance in the leases.
+/// Starts a sender for each destination. `owner` names this instance in the leases;
+/// `clock` tells the time (leases, the feed's token expiry).
 pub fn start(
     store: Store,
     destinations: &[Destination],
     owner: &str,
+    clock: fn() -> UnixTime,
 ) -> anyhow::Result<Deliveries> {
     let mut deliveries = Deliveries {
         stops: Vec::new(),
@@ -118,7 +121,7 @@ pub fn start(
     for destination in destinations {
         let transport: Box<dyn Transport> = match &destination.transport {
             TransportSettings::Syslog(settings) => Box::new(SyslogTransport::new(settings)?),
-            TransportSettings::Fhir(settings) => Box::new(FhirTransport::new(settings)?),
+            TransportSettings::Fhir(settings) => Box::new(FhirTransport::new(settings, clock)?),
         };
         let (stop, stopped) = mpsc::channel();
         let sender = Sender {
@@ -127,6 +130,7 @@ pub fn start(
             owner: owner.to_owned(),
             transport,
             held: None,
+            clock,
         };
         let thread = thread::Builder::new()
             .name(format!("audit-delivery {}", destination.name))
@@ -139,6 +143,7 @@ pub fn start(
 }
 
 struct Sender {
+    clock: fn() -> UnixTime,
     store: Store,
     name: String,
     owner: String,
@@ -191,7 +196,7 @@ impl Sender {
     /// nothing to do (nothing new, or another instance holds the lease).
     fn round(&mut self) -> Result<bool, String> {
         let store_error = |e: tessera_iam::StoreError| format!("database: {}", e.0);
-        let now = crate::now();
+        let now = (self.clock)();
         if let Some((until, delivered)) = self.held {
             // Nothing new and the lease is good for a while: no write needed.
             let head = self.store.audit_head().map_err(store_error)?;
@@ -367,6 +372,7 @@ impl Transport for SyslogTransport {
 }
 
 struct FhirTransport {
+    clock: fn() -> UnixTime,
     settings: FhirFeedSettings,
     agent: ureq::Agent,
     /// The access token and when to fetch a new one (unix seconds).
@@ -374,7 +380,7 @@ struct FhirTransport {
 }
 
 impl FhirTransport {
-    fn new(settings: &FhirFeedSettings) -> anyhow::Result<Self> {
+    fn new(settings: &FhirFeedSettings, clock: fn() -> UnixTime) -> anyhow::Result<Self> {
         let client_cert = if settings.client_secret.expose().is_empty() {
             Some((settings.cert.as_path(), settings.key.as_path()))
         } else {
@@ -387,6 +393,7 @@ impl FhirTransport {
             client_cert,
         )?;
         Ok(Self {
+            clock,
             settings: settings.clone(),
             agent,
             token: None,
@@ -394,7 +401,7 @@ impl FhirTransport {
     }
 
     fn access_token(&mut self) -> Result<Secret, String> {
-        let now = crate::now().0;
+        let now = (self.clock)().0;
         if let Some((token, until)) = &self.token {
             if now < *until {
                 return Ok(token.clone());
@@ -451,22 +458,6 @@ fn read_json(response: &mut ureq::http::Response<ureq::Body>) -> Result<Value, S
     Ok(serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
-/// A batch Bundle that creates each event under its own id, so a repository that
-/// keeps ids can tell a repeated delivery from a new event.
-pub fn feed_bundle(events: &[(i64, Record)]) -> Value {
-    let entries: Vec<Value> = events
-        .iter()
-        .map(|(_, record)| {
-            json!({
-                "fullUrl": format!("urn:uuid:{}", record.id),
-                "resource": tessera_atna::to_fhir(record),
-                "request": {"method": "POST", "url": "AuditEvent"},
-            })
-        })
-        .collect();
-    json!({"resourceType": "Bundle", "type": "batch", "entry": entries})
-}
-
 impl Transport for FhirTransport {
     fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String> {
         let token = self.access_token()?;
@@ -477,7 +468,7 @@ impl Transport for FhirTransport {
             .header("Authorization", format!("Bearer {}", token.expose()))
             .header("Content-Type", "application/fhir+json")
             .header("Accept", "application/fhir+json")
-            .send(feed_bundle(events).to_string())
+            .send(tessera_atna::feed_bundle(events.iter().map(|(_, r)| r)).to_string())
             .map_err(|e| format!("POST {url}: {e}"))?;
         let status = response.status().as_u16();
         let body = read_json(&mut response)?;
