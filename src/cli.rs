@@ -8,14 +8,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, bail, Context as _};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use tessera_iam::client::{CertBinding, Client, ClientAuth, Coding, IuaAttributes, JwksSource};
-use tessera_iam::jose::{Algorithm, JwkSet, SigningKey};
+use tessera_iam::client::{Client, ClientAuth, JwksSource};
+use tessera_iam::jose::{Algorithm, SigningKey};
 use tessera_iam::keywrap::Kek;
-use tessera_iam::pem::public_pem_to_jwk;
-use tessera_iam::service::{random_b64, secret_hash};
+use tessera_iam::registration::{
+    certificate_subject, register, Credential, Registered, Registration,
+};
 use tessera_iam::IamStore as _;
 use tessera_store::{KeyUse, Store};
-use tessera_types::{ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
+use tessera_types::{ClientId, RealmName, UnixTime};
 
 use crate::config::{self, Loaded, CONFIG_FILE};
 use crate::pki::{Pki, Validity};
@@ -1215,12 +1216,6 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn coding(flag: &str, value: Option<String>) -> anyhow::Result<Option<Coding>> {
-    value
-        .map(|v| Coding::parse(&v).ok_or_else(|| anyhow!("{flag} must be written system|code, e.g. urn:oid:2.16.756.5.30.1.127.3.10.5|NORM")))
-        .transpose()
-}
-
 fn client_add(
     args: ClientAdd,
     loaded: &Loaded,
@@ -1228,145 +1223,63 @@ fn client_add(
     out: &mut dyn Write,
 ) -> anyhow::Result<()> {
     let realm = realm_of(args.realm.clone(), loaded)?;
-    let client_id =
-        ClientId::try_from(args.client_id.as_str()).map_err(|e| anyhow!("--client-id: {e}"))?;
-    let scopes = ScopeSet::parse(&args.scope).map_err(|e| anyhow!("--scope: {e}"))?;
-    let mut partitions = args
-        .partitions
-        .iter()
-        .map(|p| PartitionId::try_from(p.as_str()))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow!("--partition: {e}"))?;
-    if partitions.iter().any(PartitionId::is_all) {
-        partitions.retain(PartitionId::is_all);
-        partitions.truncate(1);
-    }
-    let mut secret = None;
-    let auth = match args.auth {
-        AuthMethod::TlsClientAuth => {
-            let binding = match (&args.cert, &args.cert_subject) {
-                (Some(path), _) => {
-                    let pem = std::fs::read(path)
-                        .with_context(|| format!("cannot read {}", path.display()))?;
-                    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
-                        .map_err(|_| anyhow!("{} is not a PEM certificate", path.display()))?;
-                    let described = tessera_http::peer::describe_certificate(&pem.contents)
-                        .ok_or_else(|| anyhow!("{} is not a certificate", path.display()))?;
-                    CertBinding::Thumbprint(described.thumbprint)
-                }
-                (None, Some(subject)) => {
-                    let issuer = match &args.cert_issuer {
-                        Some(issuer) => issuer.clone(),
-                        None => ca_subject(loaded)?,
-                    };
-                    CertBinding::SubjectDn {
-                        subject: subject.clone(),
-                        issuer,
-                    }
-                }
-                (None, None) => bail!("tls_client_auth needs --cert FILE or --cert-subject DN"),
-            };
-            ClientAuth::TlsClientAuth(binding)
-        }
-        AuthMethod::PrivateKeyJwt => {
-            let source = match (&args.jwks, &args.jwks_uri, &args.public_key) {
-                (Some(path), _, _) => {
-                    let set: JwkSet = serde_json::from_str(&read_text(path)?)
-                        .with_context(|| format!("{} is not a JWK Set", path.display()))?;
-                    anyhow::ensure!(!set.keys.is_empty(), "{} has no keys", path.display());
-                    for key in &set.keys {
-                        key.validate()
-                            .map_err(|e| anyhow!("{}: {e}", path.display()))?;
-                        anyhow::ensure!(
-                            key.kid.is_some() || set.keys.len() == 1,
-                            "{}: with several keys, each needs a kid",
-                            path.display()
-                        );
-                    }
-                    JwksSource::Inline(set)
-                }
-                (None, Some(uri), _) => {
-                    anyhow::ensure!(
-                        uri.starts_with("https://"),
-                        "--jwks-uri must be an https URL"
-                    );
-                    JwksSource::Uri(uri.clone())
-                }
-                (None, None, Some(pem)) => {
-                    let text = if pem.trim_start().starts_with("-----BEGIN") {
-                        pem.clone()
-                    } else {
-                        read_text(Path::new(pem))?
-                    };
-                    let alg = args
-                        .alg
-                        .as_deref()
-                        .map(Algorithm::parse)
-                        .transpose()
-                        .map_err(|e| anyhow!("--alg: {e}"))?;
-                    let jwk =
-                        public_pem_to_jwk(&text, alg).map_err(|e| anyhow!("--public-key: {e}"))?;
-                    JwksSource::Inline(JwkSet { keys: vec![jwk] })
-                }
-                (None, None, None) => {
-                    bail!("private_key_jwt needs --jwks FILE, --jwks-uri URL or --public-key PEM")
-                }
-            };
-            ClientAuth::PrivateKeyJwt(source)
-        }
-        AuthMethod::ClientSecretBasic | AuthMethod::ClientSecretPost => {
-            let generated = random_b64(32)
-                .ok_or_else(|| anyhow!("the system random number generator failed"))?;
-            let auth = ClientAuth::ClientSecret {
-                secret_sha256: secret_hash(&generated),
-                post: matches!(args.auth, AuthMethod::ClientSecretPost),
-            };
-            secret = Some(generated);
-            auth
-        }
-        AuthMethod::None => {
-            anyhow::ensure!(
-                !args.redirect_uris.is_empty(),
-                "a public client (--auth none) needs at least one --redirect-uri"
-            );
-            ClientAuth::None
-        }
+    let credential = match args.auth {
+        AuthMethod::TlsClientAuth => match (&args.cert, &args.cert_subject) {
+            (Some(path), _) => Credential::Certificate(
+                std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
+            ),
+            (None, Some(subject)) => Credential::CertificateSubject {
+                subject: subject.clone(),
+                issuer: match &args.cert_issuer {
+                    Some(issuer) => issuer.clone(),
+                    None => ca_subject(loaded)?,
+                },
+            },
+            (None, None) => bail!("tls_client_auth needs --cert FILE or --cert-subject DN"),
+        },
+        AuthMethod::PrivateKeyJwt => match (&args.jwks, &args.jwks_uri, &args.public_key) {
+            (Some(path), _, _) => Credential::Jwks(read_text(path)?),
+            (None, Some(uri), _) => Credential::JwksUri(uri.clone()),
+            (None, None, Some(pem)) => Credential::PublicKey {
+                pem: if pem.trim_start().starts_with("-----BEGIN") {
+                    pem.clone()
+                } else {
+                    read_text(Path::new(pem))?
+                },
+                alg: args.alg.clone(),
+            },
+            (None, None, None) => {
+                bail!("private_key_jwt needs --jwks FILE, --jwks-uri URL or --public-key PEM")
+            }
+        },
+        AuthMethod::ClientSecretBasic => Credential::Secret { post: false },
+        AuthMethod::ClientSecretPost => Credential::Secret { post: true },
+        AuthMethod::None => Credential::None,
     };
-    for uri in &args.redirect_uris {
-        check_redirect_uri(uri)?;
-    }
-    if let Some(url) = &args.launch_url {
-        anyhow::ensure!(
-            url.starts_with("https://")
-                || url.starts_with("http://localhost")
-                || url.starts_with("http://127.0.0.1"),
-            "--launch-url must be an https URL (http only on localhost)"
-        );
-    }
-    let client = Client {
-        realm: realm.clone(),
-        client_id: client_id.clone(),
-        enabled: true,
-        auth,
-        scopes,
-        partitions,
+    let request = Registration {
+        realm: None,
+        client_id: args.client_id,
+        scope: args.scope,
+        partitions: args.partitions,
+        credential,
+        redirect_uris: args.redirect_uris,
+        launch_url: args.launch_url,
         principal_id: args.principal_id,
         principal_name: args.principal_name,
         person_ids: args.person_ids,
         resource_servers: args.resource_servers,
         accounts: args.accounts,
-        iua: IuaAttributes {
-            subject_name: args.subject_name,
-            subject_organization: args.subject_organization,
-            subject_organization_id: args.subject_organization_id,
-            subject_role: coding("--subject-role", args.subject_role)?,
-            purpose_of_use: coding("--purpose-of-use", args.purpose_of_use)?,
-            home_community_id: args.home_community_id,
-            national_provider_identifier: args.national_provider_identifier,
-        },
-        redirect_uris: args.redirect_uris,
-        launch_url: args.launch_url,
+        subject_name: args.subject_name,
+        subject_organization: args.subject_organization,
+        subject_organization_id: args.subject_organization_id,
+        subject_role: args.subject_role,
+        purpose_of_use: args.purpose_of_use,
+        home_community_id: args.home_community_id,
+        national_provider_identifier: args.national_provider_identifier,
     };
+    let Registered { client, secret } =
+        register(request, realm.clone()).map_err(|e| anyhow!("--{e}"))?;
+    let client_id = client.client_id.clone();
     store.insert_client(&client, now())?;
     writeln!(
         out,
@@ -1396,43 +1309,11 @@ fn client_add(
     Ok(())
 }
 
-/// RFC 6749 3.1.2 and the OAuth 2.0 Security BCP: absolute, no fragment, https (or
-/// http on the loopback interface, or a private-use scheme for native apps), never a
-/// wildcard: redirect URIs are compared exactly.
-fn check_redirect_uri(uri: &str) -> anyhow::Result<()> {
-    let bad = |why: &str| anyhow!("--redirect-uri {uri}: {why}");
-    let (scheme, rest) = uri
-        .split_once("://")
-        .ok_or_else(|| bad("not an absolute URI"))?;
-    if uri.contains('#') {
-        return Err(bad("a redirect URI has no fragment"));
-    }
-    if uri.contains('*') {
-        return Err(bad("wildcards are not allowed; register each URI"));
-    }
-    let host = rest.split(['/', '?', ':']).next().unwrap_or_default();
-    match scheme {
-        "https" if !host.is_empty() => Ok(()),
-        "http" if ["localhost", "127.0.0.1", "[::1]"].contains(&host) => Ok(()),
-        "http" => Err(bad("http is allowed only for localhost; use https")),
-        "javascript" | "data" | "file" | "vbscript" => Err(bad("not a redirect scheme")),
-        _ if scheme.contains('.') => Ok(()),
-        _ => Err(bad(
-            "use https, or a private-use scheme in reverse domain form (com.example.app)",
-        )),
-    }
-}
-
 fn ca_subject(loaded: &Loaded) -> anyhow::Result<String> {
     let path = loaded.base.join("pki").join(crate::pki::CA_CERT);
     let pem = std::fs::read(&path)
         .with_context(|| format!("cannot read {}; pass --cert-issuer", path.display()))?;
-    let (_, pem) = x509_parser::pem::parse_x509_pem(&pem)
-        .map_err(|_| anyhow!("{} is not PEM", path.display()))?;
-    let cert = pem
-        .parse_x509()
-        .map_err(|_| anyhow!("{} is not a certificate", path.display()))?;
-    Ok(cert.subject().to_string())
+    certificate_subject(&pem).ok_or_else(|| anyhow!("{} is not a PEM certificate", path.display()))
 }
 
 #[cfg(test)]

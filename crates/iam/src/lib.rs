@@ -16,6 +16,7 @@ pub mod keywrap;
 pub mod launch;
 pub mod metadata;
 pub mod pem;
+pub mod registration;
 pub mod request;
 pub mod service;
 pub mod token;
