@@ -10,6 +10,7 @@ use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use tessera_atna::{outcome_of_status, Event, Outcome, Record, TokenUse};
 use tessera_iam::VerifiedToken;
 use tessera_types::UnixTime;
+use tessera_vault::authz::Interaction;
 
 use crate::ids::NoRandomness;
 
@@ -106,22 +107,22 @@ pub struct SearchBody(pub String);
 
 /// The FHIR interaction of a vault request, from its route and method; `None` for the
 /// discovery documents, which are not audited.
-fn interaction(req: &HttpRequest) -> Option<&'static str> {
+fn interaction(req: &HttpRequest) -> Option<Interaction> {
     let pattern = req.match_pattern()?;
     let route = pattern.strip_prefix("/fhir/{partition}")?;
     let method = req.method().as_str();
     Some(match (method, route) {
         (_, "/metadata" | "/.well-known/smart-configuration") => return None,
-        ("POST", "" | "/") => "batch",
-        ("POST", "/{type}/_search") | ("GET", "/{type}") => "search-type",
-        ("GET", "/{type}/_history") => "history-type",
-        ("GET", "/{type}/{id}/_history/{vid}") => "vread",
-        ("GET", "/{type}/{id}/_history") => "history-instance",
-        ("POST", "/{type}") => "create",
-        ("GET", "/{type}/{id}") => "read",
-        ("PUT", "/{type}/{id}") => "update",
-        ("DELETE", "/{type}/{id}") => "delete",
-        _ => "operation",
+        ("POST", "" | "/") => Interaction::Batch,
+        ("POST", "/{type}/_search") | ("GET", "/{type}") => Interaction::Search,
+        ("GET", "/{type}/_history") => Interaction::HistoryType,
+        ("GET", "/{type}/{id}/_history/{vid}") => Interaction::VRead,
+        ("GET", "/{type}/{id}/_history") => Interaction::HistoryInstance,
+        ("POST", "/{type}") => Interaction::Create,
+        ("GET", "/{type}/{id}") => Interaction::Read,
+        ("PUT", "/{type}/{id}") => Interaction::Update,
+        ("DELETE", "/{type}/{id}") => Interaction::Delete,
+        _ => Interaction::Operation,
     })
 }
 
@@ -181,7 +182,7 @@ pub async fn vault_middleware(
     let result = match patient {
         Ok(Ok(patient)) => {
             let whole = Event::FhirRequest {
-                interaction: interaction.to_owned(),
+                interaction: interaction.code().to_owned(),
                 token: token.clone(),
                 partition: partition.clone(),
                 patient: patient.clone(),
@@ -193,7 +194,7 @@ pub async fn vault_middleware(
             let mut events = vec![(whole, status)];
             for (entry, entry_status) in entries {
                 let event = Event::FhirRequest {
-                    interaction: entry.interaction.to_owned(),
+                    interaction: entry.interaction.code().to_owned(),
                     token: token.clone(),
                     partition: partition.clone(),
                     patient: patient.clone(),

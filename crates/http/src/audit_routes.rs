@@ -10,6 +10,7 @@ use actix_web::{web, HttpMessage as _, HttpRequest, HttpResponse};
 use serde_json::Value;
 use tessera_atna::{repository_access, Event, RepositoryAccess, REPOSITORY_PARTITION};
 use tessera_iam::VerifiedToken;
+use tessera_vault::authz::Interaction;
 use tessera_vault::bundle::{BatchOutcome, EntryResult};
 use tessera_vault::search::parse_restriction;
 use tessera_vault::{VaultError, WriteOutcome};
@@ -65,7 +66,7 @@ fn refused(state: &AppState) -> ApiError {
 async fn caller(
     req: &HttpRequest,
     state: &web::Data<AppState>,
-    interaction: &str,
+    interaction: Interaction,
 ) -> Result<std::sync::Arc<VerifiedToken>, ApiError> {
     match repository_token(req, state).await {
         Ok(token) => Ok(token),
@@ -121,7 +122,7 @@ async fn repository_token(
 async fn audited(
     req: &HttpRequest,
     state: &web::Data<AppState>,
-    interaction: &str,
+    interaction: Interaction,
     token: Option<&VerifiedToken>,
     result: Result<HttpResponse, ApiError>,
 ) -> Result<HttpResponse, ApiError> {
@@ -138,12 +139,12 @@ async fn audited(
 pub(crate) async fn record_request(
     req: &HttpRequest,
     state: &web::Data<AppState>,
-    interaction: &str,
+    interaction: Interaction,
     token: Option<&VerifiedToken>,
     status: u16,
 ) -> Result<(), ApiError> {
     let event = Event::RepositoryRequest {
-        interaction: interaction.to_owned(),
+        interaction: interaction.code().to_owned(),
         token: token.map(token_use),
         query: Some(req.query_string().to_owned()).filter(|q| !q.is_empty()),
         endpoint: format!("{}{}", state.repository.public_url, req.path()),
@@ -153,9 +154,9 @@ pub(crate) async fn record_request(
 }
 
 async fn query(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let token = caller(&req, &state, "search-type").await?;
+    let token = caller(&req, &state, Interaction::Search).await?;
     let result = query_inner(&req, &state, &token).await;
-    audited(&req, &state, "search-type", Some(&token), result).await
+    audited(&req, &state, Interaction::Search, Some(&token), result).await
 }
 
 async fn query_inner(
@@ -273,7 +274,7 @@ async fn feed_one(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = caller(&req, &state, "create").await?;
+    let token = caller(&req, &state, Interaction::Create).await?;
     let result = async {
         repository_access(&token.claims.scope, None, true).ok_or_else(|| refused(&state))?;
         let resource = parse_body(&body)?;
@@ -298,7 +299,7 @@ async fn feed_one(
         }
     }
     .await;
-    audited(&req, &state, "create", Some(&token), result).await
+    audited(&req, &state, Interaction::Create, Some(&token), result).await
 }
 
 async fn feed_batch(
@@ -306,7 +307,7 @@ async fn feed_batch(
     body: web::Bytes,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, ApiError> {
-    let token = caller(&req, &state, "create").await?;
+    let token = caller(&req, &state, Interaction::Create).await?;
     let result = async {
         repository_access(&token.claims.scope, None, true).ok_or_else(|| refused(&state))?;
         let bundle = parse_body(&body)?;
@@ -348,5 +349,5 @@ async fn feed_batch(
             .json(response))
     }
     .await;
-    audited(&req, &state, "create", Some(&token), result).await
+    audited(&req, &state, Interaction::Create, Some(&token), result).await
 }

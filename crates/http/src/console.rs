@@ -23,6 +23,7 @@ use tessera_iam::metadata::endpoint_path;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::VerifiedToken;
 use tessera_types::UnixTime;
+use tessera_vault::authz::Interaction;
 use tessera_vault::dates::format_instant;
 use tessera_vault::VaultError;
 
@@ -445,7 +446,7 @@ async fn audited(
     req: &HttpRequest,
     state: &web::Data<AppState>,
     viewer: &Viewer,
-    interaction: &str,
+    interaction: Interaction,
     status: StatusCode,
 ) -> Result<(), ApiError> {
     record_request(
@@ -576,7 +577,7 @@ async fn events(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
         }
         Err(other) => return Err(ApiError::Vault(other)),
     };
-    audited(&req, &state, &viewer, "search-type", status).await?;
+    audited(&req, &state, &viewer, Interaction::Search, status).await?;
     let rows: Vec<Row> = resources.iter().map(|r| row(summarize(r))).collect();
     let shown = rows.len();
     let page_link = |page: usize| {
@@ -643,7 +644,14 @@ async fn event(
     };
     let realm = realm_label(&state);
     let Some(resource) = found else {
-        audited(&req, &state, &viewer, "read", StatusCode::NOT_FOUND).await?;
+        audited(
+            &req,
+            &state,
+            &viewer,
+            Interaction::Read,
+            StatusCode::NOT_FOUND,
+        )
+        .await?;
         return Ok(message(
             &realm,
             StatusCode::NOT_FOUND,
@@ -662,7 +670,7 @@ async fn event(
         }
         None => None,
     };
-    audited(&req, &state, &viewer, "read", StatusCode::OK).await?;
+    audited(&req, &state, &viewer, Interaction::Read, StatusCode::OK).await?;
     let who = viewer_name(&viewer);
     let page = EventPage {
         realm: &realm,
@@ -728,7 +736,14 @@ async fn export(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
     };
     let realm = realm_label(&state);
     if !viewer.auditor() {
-        audited(&req, &state, &viewer, "search-type", StatusCode::FORBIDDEN).await?;
+        audited(
+            &req,
+            &state,
+            &viewer,
+            Interaction::Search,
+            StatusCode::FORBIDDEN,
+        )
+        .await?;
         return Ok(message(
             &realm,
             StatusCode::FORBIDDEN,
@@ -767,7 +782,7 @@ async fn export(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResp
             Err(other) => return Err(ApiError::Vault(other)),
         }
     };
-    audited(&req, &state, &viewer, "search-type", status).await?;
+    audited(&req, &state, &viewer, Interaction::Search, status).await?;
     if status != StatusCode::OK {
         return Ok(message(
             &realm,
@@ -870,7 +885,7 @@ async fn trail_page(
         Ok((st.store.audit_head()?, st.store.deliveries()?))
     })
     .await??;
-    audited(req, state, viewer, "read", StatusCode::OK).await?;
+    audited(req, state, viewer, Interaction::Read, StatusCode::OK).await?;
     let realm = realm_label(state);
     let who = viewer_name(viewer);
     let check = state.chain_check.latest().map(|run| CheckView::of(&run));
@@ -903,7 +918,14 @@ async fn auditor_only(
         return Ok(Err(redirect("/console")));
     };
     if !viewer.auditor() {
-        audited(req, state, &viewer, "read", StatusCode::FORBIDDEN).await?;
+        audited(
+            req,
+            state,
+            &viewer,
+            Interaction::Read,
+            StatusCode::FORBIDDEN,
+        )
+        .await?;
         return Ok(Err(message(
             &realm_label(state),
             StatusCode::FORBIDDEN,
@@ -946,7 +968,14 @@ async fn verify(
     state
         .chain_check
         .start(&state.store, viewer_name(&viewer), head, now(), now);
-    audited(&req, &state, &viewer, "operation", StatusCode::SEE_OTHER).await?;
+    audited(
+        &req,
+        &state,
+        &viewer,
+        Interaction::Operation,
+        StatusCode::SEE_OTHER,
+    )
+    .await?;
     Ok(redirect("/console/trail"))
 }
 

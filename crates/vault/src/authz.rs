@@ -19,6 +19,7 @@ use tessera_types::Scope;
 use crate::registry::Registry;
 use crate::search::{parse_restriction, Criterion};
 
+/// A FHIR RESTful interaction (R4 http.html), as authorized, audited and advertised.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Interaction {
     Read,
@@ -29,18 +30,36 @@ pub enum Interaction {
     Create,
     Update,
     Delete,
+    /// A batch or transaction Bundle: each entry is authorized as what it is.
+    Batch,
+    /// Anything else (an unsupported operation, a request the vault refuses).
+    Operation,
 }
 
 impl Interaction {
-    /// The SMART v2 permission an interaction needs.
-    pub fn permission(self) -> Permissions {
-        match self {
+    /// The type-level interactions a CapabilityStatement lists for each resource.
+    pub const ON_TYPES: [Interaction; 8] = [
+        Self::Read,
+        Self::VRead,
+        Self::Update,
+        Self::Delete,
+        Self::HistoryInstance,
+        Self::HistoryType,
+        Self::Create,
+        Self::Search,
+    ];
+
+    /// The SMART v2 permission an interaction needs; `None` for a batch (its entries
+    /// each need theirs) and an operation (never granted by a scope).
+    pub fn permission(self) -> Option<Permissions> {
+        Some(match self {
             Self::Read | Self::VRead | Self::HistoryInstance => Permissions::READ,
             Self::Search | Self::HistoryType => Permissions::SEARCH,
             Self::Create => Permissions::CREATE,
             Self::Update => Permissions::UPDATE,
             Self::Delete => Permissions::DELETE,
-        }
+            Self::Batch | Self::Operation => return None,
+        })
     }
 
     /// The interaction's code in a CapabilityStatement / BALP.
@@ -54,6 +73,8 @@ impl Interaction {
             Self::Create => "create",
             Self::Update => "update",
             Self::Delete => "delete",
+            Self::Batch => "batch",
+            Self::Operation => "operation",
         }
     }
 }
@@ -104,7 +125,7 @@ pub fn authorize(
     interaction: Interaction,
 ) -> Result<Access, Denial> {
     grants_partition(grant, partition)?;
-    let need = interaction.permission();
+    let need = interaction.permission().ok_or(Denial::Scope)?;
     let mut restrictions = Vec::new();
     for scope in grant.scope.split(' ').filter(|s| !s.is_empty()) {
         let Some(smart) = Scope::try_from(scope)
@@ -206,6 +227,10 @@ mod tests {
             ),
             ("patient/Observation.rs?category=laboratory system/Observation.rs", "Observation", Read, all.clone()),
             ("patient/Observation.rs?nonsense=1", "Observation", Read, scope.clone()),
+            // a Bundle's entries are authorized one by one; no scope grants the Bundle
+            // itself or an operation
+            ("user/*.*", "Observation", Batch, scope.clone()),
+            ("system/*.cruds", "Observation", Operation, scope.clone()),
         ];
         for (scope, ty, interaction, expected) in table {
             assert_eq!(

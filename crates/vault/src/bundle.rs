@@ -193,7 +193,7 @@ pub struct BatchOutcome {
 /// interaction, the resource (`Type/id`, relative) and a search's query.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryAudit {
-    pub interaction: &'static str,
+    pub interaction: Interaction,
     pub resource: Option<String>,
     pub query: Option<String>,
 }
@@ -214,13 +214,13 @@ fn entry_audits(entries: &[Value], results: &[EntryResult], base: &str) -> Vec<E
             };
             let (segments, query) = split_url(field("url"), base);
             let interaction = match (field("method"), segments.as_slice()) {
-                ("GET", [_]) => "search-type",
-                ("GET", [_, _]) => "read",
-                ("GET", [_, _, "_history", _]) => "vread",
-                ("POST", [_]) => "create",
-                ("PUT", [_, _]) => "update",
-                ("DELETE", [_, _]) => "delete",
-                _ => "operation",
+                ("GET", [_]) => Interaction::Search,
+                ("GET", [_, _]) => Interaction::Read,
+                ("GET", [_, _, "_history", _]) => Interaction::VRead,
+                ("POST", [_]) => Interaction::Create,
+                ("PUT", [_, _]) => Interaction::Update,
+                ("DELETE", [_, _]) => Interaction::Delete,
+                _ => Interaction::Operation,
             };
             let resource = match result {
                 EntryResult::Written(WriteOutcome::Created(s)) => {

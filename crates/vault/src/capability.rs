@@ -5,6 +5,7 @@
 
 use serde_json::{json, Value};
 
+use crate::authz::Interaction;
 use crate::registry::Registry;
 
 /// Where the vault's tokens come from.
@@ -18,17 +19,6 @@ pub struct AuthServer {
     pub authorization_endpoint: String,
     pub jwks_uri: String,
 }
-
-const INTERACTIONS: [&str; 8] = [
-    "read",
-    "vread",
-    "update",
-    "delete",
-    "history-instance",
-    "history-type",
-    "create",
-    "search-type",
-];
 
 pub fn capability_statement(
     registry: &Registry,
@@ -46,7 +36,7 @@ pub fn capability_statement(
                 .collect();
             let mut resource = json!({
                 "type": ty,
-                "interaction": INTERACTIONS.iter().map(|code| json!({ "code": code })).collect::<Vec<_>>(),
+                "interaction": Interaction::ON_TYPES.iter().map(|i| json!({ "code": i.code() })).collect::<Vec<_>>(),
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
