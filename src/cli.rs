@@ -1216,14 +1216,9 @@ fn read_text(path: &Path) -> anyhow::Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-fn client_add(
-    args: ClientAdd,
-    loaded: &Loaded,
-    store: &Store,
-    out: &mut dyn Write,
-) -> anyhow::Result<()> {
-    let realm = realm_of(args.realm.clone(), loaded)?;
-    let credential = match args.auth {
+/// What `client add`'s flags register as the client's credential, files read.
+fn credential(args: &ClientAdd, loaded: &Loaded) -> anyhow::Result<Credential> {
+    Ok(match args.auth {
         AuthMethod::TlsClientAuth => match (&args.cert, &args.cert_subject) {
             (Some(path), _) => Credential::Certificate(
                 std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?,
@@ -1255,7 +1250,17 @@ fn client_add(
         AuthMethod::ClientSecretBasic => Credential::Secret { post: false },
         AuthMethod::ClientSecretPost => Credential::Secret { post: true },
         AuthMethod::None => Credential::None,
-    };
+    })
+}
+
+fn client_add(
+    args: ClientAdd,
+    loaded: &Loaded,
+    store: &Store,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
+    let realm = realm_of(args.realm.clone(), loaded)?;
+    let credential = credential(&args, loaded)?;
     let request = Registration {
         realm: None,
         client_id: args.client_id,

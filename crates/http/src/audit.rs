@@ -140,12 +140,39 @@ pub async fn vault_middleware(
     let Some(state) = request.app_data::<web::Data<AppState>>().cloned() else {
         return Ok(response);
     };
-    let status = response.status().as_u16();
+    match record_vault_request(&request, &response, &state, interaction).await {
+        Ok(()) => Ok(response),
+        Err(error) => {
+            tracing::error!(%error, "the vault request could not be audited; answering 500");
+            let failed = HttpResponse::from_error(ApiError::Vault(
+                tessera_vault::VaultError::Store("audit record not committed".into()),
+            ));
+            Ok(response.into_response(failed))
+        }
+    }
+}
+
+/// Makes the records of a vault request durable: its own, and one per entry of a
+/// posted Bundle, each naming the partition's patient account.
+async fn record_vault_request(
+    request: &HttpRequest,
+    response: &ServiceResponse<BoxBody>,
+    state: &web::Data<AppState>,
+    interaction: Interaction,
+) -> Result<(), ApiError> {
     let partition = request
         .match_info()
         .get("partition")
         .unwrap_or_default()
         .to_owned();
+    let patient = match state.store.cached_account_of_partition(&partition) {
+        Some(account) => Some(account),
+        None => {
+            let st = state.clone().into_inner();
+            let lookup = partition.clone();
+            blocking(move || st.store.account_of_partition(&lookup)).await??
+        }
+    };
     let endpoint = format!("{}/{partition}", state.vault.base);
     let info = request.match_info();
     let resource = match (info.get("type"), info.get("id"), info.get("vid")) {
@@ -166,58 +193,28 @@ pub async fn vault_middleware(
         .extensions()
         .get::<VaultToken>()
         .map(|t| token_use(&t.0));
-    let patient = match state.store.cached_account_of_partition(&partition) {
-        Some(account) => Ok(Ok(Some(account))),
-        None => {
-            let st = state.clone().into_inner();
-            let lookup = partition.clone();
-            blocking(move || st.store.account_of_partition(&lookup)).await
-        }
+    let event = |interaction: Interaction, resource, query, status| Event::FhirRequest {
+        interaction: interaction.code().to_owned(),
+        token: token.clone(),
+        partition: partition.clone(),
+        patient: patient.clone(),
+        resource,
+        query,
+        endpoint: endpoint.clone(),
+        status,
     };
+    let status = response.status().as_u16();
+    let mut events = vec![(event(interaction, resource, query, status), status)];
     let entries = request
         .extensions()
         .get::<BatchEntries>()
-        .map(|b| b.0.clone())
-        .unwrap_or_default();
-    let result = match patient {
-        Ok(Ok(patient)) => {
-            let whole = Event::FhirRequest {
-                interaction: interaction.code().to_owned(),
-                token: token.clone(),
-                partition: partition.clone(),
-                patient: patient.clone(),
-                resource,
-                query,
-                endpoint: endpoint.clone(),
-                status,
-            };
-            let mut events = vec![(whole, status)];
-            for (entry, entry_status) in entries {
-                let event = Event::FhirRequest {
-                    interaction: entry.interaction.code().to_owned(),
-                    token: token.clone(),
-                    partition: partition.clone(),
-                    patient: patient.clone(),
-                    resource: entry.resource.map(|r| format!("{endpoint}/{r}")),
-                    query: entry.query,
-                    endpoint: endpoint.clone(),
-                    status: entry_status,
-                };
-                events.push((event, entry_status));
-            }
-            append_all(&request, &state, events).await
-        }
-        Ok(Err(e)) => Err(ApiError::from(e)),
-        Err(e) => Err(e),
-    };
-    match result {
-        Ok(()) => Ok(response),
-        Err(error) => {
-            tracing::error!(%error, "the vault request could not be audited; answering 500");
-            let failed = HttpResponse::from_error(ApiError::Vault(
-                tessera_vault::VaultError::Store("audit record not committed".into()),
-            ));
-            Ok(response.into_response(failed))
-        }
+        .map(|b| b.0.clone());
+    for (entry, entry_status) in entries.unwrap_or_default() {
+        let resource = entry.resource.map(|r| format!("{endpoint}/{r}"));
+        events.push((
+            event(entry.interaction, resource, entry.query, entry_status),
+            entry_status,
+        ));
     }
+    append_all(request, state, events).await
 }

@@ -380,13 +380,7 @@ async fn introspect(
         other => (client_credentials(&req, other).map_err(oauth)?, None),
     };
     let query = TokenQuery::from_form(form(&req, &body).map_err(oauth)?).map_err(oauth)?;
-    // Who asked, as far as the request says (the audit record's requestor).
-    let caller = query
-        .client
-        .client_id
-        .clone()
-        .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()))
-        .or_else(|| bearer.as_ref().map(|_| "bearer".to_owned()));
+    let caller = introspection_caller(&query, &credentials, bearer.is_some());
     let endpoint = tessera_iam::metadata::endpoint(&realm.issuer, "token/introspect");
     let observer = realm.issuer.clone();
 
@@ -406,18 +400,10 @@ async fn introspect(
     // A refusal is decided here once: its status goes into the record, then out.
     let result = result.map_err(|error| {
         let description = error.to_string();
-        let refusal = match error {
-            IntrospectionError::Client(error) => oauth(error),
-            IntrospectionError::InvalidBearer => ApiError::Bearer {
-                realm: realm_name.clone(),
-                error: BearerError::InvalidToken,
-            },
-            IntrospectionError::InsufficientScope => ApiError::Bearer {
-                realm: realm_name.clone(),
-                error: BearerError::NotAllowedToIntrospect,
-            },
-        };
-        (refusal, description)
+        (
+            introspection_refusal(error, &realm_name, &challenge),
+            description,
+        )
     });
     let (status, token_id, error) = match &result {
         Ok(response) => (
@@ -459,6 +445,42 @@ async fn introspect(
             Err(refusal)
         }
     }
+}
+
+/// The answer to a refused introspection: the caller's client authentication failed
+/// (RFC 6749), or its own Bearer token is not valid or lacks the introspection scope
+/// (401 both, as ITI-102 answers a caller without authority).
+fn introspection_refusal(
+    error: IntrospectionError,
+    realm: &str,
+    challenge: &Challenge,
+) -> ApiError {
+    match error {
+        IntrospectionError::Client(error) => challenge.error(error),
+        IntrospectionError::InvalidBearer => ApiError::Bearer {
+            realm: realm.to_owned(),
+            error: BearerError::InvalidToken,
+        },
+        IntrospectionError::InsufficientScope => ApiError::Bearer {
+            realm: realm.to_owned(),
+            error: BearerError::NotAllowedToIntrospect,
+        },
+    }
+}
+
+/// Who asked for an introspection, as far as the request says (the audit record's
+/// requestor): the client id in the form or in Basic credentials, or a Bearer caller.
+fn introspection_caller(
+    query: &TokenQuery,
+    credentials: &Credentials,
+    bearer: bool,
+) -> Option<String> {
+    query
+        .client
+        .client_id
+        .clone()
+        .or_else(|| credentials.basic.as_ref().map(|(id, _)| id.clone()))
+        .or_else(|| bearer.then(|| "bearer".to_owned()))
 }
 
 /// RFC 7009.

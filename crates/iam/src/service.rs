@@ -645,7 +645,21 @@ impl<S: IamStore> TokenService<S> {
                 ));
             }
         }
-        let claims = match source {
+        let claims = self.verify_signature(jws, assertion, source, now)?;
+        let (jti, until) = self.check_assertion_claims(realm, &claims, iss, now)?;
+        Ok((client, jti, until))
+    }
+
+    /// The assertion's claims, once its signature verifies with one of the client's
+    /// registered keys (fetched again once when a `jwks_uri` set lacks its `kid`).
+    fn verify_signature(
+        &self,
+        jws: UnverifiedJws,
+        assertion: &str,
+        source: &JwksSource,
+        now: UnixTime,
+    ) -> Result<Value, OAuthError> {
+        match source {
             JwksSource::Inline(set) => jws.verify(&set.keys),
             JwksSource::Uri(uri) => {
                 let keys = self
@@ -670,8 +684,19 @@ impl<S: IamStore> TokenService<S> {
                 invalid_client("several registered keys match the assertion")
             }
             _ => invalid_client("the client assertion signature does not verify"),
-        })?;
+        })
+    }
 
+    /// RFC 7523 3's claim checks: `sub` is the client, `aud` this token endpoint, the
+    /// times within the skew and the lifetime allowed, a usable `jti`; the `jti` and
+    /// until when it must be remembered.
+    fn check_assertion_claims(
+        &self,
+        realm: &RealmState,
+        claims: &Value,
+        iss: &str,
+        now: UnixTime,
+    ) -> Result<(String, UnixTime), OAuthError> {
         let text = |name: &str| claims.get(name).and_then(Value::as_str);
         let number = |name: &str| claims.get(name).and_then(Value::as_i64);
         if text("sub") != Some(iss) {
@@ -712,7 +737,7 @@ impl<S: IamStore> TokenService<S> {
         if jti.is_empty() || jti.len() > 255 {
             return Err(invalid_client("the assertion jti is not usable"));
         }
-        Ok((client, jti.to_owned(), UnixTime(exp + skew)))
+        Ok((jti.to_owned(), UnixTime(exp + skew)))
     }
 }
 

@@ -464,6 +464,8 @@ fn read_entry<S: VaultStore>(
     result.unwrap_or_else(EntryResult::Failed)
 }
 
+/// Runs a posted batch or transaction Bundle (`body`): each entry as the interaction
+/// it is, a transaction all or nothing.
 pub(crate) fn run<S: VaultStore>(
     vault: &Vault,
     store: &S,
@@ -487,35 +489,58 @@ pub(crate) fn run<S: VaultStore>(
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    if !transaction {
-        let results: Vec<EntryResult> = entries
-            .iter()
-            .map(|entry| match parse_entry(vault, entry, ctx.base, new_id) {
-                Err(e) => EntryResult::Failed(e),
-                Ok((EntryRequest::Write(op), _)) => match vault.write_op(store, ctx, op) {
-                    Ok(op) => match vault.apply(store, ctx, std::slice::from_ref(&op)) {
-                        Ok(mut outcomes) => {
-                            outcomes.pop().map(EntryResult::Written).unwrap_or_else(|| {
-                                EntryResult::Failed(VaultError::Store("no outcome".into()))
-                            })
-                        }
-                        Err((_, e)) => EntryResult::Failed(e),
-                    },
-                    Err(e) => EntryResult::Failed(e),
+    let results = if transaction {
+        run_transaction(vault, store, ctx, &entries, new_id)?
+    } else {
+        run_batch(vault, store, ctx, &entries, new_id)
+    };
+    Ok(BatchOutcome {
+        transaction,
+        audits: entry_audits(&entries, &results, ctx.base),
+        entries: results,
+    })
+}
+
+/// A batch: each entry on its own, its failure its own.
+fn run_batch<S: VaultStore>(
+    vault: &Vault,
+    store: &S,
+    ctx: &Ctx<'_>,
+    entries: &[Value],
+    new_id: &mut dyn FnMut() -> String,
+) -> Vec<EntryResult> {
+    entries
+        .iter()
+        .map(|entry| match parse_entry(vault, entry, ctx.base, new_id) {
+            Err(e) => EntryResult::Failed(e),
+            Ok((EntryRequest::Write(op), _)) => match vault.write_op(store, ctx, op) {
+                Ok(op) => match vault.apply(store, ctx, std::slice::from_ref(&op)) {
+                    Ok(mut outcomes) => {
+                        outcomes.pop().map(EntryResult::Written).unwrap_or_else(|| {
+                            EntryResult::Failed(VaultError::Store("no outcome".into()))
+                        })
+                    }
+                    Err((_, e)) => EntryResult::Failed(e),
                 },
-                Ok((read, _)) => read_entry(vault, store, ctx, &read),
-            })
-            .collect();
-        return Ok(BatchOutcome {
-            transaction,
-            audits: entry_audits(&entries, &results, ctx.base),
-            entries: results,
-        });
-    }
-    // Transaction: parse and authorize everything before writing anything.
+                Err(e) => EntryResult::Failed(e),
+            },
+            Ok((read, _)) => read_entry(vault, store, ctx, &read),
+        })
+        .collect()
+}
+
+/// A transaction: every entry parsed and authorized before anything is written, the
+/// writes in one store transaction in R4's order, the reads after the commit.
+fn run_transaction<S: VaultStore>(
+    vault: &Vault,
+    store: &S,
+    ctx: &Ctx<'_>,
+    entries: &[Value],
+    new_id: &mut dyn FnMut() -> String,
+) -> Result<Vec<EntryResult>, VaultError> {
     let mut parsed = Vec::with_capacity(entries.len());
     let mut ids = HashMap::new();
-    for entry in &entries {
+    for entry in entries {
         let (request, full_url) = parse_entry(vault, entry, ctx.base, new_id)?;
         if let (EntryRequest::Write(op), Some(full_url)) = (&request, &full_url) {
             let created = matches!(op.kind, WriteKind::Create) && full_url.starts_with("urn:uuid:");
@@ -570,10 +595,5 @@ pub(crate) fn run<S: VaultStore>(
             results[position] = Some(read_entry(vault, store, ctx, request));
         }
     }
-    let results: Vec<EntryResult> = results.into_iter().flatten().collect();
-    Ok(BatchOutcome {
-        transaction,
-        audits: entry_audits(&entries, &results, ctx.base),
-        entries: results,
-    })
+    Ok(results.into_iter().flatten().collect())
 }

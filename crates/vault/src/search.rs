@@ -6,7 +6,7 @@
 
 use crate::dates::{self, DateRange};
 use crate::index::{normalize, reference_parts};
-use crate::registry::{ParamKind, Registry};
+use crate::registry::{ParamKind, Registry, SearchParam};
 
 pub const DEFAULT_COUNT: usize = 50;
 pub const MAX_COUNT: usize = 1000;
@@ -314,33 +314,7 @@ pub fn parse(
             ("_format" | "_pretty", None) => continue,
             // `_sort=-date,code`, and `_sort:desc=date` as some clients write it.
             ("_sort", modifier) => {
-                let descending_all = match modifier {
-                    None | Some("asc") => false,
-                    Some("desc") => true,
-                    Some(other) => {
-                        return Err(invalid(format!("unknown _sort modifier ':{other}'")))
-                    }
-                };
-                for item in value.split(',').filter(|s| !s.is_empty()) {
-                    let (descending, code) = match item.strip_prefix('-') {
-                        Some(code) => (true, code),
-                        None => (descending_all, item),
-                    };
-                    let param = registry.param(resource_type, code).ok_or_else(|| {
-                        invalid(format!("cannot sort by unknown parameter '{code}'"))
-                    })?;
-                    query.sort.push(SortKey {
-                        param: code.to_owned(),
-                        kind: param.kind,
-                        descending,
-                        ordering: Registry::ordering_date(resource_type) == code,
-                    });
-                    if query.sort.len() > MAX_SORT_KEYS {
-                        return Err(SearchError::TooCostly(format!(
-                            "at most {MAX_SORT_KEYS} sort keys"
-                        )));
-                    }
-                }
+                sort_keys(registry, resource_type, modifier, value, &mut query.sort)?;
                 query.used.push((key.clone(), value.clone()));
                 continue;
             }
@@ -352,38 +326,7 @@ pub fn parse(
                     query.ignored.push(key.clone());
                     continue;
                 };
-                let criterion = if modifier == Some("missing") {
-                    let missing = match value.as_str() {
-                        "true" => true,
-                        "false" => false,
-                        _ => return Err(invalid(format!("'{key}' takes true or false"))),
-                    };
-                    Criterion {
-                        param: name.to_owned(),
-                        any_of: Vec::new(),
-                        negate: false,
-                        missing: Some(missing),
-                    }
-                } else {
-                    if let Some(m) = modifier {
-                        if !modifier_allowed(param.kind, m, &param.targets) {
-                            return Err(invalid(format!(
-                                "modifier ':{m}' is not supported on {} parameter '{name}'",
-                                param.kind.name()
-                            )));
-                        }
-                    }
-                    let any_of = split_escaped(value, ',')
-                        .iter()
-                        .map(|v| parse_value(param.kind, modifier, &param.targets, v, base, name))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    Criterion {
-                        param: name.to_owned(),
-                        any_of,
-                        negate: modifier == Some("not"),
-                        missing: None,
-                    }
-                };
+                let criterion = criterion(param, key, name, modifier, value, base)?;
                 values += criterion.any_of.len().max(1);
                 query.criteria.push(criterion);
                 if query.criteria.len() > MAX_PARAMETERS {
@@ -401,6 +344,86 @@ pub fn parse(
         query.used.push((key.clone(), value.clone()));
     }
     Ok(query)
+}
+
+/// Adds the keys of one `_sort` parameter (`-date,code`, or `_sort:desc=date` as some
+/// clients write it) to `sort`.
+fn sort_keys(
+    registry: &Registry,
+    resource_type: &str,
+    modifier: Option<&str>,
+    value: &str,
+    sort: &mut Vec<SortKey>,
+) -> Result<(), SearchError> {
+    let descending_all = match modifier {
+        None | Some("asc") => false,
+        Some("desc") => true,
+        Some(other) => return Err(invalid(format!("unknown _sort modifier ':{other}'"))),
+    };
+    for item in value.split(',').filter(|s| !s.is_empty()) {
+        let (descending, code) = match item.strip_prefix('-') {
+            Some(code) => (true, code),
+            None => (descending_all, item),
+        };
+        let param = registry
+            .param(resource_type, code)
+            .ok_or_else(|| invalid(format!("cannot sort by unknown parameter '{code}'")))?;
+        sort.push(SortKey {
+            param: code.to_owned(),
+            kind: param.kind,
+            descending,
+            ordering: Registry::ordering_date(resource_type) == code,
+        });
+        if sort.len() > MAX_SORT_KEYS {
+            return Err(SearchError::TooCostly(format!(
+                "at most {MAX_SORT_KEYS} sort keys"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// One search parameter `key` (`name` with its `modifier`) and its comma-separated
+/// `value` as a criterion.
+fn criterion(
+    param: &SearchParam,
+    key: &str,
+    name: &str,
+    modifier: Option<&str>,
+    value: &str,
+    base: &str,
+) -> Result<Criterion, SearchError> {
+    if modifier == Some("missing") {
+        let missing = match value {
+            "true" => true,
+            "false" => false,
+            _ => return Err(invalid(format!("'{key}' takes true or false"))),
+        };
+        return Ok(Criterion {
+            param: name.to_owned(),
+            any_of: Vec::new(),
+            negate: false,
+            missing: Some(missing),
+        });
+    }
+    if let Some(m) = modifier {
+        if !modifier_allowed(param.kind, m, &param.targets) {
+            return Err(invalid(format!(
+                "modifier ':{m}' is not supported on {} parameter '{name}'",
+                param.kind.name()
+            )));
+        }
+    }
+    let any_of = split_escaped(value, ',')
+        .iter()
+        .map(|v| parse_value(param.kind, modifier, &param.targets, v, base, name))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Criterion {
+        param: name.to_owned(),
+        any_of,
+        negate: modifier == Some("not"),
+        missing: None,
+    })
 }
 
 /// Parses the query of a SMART scope such as `patient/Observation.rs?category=laboratory`
