@@ -272,18 +272,12 @@ fn realm_private_keys_are_encrypted_at_rest_and_can_be_rewrapped() {
     assert_eq!(realm_keys(&env, "cara"), Ok(2));
 
     // An installation that stored keys unencrypted encrypts them with `keys rewrap`.
-    env.set_config(
-        "key_encryption_key_file = \"pki/signing-keys.kek\"",
-        "key_encryption_key_file = \"\"",
-    );
+    env.configure(|c| c.iam.key_encryption_key_file = String::new());
     env.cli(&["realm", "add", "legacy"]).unwrap();
     let plain =
         env.sql_values("SELECT private_key AS value FROM signing_keys WHERE realm = 'legacy'");
     assert!(plain.iter().all(|k| !k.starts_with("enc1.")), "{plain:?}");
-    env.set_config(
-        "key_encryption_key_file = \"\"",
-        "key_encryption_key_file = \"pki/signing-keys.kek\"",
-    );
+    env.configure(|c| c.iam.key_encryption_key_file = "pki/signing-keys.kek".into());
     let printed = env.cli(&["keys", "rewrap"]).unwrap();
     assert!(
         printed.contains("2 private keys now encrypted") && printed.contains("2 already were"),

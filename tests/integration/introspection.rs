@@ -22,10 +22,7 @@ struct Setup {
 fn setup() -> Setup {
     let env = Env::new();
     let fhir = format!("{}/fhir", env.base_url());
-    env.set_config(
-        "audiences = []",
-        &format!("audiences = [\"{fhir}\", \"https://other.example/fhir\"]"),
-    );
+    env.configure(|c| c.iam.audiences = vec![fhir.clone(), "https://other.example/fhir".into()]);
     let (tcu_crt, tcu_key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
     let (gw_crt, gw_key) = env.add_mtls_client(
         "gateway",

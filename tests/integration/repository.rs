@@ -368,17 +368,22 @@ fn a_node_feeds_its_trail_to_a_remote_repository_over_mutual_tls() {
     let auditor = token(&arr, "auditor", &["--scope", "system/AuditEvent.rs"], &[]);
 
     let node = Env::new();
-    let mut config = std::fs::read_to_string(&node.config).unwrap();
-    config.push_str(&format!(
-        "\n[[audit.fhir_feed]]\nname = \"arr\"\nurl = \"https://localhost:{port}/audit/fhir\"\n\
-         token_url = \"https://localhost:{port}/realms/cara/protocol/openid-connect/token\"\n\
-         client_id = \"node-a\"\nca = \"{ca}\"\ncert = \"{crt}\"\nkey = \"{key}\"\n",
-        port = arr.port,
-        ca = arr.path("pki/ca.crt").display(),
-        crt = crt.display(),
-        key = key.display(),
-    ));
-    std::fs::write(&node.config, config).unwrap();
+    node.configure(|c| {
+        c.audit.fhir_feed.push(tessera::config::FhirFeedConfig {
+            name: "arr".into(),
+            url: format!("https://localhost:{}/audit/fhir", arr.port),
+            token_url: format!(
+                "https://localhost:{}/realms/cara/protocol/openid-connect/token",
+                arr.port
+            ),
+            client_id: "node-a".into(),
+            client_secret: String::new(),
+            scope: "system/AuditEvent.c".into(),
+            ca: Some(arr.path("pki/ca.crt")),
+            cert: Some(crt.clone()),
+            key: Some(key.clone()),
+        })
+    });
     let node_server = node.start();
     let _clinic = token(&node, "clinic", &["--scope", "system/*.rs"], &[]);
     let (ids, held) = fed_eventually(&node, &arr, &auditor, 2);

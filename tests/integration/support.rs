@@ -3,7 +3,7 @@
 //! `TESSERA_TEST_DATABASE=postgres`), the real server started in-process on a free port,
 //! and an HTTPS client with the development CA and optional client certificates.
 
-use std::net::TcpListener;
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
@@ -103,31 +103,22 @@ impl Env {
         run_cli(&args).unwrap();
         let config = dir.join("config/tessera.toml");
         let port = free_port();
-        // Test-speed settings: quick CRL reloads, no client cache, the dev CA for jwks_uri.
-        let text = std::fs::read_to_string(&config)
-            .unwrap()
-            .replace(
-                "listen = \"127.0.0.1:8443\"",
-                &format!("listen = \"127.0.0.1:{port}\""),
-            )
-            .replace("crl_refresh_seconds = 10", "crl_refresh_seconds = 1")
-            .replace("workers = 0", "workers = 2")
-            .replace("cache_seconds = 5", "cache_seconds = 0")
-            .replace(
-                "# jwks_uri_ca = \"pki/ca.crt\"",
-                "jwks_uri_ca = \"pki/ca.crt\"",
-            )
-            .replace(
-                "jwks_refresh_min_seconds = 30",
-                "jwks_refresh_min_seconds = 0",
-            );
-        std::fs::write(&config, text).unwrap();
-        Self {
+        let env = Self {
             dir,
             config,
             port,
             _db: db,
-        }
+        };
+        // Test-speed settings: quick CRL reloads, no client cache, the dev CA for jwks_uri.
+        env.configure(|c| {
+            c.server.listen = SocketAddr::from(([127, 0, 0, 1], port));
+            c.server.workers = 2;
+            c.tls.crl_refresh_seconds = 1;
+            c.iam.cache_seconds = 0;
+            c.iam.jwks_uri_ca = Some("pki/ca.crt".into());
+            c.iam.jwks_refresh_min_seconds = 0;
+        });
+        env
     }
 
     /// Issues a certificate named `client_id` and registers it as a `tls_client_auth`
@@ -257,11 +248,12 @@ impl Env {
         rows.into_iter().map(|r| r.value).collect()
     }
 
-    /// Replaces a line of the configuration file (before the server starts).
-    pub fn set_config(&self, old: &str, new: &str) {
-        let text = std::fs::read_to_string(&self.config).unwrap();
-        assert!(text.contains(old), "the configuration has no '{old}'");
-        std::fs::write(&self.config, text.replacen(old, new, 1)).unwrap();
+    /// Changes the configuration (before the server starts) through its typed form:
+    /// the file is read as `tessera serve` reads it and written back whole.
+    pub fn configure(&self, change: impl FnOnce(&mut tessera::config::Config)) {
+        let mut loaded = tessera::config::load(Some(&self.config)).unwrap();
+        change(&mut loaded.config);
+        std::fs::write(&self.config, toml::to_string(&loaded.config).unwrap()).unwrap();
     }
 
     /// Runs `tessera --config <this env> ARGS...` and returns what it printed.

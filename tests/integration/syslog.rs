@@ -177,19 +177,17 @@ impl Drop for Rsyslog {
 
 /// Sends the trail to `receiver` with the certificate `cert`/`key` (default: the node's).
 fn deliver_to(env: &Env, receiver: &Rsyslog, cert: Option<(&Path, &Path)>) {
-    let mut text = std::fs::read_to_string(&env.config).unwrap();
-    text.push_str(&format!(
-        "\n[[audit.syslog]]\nname = \"arr\"\naddress = \"localhost:{}\"\nconfirm_ms = 200\n",
-        receiver.port
-    ));
-    if let Some((crt, key)) = cert {
-        text.push_str(&format!(
-            "cert = \"{}\"\nkey = \"{}\"\n",
-            crt.display(),
-            key.display()
-        ));
-    }
-    std::fs::write(&env.config, text).unwrap();
+    env.configure(|c| {
+        c.audit.syslog.push(tessera::config::SyslogConfig {
+            name: "arr".into(),
+            address: format!("localhost:{}", receiver.port),
+            server_name: String::new(),
+            ca: "pki/ca.crt".into(),
+            cert: cert.map(|(crt, _)| crt.to_owned()),
+            key: cert.map(|(_, key)| key.to_owned()),
+            confirm_ms: 200,
+        })
+    });
 }
 
 fn some_tokens(env: &Env, n: usize) {

@@ -1235,7 +1235,7 @@ fn introspections(client: &Client) -> u64 {
 
 #[test]
 fn gateway_mode_checks_tokens_by_introspection() {
-    for cache_seconds in ["30", "0"] {
+    for cache_seconds in [30, 0] {
         let env = Env::new();
         env.cli(&[
             "account",
@@ -1257,19 +1257,12 @@ fn gateway_mode_checks_tokens_by_introspection() {
             "--resource-server",
             &audience,
         ]);
-        env.set_config("verify = \"local\"", "verify = \"introspection\"");
-        env.set_config(
-            "introspection_client_id = \"\"",
-            "introspection_client_id = \"vault-gateway\"",
-        );
-        env.set_config(
-            "introspection_client_secret = \"\"",
-            &format!("introspection_client_secret = \"{secret}\""),
-        );
-        env.set_config(
-            "introspection_cache_seconds = 30",
-            &format!("introspection_cache_seconds = {cache_seconds}"),
-        );
+        env.configure(|c| {
+            c.vault.verify = tessera::config::VerifyMode::Introspection;
+            c.vault.introspection_client_id = "vault-gateway".into();
+            c.vault.introspection_client_secret = secret.clone();
+            c.vault.introspection_cache_seconds = cache_seconds;
+        });
         let v = Vault {
             _server: env.start(),
             env,
@@ -1310,7 +1303,7 @@ fn gateway_mode_checks_tokens_by_introspection() {
         let jti = crate::support::jti(&token);
         v.env.cli(&["token", "revoke", &jti]).unwrap();
         let revoked = c.send("GET", &path, Some(&token), &[], None);
-        if cache_seconds == "0" {
+        if cache_seconds == 0 {
             assert!(
                 after > before,
                 "every request asks the authorization server"
@@ -1341,7 +1334,7 @@ fn expired_and_foreign_realm_tokens_are_refused() {
     // Long enough to be used once on a loaded machine, short enough to wait out.
     env.cli(&["realm", "add", "short", "--token-lifetime", "4"])
         .unwrap();
-    env.set_config("[vault]\n# The realm whose access tokens the FHIR Vault (/fhir/{partition}) accepts.\nrealm = \"cara\"", "[vault]\nrealm = \"short\"");
+    env.configure(|c| c.vault.realm = "short".into());
     let mut secrets = Vec::new();
     for realm in ["short", "cara"] {
         secrets.push(env.add_secret_client(&[
