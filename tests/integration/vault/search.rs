@@ -1,0 +1,373 @@
+//! FHIR search: the seed's query, the parameters and prefixes, paging, the bounds on a
+//! search's cost, and newest-first searches that walk an index.
+
+use serde_json::{json, Value};
+
+use super::*;
+
+#[test]
+fn the_seed_002_query_and_search_parameters() {
+    let v = vault();
+    let c = v.client();
+    let writer = v.token("writer", "system/*.cruds", &["pa"]);
+    let patient = create(
+        &c,
+        &writer,
+        "/fhir/pa/Patient",
+        r#"{"resourceType":"Patient","identifier":[{"system":"urn:oid:2.16.756.5.32","value":"7560000000001"}],"name":[{"family":"Müller","given":["Anna"]}]}"#,
+    );
+    let pid = patient["id"].as_str().unwrap();
+    let dates = [
+        "2021-01-10",
+        "2023-05-01T10:00:00+02:00",
+        "2022-03-15",
+        "2020-07-01",
+    ];
+    let mut hba1c = Vec::new();
+    for date in dates {
+        hba1c.push(
+            create(
+                &c,
+                &writer,
+                "/fhir/pa/Observation",
+                &observation("4548-4", date, "laboratory", pid),
+            )["id"]
+                .as_str()
+                .unwrap()
+                .to_owned(),
+        );
+    }
+    let vital = create(
+        &c,
+        &writer,
+        "/fhir/pa/Observation",
+        &observation("8867-4", "2022-01-01", "vital-signs", pid),
+    );
+    // Another partition's data never shows.
+    let writer_b = v.token("writer-b", "system/*.cruds", &["pb"]);
+    create(
+        &c,
+        &writer_b,
+        "/fhir/pb/Observation",
+        &observation("4548-4", "2024-01-01", "laboratory", pid),
+    );
+
+    // Seed 002's call, from a backend-services client that may only read and search.
+    let reader = v.token("reader", "system/Observation.rs system/Patient.rs", &["pa"]);
+    let seed = c.send(
+        "GET",
+        "/fhir/pa/Observation?code=4548-4&_sort%3Adesc=date&_count=10",
+        Some(&reader),
+        &[("Accept", "application/json")],
+        None,
+    );
+    assert_eq!(seed.status, 200, "{}", seed.body);
+    let bundle = seed.json();
+    assert_eq!(bundle["type"], "searchset");
+    assert_eq!(bundle["total"], 4);
+    // Newest first: 2023, 2022, 2021, 2020.
+    assert_eq!(
+        ids(&bundle),
+        vec![
+            hba1c[1].clone(),
+            hba1c[2].clone(),
+            hba1c[0].clone(),
+            hba1c[3].clone()
+        ]
+    );
+    assert_valid_fhir(&bundle);
+
+    let search = |query: &str| -> Value {
+        let reply = c.send(
+            "GET",
+            &format!("/fhir/pa/{query}"),
+            Some(&reader),
+            &[],
+            None,
+        );
+        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+        reply.json()
+    };
+    let count = |query: &str| search(query)["total"].as_u64().unwrap();
+    // token forms
+    assert_eq!(count("Observation?code=http://loinc.org|4548-4"), 4);
+    assert_eq!(count("Observation?code=http://snomed.info/sct|4548-4"), 0);
+    assert_eq!(count("Observation?code=http://loinc.org|"), 5);
+    assert_eq!(count("Observation?code=4548-4,8867-4"), 5);
+    assert_eq!(count("Observation?code:not=4548-4"), 1);
+    assert_eq!(count("Observation?category=vital-signs"), 1);
+    assert_eq!(count("Observation?status=final&category=laboratory"), 4);
+    // dates, with prefixes, over ranges
+    assert_eq!(count("Observation?date=2022"), 2);
+    assert_eq!(count("Observation?date=ge2022-01-01"), 3);
+    assert_eq!(count("Observation?date=lt2021-01-10"), 1);
+    assert_eq!(count("Observation?date=ge2021-01-01&date=le2021-12-31"), 1);
+    assert_eq!(
+        count("Observation?date=2023-05-01T08:00:00Z"),
+        1,
+        "time zones are honoured"
+    );
+    assert_eq!(count("Observation?date=sa2022-12-31"), 1);
+    // references
+    assert_eq!(count(&format!("Observation?patient={pid}")), 5);
+    assert_eq!(count(&format!("Observation?subject=Patient/{pid}")), 5);
+    assert_eq!(count("Observation?patient=nobody"), 0);
+    // strings and identifiers
+    assert_eq!(count("Patient?name=m%C3%BCl"), 1);
+    assert_eq!(count("Patient?family:exact=M%C3%BCller"), 1);
+    assert_eq!(count("Patient?family:exact=m%C3%BCller"), 0);
+    assert_eq!(count("Patient?given:contains=nn"), 1);
+    assert_eq!(
+        count("Patient?identifier=urn:oid:2.16.756.5.32|7560000000001"),
+        1
+    );
+    // _id, _lastUpdated, :missing
+    assert_eq!(count(&format!("Observation?_id={}", hba1c[0])), 1);
+    assert_eq!(count("Observation?_lastUpdated=gt2000-01-01"), 5);
+    assert_eq!(count("Observation?code:missing=true"), 0);
+    // POST _search is the same search.
+    let posted = c.send(
+        "POST",
+        "/fhir/pa/Observation/_search",
+        Some(&reader),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some("code=4548-4&date=2022"),
+    );
+    assert_eq!(posted.json()["total"], 1, "{}", posted.body);
+
+    // Paging: next links until the end, each entry exactly once.
+    let seen: Vec<String> = every_page(search("Observation?_sort=date&_count=2"), search)
+        .iter()
+        .flat_map(ids)
+        .collect();
+    assert_eq!(seen.len(), 5);
+    assert_eq!(seen[0], hba1c[3], "ascending date starts in 2020");
+    assert_eq!(seen[4], hba1c[1]);
+    // _summary=count, _total=none
+    let summary = search("Observation?_summary=count");
+    assert_eq!(summary["total"], 5);
+    assert!(summary.get("entry").is_none());
+    assert!(search("Observation?_total=none").get("total").is_none());
+
+    // Unknown parameters: ignored (and left out of the self link), or 400 when strict.
+    let lenient = search("Observation?colour=red&code=8867-4");
+    assert_eq!(lenient["total"], 1);
+    let self_link = lenient["link"][0]["url"].as_str().unwrap();
+    assert!(
+        !self_link.contains("colour") && self_link.contains("code=8867-4"),
+        "{self_link}"
+    );
+    let strict = c.send(
+        "GET",
+        "/fhir/pa/Observation?colour=red",
+        Some(&reader),
+        &[("Prefer", "handling=strict")],
+        None,
+    );
+    outcome(&strict, 400, "invalid");
+    outcome(
+        &c.send(
+            "GET",
+            "/fhir/pa/Observation?date=yesterday",
+            Some(&reader),
+            &[],
+            None,
+        ),
+        400,
+        "invalid",
+    );
+    outcome(
+        &c.send(
+            "GET",
+            "/fhir/pa/Observation?code:below=x",
+            Some(&reader),
+            &[],
+            None,
+        ),
+        400,
+        "invalid",
+    );
+    let _ = vital;
+}
+
+#[test]
+fn a_search_past_its_bounds_is_refused_before_it_runs() {
+    let v = vault();
+    let c = v.client();
+    let token = v.token("app", "system/*.cruds", &["pa"]);
+    let auditor = v
+        .env
+        .secret_token("auditor", &["--scope", "system/AuditEvent.rs"], &[]);
+    let search = |path: &str, token: &str| c.send("GET", path, Some(token), &[], None);
+    let repeated = |name: &str, n: usize| {
+        (0..n)
+            .map(|i| format!("{name}=v{i}"))
+            .collect::<Vec<_>>()
+            .join("&")
+    };
+    // Within the bounds: answered.
+    let within = search(
+        &format!("/fhir/pa/Patient?{}", repeated("family", 16)),
+        &token,
+    );
+    assert_eq!(within.status, 200, "{}", within.body);
+    // 1,000 repeated parameters, 300 dates on ITI-81, a thousand comma values, a huge
+    // value: each 400 too-costly, at once.
+    let cases = [
+        (
+            format!("/fhir/pa/Patient?{}", repeated("family", 1000)),
+            &token,
+        ),
+        (
+            format!("/fhir/pa/Patient?family={}", vec!["x"; 1000].join(",")),
+            &token,
+        ),
+        (
+            format!("/fhir/pa/Patient?family={}", "x".repeat(5000)),
+            &token,
+        ),
+        (
+            format!(
+                "/audit/fhir/AuditEvent?{}",
+                vec!["date=ge2026-11-01"; 300].join("&")
+            ),
+            &auditor,
+        ),
+        (
+            format!("/fhir/pa/Patient?_sort={}", ["family"; 5].join(",")),
+            &token,
+        ),
+    ];
+    for (path, token) in &cases {
+        let diagnostics = outcome(&search(path, token), 400, "too-costly");
+        assert!(diagnostics.contains("at most"), "{path}: {diagnostics}");
+    }
+}
+
+/// Sorted newest first by `_lastUpdated` and filtered on it, a search walks the rows of
+/// its most selective code or reference in that order: each match once, in order,
+/// across pages, with the other criteria still applied.
+#[test]
+fn newest_first_searches_by_a_code_walk_its_rows_and_meet_each_resource_once() {
+    let v = vault();
+    let c = v.client();
+    let writer = v.token("writer", "system/*.cruds", &["pa"]);
+    let patient = create(
+        &c,
+        &writer,
+        "/fhir/pa/Patient",
+        r#"{"resourceType":"Patient","name":[{"family":"Walker"}]}"#,
+    );
+    let pid = patient["id"].as_str().unwrap();
+    let mut hba1c = Vec::new();
+    for n in 0..7 {
+        let date = format!("2020-01-0{}", n + 1);
+        let created = create(
+            &c,
+            &writer,
+            "/fhir/pa/Observation",
+            &observation("4548-4", &date, "laboratory", pid),
+        );
+        hba1c.push(created["id"].as_str().unwrap().to_owned());
+        create(
+            &c,
+            &writer,
+            "/fhir/pa/Observation",
+            &observation("8867-4", &date, "vital-signs", pid),
+        );
+    }
+    // One code in two systems: a bare `code=` meets this resource by two index rows.
+    let twice = create(
+        &c,
+        &writer,
+        "/fhir/pa/Observation",
+        &json!({
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "1234-5"},
+                                {"system": "urn:local", "code": "1234-5"}]},
+            "subject": {"reference": format!("Patient/{pid}")},
+        })
+        .to_string(),
+    );
+    let reader = v.token("reader", "system/Observation.rs", &["pa"]);
+    let search = |query: &str| {
+        let reply = c.send(
+            "GET",
+            &format!("/fhir/pa/{query}"),
+            Some(&reader),
+            &[],
+            None,
+        );
+        assert_eq!(reply.status, 200, "{}", reply.body);
+        reply.json()
+    };
+    let newest = "_lastUpdated=gt2000-01-01&_sort=-_lastUpdated";
+
+    let first = search(&format!("Observation?code=4548-4&{newest}&_count=3"));
+    assert_eq!(first["total"], 7, "{first}");
+    let pages = every_page(first, search);
+    let seen: Vec<String> = pages.iter().flat_map(ids).collect();
+    let stamps: Vec<String> = pages
+        .iter()
+        .flat_map(|page| page["entry"].as_array().cloned().unwrap_or_default())
+        .map(|entry| {
+            entry["resource"]["meta"]["lastUpdated"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    let mut sorted_seen = seen.clone();
+    sorted_seen.sort();
+    let mut expected = hba1c.clone();
+    expected.sort();
+    assert_eq!(sorted_seen, expected, "each match once, across pages");
+    assert!(
+        stamps.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {stamps:?}"
+    );
+    // Two codes and a reference: whichever leads, the others still apply.
+    let both = search(&format!(
+        "Observation?code=4548-4&category=laboratory&subject=Patient/{pid}&{newest}"
+    ));
+    assert_eq!(both["total"], 7, "{both}");
+    let none = search(&format!(
+        "Observation?code=4548-4&category=vital-signs&{newest}"
+    ));
+    assert_eq!(none["total"], 0, "{none}");
+    let not = search(&format!(
+        "Observation?code=4548-4&status:not=final&{newest}"
+    ));
+    assert_eq!(not["total"], 0, "{not}");
+    let ranged = search(&format!(
+        "Observation?code=4548-4&date=ge2020-01-05&{newest}"
+    ));
+    assert_eq!(ranged["total"], 3, "{ranged}");
+    // The resource with the code in two systems: once.
+    let once = search(&format!("Observation?code=1234-5&{newest}"));
+    assert_eq!(once["total"], 1, "{once}");
+    assert_eq!(ids(&once), vec![twice["id"].as_str().unwrap().to_owned()]);
+    // An update moves a resource to the front.
+    let first = &hba1c[0];
+    let updated = c.send(
+        "PUT",
+        &format!("/fhir/pa/Observation/{first}"),
+        Some(&writer),
+        &[],
+        Some(
+            &json!({
+                "resourceType": "Observation",
+                "id": first,
+                "status": "amended",
+                "code": {"coding": [{"system": "http://loinc.org", "code": "4548-4"}]},
+                "subject": {"reference": format!("Patient/{pid}")},
+            })
+            .to_string(),
+        ),
+    );
+    assert_eq!(updated.status, 200, "{}", updated.body);
+    let front = search(&format!("Observation?code=4548-4&{newest}&_count=1"));
+    assert_eq!(ids(&front), vec![first.clone()]);
+    assert_eq!(front["total"], 7);
+}
