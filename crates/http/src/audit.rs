@@ -96,10 +96,14 @@ pub fn token_use(token: &VerifiedToken) -> TokenUse {
 #[derive(Clone)]
 pub struct VaultToken(pub Arc<VerifiedToken>);
 
-/// The entries of a vault batch or transaction with their statuses: each is audited as
-/// the interaction it is, beside the record of the whole.
+/// A posted Bundle as its handler ran it: a transaction or a batch (the route cannot
+/// tell), and its entries with their statuses, each audited as the interaction it is,
+/// beside the record of the whole.
 #[derive(Clone)]
-pub struct BatchEntries(pub Vec<(tessera_vault::bundle::EntryAudit, u16)>);
+pub struct BatchEntries {
+    pub transaction: bool,
+    pub entries: Vec<(tessera_vault::bundle::EntryAudit, u16)>,
+}
 
 /// The search parameters of a `POST _search` (the middleware sees no body).
 #[derive(Clone)]
@@ -204,12 +208,13 @@ async fn record_vault_request(
         status,
     };
     let status = response.status().as_u16();
+    let bundle = request.extensions().get::<BatchEntries>().cloned();
+    let interaction = match &bundle {
+        Some(b) if b.transaction => Interaction::Transaction,
+        _ => interaction,
+    };
     let mut events = vec![(event(interaction, resource, query, status), status)];
-    let entries = request
-        .extensions()
-        .get::<BatchEntries>()
-        .map(|b| b.0.clone());
-    for (entry, entry_status) in entries.unwrap_or_default() {
+    for (entry, entry_status) in bundle.map(|b| b.entries).unwrap_or_default() {
         let resource = entry.resource.map(|r| format!("{endpoint}/{r}"));
         events.push((
             event(entry.interaction, resource, entry.query, entry_status),

@@ -435,7 +435,10 @@ async fn batch(
         .cloned()
         .zip(outcome.entries.iter().map(entry_status))
         .collect();
-    req.extensions_mut().insert(BatchEntries(entries));
+    req.extensions_mut().insert(BatchEntries {
+        transaction: outcome.transaction,
+        entries,
+    });
     Ok(json_response(
         &outcome
             .to_bundle(&base, &entry_status)

@@ -30,8 +30,10 @@ pub enum Interaction {
     Create,
     Update,
     Delete,
-    /// A batch or transaction Bundle: each entry is authorized as what it is.
+    /// A batch Bundle: each entry is authorized as what it is.
     Batch,
+    /// A transaction Bundle: each entry is authorized as what it is, all or nothing.
+    Transaction,
     /// Anything else (an unsupported operation, a request the vault refuses).
     Operation,
 }
@@ -58,7 +60,7 @@ impl Interaction {
             Self::Create => Permissions::CREATE,
             Self::Update => Permissions::UPDATE,
             Self::Delete => Permissions::DELETE,
-            Self::Batch | Self::Operation => return None,
+            Self::Batch | Self::Transaction | Self::Operation => return None,
         })
     }
 
@@ -74,6 +76,7 @@ impl Interaction {
             Self::Update => "update",
             Self::Delete => "delete",
             Self::Batch => "batch",
+            Self::Transaction => "transaction",
             Self::Operation => "operation",
         }
     }

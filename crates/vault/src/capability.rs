@@ -91,7 +91,7 @@ pub fn capability_statement(
                 "description": "ITI-72: an IUA access token (RFC 9068 JWT, ES256) from the token endpoint, in the Authorization header as a Bearer token. Tokens bound to a certificate (cnf x5t#S256) are accepted only over mutual TLS with that certificate."
             },
             "resource": resources,
-            "interaction": [{ "code": "batch" }, { "code": "transaction" }],
+            "interaction": [{ "code": Interaction::Batch.code() }, { "code": Interaction::Transaction.code() }],
         }],
     })
 }

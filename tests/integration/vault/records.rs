@@ -229,3 +229,93 @@ fn every_vault_interaction_is_audited_before_the_answer() {
     );
     assert_eq!(events[9].outcome, Outcome::MinorFailure);
 }
+
+/// Every interaction the CapabilityStatement advertises, done once over HTTPS, is audited
+/// as itself: a route the audit's route mapping missed would be recorded as `operation`,
+/// and an interaction advertised without a request below fails the test until one is
+/// added.
+#[test]
+fn every_advertised_interaction_is_audited_as_itself() {
+    let v = vault();
+    let c = v.client();
+    let token = v.token("app", "system/*.cruds", &["pa"]);
+    let metadata = c.get("/fhir/pa/metadata").json();
+    let rest = &metadata["rest"][0];
+    let observations = rest["resource"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["type"] == "Observation")
+        .unwrap();
+    let codes = |list: &Value| -> Vec<String> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["code"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let mut advertised = codes(&observations["interaction"]);
+    advertised.extend(codes(&rest["interaction"]));
+    assert!(advertised.len() >= 10, "{advertised:?}");
+
+    let body = observation("4548-4", "2021-01-01", "laboratory", "x");
+    let id = create(&c, &token, "/fhir/pa/Observation", &body)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let gone = create(&c, &token, "/fhir/pa/Observation", &body)["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let mut updated: Value = serde_json::from_str(&body).unwrap();
+    updated["id"] = json!(id);
+    let bundle = |kind: &str| {
+        json!({"resourceType": "Bundle", "type": kind, "entry": [
+            {"request": {"method": "GET", "url": format!("Observation/{id}")}}
+        ]})
+        .to_string()
+    };
+    let one = format!("/fhir/pa/Observation/{id}");
+    for code in &advertised {
+        let (method, path, sent) = match code.as_str() {
+            "read" => ("GET", one.clone(), None),
+            "vread" => ("GET", format!("{one}/_history/1"), None),
+            "update" => ("PUT", one.clone(), Some(updated.to_string())),
+            "delete" => ("DELETE", format!("/fhir/pa/Observation/{gone}"), None),
+            "history-instance" => ("GET", format!("{one}/_history"), None),
+            "history-type" => ("GET", "/fhir/pa/Observation/_history".into(), None),
+            "create" => ("POST", "/fhir/pa/Observation".into(), Some(body.clone())),
+            "search-type" => ("GET", "/fhir/pa/Observation?code=4548-4".into(), None),
+            "batch" | "transaction" => ("POST", "/fhir/pa".into(), Some(bundle(code))),
+            other => panic!("the CapabilityStatement advertises '{other}': request it here"),
+        };
+        let before = vault_events(&v.env).len();
+        let reply = c.send(method, &path, Some(&token), &[], sent.as_deref());
+        assert!(
+            reply.status < 300,
+            "{code}: {} {}",
+            reply.status,
+            reply.body
+        );
+        let events = vault_events(&v.env);
+        let recorded = match &events[before].event {
+            tessera_atna::Event::FhirRequest { interaction, .. } => interaction.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(&recorded, code, "{method} {path}");
+    }
+    // A search posted as a form is a search too.
+    let posted = c.send(
+        "POST",
+        "/fhir/pa/Observation/_search",
+        Some(&token),
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        Some("code=4548-4"),
+    );
+    assert_eq!(posted.status, 200, "{}", posted.body);
+    let last = vault_events(&v.env).pop().unwrap();
+    assert!(matches!(
+        last.event,
+        tessera_atna::Event::FhirRequest { ref interaction, .. } if interaction == "search-type"
+    ));
+}
