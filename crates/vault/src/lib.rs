@@ -378,6 +378,7 @@ impl Vault {
         let query = search::parse(&self.registry, resource_type, pairs, strict, base).map_err(
             |e| match e {
                 search::SearchError::TooCostly(text) => VaultError::TooCostly(text),
+                search::SearchError::NotSupported(text) => VaultError::NotSupported(text),
                 other => VaultError::Invalid(other.to_string()),
             },
         )?;

@@ -101,6 +101,10 @@ struct Data {
 pub struct Registry {
     types: BTreeSet<String>,
     params: BTreeMap<String, BTreeMap<String, SearchParam>>,
+    /// Every parameter the specification defines on each type, supported or not, with
+    /// its kind: a search naming one the vault does not support is refused, never
+    /// answered as if it were not there.
+    defined: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 impl Registry {
@@ -121,10 +125,8 @@ impl Registry {
         }
         let types: BTreeSet<String> = data.resource_types.into_iter().collect();
         let mut params: BTreeMap<String, BTreeMap<String, SearchParam>> = BTreeMap::new();
+        let mut defined: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for definition in &data.parameters {
-            let Some(kind) = ParamKind::parse(&definition.kind) else {
-                continue;
-            };
             let bases: Vec<&String> = if definition
                 .base
                 .iter()
@@ -133,6 +135,15 @@ impl Registry {
                 types.iter().collect()
             } else {
                 definition.base.iter().collect()
+            };
+            for base in &bases {
+                defined
+                    .entry((*base).clone())
+                    .or_default()
+                    .insert(definition.code.clone(), definition.kind.clone());
+            }
+            let Some(kind) = ParamKind::parse(&definition.kind) else {
+                continue;
             };
             for base in bases {
                 let Some(paths) = paths_for(&definition.expression, base) else {
@@ -160,7 +171,20 @@ impl Registry {
                 );
             }
         }
-        Ok(Self { types, params })
+        Ok(Self {
+            types,
+            params,
+            defined,
+        })
+    }
+
+    /// The kind the specification gives a parameter of the type (`quantity`, `number`,
+    /// `composite`, ...), when it defines one, whether or not the vault supports it.
+    pub fn defined_kind(&self, resource_type: &str, code: &str) -> Option<&str> {
+        self.defined
+            .get(resource_type)?
+            .get(code)
+            .map(String::as_str)
     }
 
     pub fn is_resource_type(&self, name: &str) -> bool {

@@ -148,6 +148,42 @@ pub enum SearchError {
     /// The request asks for more work than one search may cause.
     #[error("{0}")]
     TooCostly(String),
+    /// A FHIR search feature this server does not implement: refused, since ignoring it
+    /// would answer with more than was asked for.
+    #[error("{0}")]
+    NotSupported(String),
+}
+
+/// The search result parameters and features of FHIR R4 the vault does not implement.
+const UNSUPPORTED_RESULT_PARAMETERS: [&str; 11] = [
+    "_include",
+    "_revinclude",
+    "_elements",
+    "_contained",
+    "_containedType",
+    "_has",
+    "_list",
+    "_text",
+    "_content",
+    "_filter",
+    "_query",
+];
+
+/// Why a parameter the vault has no index for is refused, when FHIR defines it: a
+/// chain, a result parameter, or a parameter of the type the vault does not support.
+/// `None`: FHIR does not know it either (ignored, or refused when strict).
+fn unsupported(registry: &Registry, resource_type: &str, name: &str) -> Option<String> {
+    if UNSUPPORTED_RESULT_PARAMETERS.contains(&name) {
+        return Some(format!("{name} is not supported by this server"));
+    }
+    if let Some((first, _)) = name.split_once('.') {
+        return Some(format!(
+            "chained parameters ({name}) are not supported by this server; search {first} by reference instead"
+        ));
+    }
+    registry.defined_kind(resource_type, name).map(|kind| {
+        format!("the {kind} search parameter '{name}' of {resource_type} is not supported by this server")
+    })
 }
 
 /// Splits on `sep` where it is not escaped with `\`, and unescapes `\,` `\|` `\$` `\\`.
@@ -303,12 +339,10 @@ pub fn parse(
             ("_summary", None) => match value.as_str() {
                 "count" => query.summary_count = true,
                 "false" => {}
-                other if strict => {
-                    return Err(invalid(format!("_summary={other} is not supported")))
-                }
                 other => {
-                    query.ignored.push(format!("_summary={other}"));
-                    continue;
+                    return Err(SearchError::NotSupported(format!(
+                        "_summary={other} is not supported by this server"
+                    )))
                 }
             },
             ("_format" | "_pretty", None) => continue,
@@ -320,6 +354,9 @@ pub fn parse(
             }
             _ => {
                 let Some(param) = registry.param(resource_type, name) else {
+                    if let Some(reason) = unsupported(registry, resource_type, name) {
+                        return Err(SearchError::NotSupported(reason));
+                    }
                     if strict {
                         return Err(SearchError::UnknownParameter(key.clone()));
                     }
@@ -680,6 +717,39 @@ mod tests {
             q(&[("_count", "many")]),
             Err(SearchError::Invalid(_))
         ));
+    }
+
+    #[test]
+    fn what_fhir_defines_but_the_vault_cannot_do_is_refused_not_ignored() {
+        let registry = Registry::load().unwrap();
+        let refused = |pairs: &[(&str, &str)]| {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            match parse(&registry, "Observation", &pairs, false, "") {
+                Err(SearchError::NotSupported(why)) => why,
+                other => panic!("{pairs:?}: {other:?}"),
+            }
+        };
+        assert!(refused(&[("value-quantity", "gt100")]).contains("quantity"));
+        assert!(refused(&[("component-value-quantity", "gt1")]).contains("quantity"));
+        assert!(refused(&[("subject.name", "peter")]).contains("chained"));
+        assert!(refused(&[("_has:Observation:patient:code", "1234")]).contains("_has"));
+        assert!(refused(&[("_include", "Observation:subject")]).contains("_include"));
+        assert!(refused(&[("_revinclude", "Provenance:target")]).contains("_revinclude"));
+        assert!(refused(&[("_elements", "status")]).contains("_elements"));
+        assert!(refused(&[("_summary", "true")]).contains("_summary=true"));
+        // What FHIR does not define is still ignored (or refused when strict).
+        let lenient = parse(
+            &registry,
+            "Observation",
+            &[("colour".to_owned(), "red".to_owned())],
+            false,
+            "",
+        )
+        .unwrap();
+        assert_eq!(lenient.ignored, vec!["colour".to_owned()]);
     }
 
     #[test]

@@ -149,6 +149,26 @@ fn the_seed_002_query_and_search_parameters() {
     assert!(summary.get("entry").is_none());
     assert!(search("Observation?_total=none").get("total").is_none());
 
+    // What FHIR defines but this vault does not do is refused, never answered wider.
+    for query in [
+        "Observation?value-quantity=gt100",
+        "Observation?subject.name=peter",
+        "Observation?_has:Observation:patient:code=1234",
+        "Observation?_include=Observation:subject",
+        "Patient?_revinclude=Observation:subject",
+        "Observation?_elements=status",
+        "Observation?_summary=true",
+    ] {
+        let refused = c.send(
+            "GET",
+            &format!("/fhir/pa/{query}"),
+            Some(&reader),
+            &[],
+            None,
+        );
+        let why = outcome(&refused, 400, "not-supported");
+        assert!(why.contains("not supported"), "{query}: {why}");
+    }
     // Unknown parameters: ignored (and left out of the self link), or 400 when strict.
     let lenient = search("Observation?colour=red&code=8867-4");
     assert_eq!(lenient["total"], 1);
