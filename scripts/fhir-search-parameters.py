@@ -6,13 +6,14 @@ types of the examples, both in the npm package hl7.fhir.r4.examples 4.0.1 (CC0).
     scripts/fhir-search-parameters.py        # needs npm and network access to the registry
 
 Only what the vault evaluates is kept: code, type, base types, FHIRPath expression and
-reference targets. Composite and special parameters have no expression the vault can
-index and are left out here; the vault decides at start-up which of the rest it supports.
+reference targets. Every parameter is listed, composite and special ones too (the vault
+searches none of those, but refuses them by name instead of ignoring them); the vault
+decides at start-up which it supports.
 """
 import json, pathlib, subprocess, tarfile, tempfile
 
 PACKAGE = "hl7.fhir.r4.examples@4.0.1"
-KINDS = {"string", "token", "date", "reference", "uri", "number", "quantity"}
+KINDS = {"string", "token", "date", "reference", "uri", "number", "quantity", "composite", "special"}
 out = pathlib.Path(__file__).resolve().parent.parent / "crates/vault/data/search-parameters.json"
 
 with tempfile.TemporaryDirectory() as tmp:
@@ -34,13 +35,13 @@ with tempfile.TemporaryDirectory() as tmp:
             if member.name.endswith("Bundle-searchParams.json"):
                 for entry in resource["entry"]:
                     sp = entry["resource"]
-                    if sp.get("type") not in KINDS or not sp.get("expression"):
+                    if sp.get("type") not in KINDS:
                         continue
                     params.append({
                         "code": sp["code"],
                         "type": sp["type"],
                         "base": sp["base"],
-                        "expression": sp["expression"],
+                        "expression": sp.get("expression", ""),
                         **({"target": sp["target"]} if sp.get("target") else {}),
                     })
     bases = {b for p in params for b in p["base"]} - {"Resource", "DomainResource"}

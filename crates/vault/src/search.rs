@@ -734,6 +734,7 @@ mod tests {
         };
         assert!(refused(&[("value-quantity", "gt100")]).contains("quantity"));
         assert!(refused(&[("component-value-quantity", "gt1")]).contains("quantity"));
+        assert!(refused(&[("code-value-quantity", "1234-5$gt1")]).contains("composite"));
         assert!(refused(&[("subject.name", "peter")]).contains("chained"));
         assert!(refused(&[("_has:Observation:patient:code", "1234")]).contains("_has"));
         assert!(refused(&[("_include", "Observation:subject")]).contains("_include"));

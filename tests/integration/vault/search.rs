@@ -152,6 +152,7 @@ fn the_seed_002_query_and_search_parameters() {
     // What FHIR defines but this vault does not do is refused, never answered wider.
     for query in [
         "Observation?value-quantity=gt100",
+        "Observation?code-value-quantity=1234-5$gt1",
         "Observation?subject.name=peter",
         "Observation?_has:Observation:patient:code=1234",
         "Observation?_include=Observation:subject",
