@@ -11,10 +11,7 @@ use ureq::tls::{RootCerts, TlsConfig};
 
 use crate::support::{decode_jwt, Client, Env, Reply, Server};
 
-pub(crate) const MPI_A: &str =
-    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
-pub(crate) const MPI_B: &str =
-    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/7d1e9a2c-0c1f-4f5e-8b44-2a9d3c1e5f60";
+pub(crate) use crate::support::{MPI_A, MPI_B};
 const REDIRECT: &str = "https://app.example/cb";
 pub(crate) const PASSWORD: &str = "correct horse battery staple";
 /// RFC 7636 appendix B.
@@ -238,25 +235,7 @@ pub(crate) struct Apps {
 
 pub(crate) fn apps() -> Apps {
     let env = Env::new();
-    let mut accounts = Vec::new();
-    for (mpi, partition) in [(MPI_A, "pa"), (MPI_B, "pb")] {
-        let printed = env
-            .cli(&[
-                "account",
-                "add",
-                "--mpi-id",
-                mpi,
-                "--partition-name",
-                partition,
-            ])
-            .unwrap();
-        let urn = printed
-            .lines()
-            .find_map(|l| l.strip_prefix("account    "))
-            .unwrap()
-            .to_owned();
-        accounts.push(urn);
-    }
+    let accounts = [env.add_account(MPI_A, "pa"), env.add_account(MPI_B, "pb")];
     let password = env.path("password.txt");
     std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
     let pw = password.to_str().unwrap();

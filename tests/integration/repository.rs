@@ -5,30 +5,7 @@ use serde_json::{json, Value};
 use tessera_atna::Event;
 
 use crate::audit::records_eventually;
-use crate::support::{assert_valid_fhir, Client, Env, Reply};
-
-const MPI_A: &str =
-    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
-const MPI_B: &str =
-    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/7d1e9a2c-0c1f-4f5e-8b44-2a9d3c1e5f60";
-
-fn account_of(env: &Env, mpi: &str, partition: &str) -> String {
-    let printed = env
-        .cli(&[
-            "account",
-            "add",
-            "--mpi-id",
-            mpi,
-            "--partition-name",
-            partition,
-        ])
-        .unwrap();
-    printed
-        .lines()
-        .find_map(|l| l.strip_prefix("account").map(str::trim))
-        .unwrap()
-        .to_owned()
-}
+use crate::support::{assert_valid_fhir, Client, Env, Reply, MPI_A, MPI_B};
 
 fn token(env: &Env, client_id: &str, args: &[&str], form: &[(&str, &str)]) -> String {
     env.secret_token(client_id, args, form)
@@ -52,8 +29,8 @@ fn total(reply: &Reply) -> u64 {
 #[test]
 fn auditors_query_the_trail_and_patients_see_only_their_own() {
     let env = Env::new();
-    let account_a = account_of(&env, MPI_A, "pa");
-    let account_b = account_of(&env, MPI_B, "pb");
+    let account_a = env.add_account(MPI_A, "pa");
+    let account_b = env.add_account(MPI_B, "pb");
     let _server = env.start();
     let c = Client::new(&env, None);
     let clinic = token(

@@ -15,6 +15,12 @@ use serde_json::Value;
 use tessera_http::Services;
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
+/// The MPI-IDs of the two patients the suites set up (partitions `pa` and `pb`).
+pub const MPI_A: &str =
+    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
+pub const MPI_B: &str =
+    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/7d1e9a2c-0c1f-4f5e-8b44-2a9d3c1e5f60";
+
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
 fn unique(prefix: &str) -> String {
@@ -170,6 +176,26 @@ impl Env {
             scope,
         ])
         .unwrap()
+    }
+
+    /// Runs `tessera account add` for `mpi` with its partition named `partition`; returns
+    /// the Account URN it printed.
+    pub fn add_account(&self, mpi: &str, partition: &str) -> String {
+        let printed = self
+            .cli(&[
+                "account",
+                "add",
+                "--mpi-id",
+                mpi,
+                "--partition-name",
+                partition,
+            ])
+            .unwrap();
+        printed
+            .lines()
+            .find_map(|l| l.strip_prefix("account").map(str::trim))
+            .expect("the Account URN is printed")
+            .to_owned()
     }
 
     /// Runs `tessera client add ARGS...` for a secret client; returns the secret it printed.

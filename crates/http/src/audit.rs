@@ -13,7 +13,6 @@ use tessera_types::UnixTime;
 use tessera_vault::authz::Interaction;
 
 use crate::ids::NoRandomness;
-
 use crate::{blocking, now, ApiError, AppState};
 
 /// A new record of `event`, made `at` with a fresh id: every record Tessera writes is

@@ -30,7 +30,8 @@ use tessera_vault::VaultError;
 use crate::audit_routes::{record_request, search_repository};
 use crate::chain_check::Run;
 use crate::pages::{
-    constant_time_eq, cookie_on, field, form_pairs, html, message, query_pairs, redirect,
+    constant_time_eq, cookie_on, field, form_pairs, html, message, query_pairs, record_label,
+    redirect,
 };
 use crate::{blocking, now, realm_state, ApiError, AppState};
 
@@ -535,13 +536,8 @@ async fn record_view(
             Some(user) => st.store.reachable(user)?,
             None => Vec::new(),
         };
-        let partition = reachable.iter().find(|r| r.account.as_str() == account);
-        // Named as the consent page's picker names it.
-        let label = match partition {
-            Some(r) => match st.store.partition_patient_name(r.partition.as_str())? {
-                Some(name) => format!("{name} (record {})", r.partition),
-                None => format!("record {}", r.partition),
-            },
+        let label = match reachable.iter().find(|r| r.account.as_str() == account) {
+            Some(r) => record_label(&st.store, r.partition.as_str())?,
             None => account,
         };
         Ok(RecordView {
@@ -828,8 +824,13 @@ struct TrailPage<'a> {
     /// The latest chain check of this server.
     check: Option<CheckView>,
     /// While it runs, the page reloads itself every `refresh` seconds (no script).
-    check_running: bool,
     refresh: u32,
+}
+
+impl TrailPage<'_> {
+    fn check_running(&self) -> bool {
+        self.check.as_ref().is_some_and(|c| c.ended.is_none())
+    }
 }
 
 /// A chain check as the trail page tells it.
@@ -888,7 +889,6 @@ async fn trail_page(
     audited(req, state, viewer, Interaction::Read, StatusCode::OK).await?;
     let realm = realm_label(state);
     let who = viewer_name(viewer);
-    let check = state.chain_check.latest().map(|run| CheckView::of(&run));
     let page = TrailPage {
         realm: &realm,
         auditor: true,
@@ -903,8 +903,7 @@ async fn trail_page(
                 behind: (head - seq).max(0),
             })
             .collect(),
-        check_running: check.as_ref().is_some_and(|c| c.ended.is_none()),
-        check,
+        check: state.chain_check.latest().map(|run| CheckView::of(&run)),
         refresh: 2,
     };
     Ok(html(StatusCode::OK, page.render(), &[]))

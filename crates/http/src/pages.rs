@@ -265,6 +265,18 @@ fn continue_url(realm: &RealmState, carry: &[(String, String)]) -> String {
     authorize::append_query(&endpoint(&realm_path(realm), "auth"), &pairs)
 }
 
+/// A record as people see it named: its patient and its partition, on the consent
+/// page's picker and in the audit console alike.
+pub(crate) fn record_label(
+    store: &tessera_store::Store,
+    partition: &str,
+) -> Result<String, tessera_iam::StoreError> {
+    Ok(match store.partition_patient_name(partition)? {
+        Some(name) => format!("{name} (record {partition})"),
+        None => format!("Record {partition}"),
+    })
+}
+
 fn realm_path(realm: &RealmState) -> String {
     tessera_iam::metadata::realm_path(realm.realm.name.as_str())
 }
@@ -518,14 +530,8 @@ async fn proceed(
                 (Step::Consent { choices }, None) => {
                     let labels = choices
                         .iter()
-                        .map(|c| {
-                            let name = st.store.partition_patient_name(c.partition.as_str())?;
-                            Ok(match name {
-                                Some(name) => format!("{name} (record {})", c.partition),
-                                None => format!("Record {}", c.partition),
-                            })
-                        })
-                        .collect::<Result<Vec<_>, ApiError>>()?;
+                        .map(|c| record_label(&st.store, c.partition.as_str()))
+                        .collect::<Result<Vec<_>, _>>()?;
                     return Ok(Ok(Outcome::Consent(Box::new(ConsentNeeded {
                         valid,
                         choices,

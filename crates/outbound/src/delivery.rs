@@ -22,10 +22,9 @@ use rustls::{ClientConfig, ClientConnection, RootCertStore, StreamOwned};
 use serde_json::Value;
 use tessera_atna::{syslog, Record};
 use tessera_store::Store;
-use tessera_types::Secret;
+use tessera_types::{Secret, UnixTime};
 
 use crate::tls::{load_certs, load_key, provider};
-use tessera_types::UnixTime;
 
 /// The most events one send carries.
 const BATCH: i64 = 500;

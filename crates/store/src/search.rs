@@ -175,18 +175,22 @@ impl<'a> Search<'a> {
             let candidates: Vec<usize> = (0..conjuncts.len())
                 .filter(|&n| can_drive(conjuncts[n], key))
                 .collect();
-            let mut best: Option<(usize, i64)> = None;
-            for &n in &candidates {
-                if candidates.len() == 1 {
-                    best = Some((n, 0));
-                    break;
+            let driver = match candidates.as_slice() {
+                [] => None,
+                // One candidate needs no count.
+                [only] => Some(*only),
+                several => {
+                    let mut fewest: Option<(usize, i64)> = None;
+                    for &n in several {
+                        let rows = self.matching_rows(conn, conjuncts[n], SELECTIVE)?;
+                        if fewest.is_none_or(|(_, least)| rows < least) {
+                            fewest = Some((n, rows));
+                        }
+                    }
+                    fewest.map(|(n, _)| n)
                 }
-                let rows = self.matching_rows(conn, conjuncts[n], SELECTIVE)?;
-                if best.is_none_or(|(_, fewest)| rows < fewest) {
-                    best = Some((n, rows));
-                }
-            }
-            if let Some((driver, _)) = best {
+            };
+            if let Some(driver) = driver {
                 return Ok(Plan::Filtered { key, driver });
             }
         }
@@ -380,11 +384,9 @@ impl<'a> Search<'a> {
             let table = own_rows(sql.postgres);
             sql.push(" AND NOT EXISTS (SELECT 1 FROM ")
                 .push(table)
-                .push(
-                    " WHERE i.partition_id = d.partition_id AND i.resource_type = d.resource_type \
-                     AND i.resource_id = d.resource_id AND i.param = d.param \
-                     AND i.ordinal < d.ordinal",
-                );
+                .push(" WHERE ")
+                .push(CORRELATED_WALKED)
+                .push(" AND i.param = d.param AND i.ordinal < d.ordinal");
             matches_any(sql, lead, "i");
             sql.push(")");
         }
@@ -456,10 +458,9 @@ impl<'a> Search<'a> {
         sql.push(if excluded { "NOT EXISTS" } else { "EXISTS" })
             .push(" (SELECT 1 FROM ")
             .push(table)
-            .push(
-                " WHERE i.partition_id = d.partition_id AND i.resource_type = d.resource_type \
-                 AND i.resource_id = d.resource_id AND i.param = ",
-            )
+            .push(" WHERE ")
+            .push(CORRELATED_WALKED)
+            .push(" AND i.param = ")
             .text(&criterion.param);
         if criterion.missing.is_none() {
             matches_any(sql, criterion, "i");
@@ -544,6 +545,9 @@ fn own_rows(postgres: bool) -> &'static str {
 
 /// The index row `i` belongs to the resource `r`.
 const CORRELATED: &str = "i.partition_id = r.partition_id AND i.resource_type = r.resource_type AND i.resource_id = r.id";
+
+/// The index row `i` belongs to the resource of the walked index row `d`.
+const CORRELATED_WALKED: &str = "i.partition_id = d.partition_id AND i.resource_type = d.resource_type AND i.resource_id = d.resource_id";
 
 /// The index column a sort key compares, compared byte-wise on both backends (as Rust
 /// compares strings): PostgreSQL's default collation would not.

@@ -276,27 +276,11 @@ fn a_token_does_only_what_its_scopes_grant() {
 fn a_token_for_another_audience_or_a_revoked_one_is_401() {
     let OneObservation { v, c, path, .. } = one_observation();
     // A token for AIM (another audience) is not a vault token.
-    let aim_secret = v.env.add_secret_client(&[
-        "--client-id",
+    let aim_token = v.env.secret_token(
         "aimclient",
-        "--auth",
-        "client_secret_post",
-        "--scope",
-        "system/*.rs",
-        "--partition",
-        "pa",
-    ]);
-    let aim_token = c.token(&[
-        ("grant_type", "client_credentials"),
-        ("client_id", "aimclient"),
-        ("client_secret", &aim_secret),
-        ("resource", &format!("{}/aim", v.env.base_url())),
-    ]);
-    assert_eq!(aim_token.status, 200, "{}", aim_token.body);
-    let aim_token = aim_token.json()["access_token"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+        &["--scope", "system/*.rs", "--partition", "pa"],
+        &[("resource", &format!("{}/aim", v.env.base_url()))],
+    );
     outcome(
         &c.send("GET", &path, Some(&aim_token), &[], None),
         401,
@@ -534,15 +518,7 @@ fn gateway_mode_checks_tokens_by_introspection() {
 #[test]
 fn expired_and_foreign_realm_tokens_are_refused() {
     let env = Env::new();
-    env.cli(&[
-        "account",
-        "add",
-        "--mpi-id",
-        MPI_A,
-        "--partition-name",
-        "pa",
-    ])
-    .unwrap();
+    env.add_account(MPI_A, "pa");
     // Long enough to be used once on a loaded machine, short enough to wait out.
     env.cli(&["realm", "add", "short", "--token-lifetime", "4"])
         .unwrap();

@@ -3,7 +3,9 @@
 
 use serde_json::{json, Value};
 
-pub(crate) use crate::support::{assert_valid_fhir, decode_jwt, Client, Env, Reply, Server};
+pub(crate) use crate::support::{
+    assert_valid_fhir, decode_jwt, Client, Env, Reply, Server, MPI_A, MPI_B,
+};
 
 mod access;
 mod bundles;
@@ -11,11 +13,6 @@ mod conformance;
 mod crud;
 mod records;
 mod search;
-
-const MPI_A: &str =
-    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/1b8f5a07-4c5b-4bbd-bf35-5a10a2b6c2b1";
-const MPI_B: &str =
-    "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/7d1e9a2c-0c1f-4f5e-8b44-2a9d3c1e5f60";
 
 /// An installation with two patient partitions, `pa` and `pb`, and a running server.
 struct Vault {
@@ -27,15 +24,7 @@ struct Vault {
 fn vault() -> Vault {
     let env = Env::new();
     for (mpi, partition) in [(MPI_A, "pa"), (MPI_B, "pb")] {
-        env.cli(&[
-            "account",
-            "add",
-            "--mpi-id",
-            mpi,
-            "--partition-name",
-            partition,
-        ])
-        .unwrap();
+        env.add_account(mpi, partition);
     }
     Vault {
         _server: env.start(),
