@@ -128,6 +128,7 @@ fn interaction_code(interaction: &str) -> Code {
         "read" => ("read", "read"),
         "vread" => ("vread", "vread"),
         "update" => ("update", "update"),
+        "patch" => ("patch", "patch"),
         "delete" => ("delete", "delete"),
         "history-instance" => ("history-instance", "history-instance"),
         "history-type" => ("history-type", "history-type"),
@@ -150,7 +151,7 @@ fn action(interaction: &str) -> char {
     match interaction {
         "create" => 'C',
         "read" | "vread" | "history-instance" => 'R',
-        "update" => 'U',
+        "update" | "patch" => 'U',
         "delete" => 'D',
         _ => 'E',
     }

@@ -449,6 +449,29 @@ mod tests {
     }
 
     #[test]
+    fn a_record_reads_back_as_written_numbers_included() {
+        // The journal and the chain check read records back; serde_json's exact numbers
+        // (arbitrary_precision, for FHIR decimals) must not break a number inside the
+        // flattened, tagged event.
+        let mut record = issued();
+        record.event = Event::RepositoryRequest {
+            interaction: "search-type".into(),
+            token: None,
+            query: Some("date=ge2026".into()),
+            endpoint: "https://tessera.example/audit".into(),
+            status: 403,
+        };
+        for record in [issued(), record] {
+            let text = serde_json::to_string(&record).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Record>(&text).unwrap(),
+                record,
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn secrets_and_signatures_never_reach_the_trail() {
         let pairs = vec![
             ("grant_type".to_owned(), "client_credentials".to_owned()),

@@ -123,8 +123,9 @@ fn interaction(req: &HttpRequest) -> Option<Interaction> {
         ("GET", "/{type}/{id}/_history") => Interaction::HistoryInstance,
         ("POST", "/{type}") => Interaction::Create,
         ("GET", "/{type}/{id}") => Interaction::Read,
-        ("PUT", "/{type}/{id}") => Interaction::Update,
-        ("DELETE", "/{type}/{id}") => Interaction::Delete,
+        ("PUT", "/{type}/{id}" | "/{type}") => Interaction::Update,
+        ("PATCH", "/{type}/{id}") => Interaction::Patch,
+        ("DELETE", "/{type}/{id}" | "/{type}") => Interaction::Delete,
         _ => Interaction::Operation,
     })
 }

@@ -223,6 +223,7 @@ pub(crate) fn search_repository(
         pairs,
         strict,
         restriction.as_deref(),
+        tessera_vault::Reach::Own,
     )
 }
 

@@ -151,6 +151,7 @@ pub fn vault_status(error: &VaultError) -> StatusCode {
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
         VaultError::Gone(_) => StatusCode::GONE,
         VaultError::VersionConflict(_) => StatusCode::PRECONDITION_FAILED,
+        VaultError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
         VaultError::Conflict(_) => StatusCode::CONFLICT,
         VaultError::Denied(_) => StatusCode::FORBIDDEN,
         VaultError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -166,6 +167,7 @@ fn vault_issue(error: &VaultError) -> &'static str {
         VaultError::NotFound(_) => "not-found",
         VaultError::Gone(_) => "deleted",
         VaultError::VersionConflict(_) | VaultError::Conflict(_) => "conflict",
+        VaultError::Unprocessable(_) => "processing",
         VaultError::Denied(_) => "forbidden",
         VaultError::Store(_) => "exception",
     }

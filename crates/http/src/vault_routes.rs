@@ -54,8 +54,11 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/{type}/{id}/_history", web::get().to(history_instance))
             .route("/{type}", web::get().to(search))
             .route("/{type}", web::post().to(create))
+            .route("/{type}", web::put().to(conditional_update))
+            .route("/{type}", web::delete().to(conditional_delete))
             .route("/{type}/{id}", web::get().to(read))
             .route("/{type}/{id}", web::put().to(update))
+            .route("/{type}/{id}", web::patch().to(patch))
             .route("/{type}/{id}", web::delete().to(delete))
             .default_service(web::to(unsupported)),
     );
@@ -340,19 +343,31 @@ async fn create(
 ) -> Result<HttpResponse, ApiError> {
     let token = token(&req, &state).await?;
     check_content_type(&req)?;
-    if req.headers().contains_key("if-none-exist") {
-        return Err(ApiError::Vault(VaultError::NotSupported(
-            "conditional create (If-None-Exist) is not supported".into(),
-        )));
-    }
+    // Conditional create: `If-None-Exist: identifier=x` (the criteria, as a query).
+    let condition = req
+        .headers()
+        .get("if-none-exist")
+        .map(|v| {
+            v.to_str().map(query_pairs).map_err(|_| {
+                ApiError::Vault(VaultError::Invalid("If-None-Exist is not text".into()))
+            })
+        })
+        .transpose()?;
     let (partition, ty) = path.into_inner();
     let base = partition_base(&state, &partition);
     let id = new_id()?;
-    let stored = call(&state, token, partition, move |st, ctx| {
-        st.vault.fhir.create(&st.store, ctx, &ty, &body, id)
+    let (stored, created) = call(&state, token, partition, move |st, ctx| {
+        st.vault
+            .fhir
+            .create(&st.store, ctx, &ty, &body, id, condition.as_deref())
     })
     .await?;
-    Ok(resource_response(&req, StatusCode::CREATED, &stored, &base))
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(resource_response(&req, status, &stored, &base))
 }
 
 async fn update(
@@ -372,12 +387,94 @@ async fn update(
             .update(&st.store, ctx, &ty, &id, &body, precondition.as_deref())
     })
     .await?;
+    Ok(written(&req, created, &stored, &base))
+}
+
+/// 201 for a resource a write created, else 200.
+fn written(req: &HttpRequest, created: bool, stored: &Stored, base: &str) -> HttpResponse {
     let status = if created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok(resource_response(&req, status, &stored, &base))
+    resource_response(req, status, stored, base)
+}
+
+/// The criteria of a conditional update or delete (`[type]?criteria`); none is an error,
+/// since it would name every resource of the type.
+fn conditional_criteria(req: &HttpRequest) -> Result<Vec<(String, String)>, ApiError> {
+    let criteria = query_pairs(req.query_string());
+    if criteria.is_empty() {
+        return Err(ApiError::Vault(VaultError::Invalid(format!(
+            "{} of a whole type needs search criteria ([type]?[criteria]) naming one resource",
+            req.method()
+        ))));
+    }
+    Ok(criteria)
+}
+
+/// Conditional update: `PUT [type]?[criteria]`.
+async fn conditional_update(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    check_content_type(&req)?;
+    let criteria = conditional_criteria(&req)?;
+    let (partition, ty) = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let precondition = if_match(&req);
+    let id = new_id()?;
+    let (stored, created) = call(&state, token, partition, move |st, ctx| {
+        st.vault.fhir.conditional_update(
+            &st.store,
+            ctx,
+            &ty,
+            &criteria,
+            &body,
+            precondition.as_deref(),
+            id,
+        )
+    })
+    .await?;
+    Ok(written(&req, created, &stored, &base))
+}
+
+/// `PATCH [type]/[id]` with a JSON Patch (`application/json-patch+json`).
+async fn patch(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    body: web::Bytes,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let mime = crate::media_type(&req);
+    if mime.as_deref() != Some("application/json-patch+json") {
+        return Err(ApiError::Vault(VaultError::NotSupported(format!(
+            "this vault patches with JSON Patch (application/json-patch+json), not {}",
+            mime.as_deref().unwrap_or("a body without Content-Type")
+        ))));
+    }
+    let (partition, ty, id) = path.into_inner();
+    let base = partition_base(&state, &partition);
+    let precondition = if_match(&req);
+    let stored = call(&state, token, partition, move |st, ctx| {
+        st.vault
+            .fhir
+            .patch(&st.store, ctx, &ty, &id, &body, precondition.as_deref())
+    })
+    .await?;
+    Ok(resource_response(&req, StatusCode::OK, &stored, &base))
+}
+
+fn deleted_response(deleted: Option<Stored>) -> HttpResponse {
+    let mut response = HttpResponse::NoContent();
+    if let Some(etag) = deleted.and_then(|d| HeaderValue::from_str(&d.etag()).ok()) {
+        response.insert_header((header::ETAG, etag));
+    }
+    response.finish()
 }
 
 async fn delete(
@@ -394,11 +491,26 @@ async fn delete(
             .delete(&st.store, ctx, &ty, &id, precondition.as_deref())
     })
     .await?;
-    let mut response = HttpResponse::NoContent();
-    if let Some(etag) = deleted.and_then(|d| HeaderValue::from_str(&d.etag()).ok()) {
-        response.insert_header((header::ETAG, etag));
-    }
-    Ok(response.finish())
+    Ok(deleted_response(deleted))
+}
+
+/// Conditional delete: `DELETE [type]?[criteria]`.
+async fn conditional_delete(
+    req: HttpRequest,
+    path: web::Path<(String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let criteria = conditional_criteria(&req)?;
+    let (partition, ty) = path.into_inner();
+    let precondition = if_match(&req);
+    let deleted = call(&state, token, partition, move |st, ctx| {
+        st.vault
+            .fhir
+            .conditional_delete(&st.store, ctx, &ty, &criteria, precondition.as_deref())
+    })
+    .await?;
+    Ok(deleted_response(deleted))
 }
 
 /// The HTTP status of a batch or transaction entry, from the one mapping in error.rs.

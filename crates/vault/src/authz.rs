@@ -29,6 +29,8 @@ pub enum Interaction {
     Search,
     Create,
     Update,
+    /// `PATCH` with a JSON Patch: an update.
+    Patch,
     Delete,
     /// A batch Bundle: each entry is authorized as what it is.
     Batch,
@@ -40,10 +42,11 @@ pub enum Interaction {
 
 impl Interaction {
     /// The type-level interactions a CapabilityStatement lists for each resource.
-    pub const ON_TYPES: [Interaction; 8] = [
+    pub const ON_TYPES: [Interaction; 9] = [
         Self::Read,
         Self::VRead,
         Self::Update,
+        Self::Patch,
         Self::Delete,
         Self::HistoryInstance,
         Self::HistoryType,
@@ -58,7 +61,7 @@ impl Interaction {
             Self::Read | Self::VRead | Self::HistoryInstance => Permissions::READ,
             Self::Search | Self::HistoryType => Permissions::SEARCH,
             Self::Create => Permissions::CREATE,
-            Self::Update => Permissions::UPDATE,
+            Self::Update | Self::Patch => Permissions::UPDATE,
             Self::Delete => Permissions::DELETE,
             Self::Batch | Self::Transaction | Self::Operation => return None,
         })
@@ -74,6 +77,7 @@ impl Interaction {
             Self::Search => "search-type",
             Self::Create => "create",
             Self::Update => "update",
+            Self::Patch => "patch",
             Self::Delete => "delete",
             Self::Batch => "batch",
             Self::Transaction => "transaction",

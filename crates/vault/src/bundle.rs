@@ -9,9 +9,11 @@ use std::collections::HashMap;
 use serde_json::{json, Map, Value};
 
 use crate::dates::format_instant;
-use crate::search::SearchQuery;
+use crate::related::Included;
+use crate::search::{SearchQuery, Summary};
 use crate::{
-    Ctx, Interaction, Stored, Vault, VaultError, VaultStore, WriteKind, WriteOp, WriteOutcome,
+    operation_outcome, Ctx, Interaction, Stored, Vault, VaultError, VaultStore, WriteKind, WriteOp,
+    WriteOutcome,
 };
 
 fn query_string(pairs: &[(String, String)]) -> String {
@@ -72,12 +74,17 @@ fn page_links(
     links
 }
 
+/// A searchset Bundle: the page of matches, then what `_include`/`_revinclude` added,
+/// then (when the token withheld included types) an OperationOutcome saying so, each
+/// resource passed through `subset` (`_summary`, `_elements`).
 pub(crate) fn searchset(
     base: &str,
     resource_type: &str,
     query: &SearchQuery,
     total: u64,
     found: &[Stored],
+    included: &Included,
+    subset: &dyn Fn(&mut Map<String, Value>) -> bool,
 ) -> Result<Value, VaultError> {
     let params: Vec<(String, String)> = query
         .used
@@ -85,25 +92,46 @@ pub(crate) fn searchset(
         .filter(|(k, _)| k != "_count" && k != "_offset")
         .cloned()
         .collect();
-    let count = if query.summary_count { 0 } else { query.count };
+    let counting = query.summary == Summary::Count;
+    let count = if counting { 0 } else { query.count };
     let mut bundle = json!({
         "resourceType": "Bundle",
         "type": "searchset",
         "link": page_links(&format!("{base}/{resource_type}"), &params, query.offset, count, total),
     });
-    if query.total || query.summary_count {
+    if query.total || counting {
         bundle["total"] = json!(total);
     }
-    let entries = found
+    let entry = |s: &Stored, mode: &str| -> Result<Value, VaultError> {
+        let mut resource = s.json()?;
+        if let Value::Object(map) = &mut resource {
+            subset(map);
+        }
+        Ok(json!({
+            "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+            "resource": resource,
+            "search": { "mode": mode },
+        }))
+    };
+    let mut entries = found
         .iter()
-        .map(|s| {
-            Ok(json!({
-                "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
-                "resource": s.json()?,
-                "search": { "mode": "match" },
-            }))
-        })
+        .map(|s| entry(s, "match"))
+        .chain(included.resources.iter().map(|s| entry(s, "include")))
         .collect::<Result<Vec<_>, VaultError>>()?;
+    if !included.withheld.is_empty() {
+        let types: Vec<&str> = included.withheld.iter().map(String::as_str).collect();
+        entries.push(json!({
+            "resource": operation_outcome(
+                "warning",
+                "suppressed",
+                &format!(
+                    "included resources of types the access token does not grant were left out: {}",
+                    types.join(", ")
+                ),
+            ),
+            "search": { "mode": "outcome" },
+        }));
+    }
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
     }
@@ -170,6 +198,10 @@ enum EntryRequest {
         pairs: Vec<(String, String)>,
     },
     Write(WriteOp),
+    /// A conditional create whose condition met a resource: nothing to write.
+    Exists(Stored),
+    /// A conditional delete whose condition met nothing.
+    NothingToDelete,
 }
 
 /// The result of one entry.
@@ -218,14 +250,16 @@ fn entry_audits(entries: &[Value], results: &[EntryResult], base: &str) -> Vec<E
                 ("GET", [_, _]) => Interaction::Read,
                 ("GET", [_, _, "_history", _]) => Interaction::VRead,
                 ("POST", [_]) => Interaction::Create,
-                ("PUT", [_, _]) => Interaction::Update,
-                ("DELETE", [_, _]) => Interaction::Delete,
+                ("PUT", [_] | [_, _]) => Interaction::Update,
+                ("DELETE", [_] | [_, _]) => Interaction::Delete,
                 _ => Interaction::Operation,
             };
             let resource = match result {
-                EntryResult::Written(WriteOutcome::Created(s)) => {
-                    Some(format!("{}/{}", s.resource_type, s.id))
-                }
+                EntryResult::Written(
+                    WriteOutcome::Created(s)
+                    | WriteOutcome::Updated(s)
+                    | WriteOutcome::Deleted(Some(s)),
+                ) => Some(format!("{}/{}", s.resource_type, s.id)),
                 _ if segments.len() >= 2 => Some(segments.join("/")),
                 _ => None,
             };
@@ -313,12 +347,16 @@ fn query_pairs(query: Option<&str>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn parse_entry(
+/// An entry's request; a conditional one (`ifNoneExist`, `Type?criteria`) is resolved
+/// here, before anything is written.
+fn parse_entry<S: VaultStore>(
     vault: &Vault,
+    store: &S,
+    ctx: &Ctx<'_>,
     entry: &Value,
-    base: &str,
     new_id: &mut dyn FnMut() -> String,
 ) -> Result<(EntryRequest, Option<String>), VaultError> {
+    let base = ctx.base;
     let request = entry
         .get("request")
         .ok_or_else(|| VaultError::Invalid("an entry needs a request".into()))?;
@@ -372,12 +410,60 @@ fn parse_entry(
             version: Some((*v).to_owned()),
         },
         ("POST", [ty]) => {
-            if request.get("ifNoneExist").is_some() {
-                return Err(VaultError::NotSupported(
-                    "conditional create (ifNoneExist) is not supported".into(),
-                ));
+            let resource = resource()?;
+            let condition = request.get("ifNoneExist").and_then(Value::as_str);
+            let existing = match condition {
+                Some(condition) => {
+                    vault.authorize(store, ctx, ty, Interaction::Create)?;
+                    vault.find_one(store, ctx, ty, &query_pairs(Some(condition)))?
+                }
+                None => None,
+            };
+            match existing {
+                Some(existing) => EntryRequest::Exists(existing),
+                None => write(ty, new_id(), WriteKind::Create, Some(resource)),
             }
-            write(ty, new_id(), WriteKind::Create, Some(resource()?))
+        }
+        ("PUT", [ty]) if query.is_some() => {
+            let mut resource = resource()?;
+            let body_id = resource
+                .get("id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            let id = match (vault.find_one(store, ctx, ty, &query_pairs(query))?, body_id) {
+                (Some(found), Some(body_id)) if body_id != found.id => {
+                    return Err(VaultError::Invalid(format!(
+                        "the resource's id '{body_id}' is not the id of the one resource meeting '{url}'"
+                    )))
+                }
+                (Some(found), _) => found.id,
+                (None, Some(body_id)) => body_id,
+                (None, None) => new_id(),
+            };
+            resource.insert("id".into(), Value::String(id.clone()));
+            write(
+                ty,
+                id,
+                WriteKind::Update {
+                    if_match: if_match()?,
+                    may_create: false,
+                },
+                Some(resource),
+            )
+        }
+        ("DELETE", [ty]) if query.is_some() => {
+            vault.authorize(store, ctx, ty, Interaction::Delete)?;
+            match vault.find_one(store, ctx, ty, &query_pairs(query))? {
+                Some(found) => write(
+                    ty,
+                    found.id,
+                    WriteKind::Delete {
+                        if_match: if_match()?,
+                    },
+                    None,
+                ),
+                None => EntryRequest::NothingToDelete,
+            }
         }
         ("PUT", [ty, id]) => {
             let resource = resource()?;
@@ -459,6 +545,10 @@ fn read_entry<S: VaultStore>(
         } => vault
             .search(store, ctx, resource_type, pairs, false)
             .map(EntryResult::Searched),
+        EntryRequest::Exists(stored) => {
+            Ok(EntryResult::Written(WriteOutcome::Updated(stored.clone())))
+        }
+        EntryRequest::NothingToDelete => Ok(EntryResult::Written(WriteOutcome::Deleted(None))),
         EntryRequest::Write(_) => Err(VaultError::Store("a write is not a read".into())),
     };
     result.unwrap_or_else(EntryResult::Failed)
@@ -511,21 +601,23 @@ fn run_batch<S: VaultStore>(
 ) -> Vec<EntryResult> {
     entries
         .iter()
-        .map(|entry| match parse_entry(vault, entry, ctx.base, new_id) {
-            Err(e) => EntryResult::Failed(e),
-            Ok((EntryRequest::Write(op), _)) => match vault.write_op(store, ctx, op) {
-                Ok(op) => match vault.apply(store, ctx, std::slice::from_ref(&op)) {
-                    Ok(mut outcomes) => {
-                        outcomes.pop().map(EntryResult::Written).unwrap_or_else(|| {
-                            EntryResult::Failed(VaultError::Store("no outcome".into()))
-                        })
-                    }
-                    Err((_, e)) => EntryResult::Failed(e),
-                },
+        .map(
+            |entry| match parse_entry(vault, store, ctx, entry, new_id) {
                 Err(e) => EntryResult::Failed(e),
+                Ok((EntryRequest::Write(op), _)) => match vault.write_op(store, ctx, op) {
+                    Ok(op) => match vault.apply(store, ctx, std::slice::from_ref(&op)) {
+                        Ok(mut outcomes) => {
+                            outcomes.pop().map(EntryResult::Written).unwrap_or_else(|| {
+                                EntryResult::Failed(VaultError::Store("no outcome".into()))
+                            })
+                        }
+                        Err((_, e)) => EntryResult::Failed(e),
+                    },
+                    Err(e) => EntryResult::Failed(e),
+                },
+                Ok((read, _)) => read_entry(vault, store, ctx, &read),
             },
-            Ok((read, _)) => read_entry(vault, store, ctx, &read),
-        })
+        )
         .collect()
 }
 
@@ -541,11 +633,18 @@ fn run_transaction<S: VaultStore>(
     let mut parsed = Vec::with_capacity(entries.len());
     let mut ids = HashMap::new();
     for entry in entries {
-        let (request, full_url) = parse_entry(vault, entry, ctx.base, new_id)?;
-        if let (EntryRequest::Write(op), Some(full_url)) = (&request, &full_url) {
-            let created = matches!(op.kind, WriteKind::Create) && full_url.starts_with("urn:uuid:");
-            let local = format!("{}/{}", op.resource_type, op.id);
-            if created && ids.insert(full_url.clone(), local).is_some() {
+        let (request, full_url) = parse_entry(vault, store, ctx, entry, new_id)?;
+        // A created resource (or the one a conditional create found) is referred to by
+        // its `urn:uuid:` full URL in the other entries.
+        let named = match &request {
+            EntryRequest::Write(op) if matches!(op.kind, WriteKind::Create) => {
+                Some(format!("{}/{}", op.resource_type, op.id))
+            }
+            EntryRequest::Exists(stored) => Some(format!("{}/{}", stored.resource_type, stored.id)),
+            _ => None,
+        };
+        if let (Some(local), Some(full_url)) = (named, &full_url) {
+            if full_url.starts_with("urn:uuid:") && ids.insert(full_url.clone(), local).is_some() {
                 return Err(VaultError::Invalid(format!(
                     "fullUrl {full_url} appears twice"
                 )));
@@ -574,6 +673,7 @@ fn run_transaction<S: VaultStore>(
             EntryRequest::Search { resource_type, .. } => {
                 vault.authorize(store, ctx, resource_type, Interaction::Search)?;
             }
+            EntryRequest::Exists(_) | EntryRequest::NothingToDelete => {}
         }
     }
     // R4 processing order: DELETE, then POST, then PUT (then GET, after the commit).

@@ -6,7 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::authz::Interaction;
-use crate::registry::Registry;
+use crate::registry::{ParamKind, Registry};
 
 /// Where the vault's tokens come from.
 #[derive(Debug, Clone)]
@@ -40,10 +40,18 @@ pub fn capability_statement(
                 "versioning": "versioned-update",
                 "readHistory": true,
                 "updateCreate": true,
-                "conditionalCreate": false,
-                "conditionalUpdate": false,
-                "conditionalDelete": "not-supported",
+                "conditionalCreate": true,
+                "conditionalUpdate": true,
+                "conditionalDelete": "single",
             });
+            let includes: Vec<String> = registry
+                .params(ty)
+                .filter(|p| p.kind == ParamKind::Reference)
+                .map(|p| format!("{ty}:{}", p.code))
+                .collect();
+            if !includes.is_empty() {
+                resource["searchInclude"] = json!(includes);
+            }
             if !params.is_empty() {
                 resource["searchParam"] = Value::Array(params);
             }
@@ -60,6 +68,7 @@ pub fn capability_statement(
         "implementation": { "description": "Tessera FHIR Vault partition", "url": base },
         "fhirVersion": "4.0.1",
         "format": ["application/fhir+json", "json"],
+        "patchFormat": ["application/json-patch+json"],
         "rest": [{
             "mode": "server",
             "security": {

@@ -144,6 +144,26 @@ fn extract(param: &SearchParam, node: &Value, base: &str, out: &mut Vec<IndexVal
     }
 }
 
+/// The values of one search parameter of `resource` (none when the type has no such
+/// supported parameter), as the index holds them.
+pub fn values_of(
+    registry: &Registry,
+    resource_type: &str,
+    code: &str,
+    resource: &Value,
+    base: &str,
+) -> Vec<IndexValue> {
+    let mut values = Vec::new();
+    if let Some(param) = registry.param(resource_type, code) {
+        for path in &param.paths {
+            for node in path.evaluate(resource) {
+                extract(param, node.value, base, &mut values);
+            }
+        }
+    }
+    values
+}
+
 /// The index entries of `resource` (its type's supported parameters). `base` is this
 /// partition's FHIR base URL, so absolute references to it index as relative ones.
 pub fn entries(

@@ -14,9 +14,12 @@ pub mod capability;
 pub mod dates;
 pub mod fhirpath;
 pub mod index;
+pub mod patch;
 pub mod registry;
+pub mod related;
 pub mod resource;
 pub mod search;
+pub mod subset;
 
 use serde_json::{json, Map, Value};
 
@@ -24,7 +27,10 @@ pub use crate::authz::{Access, Denial, Grant, Interaction};
 pub use crate::bundle::BatchOutcome;
 use crate::index::IndexEntry;
 pub use crate::registry::Registry;
-use crate::search::{Criterion, Match, SortKey};
+pub use crate::related::Reach;
+use crate::related::Scope;
+use crate::search::{Criterion, Match, SortKey, Summary};
+use crate::subset::{Elements, Subset};
 
 /// A stored version of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,9 +107,14 @@ pub enum VaultError {
     NotFound(String),
     #[error("{0}")]
     Gone(String),
-    /// `If-Match` did not match the current version (412).
+    /// A precondition failed (412): `If-Match` did not match the current version, or a
+    /// conditional interaction's criteria matched more than one resource.
     #[error("{0}")]
     VersionConflict(String),
+    /// Well formed but not applicable (422): a JSON Patch whose `test` fails or whose
+    /// path is not in the resource.
+    #[error("{0}")]
+    Unprocessable(String),
     /// A concurrent write won (409); the client may retry.
     #[error("{0}")]
     Conflict(String),
@@ -188,6 +199,7 @@ pub type BundleJson = Value;
 #[derive(Debug)]
 pub struct Vault {
     registry: Registry,
+    elements: Elements,
 }
 
 /// An `_id` criterion, to check one resource against restrictions.
@@ -207,6 +219,7 @@ impl Vault {
     pub fn new() -> Result<Self, String> {
         Ok(Self {
             registry: Registry::load()?,
+            elements: Elements::load()?,
         })
     }
 
@@ -259,22 +272,7 @@ impl Vault {
         access: &Access,
         stored: &Stored,
     ) -> Result<bool, VaultError> {
-        match access {
-            Access::All => Ok(true),
-            Access::Restricted(restrictions) => {
-                let (total, _) = store.search(
-                    ctx.partition,
-                    &stored.resource_type,
-                    &[id_criterion(&stored.id)],
-                    Some(restrictions),
-                    &[],
-                    0,
-                    0,
-                    true,
-                )?;
-                Ok(total > 0)
-            }
-        }
+        related::visible(store, ctx.partition, access, stored)
     }
 
     fn not_found(resource_type: &str, id: &str) -> VaultError {
@@ -359,11 +357,13 @@ impl Vault {
             pairs,
             strict,
             restrictions,
+            Reach::Token(ctx.grant),
         )
     }
 
     /// A search in `partition` for a caller already authorized (with `restrictions`
-    /// still to apply): the vault's search, and the audit repository's (ITI-81).
+    /// still to apply, and `reach` deciding what it sees of other types): the vault's
+    /// search, and the audit repository's (ITI-81).
     #[allow(clippy::too_many_arguments)]
     pub fn search_in<S: VaultStore>(
         &self,
@@ -374,15 +374,26 @@ impl Vault {
         pairs: &[(String, String)],
         strict: bool,
         restrictions: Option<&[Vec<Criterion>]>,
+        reach: Reach<'_>,
     ) -> Result<BundleJson, VaultError> {
-        let query = search::parse(&self.registry, resource_type, pairs, strict, base).map_err(
-            |e| match e {
-                search::SearchError::TooCostly(text) => VaultError::TooCostly(text),
-                search::SearchError::NotSupported(text) => VaultError::NotSupported(text),
-                other => VaultError::Invalid(other.to_string()),
-            },
-        )?;
-        let count = if query.summary_count { 0 } else { query.count };
+        let mut query = search::parse(&self.registry, resource_type, pairs, strict, base)
+            .map_err(related::search_error)?;
+        if query.summary != Summary::False && !query.elements.is_empty() {
+            return Err(VaultError::Invalid(
+                "_summary and _elements cannot be used together".into(),
+            ));
+        }
+        let scope = Scope {
+            registry: &self.registry,
+            store,
+            partition,
+            base,
+            reach,
+        };
+        for link in std::mem::take(&mut query.links) {
+            query.criteria.push(scope.resolve(resource_type, &link, 1)?);
+        }
+        let counting = query.summary == Summary::Count;
         let (total, found) = store.search(
             partition,
             resource_type,
@@ -390,10 +401,28 @@ impl Vault {
             restrictions,
             &query.sort,
             query.offset,
-            count,
-            query.total || query.summary_count,
+            if counting { 0 } else { query.count },
+            query.total || counting,
         )?;
-        bundle::searchset(base, resource_type, &query, total, &found)
+        let included = if counting || query.includes.is_empty() {
+            related::Included::default()
+        } else {
+            scope.include(&query.includes, &found)?
+        };
+        let subset = if query.elements.is_empty() {
+            Subset::Summary(query.summary)
+        } else {
+            Subset::Elements(&query.elements)
+        };
+        bundle::searchset(
+            base,
+            resource_type,
+            &query,
+            total,
+            &found,
+            &included,
+            &|resource| self.elements.apply(resource, subset),
+        )
     }
 
     /// Stores a new resource in `partition` for a caller already authorized (the audit
@@ -596,6 +625,8 @@ impl Vault {
     }
 
     /// `create`: the server assigns `new_id` (a client's `id` is ignored, as R4 says).
+    /// With `if_none_exist` (conditional create) nothing is created when one resource
+    /// meets those criteria: that one is returned, with `false`.
     pub fn create<S: VaultStore>(
         &self,
         store: &S,
@@ -603,9 +634,16 @@ impl Vault {
         resource_type: &str,
         body: &[u8],
         new_id: String,
-    ) -> Result<Stored, VaultError> {
+        if_none_exist: Option<&[(String, String)]>,
+    ) -> Result<(Stored, bool), VaultError> {
         self.known_type(resource_type)?;
         let resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        self.authorize(store, ctx, resource_type, Interaction::Create)?;
+        if let Some(criteria) = if_none_exist {
+            if let Some(existing) = self.find_one(store, ctx, resource_type, criteria)? {
+                return Ok((existing, false));
+            }
+        }
         let op = WriteOp {
             resource_type: resource_type.to_owned(),
             id: new_id,
@@ -614,8 +652,65 @@ impl Vault {
             restrictions: None,
         };
         match self.single(store, ctx, op)? {
-            WriteOutcome::Created(stored) => Ok(stored),
+            WriteOutcome::Created(stored) => Ok((stored, true)),
             other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    /// The one resource of `resource_type` meeting `criteria` (a conditional
+    /// interaction's search), `None` when none does, 412 when several do. The token must
+    /// grant searching the type; its restrictions apply. Every parameter must be a
+    /// search criterion the vault understands: one it ignored would widen the condition.
+    pub fn find_one<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        criteria: &[(String, String)],
+    ) -> Result<Option<Stored>, VaultError> {
+        let access = self.authorize(store, ctx, resource_type, Interaction::Search)?;
+        let mut query = search::parse(&self.registry, resource_type, criteria, true, ctx.base)
+            .map_err(related::search_error)?;
+        let condition = criteria
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join("&");
+        if criteria.is_empty() || query.criteria.len() + query.links.len() != criteria.len() {
+            return Err(VaultError::Invalid(format!(
+                "the condition '{condition}' must be search criteria only (no _count, _sort, _include...)"
+            )));
+        }
+        let scope = Scope {
+            registry: &self.registry,
+            store,
+            partition: ctx.partition,
+            base: ctx.base,
+            reach: Reach::Token(ctx.grant),
+        };
+        for link in std::mem::take(&mut query.links) {
+            query.criteria.push(scope.resolve(resource_type, &link, 1)?);
+        }
+        let restrictions = match &access {
+            Access::All => None,
+            Access::Restricted(r) => Some(r.as_slice()),
+        };
+        let (_, mut found) = store.search(
+            ctx.partition,
+            resource_type,
+            &query.criteria,
+            restrictions,
+            &[],
+            0,
+            2,
+            false,
+        )?;
+        match found.len() {
+            0 => Ok(None),
+            1 => Ok(found.pop()),
+            _ => Err(VaultError::VersionConflict(format!(
+                "the condition '{condition}' matches more than one {resource_type}"
+            ))),
         }
     }
 
@@ -688,6 +783,109 @@ impl Vault {
             WriteOutcome::Deleted(stored) => Ok(stored),
             other => Err(VaultError::Store(format!("unexpected outcome {other:?}"))),
         }
+    }
+
+    /// Conditional update (`PUT [type]?[criteria]`): the one matching resource is
+    /// updated (the body's id, if any, must be its id); with no match the resource is
+    /// created, with the body's id or else `new_id` (an id that exists but did not match
+    /// is a conflict); several matches: 412.
+    #[allow(clippy::too_many_arguments)]
+    pub fn conditional_update<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        criteria: &[(String, String)],
+        body: &[u8],
+        if_match: Option<&str>,
+        new_id: String,
+    ) -> Result<(Stored, bool), VaultError> {
+        self.known_type(resource_type)?;
+        let mut resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        let body_id = resource
+            .get("id")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        let id = match (self.find_one(store, ctx, resource_type, criteria)?, body_id) {
+            (Some(found), Some(body_id)) if body_id != found.id => {
+                return Err(VaultError::Invalid(format!(
+                    "the resource's id '{body_id}' is not the id of the one matching resource, '{}'",
+                    found.id
+                )))
+            }
+            (Some(found), _) => found.id,
+            (None, Some(body_id)) => {
+                if store.current(ctx.partition, resource_type, &body_id)?.is_some() {
+                    return Err(VaultError::Conflict(format!(
+                        "{resource_type}/{body_id} exists but does not meet the condition"
+                    )));
+                }
+                body_id
+            }
+            (None, None) => new_id,
+        };
+        resource.insert("id".into(), Value::String(id.clone()));
+        let body = serde_json::to_vec(&resource).map_err(|e| VaultError::Store(e.to_string()))?;
+        self.update(store, ctx, resource_type, &id, &body, if_match)
+    }
+
+    /// Conditional delete (`DELETE [type]?[criteria]`): the one matching resource;
+    /// nothing when none matches; 412 when several do.
+    pub fn conditional_delete<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        criteria: &[(String, String)],
+        if_match: Option<&str>,
+    ) -> Result<Option<Stored>, VaultError> {
+        self.authorize(store, ctx, resource_type, Interaction::Delete)?;
+        match self.find_one(store, ctx, resource_type, criteria)? {
+            Some(found) => self.delete(store, ctx, resource_type, &found.id, if_match),
+            None => Ok(None),
+        }
+    }
+
+    /// `patch` with a JSON Patch (RFC 6902): applied to the current version, the result
+    /// checked as any update and written only if no other write came in between (the
+    /// version read is the `If-Match`, unless the client gave its own).
+    pub fn patch<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: &str,
+        body: &[u8],
+        if_match: Option<&str>,
+    ) -> Result<Stored, VaultError> {
+        self.authorize(store, ctx, resource_type, Interaction::Patch)?;
+        let operations: Value = serde_json::from_slice(body)
+            .map_err(|e| VaultError::Invalid(format!("the JSON Patch is not JSON: {e}")))?;
+        let current = store
+            .current(ctx.partition, resource_type, id)?
+            .ok_or_else(|| Self::not_found(resource_type, id))?;
+        if current.deleted {
+            return Err(VaultError::Gone(format!(
+                "{resource_type}/{id} was deleted"
+            )));
+        }
+        let patched = patch::apply(&current.json()?, &operations).map_err(|e| match e {
+            patch::PatchError::Malformed(text) => VaultError::Invalid(text),
+            patch::PatchError::NotApplicable(text) => VaultError::Unprocessable(text),
+        })?;
+        if patched.get("resourceType") != current.json()?.get("resourceType")
+            || patched.get("id").and_then(Value::as_str) != Some(id)
+        {
+            return Err(VaultError::Unprocessable(
+                "a patch may not change the resource's type or id".into(),
+            ));
+        }
+        let body = serde_json::to_vec(&patched).map_err(|e| VaultError::Store(e.to_string()))?;
+        let version = if_match
+            .map(str::to_owned)
+            .unwrap_or_else(|| current.etag());
+        let (stored, _) = self.update(store, ctx, resource_type, id, &body, Some(&version))?;
+        Ok(stored)
     }
 
     /// `batch` or `transaction` (POST of a Bundle to the partition's base).

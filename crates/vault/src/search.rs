@@ -1,7 +1,9 @@
 //! Search requests: parameters parsed and checked against the type's search parameters
 //! with the FHIR R4 rules for each kind (token `system|code`, string prefix matching,
-//! date prefixes over ranges, references by id or `Type/id`, uri), and the result
-//! parameters `_count`, `_offset`, `_sort`, `_total`, `_summary`.
+//! date prefixes over ranges, references by id or `Type/id`, uri), chained parameters
+//! and `_has` (resolved by the vault, [`crate::related`]), and the result parameters
+//! `_count`, `_offset`, `_sort`, `_total`, `_summary`, `_elements`, `_include` and
+//! `_revinclude`.
 //! <https://hl7.org/fhir/R4/search.html>
 
 use crate::dates::{self, DateRange};
@@ -19,6 +21,10 @@ pub const MAX_PARAMETERS: usize = 16;
 /// Values over all parameters (`a=x,y&b=z` is three).
 pub const MAX_VALUES: usize = 32;
 pub const MAX_SORT_KEYS: usize = 4;
+/// `_include` and `_revinclude` parameters in one search.
+pub const MAX_INCLUDES: usize = 8;
+/// Chains and `_has` nest at most this deep (`subject.organization.name` is two).
+pub const MAX_LINK_DEPTH: usize = 3;
 /// Bytes of all parameter names and values.
 pub const MAX_QUERY_BYTES: usize = 4096;
 
@@ -123,16 +129,70 @@ pub struct SortKey {
     pub ordering: bool,
 }
 
+/// A criterion on other resources, which the vault resolves into a criterion on this
+/// type's own index before the store searches ([`crate::related`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// `subject:Patient.name=peter`: the reference parameter `param` points to a
+    /// resource of one of `targets` that meets `key=value` (`key` may chain further).
+    Chain {
+        param: String,
+        targets: Vec<String>,
+        key: String,
+        value: String,
+    },
+    /// `_has:Observation:patient:code=1234`: a `source` resource whose reference
+    /// parameter `param` points to this one meets `key=value` (`key` may be `_has` again).
+    Has {
+        source: String,
+        param: String,
+        key: String,
+        value: String,
+    },
+}
+
+/// `_include=Observation:subject[:Patient]` (`reverse`: `_revinclude=Provenance:target`):
+/// the resources a `source` resource's reference parameter `param` points to (or, in
+/// reverse, the `source` resources pointing to a result), limited to `target` when given;
+/// `:iterate` follows the included resources too.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Include {
+    pub reverse: bool,
+    pub iterate: bool,
+    pub source: String,
+    pub param: String,
+    pub target: Option<String>,
+}
+
+/// `_summary` (R4 search.html#summary).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Summary {
+    #[default]
+    False,
+    /// The elements the specification marks as summary.
+    True,
+    /// `text`, `id`, `meta` and the mandatory elements.
+    Text,
+    /// Everything but `text`.
+    Data,
+    /// The total only.
+    Count,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SearchQuery {
     pub criteria: Vec<Criterion>,
+    /// Chains and `_has`, each becoming one more criterion once resolved.
+    pub links: Vec<Link>,
+    pub includes: Vec<Include>,
     pub sort: Vec<SortKey>,
     pub count: usize,
     pub offset: usize,
     /// `_total=none` leaves the total out.
     pub total: bool,
-    /// `_summary=count`: the total only.
-    pub summary_count: bool,
+    pub summary: Summary,
+    /// `_elements`: the top-level elements to return (with the mandatory ones).
+    pub elements: Vec<String>,
     /// The parameters used, as they go into the `self` and paging links.
     pub used: Vec<(String, String)>,
     /// Parameters ignored under lenient handling.
@@ -155,13 +215,9 @@ pub enum SearchError {
 }
 
 /// The search result parameters and features of FHIR R4 the vault does not implement.
-const UNSUPPORTED_RESULT_PARAMETERS: [&str; 11] = [
-    "_include",
-    "_revinclude",
-    "_elements",
+const UNSUPPORTED_RESULT_PARAMETERS: [&str; 7] = [
     "_contained",
     "_containedType",
-    "_has",
     "_list",
     "_text",
     "_content",
@@ -170,16 +226,11 @@ const UNSUPPORTED_RESULT_PARAMETERS: [&str; 11] = [
 ];
 
 /// Why a parameter the vault has no index for is refused, when FHIR defines it: a
-/// chain, a result parameter, or a parameter of the type the vault does not support.
+/// result parameter, or a parameter of the type the vault does not support.
 /// `None`: FHIR does not know it either (ignored, or refused when strict).
 fn unsupported(registry: &Registry, resource_type: &str, name: &str) -> Option<String> {
     if UNSUPPORTED_RESULT_PARAMETERS.contains(&name) {
         return Some(format!("{name} is not supported by this server"));
-    }
-    if let Some((first, _)) = name.split_once('.') {
-        return Some(format!(
-            "chained parameters ({name}) are not supported by this server; search {first} by reference instead"
-        ));
     }
     registry.defined_kind(resource_type, name).map(|kind| {
         format!("the {kind} search parameter '{name}' of {resource_type} is not supported by this server")
@@ -303,7 +354,10 @@ pub fn parse(
         count: DEFAULT_COUNT,
         offset: 0,
         total: true,
-        summary_count: false,
+        summary: Summary::False,
+        elements: Vec::new(),
+        links: Vec::new(),
+        includes: Vec::new(),
         used: Vec::new(),
         ignored: Vec::new(),
     };
@@ -320,6 +374,17 @@ pub fn parse(
                 .parse::<usize>()
                 .map_err(|_| invalid(format!("{what} must be a whole number, not '{value}'")))
         };
+        if let Some(link) = link(registry, resource_type, key, value)? {
+            query.links.push(link);
+            values += 1;
+            if query.criteria.len() + query.links.len() > MAX_PARAMETERS {
+                return Err(SearchError::TooCostly(format!(
+                    "at most {MAX_PARAMETERS} search parameters in one search"
+                )));
+            }
+            query.used.push((key.clone(), value.clone()));
+            continue;
+        }
         let (name, modifier) = match key.split_once(':') {
             Some((n, m)) => (n, Some(m)),
             None => (key.as_str(), None),
@@ -336,15 +401,51 @@ pub fn parse(
                     )))
                 }
             },
-            ("_summary", None) => match value.as_str() {
-                "count" => query.summary_count = true,
-                "false" => {}
-                other => {
-                    return Err(SearchError::NotSupported(format!(
-                        "_summary={other} is not supported by this server"
-                    )))
+            ("_summary", None) => {
+                query.summary = match value.as_str() {
+                    "count" => Summary::Count,
+                    "true" => Summary::True,
+                    "text" => Summary::Text,
+                    "data" => Summary::Data,
+                    "false" => Summary::False,
+                    other => {
+                        return Err(invalid(format!(
+                            "_summary must be true, false, text, data or count, not '{other}'"
+                        )))
+                    }
                 }
-            },
+            }
+            ("_elements", None) => {
+                for element in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    // `Patient.name` is how some clients write `name`.
+                    let element = element
+                        .strip_prefix(resource_type)
+                        .and_then(|e| e.strip_prefix('.'))
+                        .unwrap_or(element);
+                    if element.contains('.') {
+                        return Err(SearchError::NotSupported(format!(
+                            "_elements names top-level elements; '{element}' is not one"
+                        )));
+                    }
+                    query.elements.push(element.to_owned());
+                }
+            }
+            ("_include" | "_revinclude", None | Some("iterate" | "recurse")) => {
+                query.includes.push(include(
+                    registry,
+                    name == "_revinclude",
+                    modifier.is_some(),
+                    value,
+                )?);
+                if query.includes.len() > MAX_INCLUDES {
+                    return Err(SearchError::TooCostly(format!(
+                        "at most {MAX_INCLUDES} _include and _revinclude parameters in one search"
+                    )));
+                }
+            }
+            ("_include" | "_revinclude", Some(other)) => {
+                return Err(invalid(format!("unknown {name} modifier ':{other}'")))
+            }
             ("_format" | "_pretty", None) => continue,
             // `_sort=-date,code`, and `_sort:desc=date` as some clients write it.
             ("_sort", modifier) => {
@@ -381,6 +482,137 @@ pub fn parse(
         query.used.push((key.clone(), value.clone()));
     }
     Ok(query)
+}
+
+/// A chained parameter (`subject:Patient.name`) or `_has` (`_has:Observation:patient:code`),
+/// checked as far as this type's own parameters go; `None` for any other parameter.
+fn link(
+    registry: &Registry,
+    resource_type: &str,
+    key: &str,
+    value: &str,
+) -> Result<Option<Link>, SearchError> {
+    if let Some(rest) = key.strip_prefix("_has:") {
+        let mut parts = rest.splitn(3, ':');
+        let (Some(source), Some(param), Some(inner)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(invalid(format!(
+                "'{key}': _has is _has:[type]:[reference parameter]:[parameter]"
+            )));
+        };
+        let reference = registry
+            .param(source, param)
+            .filter(|p| p.kind == ParamKind::Reference)
+            .ok_or_else(|| {
+                invalid(format!(
+                    "'{key}': '{param}' is not a reference parameter of {source}"
+                ))
+            })?;
+        if !reference.targets.is_empty() && !reference.targets.iter().any(|t| t == resource_type) {
+            return Err(invalid(format!(
+                "'{key}': {source}.{param} does not point to {resource_type}"
+            )));
+        }
+        return Ok(Some(Link::Has {
+            source: source.to_owned(),
+            param: param.to_owned(),
+            key: inner.to_owned(),
+            value: value.to_owned(),
+        }));
+    }
+    let Some((head, rest)) = key.split_once('.') else {
+        return Ok(None);
+    };
+    if rest.is_empty() {
+        return Err(invalid(format!(
+            "'{key}': a chain names a parameter after '.'"
+        )));
+    }
+    let (name, target) = match head.split_once(':') {
+        Some((name, target)) => (name, Some(target)),
+        None => (head, None),
+    };
+    if registry.defined_kind(resource_type, name).is_none() {
+        // Not a parameter FHIR defines: ignored like any unknown one (or refused when strict).
+        return Ok(None);
+    }
+    let param = registry
+        .param(resource_type, name)
+        .filter(|p| p.kind == ParamKind::Reference)
+        .ok_or_else(|| {
+            invalid(format!(
+                "'{key}': '{name}' is not a reference parameter of {resource_type}"
+            ))
+        })?;
+    let targets: Vec<String> = match target {
+        Some(target) if param.targets.iter().any(|t| t == target) => vec![target.to_owned()],
+        Some(target) => {
+            return Err(invalid(format!(
+                "'{key}': {resource_type}.{name} does not point to {target}"
+            )))
+        }
+        None => param.targets.clone(),
+    };
+    // The chained parameter must exist on some target; the vault checks each in turn.
+    let chained = rest.split(['.', ':']).next().unwrap_or(rest);
+    let known = |t: &String| chained == "_has" || registry.param(t, chained).is_some();
+    let targets: Vec<String> = targets.into_iter().filter(known).collect();
+    if targets.is_empty() {
+        return Err(invalid(format!(
+            "'{key}': no resource {resource_type}.{name} points to has a search parameter '{chained}'"
+        )));
+    }
+    Ok(Some(Link::Chain {
+        param: name.to_owned(),
+        targets,
+        key: rest.to_owned(),
+        value: value.to_owned(),
+    }))
+}
+
+/// `[source]:[parameter][:target]` of `_include` or `_revinclude`.
+fn include(
+    registry: &Registry,
+    reverse: bool,
+    iterate: bool,
+    value: &str,
+) -> Result<Include, SearchError> {
+    let name = if reverse { "_revinclude" } else { "_include" };
+    let mut parts = value.split(':');
+    let (Some(source), Some(param), target, None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(invalid(format!(
+            "{name}={value}: write [type]:[reference parameter] or [type]:[parameter]:[target type]"
+        )));
+    };
+    if param == "*" {
+        return Err(SearchError::NotSupported(format!(
+            "{name}={value}: the wildcard is not supported; name the reference parameter"
+        )));
+    }
+    let reference = registry
+        .param(source, param)
+        .filter(|p| p.kind == ParamKind::Reference)
+        .ok_or_else(|| {
+            invalid(format!(
+                "{name}={value}: '{param}' is not a reference parameter of {source}"
+            ))
+        })?;
+    if let Some(target) = target {
+        if !reference.targets.iter().any(|t| t == target) {
+            return Err(invalid(format!(
+                "{name}={value}: {source}.{param} does not point to {target}"
+            )));
+        }
+    }
+    Ok(Include {
+        reverse,
+        iterate,
+        source: source.to_owned(),
+        param: param.to_owned(),
+        target: target.map(str::to_owned),
+    })
 }
 
 /// Adds the keys of one `_sort` parameter (`-date,code`, or `_sort:desc=date` as some
@@ -480,7 +712,7 @@ pub fn parse_restriction(
         })
         .collect();
     let parsed = parse(registry, resource_type, &pairs, true, "")?;
-    if !parsed.sort.is_empty() || parsed.criteria.len() != pairs.len() {
+    if !parsed.sort.is_empty() || parsed.criteria.len() != pairs.len() || !parsed.links.is_empty() {
         return Err(invalid(format!(
             "scope restriction '{query}' may only hold search parameters"
         )));
@@ -735,12 +967,9 @@ mod tests {
         assert!(refused(&[("value-quantity", "gt100")]).contains("quantity"));
         assert!(refused(&[("component-value-quantity", "gt1")]).contains("quantity"));
         assert!(refused(&[("code-value-quantity", "1234-5$gt1")]).contains("composite"));
-        assert!(refused(&[("subject.name", "peter")]).contains("chained"));
-        assert!(refused(&[("_has:Observation:patient:code", "1234")]).contains("_has"));
-        assert!(refused(&[("_include", "Observation:subject")]).contains("_include"));
-        assert!(refused(&[("_revinclude", "Provenance:target")]).contains("_revinclude"));
-        assert!(refused(&[("_elements", "status")]).contains("_elements"));
-        assert!(refused(&[("_summary", "true")]).contains("_summary=true"));
+        assert!(refused(&[("_include", "Observation:*")]).contains("wildcard"));
+        assert!(refused(&[("_elements", "code.coding")]).contains("top-level"));
+        assert!(refused(&[("_list", "x")]).contains("_list"));
         // What FHIR does not define is still ignored (or refused when strict).
         let lenient = parse(
             &registry,
@@ -754,12 +983,91 @@ mod tests {
     }
 
     #[test]
+    fn chains_has_and_includes_are_checked_against_the_types_they_name() {
+        let query = q(&[
+            ("subject:Patient.name", "peter"),
+            ("subject.organization.name", "acme"),
+            ("_has:AuditEvent:entity:agent", "x"),
+            ("_include", "Observation:subject"),
+            ("_revinclude:iterate", "Provenance:target:Observation"),
+            ("_summary", "true"),
+        ])
+        .unwrap();
+        assert_eq!(
+            query.links[0],
+            Link::Chain {
+                param: "subject".into(),
+                targets: vec!["Patient".into()],
+                key: "name".into(),
+                value: "peter".into()
+            }
+        );
+        // Only the targets that have the chained parameter are searched.
+        let Link::Chain { targets, key, .. } = &query.links[1] else {
+            panic!("{:?}", query.links[1]);
+        };
+        assert_eq!(targets, &["Device", "Patient", "Location"]);
+        assert_eq!(key, "organization.name");
+        assert_eq!(
+            query.links[2],
+            Link::Has {
+                source: "AuditEvent".into(),
+                param: "entity".into(),
+                key: "agent".into(),
+                value: "x".into()
+            }
+        );
+        assert_eq!(
+            query.includes,
+            vec![
+                Include {
+                    reverse: false,
+                    iterate: false,
+                    source: "Observation".into(),
+                    param: "subject".into(),
+                    target: None
+                },
+                Include {
+                    reverse: true,
+                    iterate: true,
+                    source: "Provenance".into(),
+                    param: "target".into(),
+                    target: Some("Observation".into())
+                },
+            ]
+        );
+        assert_eq!(query.summary, Summary::True);
+        assert_eq!(query.used.len(), 6, "every one goes into the links");
+        let invalid = |pairs: &[(&str, &str)]| matches!(q(pairs), Err(SearchError::Invalid(_)));
+        assert!(invalid(&[("subject:Medication.code", "x")]), "not a target");
+        assert!(invalid(&[("status.name", "x")]), "not a reference");
+        assert!(invalid(&[("subject.nonsense", "x")]), "no target has it");
+        assert!(
+            invalid(&[("_has:Observation:code:status", "final")]),
+            "not a reference"
+        );
+        assert!(
+            invalid(&[("_has:Patient:link:name", "x")]),
+            "does not point here"
+        );
+        assert!(invalid(&[("_has:Observation", "x")]));
+        assert!(invalid(&[("_include", "Observation")]));
+        assert!(invalid(&[("_include", "Observation:subject:Medication")]));
+        assert!(invalid(&[("_include:deep", "Observation:subject")]));
+        assert!(invalid(&[("_summary", "short")]));
+        // A dotted name FHIR does not define is an unknown parameter, ignored.
+        assert_eq!(q(&[("colour.red", "x")]).unwrap().ignored, ["colour.red"]);
+    }
+
+    #[test]
     fn restrictions_must_be_fully_understood() {
         let registry = Registry::load().unwrap();
         let criteria = parse_restriction(&registry, "Observation", "category=laboratory").unwrap();
         assert_eq!(criteria.len(), 1);
         assert!(parse_restriction(&registry, "Observation", "nonsense=1").is_err());
         assert!(parse_restriction(&registry, "Observation", "_count=1").is_err());
+        // A chain in a restriction cannot be enforced on a write: it grants nothing.
+        assert!(parse_restriction(&registry, "Observation", "subject.name=x").is_err());
         assert_eq!(percent_decode("a%7Cb%2"), "a|b%2");
     }
 }

@@ -9,8 +9,10 @@ pub(crate) use crate::support::{
 
 mod access;
 mod bundles;
+mod conditional;
 mod conformance;
 mod crud;
+mod linked;
 mod records;
 mod search;
 

@@ -281,6 +281,11 @@ fn every_advertised_interaction_is_audited_as_itself() {
             "read" => ("GET", one.clone(), None),
             "vread" => ("GET", format!("{one}/_history/1"), None),
             "update" => ("PUT", one.clone(), Some(updated.to_string())),
+            "patch" => (
+                "PATCH",
+                one.clone(),
+                Some(r#"[{"op":"replace","path":"/status","value":"amended"}]"#.to_owned()),
+            ),
             "delete" => ("DELETE", format!("/fhir/pa/Observation/{gone}"), None),
             "history-instance" => ("GET", format!("{one}/_history"), None),
             "history-type" => ("GET", "/fhir/pa/Observation/_history".into(), None),
@@ -290,7 +295,12 @@ fn every_advertised_interaction_is_audited_as_itself() {
             other => panic!("the CapabilityStatement advertises '{other}': request it here"),
         };
         let before = vault_events(&v.env).len();
-        let reply = c.send(method, &path, Some(&token), &[], sent.as_deref());
+        let headers: &[(&str, &str)] = if method == "PATCH" {
+            &[("Content-Type", "application/json-patch+json")]
+        } else {
+            &[]
+        };
+        let reply = c.send(method, &path, Some(&token), headers, sent.as_deref());
         assert!(
             reply.status < 300,
             "{code}: {} {}",

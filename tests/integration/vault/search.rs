@@ -153,12 +153,8 @@ fn the_seed_002_query_and_search_parameters() {
     for query in [
         "Observation?value-quantity=gt100",
         "Observation?code-value-quantity=1234-5$gt1",
-        "Observation?subject.name=peter",
-        "Observation?_has:Observation:patient:code=1234",
-        "Observation?_include=Observation:subject",
-        "Patient?_revinclude=Observation:subject",
-        "Observation?_elements=status",
-        "Observation?_summary=true",
+        "Observation?_include=Observation:*",
+        "Observation?_list=x",
     ] {
         let refused = c.send(
             "GET",
