@@ -30,5 +30,6 @@ fuzz_target!(|data: &[u8]| {
         &pairs,
         selector & 2 != 0,
         restriction.as_deref(),
+        tessera_vault::Reach::Own,
     );
 });
