@@ -52,6 +52,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             .route("/{type}/_history", web::get().to(history_type))
             .route("/{type}/{id}/_history/{vid}", web::get().to(vread))
             .route("/{type}/{id}/_history", web::get().to(history_instance))
+            .route("/{type}/{id}/$everything", web::get().to(everything))
             .route("/{type}", web::get().to(search))
             .route("/{type}", web::post().to(create))
             .route("/{type}", web::put().to(conditional_update))
@@ -330,6 +331,27 @@ async fn history_instance(
         st.vault
             .fhir
             .history(&st.store, ctx, &ty, Some(&id), &pairs)
+    })
+    .await?;
+    Ok(json_response(&bundle))
+}
+
+/// `Patient/{id}/$everything`.
+async fn everything(
+    req: HttpRequest,
+    path: web::Path<(String, String, String)>,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, ApiError> {
+    let token = token(&req, &state).await?;
+    let (partition, ty, id) = path.into_inner();
+    if ty != "Patient" {
+        return Err(ApiError::Vault(VaultError::NotSupported(format!(
+            "$everything is an operation on Patient, not {ty}"
+        ))));
+    }
+    let pairs = query_pairs(req.query_string());
+    let bundle = call(&state, token, partition, move |st, ctx| {
+        st.vault.fhir.everything(&st.store, ctx, &id, &pairs)
     })
     .await?;
     Ok(json_response(&bundle))

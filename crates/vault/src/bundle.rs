@@ -4,7 +4,7 @@
 //! after resolving `urn:uuid:` full URLs of created resources to the ids assigned, then
 //! its reads. Every entry is authorized on its own.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{json, Map, Value};
 
@@ -132,6 +132,57 @@ pub(crate) fn searchset(
             "search": { "mode": "outcome" },
         }));
     }
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(bundle)
+}
+
+/// A page of `Patient/{id}/$everything` (a searchset), with an OperationOutcome entry
+/// when types the token does not grant were left out.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn everything(
+    base: &str,
+    id: &str,
+    pairs: &[(String, String)],
+    total: u64,
+    offset: usize,
+    count: usize,
+    page: &[Stored],
+    withheld: &BTreeSet<String>,
+) -> Result<Value, VaultError> {
+    let params: Vec<(String, String)> = pairs
+        .iter()
+        .filter(|(k, _)| k == "_type" || k == "_since")
+        .cloned()
+        .collect();
+    let url = format!("{base}/Patient/{id}/$everything");
+    let mut entries = page
+        .iter()
+        .map(|s| {
+            Ok(json!({
+                "fullUrl": format!("{base}/{}/{}", s.resource_type, s.id),
+                "resource": s.json()?,
+                "search": { "mode": "match" },
+            }))
+        })
+        .collect::<Result<Vec<_>, VaultError>>()?;
+    if !withheld.is_empty() {
+        entries.push(json!({
+            "resource": operation_outcome(
+                "information",
+                "suppressed",
+                "resources of types the access token does not grant are not included",
+            ),
+            "search": { "mode": "outcome" },
+        }));
+    }
+    let mut bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": total,
+        "link": page_links(&url, &params, offset, count, total),
+    });
     if !entries.is_empty() {
         bundle["entry"] = Value::Array(entries);
     }

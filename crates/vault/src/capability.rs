@@ -52,6 +52,12 @@ pub fn capability_statement(
             if !includes.is_empty() {
                 resource["searchInclude"] = json!(includes);
             }
+            if ty == "Patient" {
+                resource["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }]);
+            }
             if !params.is_empty() {
                 resource["searchParam"] = Value::Array(params);
             }

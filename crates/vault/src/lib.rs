@@ -21,6 +21,8 @@ pub mod resource;
 pub mod search;
 pub mod subset;
 
+use std::collections::BTreeSet;
+
 use serde_json::{json, Map, Value};
 
 pub use crate::authz::{Access, Denial, Grant, Interaction};
@@ -476,6 +478,102 @@ impl Vault {
         }
     }
 
+    /// `Patient/{id}/$everything`: every current resource of the partition (one
+    /// patient's record) that the token may search, its restrictions applied, by type
+    /// and then as stored, one page at a time (`_count`, `_offset`); `_type` and
+    /// `_since` narrow it. The Patient must be one the token may read.
+    pub fn everything<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        id: &str,
+        pairs: &[(String, String)],
+    ) -> Result<BundleJson, VaultError> {
+        self.read(store, ctx, "Patient", id)?;
+        let (offset, count) = paging(pairs)?;
+        let mut types: Option<Vec<&str>> = None;
+        let mut criteria = Vec::new();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "_count" | "_offset" | "_format" | "_pretty" => {}
+                "_type" => {
+                    let named: Vec<&str> = value.split(',').map(str::trim).collect();
+                    if let Some(unknown) = named.iter().find(|t| !self.registry.is_resource_type(t)) {
+                        return Err(VaultError::Invalid(format!(
+                            "_type: '{unknown}' is not a FHIR R4 resource type"
+                        )));
+                    }
+                    types.get_or_insert_with(Vec::new).extend(named);
+                }
+                "_since" => {
+                    let pairs = [("_lastUpdated".to_owned(), format!("ge{value}"))];
+                    let query = search::parse(&self.registry, "Patient", &pairs, true, ctx.base)
+                        .map_err(|_| {
+                            VaultError::Invalid(format!("_since: '{value}' is not an instant"))
+                        })?;
+                    criteria.extend(query.criteria);
+                }
+                other => {
+                    return Err(VaultError::NotSupported(format!(
+                        "$everything takes _type, _since, _count and _offset, not {other}"
+                    )))
+                }
+            }
+        }
+        let mut total = 0u64;
+        let mut page = Vec::new();
+        let mut withheld = BTreeSet::new();
+        let all: Vec<&str> = self.registry.resource_types().collect();
+        for resource_type in types.unwrap_or(all) {
+            let access = match authz::authorize(
+                &self.registry,
+                ctx.grant,
+                ctx.partition,
+                resource_type,
+                Interaction::Search,
+            ) {
+                Ok(access) => access,
+                Err(Denial::Scope) => {
+                    withheld.insert(resource_type.to_owned());
+                    continue;
+                }
+                Err(denial) => return Err(VaultError::Denied(denial)),
+            };
+            let restrictions = match &access {
+                Access::All => None,
+                Access::Restricted(r) => Some(r.as_slice()),
+            };
+            let (matches, _) = store.search(
+                ctx.partition,
+                resource_type,
+                &criteria,
+                restrictions,
+                &[],
+                0,
+                0,
+                true,
+            )?;
+            // The part of this type's matches that falls on the page.
+            let start = (offset as u64).saturating_sub(total);
+            let wanted = (count - page.len()) as u64;
+            if matches > start && wanted > 0 {
+                let (_, found) = store.search(
+                    ctx.partition,
+                    resource_type,
+                    &criteria,
+                    restrictions,
+                    &[],
+                    start as usize,
+                    wanted.min(matches - start) as usize,
+                    false,
+                )?;
+                page.extend(found);
+            }
+            total += matches;
+        }
+        bundle::everything(ctx.base, id, pairs, total, offset, count, &page, &withheld)
+    }
+
     /// `history-instance` (with `id`) or `history-type`.
     pub fn history<S: VaultStore>(
         &self,
@@ -495,32 +593,17 @@ impl Vault {
             // Past versions cannot be checked against today's restriction one by one.
             return Err(VaultError::Denied(Denial::Scope));
         }
+        let (offset, count) = paging(pairs)?;
         let mut since = None;
-        let mut count = search::DEFAULT_COUNT;
-        let mut offset = 0;
         for (key, value) in pairs {
-            match key.as_str() {
-                "_since" => {
-                    since = Some(
-                        dates::parse(value)
-                            .ok_or_else(|| {
-                                VaultError::Invalid(format!("_since: '{value}' is not an instant"))
-                            })?
-                            .lo,
-                    )
-                }
-                "_count" => {
-                    count = value
-                        .parse::<usize>()
-                        .map_err(|_| VaultError::Invalid("_count must be a whole number".into()))?
-                        .min(search::MAX_COUNT)
-                }
-                "_offset" => {
-                    offset = value
-                        .parse()
-                        .map_err(|_| VaultError::Invalid("_offset must be a whole number".into()))?
-                }
-                _ => {}
+            if key == "_since" {
+                since = Some(
+                    dates::parse(value)
+                        .ok_or_else(|| {
+                            VaultError::Invalid(format!("_since: '{value}' is not an instant"))
+                        })?
+                        .lo,
+                )
             }
         }
         if let Some(id) = id {
@@ -901,6 +984,25 @@ impl Vault {
         authz::grants_partition(ctx.grant, ctx.partition).map_err(VaultError::Denied)?;
         bundle::run(self, store, ctx, body, new_id)
     }
+}
+
+/// `_offset` and `_count` (at most [`search::MAX_COUNT`]) of a history or an operation.
+fn paging(pairs: &[(String, String)]) -> Result<(usize, usize), VaultError> {
+    let mut offset = 0;
+    let mut count = search::DEFAULT_COUNT;
+    for (key, value) in pairs {
+        let number = || {
+            value
+                .parse::<usize>()
+                .map_err(|_| VaultError::Invalid(format!("{key} must be a whole number")))
+        };
+        match key.as_str() {
+            "_count" => count = number()?.min(search::MAX_COUNT),
+            "_offset" => offset = number()?,
+            _ => {}
+        }
+    }
+    Ok((offset, count))
 }
 
 /// `If-Match: W/"3"` (or `"3"`) -> 3.

@@ -400,3 +400,59 @@ fn summaries_and_elements_return_part_of_each_resource_tagged_subsetted() {
         .json();
     assert!(!subsetted(&read));
 }
+
+#[test]
+fn everything_pages_through_the_record_the_token_may_see() {
+    let l = linked();
+    let all = l.v.token("reader", "system/*.rs", &["pa"]);
+    let everything = format!("Patient/{}/$everything", l.peter);
+    let bundle = l.bundle(&all, &everything);
+    assert_eq!(bundle["total"], 6);
+    let mut got: Vec<String> = matched(&bundle);
+    got.sort();
+    let mut expected = vec![
+        format!("Observation/{}", l.hba1c),
+        format!("Observation/{}", l.heart),
+        format!("Patient/{}", l.peter),
+        format!("Patient/{}", l.paula),
+        format!("Practitioner/{}", l.practitioner),
+        format!("Provenance/{}", l.provenance),
+    ];
+    expected.sort();
+    assert_eq!(got, expected);
+    // Pages of 4 meet every resource once.
+    let pages = every_page(l.bundle(&all, &format!("{everything}?_count=4")), |path| {
+        l.bundle(&all, path)
+    });
+    assert_eq!(pages.len(), 2);
+    let mut paged: Vec<String> = pages.iter().flat_map(matched).collect();
+    paged.sort();
+    assert_eq!(paged, expected);
+    let typed = l.bundle(&all, &format!("{everything}?_type=Observation,Practitioner"));
+    assert_eq!(typed["total"], 3);
+    let since = l.bundle(&all, &format!("{everything}?_since=2999-01-01"));
+    assert_eq!(since["total"], 0);
+
+    // A restricted token: its own grants, and a note that other types are left out.
+    let males = l.v.token(
+        "males",
+        "system/Observation.rs system/Patient.rs?gender=male",
+        &["pa"],
+    );
+    let bundle = l.bundle(&males, &everything);
+    assert_eq!(bundle["total"], 3);
+    let last = bundle["entry"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["search"]["mode"], "outcome");
+    outcome(
+        &l.search(&males, &format!("Patient/{}/$everything", l.paula)),
+        404,
+        "not-found",
+    );
+    outcome(&l.search(&all, &format!("{everything}?_type=Nonsense")), 400, "invalid");
+    outcome(&l.search(&all, &format!("{everything}?start=2020")), 400, "not-supported");
+    outcome(
+        &l.search(&all, &format!("Observation/{}/$everything", l.hba1c)),
+        400,
+        "not-supported",
+    );
+}
