@@ -498,7 +498,8 @@ impl Vault {
                 "_count" | "_offset" | "_format" | "_pretty" => {}
                 "_type" => {
                     let named: Vec<&str> = value.split(',').map(str::trim).collect();
-                    if let Some(unknown) = named.iter().find(|t| !self.registry.is_resource_type(t)) {
+                    if let Some(unknown) = named.iter().find(|t| !self.registry.is_resource_type(t))
+                    {
                         return Err(VaultError::Invalid(format!(
                             "_type: '{unknown}' is not a FHIR R4 resource type"
                         )));

@@ -428,7 +428,10 @@ fn everything_pages_through_the_record_the_token_may_see() {
     let mut paged: Vec<String> = pages.iter().flat_map(matched).collect();
     paged.sort();
     assert_eq!(paged, expected);
-    let typed = l.bundle(&all, &format!("{everything}?_type=Observation,Practitioner"));
+    let typed = l.bundle(
+        &all,
+        &format!("{everything}?_type=Observation,Practitioner"),
+    );
     assert_eq!(typed["total"], 3);
     let since = l.bundle(&all, &format!("{everything}?_since=2999-01-01"));
     assert_eq!(since["total"], 0);
@@ -448,8 +451,16 @@ fn everything_pages_through_the_record_the_token_may_see() {
         404,
         "not-found",
     );
-    outcome(&l.search(&all, &format!("{everything}?_type=Nonsense")), 400, "invalid");
-    outcome(&l.search(&all, &format!("{everything}?start=2020")), 400, "not-supported");
+    outcome(
+        &l.search(&all, &format!("{everything}?_type=Nonsense")),
+        400,
+        "invalid",
+    );
+    outcome(
+        &l.search(&all, &format!("{everything}?start=2020")),
+        400,
+        "not-supported",
+    );
     outcome(
         &l.search(&all, &format!("Observation/{}/$everything", l.hba1c)),
         400,
