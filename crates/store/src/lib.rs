@@ -325,6 +325,13 @@ impl Store {
                 "database migrations applied"
             );
         }
+        let indexed = vault::reindex_pending(&mut conn).map_err(db_error)?;
+        if indexed > 0 {
+            tracing::info!(
+                indexed,
+                "resources indexed on new kinds of search parameter"
+            );
+        }
         Ok(())
     }
 

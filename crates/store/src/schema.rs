@@ -224,6 +224,13 @@ diesel::table! {
         reference -> Nullable<Text>,
         sort_lo -> Nullable<BigInt>,
         sort_hi -> Nullable<BigInt>,
+        number -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    fhir_reindex (kind) {
+        kind -> Text,
     }
 }
 

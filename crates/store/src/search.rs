@@ -21,7 +21,7 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{BigInt, HasSqlType, Text};
 use diesel::{QueryResult, QueryableByName, RunQueryDsl};
 use tessera_vault::registry::ParamKind;
-use tessera_vault::search::{Criterion, Match, Prefix, SortKey, StringMode};
+use tessera_vault::search::{Criterion, Match, NumberMatch, Prefix, SortKey, StringMode};
 
 use crate::DbConnection;
 
@@ -558,6 +558,8 @@ fn sort_column(kind: ParamKind, postgres: bool) -> &'static str {
         (ParamKind::String, true) => "i.text_value COLLATE \"C\"",
         (ParamKind::Reference, false) => "i.reference",
         (ParamKind::Reference, true) => "i.reference COLLATE \"C\"",
+        // Created `COLLATE "C"` on PostgreSQL: the keys compare byte-wise on both.
+        (ParamKind::Number | ParamKind::Quantity, _) => "i.number",
         (_, false) => "i.code",
         (_, true) => "i.code COLLATE \"C\"",
     }
@@ -618,6 +620,20 @@ fn value_match(sql: &mut Sql, m: &Match, alias: &str, (lo, hi): (&str, &str)) {
                     .push(") > 0");
             }
         },
+        Match::Number(number) => number_match(sql, number, alias),
+        Match::Quantity {
+            number,
+            system,
+            code,
+        } => {
+            number_match(sql, number, alias);
+            if let Some(system) = system {
+                sql.push(&format!(" AND {alias}.system = ")).text(system);
+            }
+            if let Some(code) = code {
+                sql.push(&format!(" AND {alias}.code = ")).text(code);
+            }
+        }
         Match::Date { prefix, range } => {
             sql.push(&format!("{lo} IS NOT NULL AND {hi} IS NOT NULL AND "));
             let contained = |sql: &mut Sql| {
@@ -665,6 +681,46 @@ fn value_match(sql: &mut Sql, m: &Match, alias: &str, (lo, hi): (&str, &str)) {
         }
     }
     sql.push(")");
+}
+
+/// A number index row (`alias.number`, a [`tessera_vault::decimal::Decimal`] key, a
+/// point) against a search value: `eq` within the range of its precision, `gt lt ge le`
+/// against the value itself, `sa`/`eb` beyond its range, `ap` within 10%.
+fn number_match(sql: &mut Sql, m: &NumberMatch, alias: &str) {
+    let column = format!("{alias}.number");
+    sql.push(&format!("{column} IS NOT NULL AND "));
+    let within = |sql: &mut Sql| {
+        sql.push(&format!("({column} >= "))
+            .text(&m.lo)
+            .push(&format!(" AND {column} < "))
+            .text(&m.hi)
+            .push(")");
+    };
+    match m.prefix {
+        Prefix::Eq | Prefix::Ap => within(sql),
+        Prefix::Ne => {
+            sql.push("NOT ");
+            within(sql);
+        }
+        Prefix::Gt => {
+            sql.push(&format!("{column} > ")).text(&m.value);
+        }
+        Prefix::Lt => {
+            sql.push(&format!("{column} < ")).text(&m.value);
+        }
+        Prefix::Ge => {
+            sql.push(&format!("{column} >= ")).text(&m.value);
+        }
+        Prefix::Le => {
+            sql.push(&format!("{column} <= ")).text(&m.value);
+        }
+        Prefix::Sa => {
+            sql.push(&format!("{column} >= ")).text(&m.hi);
+        }
+        Prefix::Eb => {
+            sql.push(&format!("{column} < ")).text(&m.lo);
+        }
+    }
 }
 
 fn load<R>(conn: &mut DbConnection, sql: &Sql) -> QueryResult<Vec<R>>

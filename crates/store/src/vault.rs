@@ -89,6 +89,7 @@ struct IndexColumns {
     lo: Option<i64>,
     hi: Option<i64>,
     reference: Option<String>,
+    number: Option<String>,
 }
 
 fn columns(value: &IndexValue) -> IndexColumns {
@@ -99,6 +100,7 @@ fn columns(value: &IndexValue) -> IndexColumns {
         lo: None,
         hi: None,
         reference: None,
+        number: None,
     };
     match value {
         IndexValue::Token { system, code } => {
@@ -118,6 +120,12 @@ fn columns(value: &IndexValue) -> IndexColumns {
             c.code = Some(id.clone());
         }
         IndexValue::Uri(uri) => c.code = Some(uri.clone()),
+        IndexValue::Number(key) => c.number = Some(key.clone()),
+        IndexValue::Quantity { key, system, code } => {
+            c.number = Some(key.clone());
+            c.system = system.clone();
+            c.code = code.clone();
+        }
     }
     c
 }
@@ -167,6 +175,7 @@ type IndexRow<'a> = (
     diesel::dsl::Eq<fhir_index::reference, Option<String>>,
     diesel::dsl::Eq<fhir_index::sort_lo, Option<i64>>,
     diesel::dsl::Eq<fhir_index::sort_hi, Option<i64>>,
+    diesel::dsl::Eq<fhir_index::number, Option<String>>,
 );
 
 /// The resource's ordering date ([`tessera_vault::Registry::ordering_date`]) among its
@@ -202,11 +211,12 @@ fn index_row<'a>(
         fhir_index::reference.eq(c.reference),
         fhir_index::sort_lo.eq(ordering.map(|r| r.lo)),
         fhir_index::sort_hi.eq(ordering.map(|r| r.hi)),
+        fhir_index::number.eq(c.number),
     )
 }
 
 /// Inserts index rows, many a statement (multi-row inserts are per backend: diesel's
-/// MultiBackend has none). SQLite allows 32766 bound values a statement: 13 a row.
+/// MultiBackend has none). SQLite allows 32766 bound values a statement: 14 a row.
 fn insert_index_rows(conn: &mut DbConnection, rows: &[IndexRow<'_>]) -> QueryResult<()> {
     for chunk in rows.chunks(2000) {
         let insert = diesel::insert_into(fhir_index::table).values(chunk);
@@ -231,6 +241,107 @@ fn registry() -> Option<&'static tessera_vault::Registry> {
             }
         })
         .as_ref()
+}
+
+/// Resources read per transaction while indexing what a new kind of search parameter
+/// covers.
+const REINDEX_PAGE: i64 = 500;
+
+/// Indexes the resources already held on the kinds of search parameter a migration
+/// added (`fhir_reindex`: `number`, `quantity`), so a search never misses a resource for
+/// having been stored before the vault searched that kind; then forgets those kinds.
+/// Runs when the store opens, page by page; the audit repository's events are indexed
+/// on its own parameters only and are left alone. Returns the resources indexed.
+pub(crate) fn reindex_pending(conn: &mut DbConnection) -> QueryResult<u64> {
+    use crate::schema::fhir_reindex;
+    let kinds: Vec<String> = fhir_reindex::table.select(fhir_reindex::kind).load(conn)?;
+    if kinds.is_empty() {
+        return Ok(0);
+    }
+    let Some(registry) = registry() else {
+        return Err(DieselError::QueryBuilderError(
+            "no search parameter registry".into(),
+        ));
+    };
+    let mut after = (String::new(), String::new(), String::new());
+    let mut indexed = 0;
+    loop {
+        let page: Vec<(String, String, String, String)> = fhir_resources::table
+            .filter(fhir_resources::deleted.eq(false))
+            .filter(fhir_resources::partition_id.ne(tessera_atna::REPOSITORY_PARTITION))
+            .filter(
+                fhir_resources::partition_id
+                    .gt(&after.0)
+                    .or(fhir_resources::partition_id
+                        .eq(&after.0)
+                        .and(fhir_resources::resource_type.gt(&after.1)))
+                    .or(fhir_resources::partition_id
+                        .eq(&after.0)
+                        .and(fhir_resources::resource_type.eq(&after.1))
+                        .and(fhir_resources::id.gt(&after.2))),
+            )
+            .order((
+                fhir_resources::partition_id,
+                fhir_resources::resource_type,
+                fhir_resources::id,
+            ))
+            .limit(REINDEX_PAGE)
+            .select((
+                fhir_resources::partition_id,
+                fhir_resources::resource_type,
+                fhir_resources::id,
+                fhir_resources::content,
+            ))
+            .load(conn)?;
+        let Some(last) = page.last() else { break };
+        after = (last.0.clone(), last.1.clone(), last.2.clone());
+        conn.transaction(|conn| {
+            for (partition, resource_type, id, content) in &page {
+                let Ok(resource) = serde_json::from_str::<serde_json::Value>(content) else {
+                    continue;
+                };
+                let entries = tessera_vault::index::entries(registry, resource_type, &resource, "");
+                let ordering = ordering_of(resource_type, &entries);
+                let added: Vec<&IndexEntry> = entries
+                    .iter()
+                    .filter(|e| {
+                        registry
+                            .param(resource_type, &e.param)
+                            .is_some_and(|p| kinds.iter().any(|k| k == p.kind.name()))
+                    })
+                    .collect();
+                if added.is_empty() {
+                    continue;
+                }
+                let next: Option<i32> = fhir_index::table
+                    .filter(fhir_index::partition_id.eq(partition))
+                    .filter(fhir_index::resource_type.eq(resource_type))
+                    .filter(fhir_index::resource_id.eq(id))
+                    .select(diesel::dsl::max(fhir_index::ordinal))
+                    .first(conn)?;
+                let first = next.map_or(0, |n| n as usize + 1);
+                let rows: Vec<_> = added
+                    .iter()
+                    .enumerate()
+                    .map(|(n, entry)| {
+                        index_row(
+                            partition,
+                            resource_type,
+                            id.clone(),
+                            first + n,
+                            entry,
+                            ordering,
+                        )
+                    })
+                    .collect();
+                insert_index_rows(conn, &rows)?;
+                indexed += 1;
+            }
+            QueryResult::Ok(())
+        })?;
+    }
+    diesel::delete(fhir_reindex::table).execute(conn)?;
+    Ok(indexed)
 }
 
 /// Adds audit records to the audit repository (ITI-81): each as a FHIR AuditEvent in

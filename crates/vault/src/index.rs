@@ -4,6 +4,7 @@
 use serde_json::Value;
 
 use crate::dates::{self, DateRange};
+use crate::decimal::Decimal;
 use crate::registry::{ParamKind, Registry, SearchParam};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +26,15 @@ pub enum IndexValue {
         id: String,
     },
     Uri(String),
+    /// A number's order-preserving key ([`Decimal::key`]).
+    Number(String),
+    /// A quantity: its number's key and its unit, `system|code` (the `unit` text when it
+    /// has no code).
+    Quantity {
+        key: String,
+        system: Option<String>,
+        code: Option<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,6 +151,35 @@ fn extract(param: &SearchParam, node: &Value, base: &str, out: &mut Vec<IndexVal
                 out.push(IndexValue::Uri(uri.clone()));
             }
         }
+        ParamKind::Number => {
+            if let Some(number) = number_key(node) {
+                out.push(IndexValue::Number(number));
+            }
+        }
+        ParamKind::Quantity => {
+            // A Quantity (Money has `currency` for its unit); a Range or SampledData is
+            // not one value and is not indexed.
+            if let Some(key) = node.get("value").and_then(number_key) {
+                let code = str_of(node, "code")
+                    .or_else(|| str_of(node, "currency"))
+                    .or_else(|| str_of(node, "unit"));
+                let system = str_of(node, "system")
+                    .or_else(|| node.get("currency").map(|_| "urn:iso:std:iso:4217"));
+                out.push(IndexValue::Quantity {
+                    key,
+                    system: system.map(str::to_owned),
+                    code: code.map(str::to_owned),
+                });
+            }
+        }
+    }
+}
+
+/// The key of a JSON number, as written (its digits are kept: `arbitrary_precision`).
+fn number_key(node: &Value) -> Option<String> {
+    match node {
+        Value::Number(n) => Decimal::parse(&n.to_string()).map(|d| d.key()),
+        _ => None,
     }
 }
 

@@ -12,6 +12,7 @@ pub mod authz;
 pub mod bundle;
 pub mod capability;
 pub mod dates;
+pub mod decimal;
 pub mod fhirpath;
 pub mod index;
 pub mod patch;

@@ -44,6 +44,10 @@ pub enum ParamKind {
     Date,
     Reference,
     Uri,
+    /// A decimal or integer, compared exactly ([`crate::decimal`]).
+    Number,
+    /// A Quantity (or Money, Duration, ...): a number with `system|code` units.
+    Quantity,
 }
 
 impl ParamKind {
@@ -54,6 +58,8 @@ impl ParamKind {
             "date" => Self::Date,
             "reference" => Self::Reference,
             "uri" => Self::Uri,
+            "number" => Self::Number,
+            "quantity" => Self::Quantity,
             _ => return None,
         })
     }
@@ -65,6 +71,8 @@ impl ParamKind {
             Self::Date => "date",
             Self::Reference => "reference",
             Self::Uri => "uri",
+            Self::Number => "number",
+            Self::Quantity => "quantity",
         }
     }
 }
@@ -309,7 +317,13 @@ mod tests {
         let registry = Registry::load().unwrap();
         // `Patient.deceased.exists() and Patient.deceased != false`
         assert!(registry.param("Patient", "deceased").is_none());
-        // quantity parameters are not indexed
-        assert!(registry.param("Observation", "value-quantity").is_none());
+        // composite parameters are not indexed
+        assert!(registry
+            .param("Observation", "code-value-quantity")
+            .is_none());
+        let quantity = registry.param("Observation", "value-quantity").unwrap();
+        assert_eq!(quantity.kind, ParamKind::Quantity);
+        let number = registry.param("RiskAssessment", "probability").unwrap();
+        assert_eq!(number.kind, ParamKind::Number);
     }
 }

@@ -120,9 +120,10 @@ fn metadata_and_smart_discovery_need_no_token() {
     ] {
         assert!(params.contains(&expected), "{expected} in {params:?}");
     }
+    assert!(params.contains(&"value-quantity"));
     assert!(
-        !params.contains(&"value-quantity"),
-        "only what is supported is listed"
+        !params.contains(&"code-value-quantity"),
+        "only what is supported is listed (composite parameters are not)"
     );
     assert_valid_fhir(&statement);
 
