@@ -151,7 +151,9 @@ pub fn vault_status(error: &VaultError) -> StatusCode {
         VaultError::NotFound(_) => StatusCode::NOT_FOUND,
         VaultError::Gone(_) => StatusCode::GONE,
         VaultError::VersionConflict(_) => StatusCode::PRECONDITION_FAILED,
-        VaultError::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+        VaultError::Unprocessable(_) | VaultError::Nonconformant(_) => {
+            StatusCode::UNPROCESSABLE_ENTITY
+        }
         VaultError::Conflict(_) => StatusCode::CONFLICT,
         VaultError::Denied(_) => StatusCode::FORBIDDEN,
         VaultError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -168,6 +170,7 @@ fn vault_issue(error: &VaultError) -> &'static str {
         VaultError::Gone(_) => "deleted",
         VaultError::VersionConflict(_) | VaultError::Conflict(_) => "conflict",
         VaultError::Unprocessable(_) => "processing",
+        VaultError::Nonconformant(_) => "structure",
         VaultError::Denied(_) => "forbidden",
         VaultError::Store(_) => "exception",
     }
@@ -271,6 +274,23 @@ impl ResponseError for ApiError {
                         "forbidden",
                         "the access token does not grant this interaction on this partition",
                     );
+                }
+                if let VaultError::Nonconformant(issues) = error {
+                    // One issue per element, each with its location (R4 OperationOutcome).
+                    let issues: Vec<serde_json::Value> = issues
+                        .iter()
+                        .map(|i| {
+                            json!({
+                                "severity": "error",
+                                "code": i.code,
+                                "diagnostics": format!("{}: {}", i.location, i.message),
+                                "expression": [i.location],
+                            })
+                        })
+                        .collect();
+                    return response
+                        .content_type("application/fhir+json")
+                        .json(json!({ "resourceType": "OperationOutcome", "issue": issues }));
                 }
                 if let VaultError::Store(detail) = error {
                     tracing::error!(detail, "vault storage error");

@@ -25,6 +25,26 @@ use tessera_vault::search::{Criterion, Match, NumberMatch, Prefix, SortKey, Stri
 
 use crate::DbConnection;
 
+/// The date every version of every resource has (`meta.lastUpdated`, stamped by the
+/// vault): the order of a search that names none.
+const LAST_UPDATED: &str = "_lastUpdated";
+
+/// The sort of a search: as asked, or, when it asks for none, oldest first by
+/// `_lastUpdated` (the order R4 leaves to the server, and the one every index walk can
+/// follow), except for AuditEvents, ordered by their own date.
+pub(crate) fn effective_sort(resource_type: &str, sort: &[SortKey]) -> Vec<SortKey> {
+    if sort.is_empty() && tessera_vault::Registry::ordering_date(resource_type) == LAST_UPDATED {
+        vec![SortKey {
+            param: LAST_UPDATED.to_owned(),
+            kind: ParamKind::Date,
+            descending: false,
+            ordering: true,
+        }]
+    } else {
+        sort.to_vec()
+    }
+}
+
 /// A value bound to a placeholder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Bind {
@@ -133,16 +153,15 @@ struct CountRow {
 impl<'a> Search<'a> {
     /// The sort key a search can walk in order instead of sorting every match: the
     /// first key, when it is the type's ordering date (single-valued, carried by every
-    /// index row) and a criterion on it excludes the resources without one (ITI-81
-    /// always has one). A page of the newest events then reads about a page of index
-    /// rows, however many events match.
+    /// index row) and every resource has one: `_lastUpdated`, which the vault stamps on
+    /// every version, or a date a criterion on it requires (ITI-81 always has one). A
+    /// page of the newest resources then reads about a page of index rows, however many
+    /// match.
     fn driving<'k>(&self, sort: &'k [SortKey]) -> Option<&'k SortKey> {
         let key = sort
             .first()
             .filter(|k| k.kind == ParamKind::Date && k.ordering)?;
-        self.criteria
-            .iter()
-            .any(|c| on_driving_row(c, key))
+        (key.param == LAST_UPDATED || self.criteria.iter().any(|c| on_driving_row(c, key)))
             .then_some(key)
     }
 
@@ -816,7 +835,7 @@ mod tests {
     }
 
     #[test]
-    fn only_the_ordering_date_with_a_criterion_on_it_drives_the_search() {
+    fn only_an_ordering_date_every_resource_has_drives_the_search() {
         let ranged = [date(Prefix::Ge), date(Prefix::Le)];
         let search = Search {
             partition: "$audit",
@@ -842,6 +861,24 @@ mod tests {
             ..search
         };
         assert!(without.driving(&[key(true)]).is_none());
+        // `_lastUpdated` is stamped on every version: it drives without a criterion, and
+        // a search that names no sort is ordered by it (AuditEvents by their own date).
+        let last_updated = SortKey {
+            param: LAST_UPDATED.into(),
+            ..key(true)
+        };
+        let observations = Search {
+            resource_type: "Observation",
+            ..unranged
+        };
+        assert!(observations
+            .driving(std::slice::from_ref(&last_updated))
+            .is_some());
+        let implicit = effective_sort("Observation", &[]);
+        assert_eq!(implicit.len(), 1);
+        assert!(implicit[0].param == LAST_UPDATED && !implicit[0].descending);
+        assert!(effective_sort("AuditEvent", &[]).is_empty());
+        assert_eq!(effective_sort("Observation", &[key(true)]), [key(true)]);
         // Walking the date's rows: the key's criteria test the row itself.
         let mut sql = Sql::new(false);
         search.dated_condition(&mut sql, &key(true), &[false, false]);

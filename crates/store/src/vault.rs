@@ -687,6 +687,7 @@ impl VaultStore for Store {
             criteria,
             restrictions,
         };
+        let sort = &crate::search::effective_sort(resource_type, sort);
         let plan = search.plan(&mut conn, sort).map_err(store_error)?;
         let (total, mut page) = if exact_total {
             let total = search.count(&mut conn, &plan).map_err(store_error)?;

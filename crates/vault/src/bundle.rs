@@ -424,6 +424,7 @@ fn parse_entry<S: VaultStore>(
         match entry.get("resource") {
             Some(Value::Object(map)) => {
                 crate::resource::check(vault.registry(), map.clone(), segments.first().copied())
+                    .and_then(|resource| vault.conformant(resource))
             }
             _ => Err(VaultError::Invalid(format!(
                 "the {method} entry for '{url}' has no resource"

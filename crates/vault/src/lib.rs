@@ -21,6 +21,7 @@ pub mod related;
 pub mod resource;
 pub mod search;
 pub mod subset;
+pub mod validate;
 
 use std::collections::BTreeSet;
 
@@ -34,6 +35,7 @@ pub use crate::related::Reach;
 use crate::related::Scope;
 use crate::search::{Criterion, Match, SortKey, Summary};
 use crate::subset::{Elements, Subset};
+use crate::validate::{Issue, Structure};
 
 /// A stored version of a resource.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,6 +116,10 @@ pub enum VaultError {
     /// conditional interaction's criteria matched more than one resource.
     #[error("{0}")]
     VersionConflict(String),
+    /// Valid JSON, but not what the R4 definitions of its type allow (422): each issue
+    /// names its element.
+    #[error("{}", describe(.0))]
+    Nonconformant(Vec<Issue>),
     /// Well formed but not applicable (422): a JSON Patch whose `test` fails or whose
     /// path is not in the resource.
     #[error("{0}")]
@@ -203,6 +209,7 @@ pub type BundleJson = Value;
 pub struct Vault {
     registry: Registry,
     elements: Elements,
+    structure: Structure,
 }
 
 /// An `_id` criterion, to check one resource against restrictions.
@@ -223,11 +230,26 @@ impl Vault {
         Ok(Self {
             registry: Registry::load()?,
             elements: Elements::load()?,
+            structure: Structure::load()?,
         })
     }
 
     pub fn registry(&self) -> &Registry {
         &self.registry
+    }
+
+    /// `resource` if it conforms to its type's R4 definition; otherwise 422 naming each
+    /// element that does not.
+    pub fn conformant(
+        &self,
+        resource: Map<String, Value>,
+    ) -> Result<Map<String, Value>, VaultError> {
+        let issues = self.structure.validate(&resource);
+        if issues.is_empty() {
+            Ok(resource)
+        } else {
+            Err(VaultError::Nonconformant(issues))
+        }
     }
 
     fn known_type(&self, resource_type: &str) -> Result<(), VaultError> {
@@ -447,7 +469,7 @@ impl Vault {
             .and_then(Value::as_str)
             .filter(|id| resource::valid_id(id))
             .map(str::to_owned);
-        let resource = resource::check(&self.registry, resource, None)?;
+        let resource = self.conformant(resource::check(&self.registry, resource, None)?)?;
         let resource_type = resource
             .get("resourceType")
             .and_then(Value::as_str)
@@ -722,7 +744,8 @@ impl Vault {
         if_none_exist: Option<&[(String, String)]>,
     ) -> Result<(Stored, bool), VaultError> {
         self.known_type(resource_type)?;
-        let resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        let resource =
+            self.conformant(resource::parse(&self.registry, body, Some(resource_type))?)?;
         self.authorize(store, ctx, resource_type, Interaction::Create)?;
         if let Some(criteria) = if_none_exist {
             if let Some(existing) = self.find_one(store, ctx, resource_type, criteria)? {
@@ -811,7 +834,8 @@ impl Vault {
         if_match: Option<&str>,
     ) -> Result<(Stored, bool), VaultError> {
         self.known_type(resource_type)?;
-        let resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        let resource =
+            self.conformant(resource::parse(&self.registry, body, Some(resource_type))?)?;
         match resource.get("id").and_then(Value::as_str) {
             Some(body_id) if body_id == id => {}
             Some(body_id) => {
@@ -886,7 +910,8 @@ impl Vault {
         new_id: String,
     ) -> Result<(Stored, bool), VaultError> {
         self.known_type(resource_type)?;
-        let mut resource = resource::parse(&self.registry, body, Some(resource_type))?;
+        let mut resource =
+            self.conformant(resource::parse(&self.registry, body, Some(resource_type))?)?;
         let body_id = resource
             .get("id")
             .and_then(Value::as_str)
@@ -1005,6 +1030,15 @@ fn paging(pairs: &[(String, String)]) -> Result<(usize, usize), VaultError> {
         }
     }
     Ok((offset, count))
+}
+
+/// The issues of a nonconformant resource as one sentence.
+fn describe(issues: &[Issue]) -> String {
+    issues
+        .iter()
+        .map(|i| format!("{}: {}", i.location, i.message))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `If-Match: W/"3"` (or `"3"`) -> 3.
