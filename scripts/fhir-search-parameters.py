@@ -5,8 +5,8 @@ types of the examples, both in the npm package hl7.fhir.r4.examples 4.0.1 (CC0).
 
     scripts/fhir-search-parameters.py        # needs npm and network access to the registry
 
-Only what the vault evaluates is kept: code, type, base types, FHIRPath expression and
-reference targets. Every parameter is listed, composite and special ones too (the vault
+Only what the vault evaluates is kept: code, type, base types, FHIRPath expression,
+reference targets and a composite's components. Every parameter is listed, composite and special ones too (the vault
 searches none of those, but refuses them by name instead of ignoring them); the vault
 decides at start-up which it supports.
 """
@@ -33,16 +33,24 @@ with tempfile.TemporaryDirectory() as tmp:
             if "resourceType" in resource and not member.name.endswith("Bundle-searchParams.json"):
                 types.add(resource["resourceType"])
             if member.name.endswith("Bundle-searchParams.json"):
+                by_url = {e["resource"]["url"]: e["resource"] for e in resource["entry"]}
                 for entry in resource["entry"]:
                     sp = entry["resource"]
                     if sp.get("type") not in KINDS:
                         continue
+                    # A composite's components: the code of each component's own
+                    # parameter and its expression, relative to the composite's.
+                    components = [
+                        {"code": by_url[c["definition"]]["code"], "expression": c["expression"]}
+                        for c in sp.get("component", []) if c["definition"] in by_url
+                    ]
                     params.append({
                         "code": sp["code"],
                         "type": sp["type"],
                         "base": sp["base"],
                         "expression": sp.get("expression", ""),
                         **({"target": sp["target"]} if sp.get("target") else {}),
+                        **({"component": components} if components else {}),
                     })
     bases = {b for p in params for b in p["base"]} - {"Resource", "DomainResource"}
     data = {

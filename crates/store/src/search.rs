@@ -639,6 +639,13 @@ fn value_match(sql: &mut Sql, m: &Match, alias: &str, (lo, hi): (&str, &str)) {
                     .push(") > 0");
             }
         },
+        Match::Composite(first, second) => {
+            // The first component is a token in system/code; the second as
+            // `crates/store/src/vault.rs` lays it out in the columns left.
+            value_match(sql, first, alias, (lo, hi));
+            sql.push(" AND ");
+            composite_second(sql, second, alias, (lo, hi));
+        }
         Match::Number(number) => number_match(sql, number, alias),
         Match::Quantity {
             number,
@@ -697,6 +704,61 @@ fn value_match(sql: &mut Sql, m: &Match, alias: &str, (lo, hi): (&str, &str)) {
                         .int(range.lo);
                 }
             }
+        }
+    }
+    sql.push(")");
+}
+
+/// The second component of a composite row: a token's code in `text_value` and
+/// `system|code` in `reference` (a quantity's unit likewise, its number in `number`), a
+/// date in `lo`/`hi`, a string in `text_value`.
+fn composite_second(sql: &mut Sql, m: &Match, alias: &str, dates: (&str, &str)) {
+    let unit = |sql: &mut Sql, system: &Option<String>, code: &Option<String>| match (system, code)
+    {
+        (Some(system), Some(code)) => {
+            sql.push(&format!(" AND {alias}.reference = "))
+                .text(&format!("{system}|{code}"));
+        }
+        (Some(system), None) => {
+            let prefix = format!("{system}|");
+            let chars = i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX);
+            sql.push(&format!(" AND substr({alias}.reference, 1, CAST("))
+                .int(chars)
+                .push(" AS INTEGER)) = ")
+                .text(&prefix);
+        }
+        (None, Some(code)) => {
+            sql.push(&format!(" AND {alias}.text_value = ")).text(code);
+        }
+        (None, None) => {}
+    };
+    sql.push("(");
+    match m {
+        Match::Token { system, code } => {
+            sql.push("1 = 1");
+            match system {
+                None => unit(sql, &None, code),
+                Some(None) => {
+                    sql.push(&format!(" AND {alias}.reference = "))
+                        .text(&format!("|{}", code.as_deref().unwrap_or("")));
+                }
+                Some(system) => unit(sql, system, code),
+            }
+        }
+        Match::Quantity {
+            number,
+            system,
+            code,
+        } => {
+            number_match(sql, number, alias);
+            unit(sql, system, code);
+        }
+        Match::Date { .. } | Match::String { .. } => {
+            sql.push("1 = 1 AND ");
+            value_match(sql, m, alias, dates);
+        }
+        _ => {
+            sql.push("1 = 0");
         }
     }
     sql.push(")");

@@ -126,6 +126,36 @@ fn columns(value: &IndexValue) -> IndexColumns {
             c.system = system.clone();
             c.code = code.clone();
         }
+        IndexValue::Composite(first, second) => {
+            // The first component, a token, where tokens go; the second in the columns
+            // left: a token's or a unit's code in text_value and `system|code` in
+            // reference, a number in number, a date in lo/hi, a string in text_value.
+            if let IndexValue::Token { system, code } = first.as_ref() {
+                c.system = system.clone();
+                c.code = Some(code.clone());
+            }
+            match second.as_ref() {
+                IndexValue::Token { system, code } => {
+                    c.text_value = Some(code.clone());
+                    c.reference = Some(format!("{}|{code}", system.as_deref().unwrap_or("")));
+                }
+                IndexValue::Quantity { key, system, code } => {
+                    c.number = Some(key.clone());
+                    c.text_value = code.clone();
+                    c.reference = Some(format!(
+                        "{}|{}",
+                        system.as_deref().unwrap_or(""),
+                        code.as_deref().unwrap_or("")
+                    ));
+                }
+                IndexValue::Date(range) => {
+                    c.lo = Some(range.lo);
+                    c.hi = Some(range.hi);
+                }
+                IndexValue::String { normalized, .. } => c.text_value = Some(normalized.clone()),
+                _ => {}
+            }
+        }
     }
     c
 }

@@ -35,6 +35,8 @@ pub enum IndexValue {
         system: Option<String>,
         code: Option<String>,
     },
+    /// A composite: its first component (a token) and its second, of one element.
+    Composite(Box<IndexValue>, Box<IndexValue>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,7 +134,35 @@ pub fn reference_parts(reference: &str, base: &str) -> (String, String) {
 }
 
 fn extract(param: &SearchParam, node: &Value, base: &str, out: &mut Vec<IndexValue>) {
-    match param.kind {
+    if param.kind == ParamKind::Composite {
+        // Every pair of the components' values under the same node.
+        let values = |n: usize| {
+            let mut values = Vec::new();
+            if let Some(component) = param.components.get(n) {
+                for path in &component.paths {
+                    for reached in path.evaluate(node) {
+                        extract_kind(component.kind, reached.value, base, &mut values);
+                    }
+                }
+            }
+            values
+        };
+        let (firsts, seconds) = (values(0), values(1));
+        for first in &firsts {
+            for second in &seconds {
+                out.push(IndexValue::Composite(
+                    Box::new(first.clone()),
+                    Box::new(second.clone()),
+                ));
+            }
+        }
+        return;
+    }
+    extract_kind(param.kind, node, base, out);
+}
+
+fn extract_kind(kind: ParamKind, node: &Value, base: &str, out: &mut Vec<IndexValue>) {
+    match kind {
         ParamKind::Token => tokens(node, out),
         ParamKind::String => strings(node, out),
         ParamKind::Date => out.extend(date_of(node).map(IndexValue::Date)),
@@ -156,6 +186,7 @@ fn extract(param: &SearchParam, node: &Value, base: &str, out: &mut Vec<IndexVal
                 out.push(IndexValue::Number(number));
             }
         }
+        ParamKind::Composite => {}
         ParamKind::Quantity => {
             // A Quantity (Money has `currency` for its unit); a Range or SampledData is
             // not one value and is not indexed.

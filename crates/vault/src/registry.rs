@@ -48,6 +48,9 @@ pub enum ParamKind {
     Number,
     /// A Quantity (or Money, Duration, ...): a number with `system|code` units.
     Quantity,
+    /// Two values of one element, searched together (`code-value-quantity=loinc|x$gt5`):
+    /// a token, then a token, quantity, date or string ([`SearchParam::components`]).
+    Composite,
 }
 
 impl ParamKind {
@@ -60,6 +63,7 @@ impl ParamKind {
             "uri" => Self::Uri,
             "number" => Self::Number,
             "quantity" => Self::Quantity,
+            "composite" => Self::Composite,
             _ => return None,
         })
     }
@@ -73,6 +77,7 @@ impl ParamKind {
             Self::Uri => "uri",
             Self::Number => "number",
             Self::Quantity => "quantity",
+            Self::Composite => "composite",
         }
     }
 }
@@ -84,6 +89,21 @@ pub struct SearchParam {
     pub paths: Vec<Path>,
     /// Resource types a reference parameter may point to.
     pub targets: Vec<String>,
+    /// A composite's components: each one's kind and paths, relative to a node the
+    /// composite's own paths reach.
+    pub components: Vec<Component>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Component {
+    pub kind: ParamKind,
+    pub paths: Vec<Path>,
+}
+
+#[derive(Deserialize)]
+struct ComponentDefinition {
+    code: String,
+    expression: String,
 }
 
 #[derive(Deserialize)]
@@ -95,6 +115,43 @@ struct Definition {
     expression: String,
     #[serde(default)]
     target: Vec<String>,
+    #[serde(default)]
+    component: Vec<ComponentDefinition>,
+}
+
+/// The composites the vault searches: a token, then a token, quantity, date or string
+/// (41 of R4's 46; the others have three components or start with a reference).
+fn components(
+    definition: &Definition,
+    kinds: &BTreeMap<&str, ParamKind>,
+) -> Option<Vec<Component>> {
+    let [first, second] = definition.component.as_slice() else {
+        return None;
+    };
+    let kind_of = |c: &ComponentDefinition| kinds.get(c.code.as_str()).copied();
+    let (Some(ParamKind::Token), Some(second_kind)) = (kind_of(first), kind_of(second)) else {
+        return None;
+    };
+    if !matches!(
+        second_kind,
+        ParamKind::Token | ParamKind::Quantity | ParamKind::Date | ParamKind::String
+    ) {
+        return None;
+    }
+    let relative = |c: &ComponentDefinition, kind| {
+        // `value.as(Quantity) | value.as(Range)`, evaluated from the composite's node.
+        let rooted: Vec<String> = c
+            .expression
+            .split('|')
+            .map(|branch| format!("Node.{}", branch.trim()))
+            .collect();
+        let paths = paths_for(&rooted.join(" | "), "Node")?;
+        (!paths.is_empty()).then_some(Component { kind, paths })
+    };
+    Some(vec![
+        relative(first, ParamKind::Token)?,
+        relative(second, second_kind)?,
+    ])
 }
 
 #[derive(Deserialize)]
@@ -129,9 +186,17 @@ impl Registry {
                 base: vec![base.to_owned()],
                 expression: expression.to_owned(),
                 target: Vec::new(),
+                component: Vec::new(),
             });
         }
         let types: BTreeSet<String> = data.resource_types.into_iter().collect();
+        // Every parameter's kind by code: a composite names its components by code (a
+        // component's parameter has the same kind on every type that defines it).
+        let kinds: BTreeMap<&str, ParamKind> = data
+            .parameters
+            .iter()
+            .filter_map(|d| Some((d.code.as_str(), ParamKind::parse(&d.kind)?)))
+            .collect();
         let mut params: BTreeMap<String, BTreeMap<String, SearchParam>> = BTreeMap::new();
         let mut defined: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
         for definition in &data.parameters {
@@ -152,6 +217,14 @@ impl Registry {
             }
             let Some(kind) = ParamKind::parse(&definition.kind) else {
                 continue;
+            };
+            let components = if kind == ParamKind::Composite {
+                let Some(components) = components(definition, &kinds) else {
+                    continue;
+                };
+                components
+            } else {
+                Vec::new()
             };
             for base in bases {
                 let Some(paths) = paths_for(&definition.expression, base) else {
@@ -175,6 +248,7 @@ impl Registry {
                         kind,
                         paths,
                         targets,
+                        components: components.clone(),
                     },
                 );
             }
@@ -317,9 +391,14 @@ mod tests {
         let registry = Registry::load().unwrap();
         // `Patient.deceased.exists() and Patient.deceased != false`
         assert!(registry.param("Patient", "deceased").is_none());
-        // composite parameters are not indexed
-        assert!(registry
+        let composite = registry
             .param("Observation", "code-value-quantity")
+            .unwrap();
+        assert_eq!(composite.kind, ParamKind::Composite);
+        assert_eq!(composite.components[1].kind, ParamKind::Quantity);
+        // Three components: not searched (refused by name).
+        assert!(registry
+            .param("MolecularSequence", "chromosome-window-coordinate")
             .is_none());
         let quantity = registry.param("Observation", "value-quantity").unwrap();
         assert_eq!(quantity.kind, ParamKind::Quantity);

@@ -114,6 +114,8 @@ pub enum Match {
         system: Option<String>,
         code: Option<String>,
     },
+    /// A composite's two components (the first a token), met by one element together.
+    Composite(Box<Match>, Box<Match>),
 }
 
 /// A number compared with a prefix, as order-preserving keys ([`Decimal::key`]).
@@ -312,17 +314,17 @@ fn invalid(text: String) -> SearchError {
 }
 
 fn parse_value(
-    kind: ParamKind,
+    param: &SearchParam,
     modifier: Option<&str>,
-    targets: &[String],
     raw: &str,
     base: &str,
-    code: &str,
 ) -> Result<Match, SearchError> {
+    let code = param.code.as_str();
     if raw.is_empty() {
         return Err(invalid(format!("empty value for '{code}'")));
     }
-    Ok(match kind {
+    let targets = &param.targets;
+    Ok(match param.kind {
         ParamKind::Token => {
             let parts = split_escaped(raw, '|');
             match parts.as_slice() {
@@ -368,6 +370,7 @@ fn parse_value(
             Match::Reference { reference, id }
         }
         ParamKind::Uri => Match::Uri(raw.to_owned()),
+        ParamKind::Composite => composite_value(param, raw, base)?,
         ParamKind::Number => Match::Number(NumberMatch::parse(raw, code)?),
         ParamKind::Quantity => match split_escaped(raw, '|').as_slice() {
             [number] => Match::Quantity {
@@ -389,13 +392,42 @@ fn parse_value(
     })
 }
 
+/// `token$value` of a composite, each part as its component's kind parses it.
+fn composite_value(param: &SearchParam, raw: &str, base: &str) -> Result<Match, SearchError> {
+    let parts = split_escaped(raw, '$');
+    let [first, second] = parts.as_slice() else {
+        return Err(invalid(format!(
+            "'{}': a composite value is [first]$[second], as in code$value",
+            param.code
+        )));
+    };
+    let component = |n: usize, text: &str| {
+        let part = SearchParam {
+            code: param.code.clone(),
+            kind: param.components.get(n).map_or(ParamKind::Token, |c| c.kind),
+            paths: Vec::new(),
+            targets: Vec::new(),
+            components: Vec::new(),
+        };
+        parse_value(&part, None, text, base)
+    };
+    Ok(Match::Composite(
+        Box::new(component(0, first)?),
+        Box::new(component(1, second)?),
+    ))
+}
+
 /// Which modifiers each kind accepts (besides `missing`).
 fn modifier_allowed(kind: ParamKind, modifier: &str, targets: &[String]) -> bool {
     match kind {
         ParamKind::Token => modifier == "not",
         ParamKind::String => matches!(modifier, "exact" | "contains"),
         ParamKind::Reference => targets.iter().any(|t| t == modifier),
-        ParamKind::Date | ParamKind::Uri | ParamKind::Number | ParamKind::Quantity => false,
+        ParamKind::Date
+        | ParamKind::Uri
+        | ParamKind::Number
+        | ParamKind::Quantity
+        | ParamKind::Composite => false,
     }
 }
 
@@ -697,7 +729,8 @@ fn sort_keys(
         };
         let param = registry
             .param(resource_type, code)
-            .ok_or_else(|| invalid(format!("cannot sort by unknown parameter '{code}'")))?;
+            .filter(|p| p.kind != ParamKind::Composite)
+            .ok_or_else(|| invalid(format!("cannot sort by '{code}'")))?;
         sort.push(SortKey {
             param: code.to_owned(),
             kind: param.kind,
@@ -746,7 +779,7 @@ fn criterion(
     }
     let any_of = split_escaped(value, ',')
         .iter()
-        .map(|v| parse_value(param.kind, modifier, &param.targets, v, base, name))
+        .map(|v| parse_value(param, modifier, v, base))
         .collect::<Result<Vec<_>, _>>()?;
     Ok(Criterion {
         param: name.to_owned(),
@@ -1025,7 +1058,19 @@ mod tests {
                 other => panic!("{pairs:?}: {other:?}"),
             }
         };
-        assert!(refused(&[("code-value-quantity", "1234-5$gt1")]).contains("composite"));
+        let three = [(
+            "chromosome-window-coordinate".to_owned(),
+            "1$lt44$gt22".to_owned(),
+        )];
+        assert!(matches!(
+            parse(&registry, "MolecularSequence", &three, false, ""),
+            Err(SearchError::NotSupported(why)) if why.contains("composite")
+        ));
+        let near = [("near".to_owned(), "42.25|-83.69|10|km".to_owned())];
+        assert!(matches!(
+            parse(&registry, "Location", &near, false, ""),
+            Err(SearchError::NotSupported(why)) if why.contains("special")
+        ));
         assert!(refused(&[("_include", "Observation:*")]).contains("wildcard"));
         assert!(refused(&[("_elements", "code.coding")]).contains("top-level"));
         assert!(refused(&[("_list", "x")]).contains("_list"));

@@ -1,3 +1,4 @@
+-- Composite index rows with no number stay: no earlier version searches those parameters.
 DROP TABLE fhir_reindex;
 DELETE FROM fhir_index WHERE number IS NOT NULL;
 DROP INDEX fhir_index_number;
