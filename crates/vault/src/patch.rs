@@ -4,6 +4,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::decimal::Decimal;
+
 /// Why a patch could not be applied: malformed (400) or well formed but not applicable
 /// to this resource (a failed `test`, a path that is not there: 422).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -124,6 +126,29 @@ fn pointer_of<'o>(op: &'o Map<String, Value>, name: &str, n: usize) -> Result<&'
         .ok_or_else(|| PatchError::Malformed(format!("operation {n}: '{name}' is not a string")))
 }
 
+/// JSON equality as RFC 6902 `test` defines it: numbers by value (`1.0` is `1.00`, which
+/// the digits kept as written would tell apart), objects whatever their members' order.
+fn same(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            match (
+                Decimal::parse(&x.to_string()),
+                Decimal::parse(&y.to_string()),
+            ) {
+                (Some(x), Some(y)) => x.key() == y.key(),
+                _ => x == y,
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(a, b)| same(a, b))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| same(v, w)))
+        }
+        _ => a == b,
+    }
+}
+
 /// Applies `patch` (a JSON array of operations) to `doc`, all or nothing.
 pub fn apply(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
     let operations = patch
@@ -159,7 +184,7 @@ pub fn apply(doc: &Value, patch: &Value) -> Result<Value, PatchError> {
                 add(&mut out, path, value)?;
             }
             "test" => {
-                if get(&out, path)? != member(op, "value", n)? {
+                if !same(get(&out, path)?, member(op, "value", n)?) {
                     return Err(PatchError::NotApplicable(format!(
                         "operation {n}: test of {path} failed"
                     )));
@@ -200,6 +225,19 @@ mod tests {
             patched,
             json!({"a": {"b": [1, 9, 2, 3]}, "c/d": "y", "h": 1})
         );
+    }
+
+    #[test]
+    fn test_compares_numbers_by_value() {
+        let doc =
+            serde_json::from_str::<Value>(r#"{"v": 1.00, "o": {"a": 1, "b": [2.0]}}"#).unwrap();
+        let ok = serde_json::from_str::<Value>(
+            r#"[{"op": "test", "path": "/v", "value": 1}, {"op": "test", "path": "/o", "value": {"b": [2], "a": 1.0}}]"#,
+        )
+        .unwrap();
+        assert!(apply(&doc, &ok).is_ok());
+        let bad = json!([{"op": "test", "path": "/v", "value": 1.01}]);
+        assert!(apply(&doc, &bad).is_err());
     }
 
     #[test]
