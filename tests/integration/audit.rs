@@ -289,6 +289,22 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
         "UPDATE audit_events SET record = replace(record, '\"someone\"', '\"tcu\"') WHERE seq = 3",
     );
     assert!(env.cli(&["audit", "verify"]).is_ok());
+    // A row put after the newest without moving the chain's head is caught too.
+    let head: i64 = env.sql_values("SELECT CAST(seq AS TEXT) AS value FROM audit_chain")[0]
+        .parse()
+        .unwrap();
+    env.sql(&format!(
+        "INSERT INTO audit_events (seq, id, recorded, record, hash) \
+         SELECT {}, 'forged', recorded, record, hash FROM audit_events WHERE seq = {head}",
+        head + 1
+    ));
+    let forged = env.cli(&["audit", "verify"]).unwrap_err().to_string();
+    assert!(forged.contains(&format!("#{}", head + 1)), "{forged}");
+    env.sql(&format!(
+        "DELETE FROM audit_events WHERE seq = {}",
+        head + 1
+    ));
+    assert!(env.cli(&["audit", "verify"]).is_ok());
     env.sql("DELETE FROM audit_events WHERE seq = 6");
     let missing = env.cli(&["audit", "verify"]).unwrap_err().to_string();
     assert!(missing.contains("#6"), "{missing}");

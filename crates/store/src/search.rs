@@ -804,6 +804,59 @@ fn number_match(sql: &mut Sql, m: &NumberMatch, alias: &str) {
     }
 }
 
+/// A current resource's row, as [`resources_by_id`] reads it.
+#[derive(QueryableByName)]
+pub(crate) struct ResourceRow {
+    #[diesel(sql_type = Text)]
+    pub resource_type: String,
+    #[diesel(sql_type = Text)]
+    pub id: String,
+    #[diesel(sql_type = BigInt)]
+    pub version: i64,
+    #[diesel(sql_type = BigInt)]
+    pub last_updated: i64,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub deleted: bool,
+    #[diesel(sql_type = Text)]
+    pub content: String,
+}
+
+/// The current rows of `ids` in one partition and type, by a statement planned for its
+/// own values every time (an `IN` list, not a cached statement with `= ANY`): partitions
+/// differ in size by orders of magnitude, and PostgreSQL's generic plan for the cached
+/// form, made for an average partition, read every row of a large one to find a page
+/// (measured: 57 ms a query instead of 0.1 ms; searches of a 100,000-resource partition
+/// beside 10,000 small ones at 50/s instead of 1,800/s).
+pub(crate) fn resources_by_id(
+    conn: &mut DbConnection,
+    partition: &str,
+    resource_type: &str,
+    ids: &[&str],
+) -> QueryResult<Vec<ResourceRow>> {
+    let mut rows = Vec::with_capacity(ids.len());
+    // SQLite binds at most 32,766 values a statement.
+    for chunk in ids.chunks(1000) {
+        let mut sql = Sql::new(matches!(conn, DbConnection::Postgres(_)));
+        sql.push(
+            "SELECT resource_type, id, version, last_updated, deleted, content \
+             FROM fhir_resources WHERE partition_id = ",
+        )
+        .text(partition)
+        .push(" AND resource_type = ")
+        .text(resource_type)
+        .push(" AND id IN (");
+        for (n, id) in chunk.iter().enumerate() {
+            if n > 0 {
+                sql.push(", ");
+            }
+            sql.text(id);
+        }
+        sql.push(")");
+        rows.extend(load::<ResourceRow>(conn, &sql)?);
+    }
+    Ok(rows)
+}
+
 fn load<R>(conn: &mut DbConnection, sql: &Sql) -> QueryResult<Vec<R>>
 where
     R: QueryableByName<diesel::sqlite::Sqlite> + QueryableByName<diesel::pg::Pg> + 'static,

@@ -390,14 +390,11 @@ pub(crate) fn index_repository(
     // An event this node also received through the feed (its own, sent back by a
     // repository in a loop, say) is held once.
     let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).collect();
-    let held: std::collections::HashSet<String> = fhir_resources::table
-        .filter(fhir_resources::partition_id.eq(partition))
-        .filter(fhir_resources::resource_type.eq("AuditEvent"))
-        .filter(fhir_resources::id.eq_any(&ids))
-        .select(fhir_resources::id)
-        .load::<String>(conn)?
-        .into_iter()
-        .collect();
+    let held: std::collections::HashSet<String> =
+        crate::search::resources_by_id(conn, partition, "AuditEvent", &ids)?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
     let mut resources = Vec::with_capacity(records.len());
     let mut rows = Vec::new();
     for record in records.iter().filter(|r| !held.contains(&r.id)) {
@@ -736,15 +733,23 @@ impl VaultStore for Store {
             ((offset + page.len()) as u64, page)
         };
         page.truncate(count);
-        let rows: Vec<Row> = fhir_resources::table
-            .filter(fhir_resources::partition_id.eq(partition))
-            .filter(fhir_resources::resource_type.eq(resource_type))
-            .filter(fhir_resources::id.eq_any(&page))
-            .select(CURRENT_ROW)
-            .load(&mut *conn)
+        let ids: Vec<&str> = page.iter().map(String::as_str).collect();
+        let rows = crate::search::resources_by_id(&mut conn, partition, resource_type, &ids)
             .map_err(store_error)?;
-        let mut by_id: HashMap<String, Stored> =
-            rows.into_iter().map(|r| (r.1.clone(), stored(r))).collect();
+        let mut by_id: HashMap<String, Stored> = rows
+            .into_iter()
+            .map(|r| {
+                let row = (
+                    r.resource_type,
+                    r.id,
+                    r.version,
+                    r.last_updated,
+                    r.deleted,
+                    r.content,
+                );
+                (row.1.clone(), stored(row))
+            })
+            .collect();
         Ok((
             total,
             page.iter().filter_map(|id| by_id.remove(id)).collect(),

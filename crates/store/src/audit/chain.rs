@@ -103,10 +103,19 @@ impl Store {
             .select(audit_repository_cursor::seq)
             .first(&mut *self.conn()?)
             .map_err(db_error)?;
+        // The head as the check starts: the events up to it are checked; those appended
+        // while the check runs (the check's own request is one) are the next check's.
+        // Read at the end instead, a head that moved on looked like removed events.
+        let (head_seq, head_hash): (i64, String) = audit_chain::table
+            .filter(audit_chain::id.eq(1))
+            .select((audit_chain::seq, audit_chain::hash))
+            .first(&mut *self.conn()?)
+            .map_err(db_error)?;
         loop {
             let mut conn = self.conn()?;
             let rows: Vec<(i64, String, String, String)> = audit_events::table
                 .filter(audit_events::seq.gt(expected_seq))
+                .filter(audit_events::seq.le(head_seq))
                 .order(audit_events::seq.asc())
                 .limit(1000)
                 .select((
@@ -139,16 +148,30 @@ impl Store {
             }
             progress(checked);
         }
-        let (head_seq, head_hash): (i64, String) = audit_chain::table
-            .filter(audit_chain::id.eq(1))
-            .select((audit_chain::seq, audit_chain::hash))
-            .first(&mut *self.conn()?)
-            .map_err(db_error)?;
         if head_seq != expected_seq || head_hash != previous {
             // The newest events were removed, or the head was rewritten.
             return Ok(ChainReport {
                 checked,
                 first_broken: Some((expected_seq + 1, "(missing)".into())),
+                first_altered_copy,
+            });
+        }
+        // Rows put after the head without moving it: every append moves the head in its
+        // own transaction, so a head read after the newest row is never behind it.
+        let mut conn = self.conn()?;
+        let newest: Option<i64> = audit_events::table
+            .select(diesel::dsl::max(audit_events::seq))
+            .first(&mut *conn)
+            .map_err(db_error)?;
+        let head_now: i64 = audit_chain::table
+            .filter(audit_chain::id.eq(1))
+            .select(audit_chain::seq)
+            .first(&mut *conn)
+            .map_err(db_error)?;
+        if newest.is_some_and(|newest| newest > head_now) {
+            return Ok(ChainReport {
+                checked,
+                first_broken: Some((head_now + 1, "(after the chain's head)".into())),
                 first_altered_copy,
             });
         }
@@ -268,26 +291,21 @@ fn altered_copy(
     rows: &[(i64, String, String, String)],
     indexed: i64,
 ) -> Result<Option<(i64, String)>, StoreError> {
-    use crate::schema::fhir_resources;
     let ids: Vec<&str> = rows
         .iter()
         .filter(|(seq, ..)| *seq <= indexed)
         .map(|(_, id, ..)| id.as_str())
         .collect();
-    let copies: std::collections::HashMap<String, (String, i64, bool)> = fhir_resources::table
-        .filter(fhir_resources::partition_id.eq(tessera_atna::REPOSITORY_PARTITION))
-        .filter(fhir_resources::resource_type.eq("AuditEvent"))
-        .filter(fhir_resources::id.eq_any(&ids))
-        .select((
-            fhir_resources::id,
-            fhir_resources::content,
-            fhir_resources::last_updated,
-            fhir_resources::deleted,
-        ))
-        .load::<(String, String, i64, bool)>(conn)
+    let copies: std::collections::HashMap<String, (String, i64, bool)> =
+        crate::search::resources_by_id(
+            conn,
+            tessera_atna::REPOSITORY_PARTITION,
+            "AuditEvent",
+            &ids,
+        )
         .map_err(db_error)?
         .into_iter()
-        .map(|(id, content, last_updated, deleted)| (id, (content, last_updated, deleted)))
+        .map(|r| (r.id, (r.content, r.last_updated, r.deleted)))
         .collect();
     for (seq, id, text, _) in rows.iter().filter(|(seq, ..)| *seq <= indexed) {
         let Ok(record) = serde_json::from_str::<Record>(text) else {
