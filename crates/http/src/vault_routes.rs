@@ -384,12 +384,7 @@ async fn create(
             .create(&st.store, ctx, &ty, &body, id, condition.as_deref())
     })
     .await?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
-    Ok(resource_response(&req, status, &stored, &base))
+    Ok(written(&req, created, &stored, &base))
 }
 
 async fn update(

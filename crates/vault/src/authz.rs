@@ -105,6 +105,16 @@ pub enum Access {
     Restricted(Vec<Vec<Criterion>>),
 }
 
+impl Access {
+    /// The restrictions a search must apply: `None` for every resource.
+    pub fn restrictions(&self) -> Option<&[Vec<Criterion>]> {
+        match self {
+            Self::All => None,
+            Self::Restricted(r) => Some(r),
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Denial {
     /// The token is not for this partition.

@@ -478,20 +478,8 @@ fn parse_entry<S: VaultStore>(
         }
         ("PUT", [ty]) if query.is_some() => {
             let mut resource = resource()?;
-            let body_id = resource
-                .get("id")
-                .and_then(Value::as_str)
-                .map(str::to_owned);
-            let id = match (vault.find_one(store, ctx, ty, &query_pairs(query))?, body_id) {
-                (Some(found), Some(body_id)) if body_id != found.id => {
-                    return Err(VaultError::Invalid(format!(
-                        "the resource's id '{body_id}' is not the id of the one resource meeting '{url}'"
-                    )))
-                }
-                (Some(found), _) => found.id,
-                (None, Some(body_id)) => body_id,
-                (None, None) => new_id(),
-            };
+            let body_id = resource.get("id").and_then(Value::as_str);
+            let id = vault.conditional_id(store, ctx, ty, &query_pairs(query), body_id, new_id)?;
             resource.insert("id".into(), Value::String(id.clone()));
             write(
                 ty,

@@ -370,10 +370,7 @@ impl Vault {
         strict: bool,
     ) -> Result<BundleJson, VaultError> {
         let access = self.authorize(store, ctx, resource_type, Interaction::Search)?;
-        let restrictions = match &access {
-            Access::All => None,
-            Access::Restricted(r) => Some(r.as_slice()),
-        };
+        let restrictions = access.restrictions();
         self.search_in(
             store,
             ctx.partition,
@@ -415,9 +412,7 @@ impl Vault {
             base,
             reach,
         };
-        for link in std::mem::take(&mut query.links) {
-            query.criteria.push(scope.resolve(resource_type, &link, 1)?);
-        }
+        scope.resolve_links(resource_type, &mut query, 1)?;
         let counting = query.summary == Summary::Count;
         let (total, found) = store.search(
             partition,
@@ -563,10 +558,7 @@ impl Vault {
                 }
                 Err(denial) => return Err(VaultError::Denied(denial)),
             };
-            let restrictions = match &access {
-                Access::All => None,
-                Access::Restricted(r) => Some(r.as_slice()),
-            };
+            let restrictions = access.restrictions();
             let (matches, _) = store.search(
                 ctx.partition,
                 resource_type,
@@ -796,13 +788,8 @@ impl Vault {
             base: ctx.base,
             reach: Reach::Token(ctx.grant),
         };
-        for link in std::mem::take(&mut query.links) {
-            query.criteria.push(scope.resolve(resource_type, &link, 1)?);
-        }
-        let restrictions = match &access {
-            Access::All => None,
-            Access::Restricted(r) => Some(r.as_slice()),
-        };
+        scope.resolve_links(resource_type, &mut query, 1)?;
+        let restrictions = access.restrictions();
         let (_, mut found) = store.search(
             ctx.partition,
             resource_type,
@@ -849,6 +836,19 @@ impl Vault {
                 ))
             }
         }
+        self.write_update(store, ctx, resource_type, id, resource, if_match)
+    }
+
+    /// Writes `resource`, already checked, as the new version of `id` (or creates it).
+    fn write_update<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        id: &str,
+        resource: Map<String, Value>,
+        if_match: Option<&str>,
+    ) -> Result<(Stored, bool), VaultError> {
         let op = WriteOp {
             resource_type: resource_type.to_owned(),
             id: id.to_owned(),
@@ -912,11 +912,25 @@ impl Vault {
         self.known_type(resource_type)?;
         let mut resource =
             self.conformant(resource::parse(&self.registry, body, Some(resource_type))?)?;
-        let body_id = resource
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        let id = match (self.find_one(store, ctx, resource_type, criteria)?, body_id) {
+        let body_id = resource.get("id").and_then(Value::as_str);
+        let id = self.conditional_id(store, ctx, resource_type, criteria, body_id, || new_id)?;
+        resource.insert("id".into(), Value::String(id.clone()));
+        self.write_update(store, ctx, resource_type, &id, resource, if_match)
+    }
+
+    /// The id a conditional update writes: the one matching resource's (the body's id,
+    /// if any, must be it); with no match the body's id, unless a resource that did not
+    /// match holds it (409), or else `new_id`; several matches: 412.
+    pub(crate) fn conditional_id<S: VaultStore>(
+        &self,
+        store: &S,
+        ctx: &Ctx<'_>,
+        resource_type: &str,
+        criteria: &[(String, String)],
+        body_id: Option<&str>,
+        new_id: impl FnOnce() -> String,
+    ) -> Result<String, VaultError> {
+        Ok(match (self.find_one(store, ctx, resource_type, criteria)?, body_id) {
             (Some(found), Some(body_id)) if body_id != found.id => {
                 return Err(VaultError::Invalid(format!(
                     "the resource's id '{body_id}' is not the id of the one matching resource, '{}'",
@@ -925,18 +939,15 @@ impl Vault {
             }
             (Some(found), _) => found.id,
             (None, Some(body_id)) => {
-                if store.current(ctx.partition, resource_type, &body_id)?.is_some() {
+                if store.current(ctx.partition, resource_type, body_id)?.is_some() {
                     return Err(VaultError::Conflict(format!(
                         "{resource_type}/{body_id} exists but does not meet the condition"
                     )));
                 }
-                body_id
+                body_id.to_owned()
             }
-            (None, None) => new_id,
-        };
-        resource.insert("id".into(), Value::String(id.clone()));
-        let body = serde_json::to_vec(&resource).map_err(|e| VaultError::Store(e.to_string()))?;
-        self.update(store, ctx, resource_type, &id, &body, if_match)
+            (None, None) => new_id(),
+        })
     }
 
     /// Conditional delete (`DELETE [type]?[criteria]`): the one matching resource;
@@ -979,22 +990,33 @@ impl Vault {
                 "{resource_type}/{id} was deleted"
             )));
         }
-        let patched = patch::apply(&current.json()?, &operations).map_err(|e| match e {
+        let before = current.json()?;
+        let patched = patch::apply(&before, &operations).map_err(|e| match e {
             patch::PatchError::Malformed(text) => VaultError::Invalid(text),
             patch::PatchError::NotApplicable(text) => VaultError::Unprocessable(text),
         })?;
-        if patched.get("resourceType") != current.json()?.get("resourceType")
+        if patched.get("resourceType") != before.get("resourceType")
             || patched.get("id").and_then(Value::as_str) != Some(id)
         {
             return Err(VaultError::Unprocessable(
                 "a patch may not change the resource's type or id".into(),
             ));
         }
-        let body = serde_json::to_vec(&patched).map_err(|e| VaultError::Store(e.to_string()))?;
+        let Value::Object(patched) = patched else {
+            return Err(VaultError::Invalid(
+                "a patched resource is a JSON object".into(),
+            ));
+        };
+        let resource = self.conformant(resource::check(
+            &self.registry,
+            patched,
+            Some(resource_type),
+        )?)?;
         let version = if_match
             .map(str::to_owned)
             .unwrap_or_else(|| current.etag());
-        let (stored, _) = self.update(store, ctx, resource_type, id, &body, Some(&version))?;
+        let (stored, _) =
+            self.write_update(store, ctx, resource_type, id, resource, Some(&version))?;
         Ok(stored)
     }
 

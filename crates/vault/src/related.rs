@@ -11,7 +11,9 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use crate::authz::{self, Access, Denial, Grant, Interaction};
 use crate::index::{values_of, IndexValue};
 use crate::registry::Registry;
-use crate::search::{self, Criterion, Include, Link, Match, SearchError, MAX_LINK_DEPTH};
+use crate::search::{
+    self, Criterion, Include, Link, Match, SearchError, SearchQuery, MAX_LINK_DEPTH,
+};
 use crate::{id_criterion, Stored, VaultError, VaultStore};
 
 /// The most resources one chain or `_has` may reach; past it the search is refused
@@ -123,14 +125,9 @@ impl<'a, S: VaultStore> Scope<'a, S> {
                 "'{key}' is not a search parameter of {resource_type} a chain or _has can end in"
             )));
         }
-        let mut criteria = std::mem::take(&mut query.criteria);
-        for link in &query.links {
-            criteria.push(self.resolve(resource_type, link, depth + 1)?);
-        }
-        let restrictions = match access {
-            Access::All => None,
-            Access::Restricted(r) => Some(r.as_slice()),
-        };
+        self.resolve_links(resource_type, &mut query, depth + 1)?;
+        let criteria = query.criteria;
+        let restrictions = access.restrictions();
         let (_, found) = self.store.search(
             self.partition,
             resource_type,
@@ -149,8 +146,24 @@ impl<'a, S: VaultStore> Scope<'a, S> {
         Ok(found)
     }
 
+    /// Turns the chains and `_has` of a search of `resource_type` into criteria on its
+    /// own index.
+    pub fn resolve_links(
+        &self,
+        resource_type: &str,
+        query: &mut SearchQuery,
+        depth: usize,
+    ) -> Result<(), VaultError> {
+        for link in std::mem::take(&mut query.links) {
+            query
+                .criteria
+                .push(self.resolve(resource_type, &link, depth)?);
+        }
+        Ok(())
+    }
+
     /// A chain or `_has` of a search of `resource_type`, as a criterion on its own index.
-    pub fn resolve(
+    fn resolve(
         &self,
         resource_type: &str,
         link: &Link,
@@ -366,10 +379,7 @@ impl<'a, S: VaultStore> Scope<'a, S> {
             withheld.insert(include.source.clone());
             return Ok(Vec::new());
         };
-        let restrictions = match &access {
-            Access::All => None,
-            Access::Restricted(r) => Some(r.as_slice()),
-        };
+        let restrictions = access.restrictions();
         let mut reached = Vec::new();
         for chunk in targets.chunks(REVERSE_CHUNK) {
             let criterion = Criterion {

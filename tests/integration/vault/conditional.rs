@@ -213,6 +213,12 @@ fn a_transaction_creates_conditionally_and_links_to_what_exists() {
             },
             {"request": {"method": "DELETE", "url": "Observation?code=4548-4"}},
             {"request": {"method": "DELETE", "url": "Observation?code=0000-0"}},
+            // No match, and the body's id names a Patient that does not meet the
+            // condition: 409, as for PUT [type]?criteria itself.
+            {
+                "resource": {"resourceType": "Patient", "id": id, "gender": "other"},
+                "request": {"method": "PUT", "url": "Patient?identifier=nobody"},
+            },
         ],
     });
     let reply = c.send(
@@ -229,7 +235,7 @@ fn a_transaction_creates_conditionally_and_links_to_what_exists() {
         .iter()
         .map(|e| e["response"]["status"].as_str().unwrap().to_owned())
         .collect();
-    assert_eq!(statuses, ["200", "204", "204"]);
+    assert_eq!(statuses, ["200", "204", "204", "409"]);
     let read = c
         .send(
             "GET",
