@@ -149,6 +149,14 @@ pub struct VaultConfig {
     pub introspection_ca: Option<PathBuf>,
     /// An active answer is reused until the token's exp, and at most this long.
     pub introspection_cache_seconds: i64,
+    /// A finished Bulk Data export (manifest and files) is kept this long.
+    pub export_retention_seconds: i64,
+    /// Does this instance run queued exports? In a cluster, all instances queue them;
+    /// those with `false` leave running them to the others.
+    pub export_worker: bool,
+    /// An export's NDJSON file holds at most this many resources (and about 16 MiB);
+    /// a type with more is split over several files.
+    pub export_file_resources: i64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -272,6 +280,9 @@ impl Default for Config {
                 introspection_client_secret: String::new(),
                 introspection_ca: Some("pki/ca.crt".into()),
                 introspection_cache_seconds: 30,
+                export_retention_seconds: 3600,
+                export_worker: true,
+                export_file_resources: 10_000,
             },
             audit: AuditConfig {
                 journal_dir: "data/audit-journal".into(),

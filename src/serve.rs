@@ -80,6 +80,11 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
         },
         max_body_bytes: loaded.config.vault.max_body_bytes,
         introspector: gateway(loaded)?,
+        exports: tessera_http::ExportSettings::new(
+            loaded.config.vault.export_retention_seconds,
+            loaded.config.vault.export_worker,
+            loaded.config.vault.export_file_resources,
+        ),
     };
     let repository = tessera_http::RepositorySettings {
         realm: vault.realm.clone(),

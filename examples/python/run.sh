@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs the seed 002 Python client end to end against a fresh Tessera: init, serve,
 # keygen, registration by the operator, token request, verification, replay refusal,
-# and seed 002's FHIR Observation query against the vault.
+# seed 002's FHIR Observation query against the vault, and a Bulk Data export of it.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 root=$PWD
@@ -46,4 +46,14 @@ client_id=$(cat /proc/sys/kernel/random/uuid)
 "$venv/bin/python" "$root/examples/python/backend_services.py" token \
   --base-url "$base" --ca pki/ca.crt --client-id "$client_id" --key private.pem --scope "system/Patient.rs system/Observation.rs" \
   --fhir-base "$base/fhir/p-seed" --expect-observations 2
+# Bulk Data: the same client exports the partition (SMART Bulk Data Access 2.0): both
+# Observations; the Practitioners its scopes do not grant are named in the error file.
+"$venv/bin/python" "$root/examples/python/bulk_export.py" \
+  --fhir-base "$base/fhir/p-seed" --ca pki/ca.crt --client-id "$client_id" --key private.pem \
+  --scope "system/Patient.rs system/Observation.rs" --type Observation,Patient,Practitioner \
+  --out "$work/export" --expect Observation=2 --expect-withheld Practitioner
+test "$(wc -l < "$work/export/Observation-1.ndjson")" -eq 2
+"$venv/bin/python" "$root/examples/python/bulk_export.py" \
+  --fhir-base "$base/fhir/p-seed" --ca pki/ca.crt --client-id "$client_id" --key private.pem \
+  --scope "system/Observation.rs" --cancel
 echo "python example: passed"

@@ -180,6 +180,11 @@ async fn record_vault_request(
     let endpoint = format!("{}/{partition}", state.vault.base);
     let info = request.match_info();
     let resource = match (info.get("type"), info.get("id"), info.get("vid")) {
+        // An operation names its own URL (`Patient/x/$everything`, `$export-file/...`).
+        _ if interaction == Interaction::Operation => request
+            .path()
+            .strip_prefix(&format!("/fhir/{partition}"))
+            .map(|rest| format!("{endpoint}{rest}")),
         (Some(ty), Some(id), Some(vid)) => Some(format!("{endpoint}/{ty}/{id}/_history/{vid}")),
         (Some(ty), Some(id), None) => Some(format!("{endpoint}/{ty}/{id}")),
         // A create names its resource in Location.

@@ -156,7 +156,8 @@ pub fn vault_status(error: &VaultError) -> StatusCode {
         }
         VaultError::Conflict(_) => StatusCode::CONFLICT,
         VaultError::Denied(_) => StatusCode::FORBIDDEN,
-        VaultError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        VaultError::Busy(_) => StatusCode::TOO_MANY_REQUESTS,
+        VaultError::Store(_) | VaultError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
@@ -172,7 +173,8 @@ fn vault_issue(error: &VaultError) -> &'static str {
         VaultError::Unprocessable(_) => "processing",
         VaultError::Nonconformant(_) => "structure",
         VaultError::Denied(_) => "forbidden",
-        VaultError::Store(_) => "exception",
+        VaultError::Busy(_) => "throttled",
+        VaultError::Store(_) | VaultError::Failed(_) => "exception",
     }
 }
 
@@ -266,6 +268,13 @@ impl ResponseError for ApiError {
                 return fhir_response(&mut response, code, diagnostics);
             }
             ApiError::Vault(error) => {
+                if let VaultError::Denied(tessera_vault::Denial::Requester) = error {
+                    return fhir_response(
+                        &mut response,
+                        "forbidden",
+                        "this export was requested by another client or user",
+                    );
+                }
                 if let VaultError::Denied(_) = error {
                     // Whether the partition or the scope refused stays unsaid.
                     challenge(&mut response, "", BearerError::InsufficientScope);

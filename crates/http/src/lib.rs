@@ -13,6 +13,7 @@ pub mod chain_check;
 pub mod console;
 mod cors;
 pub mod error;
+mod export_routes;
 mod iam_routes;
 pub mod ids;
 pub mod metrics;
@@ -34,6 +35,7 @@ use tessera_types::UnixTime;
 
 pub use crate::audit_routes::RepositorySettings;
 pub use crate::error::ApiError;
+pub use crate::export_routes::ExportSettings;
 use crate::metrics::Metrics;
 use crate::tls::TlsSettings;
 pub use crate::vault_routes::VaultState;
@@ -262,6 +264,9 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
             }
         }
     });
+    if services.vault && state.vault.exports.worker {
+        export_routes::spawn_worker(state.clone());
+    }
     actix_web::rt::spawn(async move {
         let mut tick = actix_web::rt::time::interval(Duration::from_secs(60));
         loop {

@@ -18,6 +18,7 @@ use actix_web::HttpMessage as _;
 use crate::audit::{BatchEntries, SearchBody, VaultToken};
 use crate::bearer::verify;
 use crate::error::vault_status;
+use crate::export_routes;
 use crate::{blocking, now_ms, ApiError, AppState};
 
 /// What the vault needs besides the store.
@@ -32,6 +33,8 @@ pub struct VaultState {
     pub max_body_bytes: usize,
     /// Gateway mode: tokens are checked by introspection at an authorization server.
     pub introspector: Option<Arc<tessera_outbound::gateway::Introspector>>,
+    /// Bulk Data export.
+    pub exports: crate::export_routes::ExportSettings,
 }
 
 pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
@@ -48,6 +51,36 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
             )
             .route("", web::post().to(batch))
             .route("/", web::post().to(batch))
+            .route("/$export", web::get().to(export_routes::kickoff_system))
+            .route("/$export", web::post().to(export_routes::kickoff_system))
+            .route(
+                "/$export-status/{job}",
+                web::get().to(export_routes::status),
+            )
+            .route(
+                "/$export-status/{job}",
+                web::delete().to(export_routes::cancel),
+            )
+            .route(
+                "/$export-file/{job}/{file}",
+                web::get().to(export_routes::file),
+            )
+            .route(
+                "/{type}/$export",
+                web::get().to(export_routes::kickoff_type),
+            )
+            .route(
+                "/{type}/$export",
+                web::post().to(export_routes::kickoff_type),
+            )
+            .route(
+                "/{type}/{id}/$export",
+                web::get().to(export_routes::kickoff_instance),
+            )
+            .route(
+                "/{type}/{id}/$export",
+                web::post().to(export_routes::kickoff_instance),
+            )
             .route("/{type}/_search", web::post().to(search_post))
             .route("/{type}/_history", web::get().to(history_type))
             .route("/{type}/{id}/_history/{vid}", web::get().to(vread))
@@ -65,14 +98,14 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
     );
 }
 
-const FHIR_JSON: &str = "application/fhir+json";
+pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 
 /// The id of a new resource.
 fn new_id() -> Result<String, ApiError> {
     crate::ids::time_ordered_id().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
-fn partition_base(state: &AppState, partition: &str) -> String {
+pub(crate) fn partition_base(state: &AppState, partition: &str) -> String {
     format!("{}/{partition}", state.vault.base)
 }
 
@@ -128,7 +161,7 @@ async fn call<T: Send + 'static>(
     .map_err(ApiError::Vault)
 }
 
-fn http_date(ms: i64) -> Option<HeaderValue> {
+pub(crate) fn http_date(ms: i64) -> Option<HeaderValue> {
     let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(u64::try_from(ms).ok()?);
     HeaderValue::from_str(&header::HttpDate::from(time).to_string()).ok()
 }
@@ -189,7 +222,7 @@ fn if_match(req: &HttpRequest) -> Option<String> {
         .map(str::to_owned)
 }
 
-fn query_pairs(text: &str) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(text: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(text.as_bytes())
         .into_owned()
         .collect()

@@ -10,6 +10,7 @@
 
 mod aim;
 mod audit;
+mod export;
 mod schema;
 mod search;
 mod users;
@@ -33,6 +34,7 @@ use tessera_introspection::RevocationStore;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
 pub use crate::audit::{AuditWriter, ChainReport, JournalStats, Lease};
+pub use crate::export::{ExportFile, ExportJob, ExportStatus, NewExport};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 pub use crate::users::{AddUserError, Consent, Session};
 

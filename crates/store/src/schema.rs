@@ -260,3 +260,34 @@ diesel::table! {
         used_at -> Nullable<BigInt>,
     }
 }
+
+diesel::table! {
+    export_jobs (id) {
+        id -> Text,
+        partition_id -> Text,
+        client_id -> Text,
+        subject -> Text,
+        scope -> Text,
+        partitions -> Text,
+        request -> Text,
+        status -> Text,
+        progress -> Nullable<Text>,
+        error -> Nullable<Text>,
+        created -> BigInt,
+        started -> Nullable<BigInt>,
+        finished -> Nullable<BigInt>,
+        attempt -> Integer,
+        lease_until -> Nullable<BigInt>,
+    }
+}
+
+diesel::table! {
+    export_files (job_id, seq) {
+        job_id -> Text,
+        seq -> Integer,
+        kind -> Text,
+        resource_type -> Text,
+        count -> BigInt,
+        content -> Text,
+    }
+}

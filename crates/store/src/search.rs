@@ -342,6 +342,17 @@ impl<'a> Search<'a> {
         Ok(rows.into_iter().map(|r| r.id).collect())
     }
 
+    /// The ids of every resource meeting the search, in id order (no page: a Bulk Data
+    /// export takes them all, then reads them a chunk at a time).
+    pub fn ids(&self, conn: &mut DbConnection) -> QueryResult<Vec<String>> {
+        let mut sql = Sql::new(matches!(conn, DbConnection::Postgres(_)));
+        sql.push("SELECT r.id AS id FROM fhir_resources r WHERE ");
+        self.condition(&mut sql);
+        sql.push(" ORDER BY r.id");
+        let rows: Vec<IdRow> = load(conn, &sql)?;
+        Ok(rows.into_iter().map(|r| r.id).collect())
+    }
+
     /// The WHERE condition on `r` (a `fhir_resources` row).
     fn condition(&self, sql: &mut Sql) {
         sql.push("r.partition_id = ")

@@ -65,6 +65,33 @@ fn stored((resource_type, id, version, last_updated, deleted, content): Row) -> 
     }
 }
 
+/// The current versions of `ids` that exist, in the order of `ids`.
+fn current_in_order(
+    conn: &mut DbConnection,
+    partition: &str,
+    resource_type: &str,
+    ids: &[String],
+) -> Result<Vec<Stored>, VaultError> {
+    let wanted: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let rows = crate::search::resources_by_id(conn, partition, resource_type, &wanted)
+        .map_err(store_error)?;
+    let mut by_id: HashMap<String, Stored> = rows
+        .into_iter()
+        .map(|r| {
+            let row = (
+                r.resource_type,
+                r.id,
+                r.version,
+                r.last_updated,
+                r.deleted,
+                r.content,
+            );
+            (row.1.clone(), stored(row))
+        })
+        .collect();
+    Ok(ids.iter().filter_map(|id| by_id.remove(id)).collect())
+}
+
 fn store_error(err: impl std::fmt::Display) -> VaultError {
     VaultError::Store(err.to_string())
 }
@@ -733,27 +760,38 @@ impl VaultStore for Store {
             ((offset + page.len()) as u64, page)
         };
         page.truncate(count);
-        let ids: Vec<&str> = page.iter().map(String::as_str).collect();
-        let rows = crate::search::resources_by_id(&mut conn, partition, resource_type, &ids)
-            .map_err(store_error)?;
-        let mut by_id: HashMap<String, Stored> = rows
-            .into_iter()
-            .map(|r| {
-                let row = (
-                    r.resource_type,
-                    r.id,
-                    r.version,
-                    r.last_updated,
-                    r.deleted,
-                    r.content,
-                );
-                (row.1.clone(), stored(row))
-            })
-            .collect();
         Ok((
             total,
-            page.iter().filter_map(|id| by_id.remove(id)).collect(),
+            current_in_order(&mut conn, partition, resource_type, &page)?,
         ))
+    }
+
+    fn matching_ids(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        criteria: &[Criterion],
+        restrictions: Option<&[Vec<Criterion>]>,
+    ) -> Result<Vec<String>, VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        let search = Search {
+            partition,
+            resource_type,
+            criteria,
+            restrictions,
+        };
+        search.ids(&mut conn).map_err(store_error)
+    }
+
+    fn current_many(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<Stored>, VaultError> {
+        let mut conn = self.conn().map_err(store_error)?;
+        let found = current_in_order(&mut conn, partition, resource_type, ids)?;
+        Ok(found.into_iter().filter(|s| !s.deleted).collect())
     }
 
     fn write(

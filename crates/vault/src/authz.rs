@@ -121,6 +121,8 @@ pub enum Denial {
     Partition,
     /// No scope grants this interaction on this type.
     Scope,
+    /// What was made for another client (or another user of it): a Bulk Data export.
+    Requester,
 }
 
 /// Does `grant` name `partition` (or every partition)? The first question of every

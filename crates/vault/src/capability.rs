@@ -53,9 +53,21 @@ pub fn capability_statement(
                 resource["searchInclude"] = json!(includes);
             }
             if ty == "Patient" {
+                resource["operation"] = json!([
+                    {
+                        "name": "everything",
+                        "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    },
+                    {
+                        "name": "export",
+                        "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
+                    },
+                ]);
+            }
+            if ty == "Group" {
                 resource["operation"] = json!([{
-                    "name": "everything",
-                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                    "name": "export",
+                    "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
                 }]);
             }
             if !params.is_empty() {
@@ -70,6 +82,7 @@ pub fn capability_statement(
         "date": date,
         "publisher": "Tessera",
         "kind": "instance",
+        "instantiates": ["http://hl7.org/fhir/uv/bulkdata/CapabilityStatement/bulk-data"],
         "software": { "name": "Tessera FHIR Vault", "version": software_version },
         "implementation": { "description": "Tessera FHIR Vault partition", "url": base },
         "fhirVersion": "4.0.1",
@@ -107,6 +120,11 @@ pub fn capability_statement(
             },
             "resource": resources,
             "interaction": [{ "code": Interaction::Batch.code() }, { "code": Interaction::Transaction.code() }],
+            // SMART Bulk Data Access 2.0, over this partition.
+            "operation": [{
+                "name": "export",
+                "definition": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
+            }],
         }],
     })
 }

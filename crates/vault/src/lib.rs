@@ -13,6 +13,7 @@ pub mod bundle;
 pub mod capability;
 pub mod dates;
 pub mod decimal;
+pub mod export;
 pub mod fhirpath;
 pub mod index;
 pub mod patch;
@@ -134,6 +135,13 @@ pub enum VaultError {
     /// More work than one request may cause (400 `too-costly`).
     #[error("{0}")]
     TooCostly(String),
+    /// The client has as much running as it may (429 `throttled`): a Bulk Data
+    /// kick-off beyond its concurrent exports.
+    #[error("{0}")]
+    Busy(String),
+    /// Asynchronous work that failed (500 `exception`), said as the job recorded it.
+    #[error("{0}")]
+    Failed(String),
     #[error("storage error: {0}")]
     Store(String),
 }
@@ -182,6 +190,24 @@ pub trait VaultStore: Send + Sync {
         count: usize,
         exact_total: bool,
     ) -> Result<(u64, Vec<Stored>), VaultError>;
+    /// The ids, in order, of the current, not deleted resources of a type meeting
+    /// every criterion and, when given, at least one of the restrictions: all of them,
+    /// as one snapshot (Bulk Data export walks them afterwards).
+    fn matching_ids(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        criteria: &[Criterion],
+        restrictions: Option<&[Vec<Criterion>]>,
+    ) -> Result<Vec<String>, VaultError>;
+    /// The current, not deleted versions of those of `ids` that still have one, in
+    /// the order of `ids`.
+    fn current_many(
+        &self,
+        partition: &str,
+        resource_type: &str,
+        ids: &[String],
+    ) -> Result<Vec<Stored>, VaultError>;
     fn write(
         &self,
         partition: &str,
@@ -220,6 +246,22 @@ pub fn id_criterion(id: &str) -> Criterion {
             system: None,
             code: Some(id.to_owned()),
         }],
+        negate: false,
+        missing: None,
+    }
+}
+
+/// An `_id` criterion met by any of `ids`.
+pub fn id_criteria(ids: &[String]) -> Criterion {
+    Criterion {
+        param: "_id".into(),
+        any_of: ids
+            .iter()
+            .map(|id| Match::Token {
+                system: None,
+                code: Some(id.clone()),
+            })
+            .collect(),
         negate: false,
         missing: None,
     }

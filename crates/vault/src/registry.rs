@@ -159,6 +159,7 @@ fn components(
 struct Data {
     resource_types: Vec<String>,
     parameters: Vec<Definition>,
+    patient_compartment: BTreeMap<String, Vec<String>>,
 }
 
 /// Every resource type of FHIR R4 and the search parameters supported on each.
@@ -170,6 +171,9 @@ pub struct Registry {
     /// its kind: a search naming one the vault does not support is refused, never
     /// answered as if it were not there.
     defined: BTreeMap<String, BTreeMap<String, String>>,
+    /// R4's Patient compartment: per type, the reference parameters that make a
+    /// resource part of a patient's record.
+    patient_compartment: BTreeMap<String, Vec<String>>,
 }
 
 impl Registry {
@@ -257,6 +261,7 @@ impl Registry {
             types,
             params,
             defined,
+            patient_compartment: data.patient_compartment,
         })
     }
 
@@ -275,6 +280,15 @@ impl Registry {
 
     pub fn resource_types(&self) -> impl Iterator<Item = &str> {
         self.types.iter().map(String::as_str)
+    }
+
+    /// The types in R4's Patient compartment, each with the reference parameters by
+    /// which a resource of it belongs to a patient (`Observation`: `subject`,
+    /// `performer`; `Patient`: `link`, besides the Patient itself).
+    pub fn patient_compartment(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.patient_compartment
+            .iter()
+            .map(|(t, params)| (t.as_str(), params.as_slice()))
     }
 
     pub fn param(&self, resource_type: &str, code: &str) -> Option<&SearchParam> {
@@ -307,6 +321,32 @@ impl Registry {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every parameter that puts a resource in a patient's compartment is a reference
+    /// parameter the vault searches, so a Patient-level export can select by it; but
+    /// for AuditEvent's `patient`, which ITI-81 makes a token (by identifier).
+    #[test]
+    fn the_patient_compartment_is_searchable() {
+        let registry = Registry::load().unwrap();
+        let compartment: Vec<_> = registry.patient_compartment().collect();
+        assert_eq!(compartment.len(), 66);
+        let mut not_references = Vec::new();
+        for (resource_type, params) in compartment {
+            assert!(registry.is_resource_type(resource_type), "{resource_type}");
+            for code in params {
+                let kind = registry.param(resource_type, code).map(|p| p.kind);
+                if kind != Some(ParamKind::Reference) {
+                    not_references.push(format!("{resource_type}.{code}"));
+                }
+            }
+        }
+        assert_eq!(not_references, ["AuditEvent.patient"]);
+        let observation = registry
+            .patient_compartment()
+            .find(|(t, _)| *t == "Observation")
+            .unwrap();
+        assert_eq!(observation.1, ["subject", "performer"]);
+    }
 
     /// The clinical search parameters the vault promises, on their types, come from the
     /// spec's data.

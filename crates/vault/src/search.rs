@@ -797,6 +797,27 @@ pub fn parse_restriction(
     resource_type: &str,
     query: &str,
 ) -> Result<Vec<Criterion>, SearchError> {
+    let parsed = parse_filter(registry, resource_type, query).map_err(|_| {
+        invalid(format!(
+            "scope restriction '{query}' may only hold search parameters"
+        ))
+    })?;
+    if !parsed.links.is_empty() {
+        return Err(invalid(format!(
+            "scope restriction '{query}' may only hold search parameters"
+        )));
+    }
+    Ok(parsed.criteria)
+}
+
+/// A query of search parameters only (criteria, chains and `_has`), as Bulk Data's
+/// `_typeFilter` gives one: no sorting, paging, includes or subsetting, and nothing
+/// ignored.
+pub fn parse_filter(
+    registry: &Registry,
+    resource_type: &str,
+    query: &str,
+) -> Result<SearchQuery, SearchError> {
     let pairs: Vec<(String, String)> = query
         .split('&')
         .filter(|p| !p.is_empty())
@@ -806,12 +827,12 @@ pub fn parse_restriction(
         })
         .collect();
     let parsed = parse(registry, resource_type, &pairs, true, "")?;
-    if !parsed.sort.is_empty() || parsed.criteria.len() != pairs.len() || !parsed.links.is_empty() {
+    if !parsed.sort.is_empty() || parsed.criteria.len() + parsed.links.len() != pairs.len() {
         return Err(invalid(format!(
-            "scope restriction '{query}' may only hold search parameters"
+            "'{query}' may only hold search parameters, not _sort, _count, _include or the like"
         )));
     }
-    Ok(parsed.criteria)
+    Ok(parsed)
 }
 
 /// Decodes `%XX` escapes (and leaves anything malformed as it is).

@@ -12,6 +12,7 @@ mod bundles;
 mod conditional;
 mod conformance;
 mod crud;
+mod export;
 mod linked;
 mod records;
 mod search;
