@@ -153,36 +153,55 @@ fn columns(value: &IndexValue) -> IndexColumns {
             c.system = system.clone();
             c.code = code.clone();
         }
-        IndexValue::Composite(first, second) => {
-            // The first component, a token, where tokens go; the second in the columns
-            // left: a token's or a unit's code in text_value and `system|code` in
-            // reference, a number in number, a date in lo/hi, a string in text_value.
-            if let IndexValue::Token { system, code } = first.as_ref() {
+        IndexValue::Composite(parts) => match parts.as_slice() {
+            // A reference and a token: each where its kind goes, the reference's id
+            // in text_value.
+            [IndexValue::Reference { reference, id }, IndexValue::Token { system, code }] => {
+                c.reference = Some(reference.clone());
+                c.text_value = Some(id.clone());
                 c.system = system.clone();
                 c.code = Some(code.clone());
             }
-            match second.as_ref() {
-                IndexValue::Token { system, code } => {
-                    c.text_value = Some(code.clone());
-                    c.reference = Some(format!("{}|{code}", system.as_deref().unwrap_or("")));
-                }
-                IndexValue::Quantity { key, system, code } => {
-                    c.number = Some(key.clone());
-                    c.text_value = code.clone();
-                    c.reference = Some(format!(
-                        "{}|{}",
-                        system.as_deref().unwrap_or(""),
-                        code.as_deref().unwrap_or("")
-                    ));
-                }
-                IndexValue::Date(range) => {
-                    c.lo = Some(range.lo);
-                    c.hi = Some(range.hi);
-                }
-                IndexValue::String { normalized, .. } => c.text_value = Some(normalized.clone()),
-                _ => {}
+            // A token and two numbers: the second number's key in text_value.
+            [IndexValue::Token { system, code }, IndexValue::Number(start), IndexValue::Number(end)] =>
+            {
+                c.system = system.clone();
+                c.code = Some(code.clone());
+                c.number = Some(start.clone());
+                c.text_value = Some(end.clone());
             }
-        }
+            // A token first, where tokens go; the second in the columns left: a
+            // token's or a unit's code in text_value and `system|code` in reference, a
+            // number in number, a date in lo/hi, a string in text_value.
+            [IndexValue::Token { system, code }, second] => {
+                c.system = system.clone();
+                c.code = Some(code.clone());
+                match second {
+                    IndexValue::Token { system, code } => {
+                        c.text_value = Some(code.clone());
+                        c.reference = Some(format!("{}|{code}", system.as_deref().unwrap_or("")));
+                    }
+                    IndexValue::Quantity { key, system, code } => {
+                        c.number = Some(key.clone());
+                        c.text_value = code.clone();
+                        c.reference = Some(format!(
+                            "{}|{}",
+                            system.as_deref().unwrap_or(""),
+                            code.as_deref().unwrap_or("")
+                        ));
+                    }
+                    IndexValue::Date(range) => {
+                        c.lo = Some(range.lo);
+                        c.hi = Some(range.hi);
+                    }
+                    IndexValue::String { normalized, .. } => {
+                        c.text_value = Some(normalized.clone())
+                    }
+                    _ => {}
+                }
+            }
+            _ => {}
+        },
     }
     c
 }
@@ -305,7 +324,8 @@ fn registry() -> Option<&'static tessera_vault::Registry> {
 const REINDEX_PAGE: i64 = 500;
 
 /// Indexes the resources already held on the kinds of search parameter a migration
-/// added (`fhir_reindex`: `number`, `quantity`), so a search never misses a resource for
+/// added (`fhir_reindex`: `number`, `quantity`, or one parameter as `param:Type.code`), so a
+/// search never misses a resource for
 /// having been stored before the vault searched that kind; then forgets those kinds.
 /// Runs when the store opens, page by page; the audit repository's events are indexed
 /// on its own parameters only and are left alone. Returns the resources indexed.
@@ -362,9 +382,13 @@ pub(crate) fn reindex_pending(conn: &mut DbConnection) -> QueryResult<u64> {
                 let added: Vec<&IndexEntry> = entries
                     .iter()
                     .filter(|e| {
-                        registry
-                            .param(resource_type, &e.param)
-                            .is_some_and(|p| kinds.iter().any(|k| k == p.kind.name()))
+                        registry.param(resource_type, &e.param).is_some_and(|p| {
+                            kinds.iter().any(|k| {
+                                k == p.kind.name()
+                                    || k.strip_prefix("param:")
+                                        == Some(&format!("{resource_type}.{}", p.code))
+                            })
+                        })
                     })
                     .collect();
                 if added.is_empty() {
@@ -509,13 +533,10 @@ fn write_version(
             fhir_versions::content.eq(&prepared.content),
         ))
         .execute(conn)?;
-    diesel::delete(
-        fhir_index::table
-            .filter(fhir_index::partition_id.eq(partition))
-            .filter(fhir_index::resource_type.eq(&op.resource_type))
-            .filter(fhir_index::resource_id.eq(&op.id)),
-    )
-    .execute(conn)?;
+    // A first version has no index rows to replace.
+    if version > 1 {
+        crate::search::delete_index_rows(conn, partition, &op.resource_type, &op.id)?;
+    }
     let ordering = ordering_of(&op.resource_type, &prepared.index);
     let rows: Vec<_> = prepared
         .index

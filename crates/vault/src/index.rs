@@ -35,8 +35,9 @@ pub enum IndexValue {
         system: Option<String>,
         code: Option<String>,
     },
-    /// A composite: its first component (a token) and its second, of one element.
-    Composite(Box<IndexValue>, Box<IndexValue>),
+    /// A composite: one value of each component, of one element (see
+    /// [`crate::registry`] for the shapes).
+    Composite(Vec<IndexValue>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,29 +134,45 @@ pub fn reference_parts(reference: &str, base: &str) -> (String, String) {
     (local.to_owned(), id)
 }
 
-fn extract(param: &SearchParam, node: &Value, base: &str, out: &mut Vec<IndexValue>) {
+fn extract(
+    param: &SearchParam,
+    node: &Value,
+    resource: &Value,
+    base: &str,
+    out: &mut Vec<IndexValue>,
+) {
     if param.kind == ParamKind::Composite {
-        // Every pair of the components' values under the same node.
-        let values = |n: usize| {
+        // Every combination of the components' values under the same node.
+        let mut combinations: Vec<Vec<IndexValue>> = vec![Vec::new()];
+        for component in &param.components {
+            let from = if component.from_resource {
+                resource
+            } else {
+                node
+            };
             let mut values = Vec::new();
-            if let Some(component) = param.components.get(n) {
-                for path in &component.paths {
-                    for reached in path.evaluate(node) {
-                        extract_kind(component.kind, reached.value, base, &mut values);
-                    }
+            for path in &component.paths {
+                for reached in path.evaluate(from) {
+                    extract_kind(component.kind, reached.value, base, &mut values);
                 }
             }
-            values
-        };
-        let (firsts, seconds) = (values(0), values(1));
-        for first in &firsts {
-            for second in &seconds {
-                out.push(IndexValue::Composite(
-                    Box::new(first.clone()),
-                    Box::new(second.clone()),
-                ));
-            }
+            combinations = combinations
+                .into_iter()
+                .flat_map(|done| {
+                    values.iter().map(move |value| {
+                        let mut more = done.clone();
+                        more.push(value.clone());
+                        more
+                    })
+                })
+                .collect();
         }
+        out.extend(
+            combinations
+                .into_iter()
+                .filter(|c| !c.is_empty())
+                .map(IndexValue::Composite),
+        );
         return;
     }
     extract_kind(param.kind, node, base, out);
@@ -227,7 +244,7 @@ pub fn values_of(
     if let Some(param) = registry.param(resource_type, code) {
         for path in &param.paths {
             for node in path.evaluate(resource) {
-                extract(param, node.value, base, &mut values);
+                extract(param, node.value, resource, base, &mut values);
             }
         }
     }
@@ -247,7 +264,7 @@ pub fn entries(
         let mut values = Vec::new();
         for path in &param.paths {
             for node in path.evaluate(resource) {
-                extract(param, node.value, base, &mut values);
+                extract(param, node.value, resource, base, &mut values);
             }
         }
         // One row per distinct value: a search walking a value's rows meets each

@@ -98,6 +98,8 @@ pub struct SearchParam {
 pub struct Component {
     pub kind: ParamKind,
     pub paths: Vec<Path>,
+    /// Evaluated from the resource (`%resource.x`), not from the composite's element.
+    pub from_resource: bool,
 }
 
 #[derive(Deserialize)]
@@ -119,39 +121,60 @@ struct Definition {
     component: Vec<ComponentDefinition>,
 }
 
-/// The composites the vault searches: a token, then a token, quantity, date or string
-/// (41 of R4's 46; the others have three components or start with a reference).
+/// The composites the vault searches (all 46 of R4's): a token, then a token, quantity,
+/// date or string; a reference, then a token (DocumentReference's `relationship`); a
+/// token, then two numbers (MolecularSequence's coordinates).
 fn components(
     definition: &Definition,
     kinds: &BTreeMap<&str, ParamKind>,
 ) -> Option<Vec<Component>> {
-    let [first, second] = definition.component.as_slice() else {
-        return None;
+    let parts: Vec<(ParamKind, &str)> = definition
+        .component
+        .iter()
+        .map(|c| Some((*kinds.get(c.code.as_str())?, c.expression.as_str())))
+        .collect::<Option<_>>()?;
+    use ParamKind::{Date, Number, Quantity, Reference, String as Text, Token};
+    let kinds: Vec<ParamKind> = parts.iter().map(|(k, _)| *k).collect();
+    let expressions: Vec<&str> = match kinds.as_slice() {
+        [Token, Token | Quantity | Date | Text] | [Token, Number, Number] => {
+            parts.iter().map(|(_, e)| *e).collect()
+        }
+        // R4 gives `relatesto` (a reference) the expression `code` and `relation` (a
+        // token) `target`, the wrong way round (corrected in R5): each component takes
+        // the element of its kind.
+        [Reference, Token] if parts[0].1 == "code" && parts[1].1 == "target" => {
+            vec!["target", "code"]
+        }
+        [Reference, Token] => parts.iter().map(|(_, e)| *e).collect(),
+        _ => return None,
     };
-    let kind_of = |c: &ComponentDefinition| kinds.get(c.code.as_str()).copied();
-    let (Some(ParamKind::Token), Some(second_kind)) = (kind_of(first), kind_of(second)) else {
-        return None;
-    };
-    if !matches!(
-        second_kind,
-        ParamKind::Token | ParamKind::Quantity | ParamKind::Date | ParamKind::String
-    ) {
-        return None;
-    }
-    let relative = |c: &ComponentDefinition, kind| {
-        // `value.as(Quantity) | value.as(Range)`, evaluated from the composite's node.
-        let rooted: Vec<String> = c
-            .expression
+    let component = |kind: ParamKind, expression: &str| {
+        // `%resource.x` is evaluated from the resource; anything else from the
+        // composite's node (`value.as(Quantity) | value.as(Range)`).
+        if let Some(path) = expression.strip_prefix("%resource.") {
+            let paths = paths_for(&format!("Resource.{path}"), "Resource")?;
+            return (!paths.is_empty()).then_some(Component {
+                kind,
+                paths,
+                from_resource: true,
+            });
+        }
+        let rooted: Vec<String> = expression
             .split('|')
             .map(|branch| format!("Node.{}", branch.trim()))
             .collect();
         let paths = paths_for(&rooted.join(" | "), "Node")?;
-        (!paths.is_empty()).then_some(Component { kind, paths })
+        (!paths.is_empty()).then_some(Component {
+            kind,
+            paths,
+            from_resource: false,
+        })
     };
-    Some(vec![
-        relative(first, ParamKind::Token)?,
-        relative(second, second_kind)?,
-    ])
+    kinds
+        .iter()
+        .zip(expressions)
+        .map(|(kind, expression)| component(*kind, expression))
+        .collect()
 }
 
 #[derive(Deserialize)]
@@ -436,10 +459,42 @@ mod tests {
             .unwrap();
         assert_eq!(composite.kind, ParamKind::Composite);
         assert_eq!(composite.components[1].kind, ParamKind::Quantity);
-        // Three components: not searched (refused by name).
-        assert!(registry
-            .param("MolecularSequence", "chromosome-window-coordinate")
-            .is_none());
+        // Three components, one taken from the resource (`%resource.referenceSeq...`).
+        let variant = registry
+            .param("MolecularSequence", "chromosome-variant-coordinate")
+            .unwrap();
+        let kinds: Vec<_> = variant
+            .components
+            .iter()
+            .map(|c| (c.kind, c.from_resource))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                (ParamKind::Token, true),
+                (ParamKind::Number, false),
+                (ParamKind::Number, false)
+            ]
+        );
+        // A reference first, its expressions as R5 corrected them.
+        let relationship = registry.param("DocumentReference", "relationship").unwrap();
+        let kinds: Vec<_> = relationship.components.iter().map(|c| c.kind).collect();
+        assert_eq!(kinds, [ParamKind::Reference, ParamKind::Token]);
+        // Every composite R4 defines is searched.
+        let defined = registry
+            .resource_types()
+            .flat_map(|t| {
+                registry
+                    .defined
+                    .get(t)
+                    .into_iter()
+                    .flatten()
+                    .filter(|(_, kind)| kind.as_str() == "composite")
+                    .map(move |(code, _)| (t, code))
+            })
+            .filter(|(t, code)| registry.param(t, code).is_none())
+            .collect::<Vec<_>>();
+        assert_eq!(defined, Vec::<(&str, &String)>::new());
         let quantity = registry.param("Observation", "value-quantity").unwrap();
         assert_eq!(quantity.kind, ParamKind::Quantity);
         let number = registry.param("RiskAssessment", "probability").unwrap();

@@ -114,8 +114,8 @@ pub enum Match {
         system: Option<String>,
         code: Option<String>,
     },
-    /// A composite's two components (the first a token), met by one element together.
-    Composite(Box<Match>, Box<Match>),
+    /// A value for each of a composite's components, met by one element together.
+    Composite(Vec<Match>),
 }
 
 /// A number compared with a prefix, as order-preserving keys ([`Decimal::key`]).
@@ -392,29 +392,35 @@ fn parse_value(
     })
 }
 
-/// `token$value` of a composite, each part as its component's kind parses it.
+/// `first$second[$third]` of a composite, each part as its component's kind parses it.
 fn composite_value(param: &SearchParam, raw: &str, base: &str) -> Result<Match, SearchError> {
     let parts = split_escaped(raw, '$');
-    let [first, second] = parts.as_slice() else {
+    if parts.len() != param.components.len() {
+        let shape = if param.components.len() == 3 {
+            "[first]$[second]$[third], as in 1$ge100$le200"
+        } else {
+            "[first]$[second], as in code$value"
+        };
         return Err(invalid(format!(
-            "'{}': a composite value is [first]$[second], as in code$value",
+            "'{}': a composite value is {shape}",
             param.code
         )));
-    };
-    let component = |n: usize, text: &str| {
-        let part = SearchParam {
-            code: param.code.clone(),
-            kind: param.components.get(n).map_or(ParamKind::Token, |c| c.kind),
-            paths: Vec::new(),
-            targets: Vec::new(),
-            components: Vec::new(),
-        };
-        parse_value(&part, None, text, base)
-    };
-    Ok(Match::Composite(
-        Box::new(component(0, first)?),
-        Box::new(component(1, second)?),
-    ))
+    }
+    parts
+        .iter()
+        .zip(&param.components)
+        .map(|(text, component)| {
+            let part = SearchParam {
+                code: param.code.clone(),
+                kind: component.kind,
+                paths: Vec::new(),
+                targets: Vec::new(),
+                components: Vec::new(),
+            };
+            parse_value(&part, None, text, base)
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Match::Composite)
 }
 
 /// Which modifiers each kind accepts (besides `missing`).
@@ -1079,14 +1085,6 @@ mod tests {
                 other => panic!("{pairs:?}: {other:?}"),
             }
         };
-        let three = [(
-            "chromosome-window-coordinate".to_owned(),
-            "1$lt44$gt22".to_owned(),
-        )];
-        assert!(matches!(
-            parse(&registry, "MolecularSequence", &three, false, ""),
-            Err(SearchError::NotSupported(why)) if why.contains("composite")
-        ));
         let near = [("near".to_owned(), "42.25|-83.69|10|km".to_owned())];
         assert!(matches!(
             parse(&registry, "Location", &near, false, ""),

@@ -161,21 +161,17 @@ fn the_seed_002_query_and_search_parameters() {
         let why = outcome(&refused, 400, "not-supported");
         assert!(why.contains("not supported"), "{query}: {why}");
     }
-    // A special parameter; a composite of three components.
-    for query in [
-        "Location?near=42.25%7C-83.69%7C10%7Ckm",
-        "MolecularSequence?chromosome-window-coordinate=1$lt44$gt22",
-    ] {
-        let refused = c.send(
-            "GET",
-            &format!("/fhir/pa/{query}"),
-            Some(&writer),
-            &[],
-            None,
-        );
-        let why = outcome(&refused, 400, "not-supported");
-        assert!(why.contains("not supported"), "{query}: {why}");
-    }
+    // A special parameter.
+    let query = "Location?near=42.25%7C-83.69%7C10%7Ckm";
+    let refused = c.send(
+        "GET",
+        &format!("/fhir/pa/{query}"),
+        Some(&writer),
+        &[],
+        None,
+    );
+    let why = outcome(&refused, 400, "not-supported");
+    assert!(why.contains("not supported"), "{query}: {why}");
     // Unknown parameters: ignored (and left out of the self link), or 400 when strict.
     let lenient = search("Observation?colour=red&code=8867-4");
     assert_eq!(lenient["total"], 1);
@@ -558,6 +554,105 @@ fn name_of(names: &std::collections::HashMap<String, String>, id: &str) -> Strin
         .find(|(_, v)| v.as_str() == id)
         .map(|(k, _)| k.clone())
         .unwrap_or_else(|| id.to_owned())
+}
+
+#[test]
+fn composites_with_a_reference_first_or_three_components() {
+    let v = vault();
+    let c = v.client();
+    let token = v.token("writer", "system/*.cruds", &["pa"]);
+    let id = |value: Value| value["id"].as_str().unwrap().to_owned();
+    let document = |relates: Option<(&str, &str)>| {
+        let mut doc = json!({
+            "resourceType": "DocumentReference", "status": "current",
+            "content": [{"attachment": {"contentType": "text/plain", "url": "http://example.org/1"}}],
+        });
+        if let Some((code, target)) = relates {
+            doc["relatesTo"] = json!([{"code": code, "target": {"reference": target}}]);
+        }
+        doc.to_string()
+    };
+    let first = id(create(
+        &c,
+        &token,
+        "/fhir/pa/DocumentReference",
+        &document(None),
+    ));
+    let target = format!("DocumentReference/{first}");
+    let second = id(create(
+        &c,
+        &token,
+        "/fhir/pa/DocumentReference",
+        &document(Some(("replaces", &target))),
+    ));
+    let sequence = id(create(
+        &c,
+        &token,
+        "/fhir/pa/MolecularSequence",
+        &json!({
+            "resourceType": "MolecularSequence", "coordinateSystem": 0,
+            "referenceSeq": {
+                "chromosome": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/chromosome-human", "code": "1"}]},
+                "referenceSeqId": {"coding": [{"system": "http://www.ncbi.nlm.nih.gov/nuccore", "code": "NC_000001.11"}]},
+                "windowStart": 22125500, "windowEnd": 22125510,
+            },
+            "variant": [{"start": 22125503, "end": 22125504, "observedAllele": "C", "referenceAllele": "T"}],
+        })
+        .to_string(),
+    ));
+    let found = |query: &str| -> Vec<String> {
+        let reply = c.send("GET", &format!("/fhir/pa/{query}"), Some(&token), &[], None);
+        assert_eq!(reply.status, 200, "{query}: {}", reply.body);
+        ids(&reply.json())
+    };
+    // The reference and the relation of one relatesTo.
+    assert_eq!(
+        found(&format!("DocumentReference?relationship={target}$replaces")),
+        [second.as_str()]
+    );
+    assert_eq!(
+        found(&format!("DocumentReference?relationship={first}$replaces")),
+        [second.as_str()]
+    );
+    assert!(found(&format!("DocumentReference?relationship={target}$appends")).is_empty());
+    assert!(found("DocumentReference?relationship=DocumentReference/other$replaces").is_empty());
+    // The chromosome (from the resource) and both ends of the window or variant.
+    let window = "MolecularSequence?chromosome-window-coordinate";
+    assert_eq!(
+        found(&format!("{window}=1$lt22125501$gt22125509")),
+        [sequence.as_str()]
+    );
+    assert_eq!(
+        found(&format!("{window}=1$22125500$22125510")),
+        [sequence.as_str()]
+    );
+    assert!(found(&format!("{window}=2$lt22125501$gt22125509")).is_empty());
+    assert!(
+        found(&format!("{window}=1$lt22125501$gt22125510")).is_empty(),
+        "the end is not above 22125510"
+    );
+    let variant = "MolecularSequence?chromosome-variant-coordinate";
+    assert_eq!(
+        found(&format!("{variant}=1$ge22125503$le22125504")),
+        [sequence.as_str()]
+    );
+    assert!(found(&format!("{variant}=1$gt22125503$le22125504")).is_empty());
+    assert_eq!(
+        found("MolecularSequence?referenceseqid-variant-coordinate=NC_000001.11$ge22125503$lt22125505"),
+        [sequence.as_str()]
+    );
+    assert_eq!(
+        found("MolecularSequence?referenceseqid-window-coordinate=http://www.ncbi.nlm.nih.gov/nuccore%7CNC_000001.11$22125500$22125510"),
+        [sequence.as_str()]
+    );
+    for bad in [
+        format!("{window}=1$lt44"),
+        format!("{window}=1$lt44$gt22$9"),
+        "DocumentReference?relationship=replaces".to_owned(),
+    ] {
+        let reply = c.send("GET", &format!("/fhir/pa/{bad}"), Some(&token), &[], None);
+        outcome(&reply, 400, "invalid");
+    }
 }
 
 #[test]

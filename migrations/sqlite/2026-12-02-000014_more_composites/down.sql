@@ -1,0 +1,1 @@
+DELETE FROM fhir_reindex WHERE kind LIKE 'param:%';
