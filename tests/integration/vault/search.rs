@@ -653,6 +653,27 @@ fn composites_with_a_reference_first_or_three_components() {
         let reply = c.send("GET", &format!("/fhir/pa/{bad}"), Some(&token), &[], None);
         outcome(&reply, 400, "invalid");
     }
+
+    // Held before these composites were searched: indexed when the store next opens.
+    let replaced = format!("DocumentReference?relationship={target}$replaces");
+    v.env
+        .sql("DELETE FROM fhir_index WHERE param = 'relationship'");
+    v.env
+        .sql("INSERT INTO fhir_reindex (kind) VALUES ('param:DocumentReference.relationship')");
+    assert!(found(&replaced).is_empty());
+    let Vault {
+        _server: server,
+        env,
+    } = v;
+    drop(server);
+    let _server = env.start();
+    assert_eq!(found(&replaced), [second.as_str()]);
+    assert_eq!(
+        env.sql_values(
+            "SELECT CAST(COUNT(*) AS TEXT) AS value FROM fhir_index WHERE param = 'relationship'"
+        ),
+        ["1"]
+    );
 }
 
 #[test]
