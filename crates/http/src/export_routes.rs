@@ -173,6 +173,7 @@ async fn kickoff(
     }
     let mut pairs = query_pairs(req.query_string());
     if req.method() == actix_web::http::Method::POST && !body.is_empty() {
+        crate::vault_routes::check_content_type(&req)?;
         pairs.extend(export::parameters(&body).map_err(ApiError::Vault)?);
     }
     let base = partition_base(&state, &partition);

@@ -229,7 +229,7 @@ pub(crate) fn query_pairs(text: &str) -> Vec<(String, String)> {
 }
 
 /// JSON only: a body in another format is refused before it is read as a resource.
-fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
+pub(crate) fn check_content_type(req: &HttpRequest) -> Result<(), ApiError> {
     let Some(mime) = crate::media_type(req) else {
         return Ok(());
     };

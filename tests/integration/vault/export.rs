@@ -530,6 +530,32 @@ fn a_kick_off_the_vault_cannot_honour_exactly_is_refused_and_queues_nothing() {
         400,
         "invalid",
     );
+    // A POSTed kick-off takes a Parameters resource in FHIR JSON.
+    let posted = |content_type: &str, body: &str| {
+        let mut headers = ASYNC.to_vec();
+        headers.push(("Content-Type", content_type));
+        r.c.send(
+            "POST",
+            "/fhir/pa/Patient/$export",
+            Some(&reader),
+            &headers,
+            Some(body),
+        )
+    };
+    outcome(&posted("text/plain", "_type=Patient"), 400, "not-supported");
+    outcome(
+        &posted("application/fhir+json", r#"{"resourceType":"Patient"}"#),
+        400,
+        "invalid",
+    );
+    outcome(
+        &posted(
+            "application/fhir+json",
+            r#"{"resourceType":"Parameters","parameter":[{"name":"_type","valueBoolean":true}]}"#,
+        ),
+        400,
+        "invalid",
+    );
     refused("/Observation/$export", &ASYNC, 400, "not-supported");
     refused("/Patient/x/$export", &ASYNC, 400, "not-supported");
     refused("/Group/nope/$export", &ASYNC, 404, "not-found");
