@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Issue 17's ratios, both sides in one run: each endpoint against the floor it cannot beat
+# on the same core, so the figure says how much of the server's time is Tessera's own
+# work and stays comparable across machines and runs.
+#   keep-alive (32 connections, mutual TLS):  the JWKS document (Tessera's own HTTP
+#     floor: routing, TLS records, no database) against the token endpoint (audited),
+#     introspection of an active token, and a vault read (token check and one row);
+#   new handshake per request (--disable-keepalive, a client certificate each time):
+#     examples/tls_floor.rs (the same TLS configuration, a fixed answer, one thread)
+#     against the token endpoint.
+# Every pair runs back to back, ROUNDS times (default 2) alternating, and each ratio is
+# printed per round, so the machine's drift shows.
+# Server on CPU 0 with one worker, load on CPU 1.
+# Usage: bench/floors.sh [seconds per scenario, default 10]
+duration=${1:-10}
+rounds=${ROUNDS:-2}
+source "$(dirname "$0")/lib.sh"
+(cd "$root" && cargo build --release --locked --quiet --example tls_floor)
+start_server
+bench_client p-floor
+"$bin" pki issue-client gateway --out clients >/dev/null
+"$bin" client add --client-id gateway --auth tls_client_auth --cert clients/gateway.crt \
+  --scope introspection --resource-server "$url/fhir" >/dev/null
+access=${auth#Authorization: Bearer }
+token_url="$url/realms/cara/protocol/openid-connect/token"
+introspect="$token_url/introspect"
+read_url=$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
+  -d '{"resourceType":"Patient","name":[{"family":"Floor"}]}' "$fhir/Patient" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+read_url="$fhir/Patient/$read_url"
+taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
+floor=$!
+trap 'kill $floor 2>/dev/null; cleanup' EXIT
+sleep 0.5
+
+mtls=(--cert clients/tcu.crt --key clients/tcu.key)
+rate() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary']['requestsPerSec'])" "$out/$1.json"; }
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:5.1f}%')" "$(rate "$1")" "$(rate "$2")"; }
+
+echo "Tessera against its floors, ${duration}s per scenario, server on 1 core (taskset -c 0), load on the other, $rounds rounds"
+for round in $(seq 1 "$rounds"); do
+  echo "-- round $round"
+  method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}"
+  run_oha token "$token_url" "$duration" -c 32 "${mtls[@]}" -d "grant_type=client_credentials&client_id=tcu"
+  run_oha introspect "$introspect" "$duration" -c 32 --cert clients/gateway.crt --key clients/gateway.key \
+    -d "client_id=gateway&token=$access"
+  method=GET run_oha vault-read "$read_url" "$duration" -c 32 "${mtls[@]}" -H "$auth"
+  method=GET run_oha tls-floor "https://127.0.0.1:18444/" "$duration" -c 32 --disable-keepalive "${mtls[@]}"
+  run_oha token-handshake "$token_url" "$duration" -c 32 --disable-keepalive "${mtls[@]}" \
+    -d "grant_type=client_credentials&client_id=tcu"
+  echo "   token / jwks $(ratio token jwks) (goal 60%)   introspection / jwks $(ratio introspect jwks) (goal 70%)   vault read / jwks $(ratio vault-read jwks) (goal 70%)"
+  echo "   new-handshake token / TLS floor $(ratio token-handshake tls-floor) (goal 80%)"
+done
