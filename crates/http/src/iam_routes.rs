@@ -262,13 +262,24 @@ async fn issue_recorded(
 ) -> Result<Result<Issued, OAuthError>, ApiError> {
     let st = state.clone().into_inner();
     let at = now();
-    let (result, record) = blocking(move || {
+    // A grant the service answers from memory (a cached client, no database) runs here;
+    // others on the blocking pool. The hop there and back cost the kept-alive
+    // certificate and secret paths about a fifth of their rate (issue 17).
+    let from_memory = prepared.as_ref().is_ok_and(|(credentials, request)| {
+        st.tokens
+            .answers_from_memory(&realm, request, credentials, at)
+    });
+    let work = move || {
         let result = prepared
             .and_then(|(credentials, request)| st.tokens.issue(&realm, request, &credentials, at));
         let record = audit.record(&result, at);
         (result, record)
-    })
-    .await?;
+    };
+    let (result, record) = if from_memory {
+        work()
+    } else {
+        blocking(work).await?
+    };
     crate::audit::append(state, record?).await?;
     Ok(result)
 }

@@ -416,6 +416,44 @@ impl<S: IamStore> TokenService<S> {
         Ok(Some(client))
     }
 
+    /// Would [`TokenService::issue`] answer this request from memory alone? A
+    /// client-credentials grant authenticated by certificate or secret (an assertion's
+    /// jti is written down), for no account (which is looked up), by a client whose
+    /// registration is cached and fresh at `now`. The caller may run such a request
+    /// where blocking is not allowed; any other reads or writes the database. (Should the
+    /// cached entry go meanwhile, the issue reads the registration again: correct, only
+    /// slower.)
+    pub fn answers_from_memory(
+        &self,
+        realm: &RealmState,
+        request: &GrantRequest,
+        credentials: &Credentials,
+        now: UnixTime,
+    ) -> bool {
+        let GrantRequest::ClientCredentials(request) = request else {
+            return false;
+        };
+        if request.account.is_some()
+            || request.client.client_assertion.is_some()
+            || request.client.client_assertion_type.is_some()
+        {
+            return false;
+        }
+        let id = match (&credentials.basic, &request.client.client_id) {
+            (Some((id, _)), _) | (None, Some(id)) => id,
+            (None, None) => return false,
+        };
+        let Ok(id) = ClientId::try_from(id.as_str()) else {
+            return false;
+        };
+        let key = (realm.realm.name.clone(), id);
+        self.clients.read().is_ok_and(|clients| {
+            clients
+                .get(&key)
+                .is_some_and(|entry| fresh(entry.loaded_at, now, self.settings.cache_seconds))
+        })
+    }
+
     /// Handles a token request on `realm` (ITI-71), by its grant.
     pub fn issue(
         &self,

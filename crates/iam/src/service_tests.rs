@@ -8,7 +8,7 @@ use serde_json::json;
 use tessera_types::{ClientId, RealmName, ScopeSet, Secret, UnixTime};
 
 use crate::client::{CertBinding, Client, ClientAuth, IuaAttributes, JwksSource};
-use crate::grant::{CodeRecord, Redeemed, RefreshRecord};
+use crate::grant::{CodeRecord, GrantRequest, Redeemed, RefreshRecord};
 use crate::jose::{Algorithm, JwkSet, SigningKey};
 use crate::request::{
     ClientAuthParams, Credentials, PresentedCertificate, TokenRequest, JWT_BEARER_ASSERTION,
@@ -24,6 +24,8 @@ struct MemoryStore {
     realm_key: Vec<u8>,
     clients: Vec<Client>,
     used: Mutex<HashSet<String>>,
+    /// How many times a client registration was read.
+    client_reads: std::sync::atomic::AtomicUsize,
 }
 
 impl IamStore for MemoryStore {
@@ -43,6 +45,8 @@ impl IamStore for MemoryStore {
         }])
     }
     fn client(&self, _: &RealmName, id: &ClientId) -> Result<Option<Client>, StoreError> {
+        self.client_reads
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         Ok(self.clients.iter().find(|c| &c.client_id == id).cloned())
     }
     fn account_partitions(
@@ -205,6 +209,7 @@ fn fixture() -> Fixture {
         realm_key,
         clients,
         used: Mutex::default(),
+        client_reads: Default::default(),
     };
     let settings = IamSettings {
         public_base_url: "https://iam.test".into(),
@@ -597,4 +602,78 @@ fn access_token_verification_edges_are_exact() {
             .unwrap_err(),
         InvalidToken::Malformed
     );
+}
+
+#[test]
+fn only_a_cached_certificate_or_secret_grant_is_answered_from_memory() {
+    let f = fixture();
+    let reads = || {
+        f.service
+            .store()
+            .client_reads
+            .load(std::sync::atomic::Ordering::SeqCst)
+    };
+    let tls = || GrantRequest::ClientCredentials(tls_request(None));
+    let from_memory = |request: &GrantRequest, credentials: &Credentials, now: UnixTime| {
+        f.service
+            .answers_from_memory(&f.realm, request, credentials, now)
+    };
+    // Before its registration is cached, a request needs the store.
+    assert!(!from_memory(&tls(), &cert("thumb"), NOW));
+    f.service
+        .issue(&f.realm, tls(), &cert("thumb"), NOW)
+        .unwrap();
+    assert_eq!(reads(), 1);
+    // Cached: answered without reading anything, as long as the cache is fresh.
+    assert!(from_memory(&tls(), &cert("thumb"), NOW));
+    f.service
+        .issue(&f.realm, tls(), &cert("thumb"), NOW)
+        .unwrap();
+    assert_eq!(reads(), 1);
+    assert!(!from_memory(&tls(), &cert("thumb"), UnixTime(NOW.0 + 6)));
+    // An account is looked up; an assertion's jti written down; other grants use the
+    // database.
+    let for_account = GrantRequest::ClientCredentials(TokenRequest {
+        account: Some("urn:tessera:account:1".into()),
+        ..tls_request(None)
+    });
+    assert!(!from_memory(&for_account, &cert("thumb"), NOW));
+    let asserted = GrantRequest::ClientCredentials(TokenRequest {
+        client: ClientAuthParams {
+            client_id: Some("tcu".into()),
+            client_assertion: Some("x".into()),
+            ..ClientAuthParams::default()
+        },
+        ..TokenRequest::default()
+    });
+    assert!(!from_memory(&asserted, &cert("thumb"), NOW));
+    let refresh = GrantRequest::RefreshToken {
+        client: ClientAuthParams {
+            client_id: Some("tcu".into()),
+            ..ClientAuthParams::default()
+        },
+        refresh_token: "r".into(),
+        scope: None,
+    };
+    assert!(!from_memory(&refresh, &cert("thumb"), NOW));
+    // A secret client by HTTP Basic: the header names it.
+    let basic = Credentials {
+        basic: Some(("secret".into(), Secret::new("s3cret".into()))),
+        certificate: None,
+    };
+    let secret = || GrantRequest::ClientCredentials(TokenRequest::default());
+    assert!(!from_memory(&secret(), &basic, NOW));
+    f.service.issue(&f.realm, secret(), &basic, NOW).unwrap();
+    assert!(from_memory(&secret(), &basic, NOW));
+    // A wrong secret is refused from memory just the same.
+    let wrong = Credentials {
+        basic: Some(("secret".into(), Secret::new("guess".into()))),
+        certificate: None,
+    };
+    assert!(from_memory(&secret(), &wrong, NOW));
+    assert_eq!(
+        code(f.service.issue(&f.realm, secret(), &wrong, NOW)),
+        OAuthErrorCode::InvalidClient
+    );
+    assert_eq!(reads(), 2);
 }
