@@ -5,6 +5,8 @@
 #   keep-alive (32 connections, mutual TLS):  the JWKS document (Tessera's own HTTP
 #     floor: routing, TLS records, no database) against the token endpoint (audited),
 #     introspection of an active token, and a vault read (token check and one row);
+#   a person's grants (examples/grant_load.rs, as bench/apps.sh: authorization with a
+#     session, code exchange with PKCE, refresh with rotation) against the same JWKS floor;
 #   new handshake per request (--disable-keepalive, a client certificate each time):
 #     examples/tls_floor.rs (the same TLS configuration, a fixed answer, one thread)
 #     against the token endpoint.
@@ -15,7 +17,7 @@
 duration=${1:-10}
 rounds=${ROUNDS:-2}
 source "$(dirname "$0")/lib.sh"
-(cd "$root" && cargo build --release --locked --quiet --example tls_floor)
+(cd "$root" && cargo build --release --locked --quiet --example tls_floor --example grant_load)
 start_server
 bench_client p-floor
 "$bin" pki issue-client gateway --out clients >/dev/null
@@ -33,14 +35,37 @@ floor=$!
 trap 'kill $floor 2>/dev/null; cleanup' EXIT
 sleep 0.5
 
+# A person's grants (as bench/apps.sh): a patient, their account, a public app.
+person_account=$("$bin" account add --mpi-id "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/$(cat /proc/sys/kernel/random/uuid)" \
+  --partition-name p-person | sed -n 's/^account    //p')
+printf 'correct horse battery staple\n' > pw
+"$bin" user add floor-patient --role patient --account "$person_account" --password-file pw >/dev/null
+"$bin" client add --client-id floor-app --auth none --redirect-uri https://app.example/cb \
+  --scope "launch/patient offline_access patient/*.rs" >/dev/null
+
 mtls=(--cert clients/tcu.crt --key clients/tcu.key)
-rate() { python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary']['requestsPerSec'])" "$out/$1.json"; }
+rate() {
+  if [ -f "$out/$1.json" ]; then
+    python3 -c "import json,sys; print(json.load(open(sys.argv[1]))['summary']['requestsPerSec'])" "$out/$1.json"
+  else
+    cat "$out/$1.rate"
+  fi
+}
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:5.1f}%')" "$(rate "$1")" "$(rate "$2")"; }
 
 echo "Tessera against its floors, ${duration}s per scenario, server on 1 core (taskset -c 0), load on the other, $rounds rounds"
 for round in $(seq 1 "$rounds"); do
   echo "-- round $round"
   method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}"
+  # The person's grants first, before the audited scenarios leave records to drain:
+  # authorization (302 with a code), code exchange, refresh.
+  taskset -c 1 "$root/target/release/examples/grant_load" --base "$url" --ca pki/ca.crt \
+    --client-id floor-app --user floor-patient --password-file pw --seconds "$duration" --connections 32 \
+    | tee "$out/grants.txt"
+  for phase in authorize exchange refresh; do
+    rm -f "$out/$phase.json"
+    awk -v p="$phase" '$1 == p { print $2 }' "$out/grants.txt" > "$out/$phase.rate"
+  done
   run_oha token "$token_url" "$duration" -c 32 "${mtls[@]}" -d "grant_type=client_credentials&client_id=tcu"
   run_oha introspect "$introspect" "$duration" -c 32 --cert clients/gateway.crt --key clients/gateway.key \
     -d "client_id=gateway&token=$access"
@@ -49,5 +74,6 @@ for round in $(seq 1 "$rounds"); do
   run_oha token-handshake "$token_url" "$duration" -c 32 --disable-keepalive "${mtls[@]}" \
     -d "grant_type=client_credentials&client_id=tcu"
   echo "   token / jwks $(ratio token jwks) (goal 60%)   introspection / jwks $(ratio introspect jwks) (goal 70%)   vault read / jwks $(ratio vault-read jwks) (goal 70%)"
+  echo "   authorize / jwks $(ratio authorize jwks)   code exchange / jwks $(ratio exchange jwks)   refresh / jwks $(ratio refresh jwks)"
   echo "   new-handshake token / TLS floor $(ratio token-handshake tls-floor) (goal 80%)"
 done
