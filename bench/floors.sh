@@ -56,6 +56,10 @@ ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2
 echo "Tessera against its floors, ${duration}s per scenario, server on 1 core (taskset -c 0), load on the other, $rounds rounds"
 for round in $(seq 1 "$rounds"); do
   echo "-- round $round"
+  # A fresh vault token each round: tokens live five minutes, a round about two.
+  access=$(curl -fsS "${tls[@]}" -d grant_type=client_credentials -d client_id=tcu "$token_url" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+  auth="Authorization: Bearer $access"
   method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}"
   # The person's grants first, before the audited scenarios leave records to drain:
   # authorization (302 with a code), code exchange, refresh.
