@@ -355,14 +355,17 @@ impl Vault {
                 None => members.into_iter().collect(),
             });
         } else if let Some(asked) = &patients {
+            // Each one a Patient the token may read (as a Group must be): whether another
+            // exists is not the caller's to learn.
             for id in asked {
-                match store.current(ctx.partition, "Patient", id)? {
-                    Some(found) if !found.deleted => {}
-                    _ => {
+                match self.read(store, ctx, "Patient", id) {
+                    Ok(_) => {}
+                    Err(VaultError::NotFound(_) | VaultError::Gone(_)) => {
                         return Err(VaultError::NotFound(format!(
                             "patient: Patient/{id} is not known"
                         )))
                     }
+                    Err(other) => return Err(other),
                 }
             }
         }

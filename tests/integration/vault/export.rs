@@ -388,6 +388,29 @@ fn patient_and_group_exports_hold_the_patients_compartments() {
             format!("Patient/{}", r.paula),
         ])
     );
+    // `patient` names only Patients the token may see: for one restricted to Peter, Paula
+    // is as unknown as an id that does not exist.
+    let peters = r.v.token(
+        "peters",
+        "system/Patient.rs?name=Peter system/Observation.rs",
+        &["pa"],
+    );
+    let ask = |id: &str| {
+        let parameters = json!({
+            "resourceType": "Parameters",
+            "parameter": [{"name": "patient", "valueReference": {"reference": format!("Patient/{id}")}}],
+        });
+        r.c.send(
+            "POST",
+            "/fhir/pa/Patient/$export",
+            Some(&peters),
+            &ASYNC,
+            Some(&parameters.to_string()),
+        )
+    };
+    assert_eq!(ask(&r.peter).status, 202);
+    outcome(&ask(&r.paula), 404, "not-found");
+    outcome(&ask("nobody"), 404, "not-found");
 }
 
 #[test]
