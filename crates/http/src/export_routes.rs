@@ -19,7 +19,7 @@ use tessera_store::{ExportFile, ExportJob, ExportStatus, NewExport};
 use tessera_vault::export::{self, ExportRequest, ExportSink, Level, Requester};
 use tessera_vault::{operation_outcome, Grant, VaultError};
 
-use crate::vault_routes::{partition_base, query_pairs, token, FHIR_JSON};
+use crate::vault_routes::{call, new_id, partition_base, query_pairs, token, FHIR_JSON};
 use crate::{blocking, now_ms, ApiError, AppState};
 
 /// Queued or running exports a client may have at once.
@@ -62,6 +62,12 @@ impl ExportSettings {
             wake: tokio::sync::Notify::new(),
         }
     }
+}
+
+/// A database failure at a vault endpoint: 500 with an OperationOutcome (the detail
+/// only in the log).
+fn store_failed(error: tessera_iam::StoreError) -> ApiError {
+    ApiError::Vault(VaultError::Store(error.0))
 }
 
 /// The kick-off's client and user.
@@ -181,37 +187,28 @@ async fn kickoff(
         "" => format!("{base}{operation}"),
         query => format!("{base}{operation}?{query}"),
     };
-    let id = crate::ids::time_ordered_id().map_err(|e| ApiError::Internal(e.to_string()))?;
+    let id = new_id()?;
     let location = status_url(&base, &id);
-    let st = state.clone().into_inner();
     let job = id.clone();
-    blocking(move || {
-        let ctx = tessera_vault::Ctx {
-            grant: Grant {
-                partitions: &token.claims.partitions,
-                scope: &token.claims.scope,
-            },
-            partition: &partition,
-            base: &base,
-            now_ms: now_ms(),
-        };
-        let request =
-            st.vault
-                .fhir
-                .export_request(&st.store, &ctx, level, &pairs, request_url)?;
+    let owner = token.clone();
+    call(&state, token, partition, move |st, ctx| {
+        let request = st
+            .vault
+            .fhir
+            .export_request(&st.store, ctx, level, &pairs, request_url)?;
         let request =
             serde_json::to_string(&request).map_err(|e| VaultError::Store(e.to_string()))?;
-        let who = requester(&token);
+        let who = requester(&owner);
         let queued = st
             .store
             .export_enqueue(
                 &NewExport {
                     id: &job,
-                    partition: &partition,
+                    partition: ctx.partition,
                     client_id: who.client_id,
                     subject: who.subject,
-                    scope: &token.claims.scope,
-                    partitions: &token.claims.partitions,
+                    scope: &owner.claims.scope,
+                    partitions: &owner.claims.partitions,
                     request: &request,
                     created: ctx.now_ms,
                 },
@@ -226,8 +223,7 @@ async fn kickoff(
             )))
         }
     })
-    .await?
-    .map_err(ApiError::Vault)?;
+    .await?;
     state.vault.exports.wake.notify_one();
     let mut response = HttpResponse::Accepted();
     if let Ok(value) = HeaderValue::from_str(&location) {
@@ -261,7 +257,7 @@ async fn owned_job(
     let st = state.clone().into_inner();
     let job = blocking(move || st.store.export_job(&id))
         .await?
-        .map_err(|e| ApiError::Vault(VaultError::Store(e.0)))?
+        .map_err(store_failed)?
         .filter(|job| job.partition == partition)
         .ok_or_else(|| {
             ApiError::Vault(VaultError::NotFound(
@@ -331,7 +327,7 @@ pub(crate) async fn status(
             let job_id = job.id.clone();
             let files = blocking(move || st.store.export_files(&job_id))
                 .await?
-                .map_err(|e| ApiError::Vault(VaultError::Store(e.0)))?;
+                .map_err(store_failed)?;
             let base = partition_base(&state, &partition);
             let request: ExportRequest = serde_json::from_str(&job.request)
                 .map_err(|e| ApiError::Internal(e.to_string()))?;
@@ -377,7 +373,7 @@ pub(crate) async fn cancel(
     let st = state.clone().into_inner();
     blocking(move || st.store.export_delete(&job.id))
         .await?
-        .map_err(|e| ApiError::Vault(VaultError::Store(e.0)))?;
+        .map_err(store_failed)?;
     Ok(HttpResponse::Accepted()
         .content_type(FHIR_JSON)
         .json(operation_outcome(
@@ -401,7 +397,7 @@ pub(crate) async fn file(
     let job_id = job.id.clone();
     let (found, content) = blocking(move || st.store.export_file(&job_id, seq))
         .await?
-        .map_err(|e| ApiError::Vault(VaultError::Store(e.0)))?
+        .map_err(store_failed)?
         .ok_or_else(not_found)?;
     if !found.error {
         collect(&state, &token, &job, Some(&found.resource_type))?;
@@ -551,11 +547,7 @@ impl<'a> JobSink<'a> {
                 now_ms() + LEASE_MS,
             )
             .map_err(Self::store_error)?;
-        Ok(if ours {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        })
+        Ok(still_held(ours))
     }
 
     /// Commits the type being written.
@@ -576,6 +568,15 @@ impl<'a> JobSink<'a> {
             return self.write("OperationOutcome", true, &lines, count);
         }
         Ok(ControlFlow::Continue(()))
+    }
+}
+
+/// Go on while the job is still this attempt's; stop once it was cancelled or taken over.
+fn still_held(ours: bool) -> ControlFlow<()> {
+    if ours {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
     }
 }
 
@@ -618,10 +619,6 @@ impl ExportSink for JobSink<'_> {
                 now_ms() + LEASE_MS,
             )
             .map_err(Self::store_error)?;
-        Ok(if ours {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        })
+        Ok(still_held(ours))
     }
 }

@@ -101,7 +101,7 @@ pub fn configure(cfg: &mut web::ServiceConfig, max_body_bytes: usize) {
 pub(crate) const FHIR_JSON: &str = "application/fhir+json";
 
 /// The id of a new resource.
-fn new_id() -> Result<String, ApiError> {
+pub(crate) fn new_id() -> Result<String, ApiError> {
     crate::ids::time_ordered_id().map_err(|e| ApiError::Internal(e.to_string()))
 }
 
@@ -137,7 +137,7 @@ pub(crate) async fn token(
 }
 
 /// Runs a vault call with the request's context on the blocking pool.
-async fn call<T: Send + 'static>(
+pub(crate) async fn call<T: Send + 'static>(
     state: &web::Data<AppState>,
     token: Arc<VerifiedToken>,
     partition: String,

@@ -334,16 +334,10 @@ impl Vault {
             })?;
         }
         // The token must grant something; what it does not grant is named in the error file.
-        let granted = types.iter().any(|ty| {
-            authz::authorize(
-                &self.registry,
-                ctx.grant,
-                ctx.partition,
-                ty,
-                Interaction::Search,
-            )
-            .is_ok()
-        });
+        let mut granted = false;
+        for ty in &types {
+            granted |= self.search_access(ctx.grant, ctx.partition, ty)?.is_some();
+        }
         if !granted {
             return Err(VaultError::Denied(Denial::Scope));
         }
@@ -423,19 +417,9 @@ impl Vault {
         let total = request.types.len();
         let mut withheld = Vec::new();
         for (done, resource_type) in request.types.iter().enumerate() {
-            let access = match authz::authorize(
-                &self.registry,
-                grant,
-                partition,
-                resource_type,
-                Interaction::Search,
-            ) {
-                Ok(access) => access,
-                Err(Denial::Scope) => {
-                    withheld.push(resource_type.as_str());
-                    continue;
-                }
-                Err(denial) => return Err(VaultError::Denied(denial)),
+            let Some(access) = self.search_access(grant, partition, resource_type)? else {
+                withheld.push(resource_type.as_str());
+                continue;
             };
             let mut alternatives: Vec<Vec<Criterion>> = match access {
                 Access::All => vec![Vec::new()],

@@ -331,6 +331,28 @@ impl Vault {
         Ok(access)
     }
 
+    /// What `grant` may search of `resource_type` in `partition`: `None` when no scope
+    /// grants it (the type is left out and said to be, as `$everything` and an export
+    /// do), an error when the partition is not granted at all.
+    fn search_access(
+        &self,
+        grant: Grant<'_>,
+        partition: &str,
+        resource_type: &str,
+    ) -> Result<Option<Access>, VaultError> {
+        match authz::authorize(
+            &self.registry,
+            grant,
+            partition,
+            resource_type,
+            Interaction::Search,
+        ) {
+            Ok(access) => Ok(Some(access)),
+            Err(Denial::Scope) => Ok(None),
+            Err(denial) => Err(VaultError::Denied(denial)),
+        }
+    }
+
     /// Is `stored` within the restrictions of `access`?
     fn visible<S: VaultStore>(
         &self,
@@ -586,19 +608,9 @@ impl Vault {
         let mut withheld = BTreeSet::new();
         let all: Vec<&str> = self.registry.resource_types().collect();
         for resource_type in types.unwrap_or(all) {
-            let access = match authz::authorize(
-                &self.registry,
-                ctx.grant,
-                ctx.partition,
-                resource_type,
-                Interaction::Search,
-            ) {
-                Ok(access) => access,
-                Err(Denial::Scope) => {
-                    withheld.insert(resource_type.to_owned());
-                    continue;
-                }
-                Err(denial) => return Err(VaultError::Denied(denial)),
+            let Some(access) = self.search_access(ctx.grant, ctx.partition, resource_type)? else {
+                withheld.insert(resource_type.to_owned());
+                continue;
             };
             let restrictions = access.restrictions();
             let (matches, _) = store.search(

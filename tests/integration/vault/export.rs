@@ -628,14 +628,7 @@ fn second_instance(env: &Env) -> Server {
 #[test]
 fn queued_exports_wait_for_a_worker_are_limited_per_client_and_can_be_cancelled() {
     // An instance that leaves running exports to others (export_worker = false).
-    let env = Env::new();
-    env.add_account(MPI_A, "pa");
-    env.add_account(MPI_B, "pb");
-    env.configure(|c| c.vault.export_worker = false);
-    let r = records_with(Vault {
-        _server: env.start(),
-        env,
-    });
+    let r = records_with(vault_configured(|c| c.vault.export_worker = false));
     let reader = r.v.token("bulk", "system/*.rs", &["pa"]);
     let statuses: Vec<String> = (0..3)
         .map(|_| kick_off(&r.c, &reader, "/$export"))
@@ -685,14 +678,7 @@ fn queued_exports_wait_for_a_worker_are_limited_per_client_and_can_be_cancelled(
 
 #[test]
 fn a_job_whose_worker_stopped_is_taken_over_and_its_partial_files_dropped() {
-    let env = Env::new();
-    env.add_account(MPI_A, "pa");
-    env.add_account(MPI_B, "pb");
-    env.configure(|c| c.vault.export_worker = false);
-    let r = records_with(Vault {
-        _server: env.start(),
-        env,
-    });
+    let r = records_with(vault_configured(|c| c.vault.export_worker = false));
     let reader = r.v.token("bulk", "system/*.rs", &["pa"]);
     let status = kick_off(&r.c, &reader, "/$export?_type=Patient");
     let id = status.rsplit('/').next().unwrap().to_owned();
@@ -773,14 +759,7 @@ fn every_export_request_is_audited_with_its_url() {
 
 #[test]
 fn a_type_with_more_resources_than_a_file_holds_is_split_over_files() {
-    let env = Env::new();
-    env.add_account(MPI_A, "pa");
-    env.add_account(MPI_B, "pb");
-    env.configure(|c| c.vault.export_file_resources = 2);
-    let r = records_with(Vault {
-        _server: env.start(),
-        env,
-    });
+    let r = records_with(vault_configured(|c| c.vault.export_file_resources = 2));
     let reader = r.v.token("bulk", "system/*.rs", &["pa"]);
     let status = kick_off(&r.c, &reader, "/$export?_type=Observation,Patient");
     let manifest = manifest(&r.c, &reader, &status);

@@ -25,10 +25,16 @@ struct Vault {
 }
 
 fn vault() -> Vault {
+    vault_configured(|_| {})
+}
+
+/// The same, with settings changed before the server starts.
+fn vault_configured(change: impl FnOnce(&mut tessera::config::Config)) -> Vault {
     let env = Env::new();
     for (mpi, partition) in [(MPI_A, "pa"), (MPI_B, "pb")] {
         env.add_account(mpi, partition);
     }
+    env.configure(change);
     Vault {
         _server: env.start(),
         env,
