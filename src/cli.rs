@@ -93,7 +93,8 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum AuditCommand {
-    /// Recompute the hash chain over every stored event; fails naming the first broken link
+    /// Recompute every instance's hash chain and check the signed checkpoints; fails naming
+    /// the first broken link
     Verify,
     /// Write events as NDJSON (one FHIR AuditEvent per line) to standard output
     Export {
@@ -109,7 +110,8 @@ enum AuditCommand {
     Skip {
         /// The destination, as `tessera audit deliveries` names it
         destination: String,
-        /// The last event to skip: its sequence number, or `head` for the newest
+        /// The last event to skip: `head` (the newest of every chain), `CHAIN:N` (event N
+        /// of a chain, as `tessera audit deliveries` names them), or `N` when there is one chain
         #[arg(long)]
         through: String,
     },
@@ -539,7 +541,7 @@ pub fn open_store(loaded: &Loaded) -> anyhow::Result<Store> {
             redact_url(&url)
         )
     })?;
-    Ok(store.with_kek(kek))
+    Ok(store.with_kek(kek).with_audit_chain(&loaded.audit_chain()))
 }
 
 /// The key encryption key the configuration names (`iam.key_encryption_key_env` first,
@@ -859,26 +861,55 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
     let store = open_store(loaded)?;
     match cmd {
         AuditCommand::Verify => {
-            let report = store.verify_audit_chain(&mut |_| {})?;
-            if let Some((seq, id)) = report.first_broken {
+            let mut report = store.verify_audit_chain(&mut |_| {})?;
+            let signers = crate::serve::checkpoint_verifier(loaded)?.check(&mut report);
+            if let Some(broken) = &report.first_broken {
                 bail!(
-                    "audit chain broken at event #{seq} ({id}): {} events before it verify, this one does not; \
+                    "audit chain {} broken at event {broken}: {} events before it verify, this one does not; \
                      it or an earlier event was changed, removed or reordered",
+                    broken.chain,
                     report.checked
                 );
             }
-            if let Some((seq, id)) = report.first_altered_copy {
+            if let Some(why) = &report.checkpoint_broken {
                 bail!(
-                    "audit chain intact ({} events), but the audit repository's copy of event #{seq} ({id}) \
+                    "audit checkpoints do not vouch for the trail: {why}; \
+                     events or checkpoints were changed, removed or forged"
+                );
+            }
+            if let Some(altered) = &report.first_altered_copy {
+                bail!(
+                    "audit chains intact ({} events), but the audit repository's copy of event {altered} \
                      is missing or altered: ITI-81 queries do not show the trail as recorded",
                     report.checked
                 );
             }
             writeln!(
                 out,
-                "audit chain intact: {} events verified",
-                report.checked
+                "audit trail intact: {} events in {} verified, {} signed checkpoint{}{}",
+                report.checked,
+                match report.chains {
+                    1 => "1 chain".to_owned(),
+                    n => format!("{n} chains"),
+                },
+                report.checkpoints.len(),
+                if report.checkpoints.len() == 1 {
+                    ""
+                } else {
+                    "s"
+                },
+                match signers.as_slice() {
+                    [] => String::new(),
+                    signers => format!(" (signed by {})", signers.join("; ")),
+                }
             )?;
+            if report.unanchored > 0 {
+                writeln!(
+                    out,
+                    "{} events are newer than the last checkpoint: the next one signs them",
+                    report.unanchored
+                )?;
+            }
         }
         AuditCommand::Export { since } => {
             let since = match since {
@@ -893,48 +924,59 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
             destination,
             through,
         } => {
-            let head = store.audit_head()?;
-            let through = match through.as_str() {
-                "head" => head,
-                number => number
-                    .parse::<i64>()
-                    .ok()
-                    .filter(|n| (0..=head).contains(n))
-                    .ok_or_else(|| {
-                        anyhow!("--through: expected `head` or an event number from 0 to {head}")
-                    })?,
-            };
+            let chains = store.audit_chains()?;
+            let through = skip_point(&through, &chains)?;
             let known = store.deliveries()?;
             if !loaded.delivery_names().contains(&destination)
                 && !known.iter().any(|(name, _)| *name == destination)
             {
                 bail!("no ITI-20 destination named {destination}: `tessera audit deliveries` lists them");
             }
-            let delivered = store.skip_delivery(&destination, through)?;
-            if delivered > through {
+            let described = through
+                .iter()
+                .map(|(chain, seq)| format!("{chain}#{seq}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let skipped = store.skip_delivery(&destination, &through)?;
+            if skipped == 0 {
                 bail!(
-                    "{destination} is already delivered through event {delivered}: nothing skipped"
+                    "{destination} is already delivered through event {described}: nothing skipped"
                 );
             }
             writeln!(
                 out,
-                "{destination}: events through {through} count as delivered; a running server goes on after them"
+                "{destination}: events through {described} count as delivered ({skipped} skipped); \
+                 a running server goes on after them"
             )?;
             audit_admin_change(
                 loaded,
                 "audit skip",
-                format!("{destination} through event {through}"),
+                format!("{destination} through event {described}"),
             )?;
         }
         AuditCommand::Deliveries => {
-            let head = store.audit_head()?;
+            let chains = store.audit_chains()?;
+            let head: i64 = chains.values().sum();
             let mut known = store.deliveries()?;
             for name in loaded.delivery_names() {
                 if !known.iter().any(|(n, _)| *n == name) {
                     known.push((name, 0));
                 }
             }
-            writeln!(out, "trail: {head} events")?;
+            let each = chains
+                .iter()
+                .map(|(chain, seq)| format!("{chain} {seq}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            writeln!(
+                out,
+                "trail: {head} events{}",
+                if chains.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (chains: {each})")
+                }
+            )?;
             if known.is_empty() {
                 writeln!(out, "no ITI-20 destinations: see [[audit.syslog]] and [[audit.fhir_feed]] in the configuration")?;
             }
@@ -954,6 +996,42 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
         }
     }
     Ok(())
+}
+
+/// Where `audit skip --through` stops, per chain: `head` (every chain's newest event),
+/// `CHAIN:N`, or a bare `N` when the trail has one chain.
+fn skip_point(
+    through: &str,
+    chains: &std::collections::BTreeMap<String, i64>,
+) -> anyhow::Result<std::collections::BTreeMap<String, i64>> {
+    let expected = || {
+        let names: Vec<&str> = chains.keys().map(String::as_str).collect();
+        anyhow!(
+            "--through: expected `head`, or CHAIN:N with N an event number of the chain \
+             (chains: {})",
+            if names.is_empty() {
+                "none yet".to_owned()
+            } else {
+                names.join(", ")
+            }
+        )
+    };
+    if through == "head" {
+        return Ok(chains.clone());
+    }
+    let (chain, number) = match through.rsplit_once(':') {
+        Some((chain, number)) if chains.contains_key(chain) => (chain.to_owned(), number),
+        Some(_) => return Err(expected()),
+        None if chains.len() == 1 => (chains.keys().next().cloned().unwrap_or_default(), through),
+        None => return Err(expected()),
+    };
+    let head = chains.get(&chain).copied().unwrap_or(0);
+    let seq = number
+        .parse::<i64>()
+        .ok()
+        .filter(|n| (0..=head).contains(n))
+        .ok_or_else(expected)?;
+    Ok([(chain, seq)].into())
 }
 
 /// A date (`YYYY-MM-DD`, midnight UTC) or an RFC 3339 time.

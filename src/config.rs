@@ -36,6 +36,13 @@ pub struct AuditConfig {
     pub journal_dir: PathBuf,
     /// The HOSTNAME of syslog messages. Empty: this machine's host name.
     pub hostname: String,
+    /// The hash chain this instance appends to; each instance needs its own. Empty:
+    /// `{host name}:{listen port}`.
+    pub chain: String,
+    /// How often an instance signs a checkpoint of every chain's head (0: never).
+    pub checkpoint_seconds: u64,
+    /// The CAs that issue the instances' TLS certificates, which sign the checkpoints.
+    pub checkpoint_ca: Vec<PathBuf>,
     /// ITI-20 syslog receivers (`[[audit.syslog]]`), each sent every event.
     #[serde(default)]
     pub syslog: Vec<SyslogConfig>,
@@ -287,6 +294,9 @@ impl Default for Config {
             audit: AuditConfig {
                 journal_dir: "data/audit-journal".into(),
                 hostname: String::new(),
+                chain: String::new(),
+                checkpoint_seconds: 60,
+                checkpoint_ca: vec!["pki/ca.crt".into()],
                 syslog: Vec::new(),
                 fhir_feed: Vec::new(),
             },
@@ -350,6 +360,24 @@ impl Loaded {
 
     /// The delivery cursor's name of each configured ITI-20 destination: syslog ones
     /// first, then FHIR feeds, in configuration order.
+    /// This machine's host name, or `audit.hostname` when set.
+    pub fn hostname(&self) -> String {
+        match self.config.audit.hostname.as_str() {
+            "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|h| h.trim().to_owned())
+                .unwrap_or_default(),
+            name => name.to_owned(),
+        }
+    }
+
+    /// The audit hash chain this instance appends to (`audit.chain`).
+    pub fn audit_chain(&self) -> String {
+        match self.config.audit.chain.as_str() {
+            "" => format!("{}:{}", self.hostname(), self.config.server.listen.port()),
+            chain => chain.to_owned(),
+        }
+    }
+
     pub fn delivery_names(&self) -> Vec<String> {
         let audit = &self.config.audit;
         audit

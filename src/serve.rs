@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
+use tessera_http::checkpoint::{CheckpointSigner, CheckpointVerifier};
 use tessera_http::metrics::Metrics;
 use tessera_http::tls::TlsSettings;
 use tessera_http::{AimSettings, AppState, ServerSettings, Services, VaultState};
@@ -109,8 +110,69 @@ pub fn app_state(loaded: &Loaded) -> anyhow::Result<Arc<AppState>> {
             session_lifetime_seconds: iam.session_lifetime_seconds,
         },
         cors: Default::default(),
-        chain_check: Default::default(),
+        chain_check: tessera_http::chain_check::ChainCheck::new(checkpoint_verifier(loaded)?),
     }))
+}
+
+/// Checks checkpoint signatures against `audit.checkpoint_ca`.
+pub fn checkpoint_verifier(loaded: &Loaded) -> anyhow::Result<CheckpointVerifier> {
+    let ca: Vec<_> = loaded
+        .config
+        .audit
+        .checkpoint_ca
+        .iter()
+        .map(|p| loaded.path(p))
+        .collect();
+    CheckpointVerifier::load(&ca).context("audit.checkpoint_ca")
+}
+
+/// Every `audit.checkpoint_seconds`, signs a checkpoint of every chain's head with the
+/// instance's TLS key, and once more when dropped (after the node's stop is recorded).
+pub struct Checkpoints {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpoints {
+    pub fn start(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Result<Self> {
+        let seconds = loaded.config.audit.checkpoint_seconds;
+        if seconds == 0 {
+            return Ok(Self {
+                stop: None,
+                thread: None,
+            });
+        }
+        let tls = &loaded.config.tls;
+        let signer = CheckpointSigner::load(&loaded.path(&tls.cert), &loaded.path(&tls.key))
+            .context("the checkpoints are signed with [tls] cert and key")?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || loop {
+            let last = stopped.recv_timeout(Duration::from_secs(seconds));
+            match store.write_audit_checkpoint(tessera_http::now(), &|c| signer.sign(c)) {
+                Ok(Some(n)) => tracing::debug!(n, "audit checkpoint signed"),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e.0, "cannot write an audit checkpoint; retrying")
+                }
+            }
+            if !matches!(last, Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
+                break;
+            }
+        });
+        Ok(Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpoints {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The vault's introspection client in gateway mode (`vault.verify = "introspection"`).
@@ -173,12 +235,7 @@ pub fn deliveries(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Resul
             loaded.path(key.as_deref().unwrap_or(&tls.key)),
         )
     };
-    let hostname = match audit.hostname.as_str() {
-        "" => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .map(|h| h.trim().to_owned())
-            .unwrap_or_default(),
-        name => name.to_owned(),
-    };
+    let hostname = loaded.hostname();
     let sender = tessera_atna::syslog::Sender {
         hostname: hostname.clone(),
         app_name: "tessera".into(),
@@ -300,6 +357,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
     let settings = server_settings(&loaded, services);
     let state = app_state(&loaded)?;
     let deliveries = deliveries(&loaded, state.store.clone())?;
+    let checkpoints = Checkpoints::start(&loaded, state.store.clone())?;
     actix_web::rt::System::new().block_on(async move {
         let running = tessera_http::start(state.clone(), &settings).with_context(|| {
             format!(
@@ -335,6 +393,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         let stopped = running.server.await.context("the server stopped with an error");
         node_activity(&state, &base, false).await?;
         drop(deliveries);
+        drop(checkpoints);
         stopped
     })
 }

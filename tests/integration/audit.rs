@@ -5,7 +5,9 @@ use serde_json::{json, Value};
 use tessera_atna::{to_dicom_xml, to_fhir, Event, Outcome, Record};
 use tessera_iam::jose::{Algorithm, SigningKey};
 
-use crate::support::{assert_valid_fhir, decode_jwt, now, Client, Env};
+use crate::support::{assert_valid_fhir, decode_jwt, now, Client, Env, Server};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
 
 pub fn records(env: &Env) -> Vec<Record> {
     tessera::cli::open_store(&env.loaded())
@@ -255,8 +257,12 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
     assert_eq!(records_eventually(&env, 6).len(), 6);
     assert_eq!(
         env.cli(&["audit", "verify"]).unwrap().trim(),
-        "audit chain intact: 6 events verified"
+        "audit trail intact: 6 events in 1 chain verified, 0 signed checkpoints\n\
+         6 events are newer than the last checkpoint: the next one signs them"
     );
+    // The CLI and the server it runs beside append to the same chain: {host}:{port}.
+    let chain = env.loaded().audit_chain();
+    assert!(chain.ends_with(&format!(":{}", env.port)), "{chain}");
 
     let export = env
         .cli(&["audit", "export", "--since", "2020-01-01"])
@@ -280,7 +286,8 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
     assert_eq!(env.sql("UPDATE audit_events SET record = replace(record, '\"tcu\"', '\"someone\"') WHERE seq = 3"), 1);
     let broken = env.cli(&["audit", "verify"]).unwrap_err().to_string();
     assert!(
-        broken.contains("broken at event #3") && broken.contains("2 events before it verify"),
+        broken.contains(&format!("audit chain {chain} broken at event {chain}#3"))
+            && broken.contains("2 events before it verify"),
         "{broken}"
     );
 
@@ -290,12 +297,12 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
     );
     assert!(env.cli(&["audit", "verify"]).is_ok());
     // A row put after the newest without moving the chain's head is caught too.
-    let head: i64 = env.sql_values("SELECT CAST(seq AS TEXT) AS value FROM audit_chain")[0]
+    let head: i64 = env.sql_values("SELECT CAST(seq AS TEXT) AS value FROM audit_chains")[0]
         .parse()
         .unwrap();
     env.sql(&format!(
-        "INSERT INTO audit_events (seq, id, recorded, record, hash) \
-         SELECT {}, 'forged', recorded, record, hash FROM audit_events WHERE seq = {head}",
+        "INSERT INTO audit_events (chain, seq, id, recorded, record, hash) \
+         SELECT chain, {}, 'forged', recorded, record, hash FROM audit_events WHERE seq = {head}",
         head + 1
     ));
     let forged = env.cli(&["audit", "verify"]).unwrap_err().to_string();
@@ -307,7 +314,216 @@ fn the_hash_chain_names_the_first_tampered_or_missing_event() {
     assert!(env.cli(&["audit", "verify"]).is_ok());
     env.sql("DELETE FROM audit_events WHERE seq = 6");
     let missing = env.cli(&["audit", "verify"]).unwrap_err().to_string();
-    assert!(missing.contains("#6"), "{missing}");
+    assert!(missing.contains(&format!("{chain}#6")), "{missing}");
+}
+
+/// Each instance appends to a hash chain of its own (so instances sharing a database
+/// never wait for each other's appends); signed checkpoints of every chain's head catch
+/// what a chain alone cannot: a chain rewritten with recomputed hashes, cut short or
+/// removed whole, and checkpoints altered, removed or signed by an untrusted key.
+#[test]
+fn instances_append_to_chains_of_their_own_under_signed_checkpoints() {
+    let env = Env::new();
+    env.configure(|c| c.audit.checkpoint_seconds = 1);
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
+    let second_port = crate::support::free_port();
+    let second_base = format!("https://127.0.0.1:{second_port}");
+    let first_chain = env.loaded().audit_chain();
+    let second_chain = first_chain.replace(&format!(":{}", env.port), &format!(":{second_port}"));
+    {
+        let _first = env.start();
+        let _second = Server::start_with(&env, |l| l.config.server.listen.set_port(second_port));
+        // Both instances take token requests at the same time, in two rounds a
+        // checkpoint apart.
+        for round in 0..2 {
+            std::thread::scope(|s| {
+                for base in [env.base_url(), second_base.clone()] {
+                    let client = Client::new(&env, Some((&crt, &key))).to(&base);
+                    s.spawn(move || {
+                        for _ in 0..10 {
+                            let reply = client.token(&[
+                                ("grant_type", "client_credentials"),
+                                ("client_id", "tcu"),
+                            ]);
+                            assert_eq!(reply.status, 200, "{}", reply.body);
+                        }
+                    });
+                }
+            });
+            let wanted = 2 + 20 * (round + 1);
+            assert_eq!(records_eventually(&env, wanted).len(), wanted);
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while checkpoints(&env) < round + 1 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+    }
+    // Each instance wrote a last checkpoint as it stopped: it vouches for every event.
+    let signed = checkpoints(&env);
+    assert!(signed >= 2, "{signed} checkpoints");
+    let verified = env.cli(&["audit", "verify"]).unwrap();
+    assert_eq!(
+        verified.trim(),
+        format!(
+            "audit trail intact: 42 events in 2 chains verified, {signed} signed checkpoints \
+             (signed by CN=localhost)"
+        ),
+    );
+    let chain_of = |chain: &str| {
+        env.sql_values(&format!(
+            "SELECT CAST(seq AS TEXT) || '|' || record AS value FROM audit_events \
+             WHERE chain = '{chain}' ORDER BY seq"
+        ))
+        .into_iter()
+        .map(|row| {
+            let (seq, record) = row.split_once('|').unwrap();
+            (seq.parse::<i64>().unwrap(), record.to_owned())
+        })
+        .collect::<Vec<_>>()
+    };
+    let ours = chain_of(&first_chain);
+    let theirs = chain_of(&second_chain);
+    // The CLI's two registrations and the first instance's requests; the second's.
+    assert_eq!((ours.len(), theirs.len()), (22, 20));
+    assert_eq!(verify_fails(&env, |_| {}), None, "untouched");
+
+    // Someone with database access rewrites the second instance's third event and
+    // recomputes every hash after it: the chain itself verifies, the checkpoints do not.
+    let error = verify_fails(&env, |env| {
+        let mut hash = String::new();
+        for (seq, record) in &theirs {
+            let record = match seq {
+                3 => record.replace("\"tcu\"", "\"someone\""),
+                _ => record.clone(),
+            };
+            hash = tessera_atna::chain_hash(&hash, &record);
+            env.sql(&format!(
+                "UPDATE audit_events SET record = '{}', hash = '{hash}' \
+                 WHERE chain = '{second_chain}' AND seq = {seq}",
+                record.replace('\'', "''")
+            ));
+        }
+        env.sql(&format!(
+            "UPDATE audit_chains SET hash = '{hash}' WHERE chain = '{second_chain}'"
+        ));
+    });
+    let error = error.unwrap();
+    assert!(
+        error.contains("audit checkpoints do not vouch for the trail")
+            && error.contains(&format!("event {second_chain}#"))
+            && error.contains("the chain was rewritten up to it"),
+        "{error}"
+    );
+    // Its newest events removed, and its head moved back to match.
+    let error = verify_fails(&env, |env| {
+        env.sql(&format!(
+            "DELETE FROM audit_events WHERE chain = '{second_chain}' AND seq > 15"
+        ));
+        env.sql(&format!(
+            "UPDATE audit_chains SET seq = 15, hash = (SELECT hash FROM audit_events \
+             WHERE chain = '{second_chain}' AND seq = 15) WHERE chain = '{second_chain}'"
+        ));
+    });
+    let error = error.unwrap();
+    assert!(
+        error.contains(&format!(
+            "chain {second_chain} has 15 events, but 20 at checkpoint"
+        )),
+        "{error}"
+    );
+    // The whole chain removed.
+    let error = verify_fails(&env, |env| {
+        env.sql(&format!(
+            "DELETE FROM audit_events WHERE chain = '{second_chain}'"
+        ));
+        env.sql(&format!(
+            "DELETE FROM audit_chains WHERE chain = '{second_chain}'"
+        ));
+    });
+    let error = error.unwrap();
+    assert!(
+        error.contains(&format!("chain {second_chain} is in checkpoint"))
+            && error.contains("no longer in the trail"),
+        "{error}"
+    );
+    // The first checkpoint removed: the next one names a predecessor that is not there.
+    let error = verify_fails(&env, |env| {
+        env.sql("DELETE FROM audit_checkpoints WHERE n = 1");
+    });
+    assert!(
+        error
+            .as_deref()
+            .unwrap_or_default()
+            .contains("checkpoint 2 is the first one kept"),
+        "{error:?}"
+    );
+    // A checkpoint's content changed (its time), its signature kept: the newest one
+    // (nothing links to it, so only its signature tells), or an earlier one (whose
+    // successor's link breaks as well, and is what is named first).
+    let altered = |n: usize| {
+        move |env: &Env| {
+            let jws = env
+                .sql_values(&format!(
+                    "SELECT jws AS value FROM audit_checkpoints WHERE n = {n}"
+                ))
+                .remove(0);
+            let mut parts: Vec<String> = jws.split('.').map(str::to_owned).collect();
+            let mut content: Value =
+                serde_json::from_slice(&URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+            content["at"] = json!(content["at"].as_i64().unwrap() + 1);
+            parts[1] = URL_SAFE_NO_PAD.encode(serde_json::to_vec(&content).unwrap());
+            let jws = parts.join(".");
+            env.sql(&format!(
+                "UPDATE audit_checkpoints SET jws = '{jws}' WHERE n = {n}"
+            ));
+        }
+    };
+    let error = verify_fails(&env, altered(signed)).unwrap();
+    assert!(
+        error.contains(&format!(
+            "checkpoint {signed}: its signature does not verify"
+        )),
+        "{error}"
+    );
+    let error = verify_fails(&env, altered(1)).unwrap();
+    assert!(
+        error.contains("checkpoint 2 does not name checkpoint 1 as its predecessor"),
+        "{error}"
+    );
+    // Signed by a key whose certificate the configured CAs did not issue.
+    let (foreign, _) = crate::support::foreign_ca_client(&env);
+    env.configure(|c| c.audit.checkpoint_ca = vec![foreign.clone()]);
+    let error = env.cli(&["audit", "verify"]).unwrap_err().to_string();
+    assert!(
+        error.contains("checkpoint 1: its signer certificate is not trusted when it was written"),
+        "{error}"
+    );
+    env.configure(|c| c.audit.checkpoint_ca = vec!["pki/ca.crt".into()]);
+    assert!(env.cli(&["audit", "verify"]).is_ok());
+}
+
+fn checkpoints(env: &Env) -> usize {
+    env.sql_values("SELECT CAST(count(*) AS TEXT) AS value FROM audit_checkpoints")[0]
+        .parse()
+        .unwrap()
+}
+
+/// What `audit verify` says after `tamper`; the trail is then put back as it was.
+fn verify_fails(env: &Env, tamper: impl FnOnce(&Env)) -> Option<String> {
+    const TABLES: [&str; 3] = ["audit_events", "audit_chains", "audit_checkpoints"];
+    for table in TABLES {
+        env.sql(&format!(
+            "CREATE TABLE saved_{table} AS SELECT * FROM {table}"
+        ));
+    }
+    tamper(env);
+    let said = env.cli(&["audit", "verify"]).err().map(|e| e.to_string());
+    for table in TABLES {
+        env.sql(&format!("DELETE FROM {table}"));
+        env.sql(&format!("INSERT INTO {table} SELECT * FROM saved_{table}"));
+        env.sql(&format!("DROP TABLE saved_{table}"));
+    }
+    said
 }
 
 #[test]
@@ -509,7 +725,8 @@ fn a_journal_left_by_a_crash_is_replayed_once_at_start() {
     );
     assert_eq!(
         env.cli(&["audit", "verify"]).unwrap().trim(),
-        "audit chain intact: 3 events verified"
+        "audit trail intact: 3 events in 1 chain verified, 0 signed checkpoints\n\
+         3 events are newer than the last checkpoint: the next one signs them"
     );
     assert!(
         journal_text(&env).is_empty(),

@@ -419,7 +419,10 @@ fn audit_verify_catches_an_altered_or_removed_repository_copy() {
     assert_eq!(env.sql(&rewrite), 1);
     let altered = env.cli(&["audit", "verify"]).unwrap_err().to_string();
     assert!(
-        altered.contains(&format!("copy of event #1 ({first}) is missing or altered")),
+        altered.contains(&format!(
+            "copy of event {}#1 ({first}) is missing or altered",
+            env.loaded().audit_chain()
+        )),
         "{altered}"
     );
     // Removed instead of rewritten: the same.

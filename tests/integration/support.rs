@@ -348,6 +348,8 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
     /// The ITI-20 senders of `[audit]`, stopped after the server.
     deliveries: Option<tessera_outbound::delivery::Deliveries>,
+    /// The checkpoint signer, stopped (with a last checkpoint) after the state.
+    checkpoints: Option<tessera::serve::Checkpoints>,
     /// The application state, dropped last: its audit writer then flushes into the
     /// database while the test's Env (and its PostgreSQL database) still exists.
     state: Option<std::sync::Arc<tessera_http::AppState>>,
@@ -376,6 +378,8 @@ impl Server {
         }
         let thread_state = tessera::serve::app_state(&loaded).unwrap();
         let deliveries = tessera::serve::deliveries(&loaded, thread_state.store.clone()).unwrap();
+        let checkpoints =
+            tessera::serve::Checkpoints::start(&loaded, thread_state.store.clone()).unwrap();
         let state = thread_state.clone();
         let settings = tessera::serve::server_settings(&loaded, services);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -393,6 +397,7 @@ impl Server {
             handle,
             thread: Some(thread),
             deliveries: Some(deliveries),
+            checkpoints: Some(checkpoints),
             state: Some(state),
         }
     }
@@ -414,6 +419,7 @@ impl Drop for Server {
             }
             drop(state);
         }
+        self.checkpoints.take();
     }
 }
 
@@ -476,6 +482,12 @@ impl Client {
         let mut client = Self::new(env, None);
         client.base = base.to_owned();
         client
+    }
+
+    /// This client, talking to another instance of the same installation.
+    pub fn to(mut self, base: &str) -> Self {
+        self.base = base.to_owned();
+        self
     }
 
     pub fn with_ca(env: &Env, ca: &Path, cert: Option<(&Path, &Path)>) -> Self {

@@ -416,13 +416,19 @@ fn an_operator_can_skip_events_a_destination_is_not_to_get() {
     assert!(format!("{:#}", unknown.unwrap_err()).contains("no ITI-20 destination named nosuch"),);
     let beyond = env.cli(&["audit", "skip", "arr", "--through", &(head + 1).to_string()]);
     assert!(format!("{:#}", beyond.unwrap_err()).contains("--through"));
+    let elsewhere = env.cli(&["audit", "skip", "arr", "--through", "nosuch:1"]);
+    assert!(format!("{:#}", elsewhere.unwrap_err()).contains("chains: "));
     assert_eq!(cursor(&env).unwrap_or(0), 0, "a refused skip moves nothing");
+    // The trail is one chain per instance: the CLI and this server share theirs.
+    let chain = env.loaded().audit_chain();
 
     let printed = env
         .cli(&["audit", "skip", "arr", "--through", "head"])
         .unwrap();
     assert!(
-        printed.contains(&format!("arr: events through {head} count as delivered")),
+        printed.contains(&format!(
+            "arr: events through {chain}#{head} count as delivered ({head} skipped)"
+        )),
         "{printed}"
     );
     assert!(cursor(&env).unwrap() >= head as i64);
@@ -449,7 +455,7 @@ fn an_operator_can_skip_events_a_destination_is_not_to_get() {
         .iter()
         .find(|r| {
             matches!(&r.event, tessera_atna::Event::AdminAction { command, target, .. }
-                if command == "audit skip" && *target == format!("arr through event {head}"))
+                if command == "audit skip" && *target == format!("arr through event {chain}#{head}"))
         })
         .expect("the skip is in the trail");
     assert_eq!(counts.get(skip.id.as_str()), Some(&1));

@@ -1,13 +1,14 @@
 //! ATNA: the audit trail. Typed audit events, their two encodings (FHIR R4 AuditEvent
 //! following IHE BALP, and the DICOM PS3.15 audit message that ATNA syslog carries), the
-//! redaction of requests before they are recorded, and the hash chain that makes the
-//! stored trail tamper-evident.
+//! redaction of requests before they are recorded, and the hash chains and signed
+//! checkpoints that make the stored trail tamper-evident.
 //!
 //! This crate must not depend on a web framework or a database library, and reads no
 //! clock: every record carries the time it is given.
 
 #![forbid(unsafe_code)]
 
+pub mod checkpoint;
 mod dicom;
 mod events;
 mod fhir;
@@ -15,6 +16,7 @@ pub mod plain;
 pub mod shape;
 pub mod syslog;
 
+pub use checkpoint::{checkpoint_hash, Checkpoint, Head};
 pub use dicom::to_dicom_xml;
 pub use events::{AimTransaction, TokenUse};
 pub use fhir::{feed_bundle, repository_copy, to_fhir};

@@ -4,9 +4,10 @@
 //! Header per IHE ITI TF-2 3.20.4.2: PRI with facility 10 (security/authorization) and
 //! severity 5 (notice), MSGID `IHE+RFC-3881`, the event's own time as TIMESTAMP, MSG as
 //! UTF-8 with a byte order mark. Structured data names the record, so a receiver can
-//! deduplicate what at-least-once delivery sends twice: `meta sequenceId` (RFC 5424 §7.3.1,
-//! the trail's sequence number) and `tessera@32473 eventId` (the stable event id; 32473
-//! is the private enterprise number RFC 5612 sets aside for examples and documentation).
+//! deduplicate what at-least-once delivery sends twice and see gaps: `meta sequenceId`
+//! (RFC 5424 §7.3.1: the event's place in its hash chain), `tessera@32473 eventId` (the
+//! stable event id) and `chain` (the instance's chain it is in; 32473 is the private
+//! enterprise number RFC 5612 sets aside for examples and documentation).
 
 use crate::{timestamp, to_dicom_xml, Record};
 
@@ -23,15 +24,16 @@ pub struct Sender {
     pub procid: String,
 }
 
-/// The RFC 5424 message for `record`, the `seq`th of the trail.
-pub fn message(record: &Record, seq: i64, sender: &Sender) -> String {
+/// The RFC 5424 message for `record`, the `seq`th of the hash chain `chain`.
+pub fn message(record: &Record, chain: &str, seq: i64, sender: &Sender) -> String {
     format!(
-        "<{PRI}>1 {} {} {} {} {MSGID} [meta sequenceId=\"{seq}\"][tessera@32473 eventId=\"{}\"] {BOM}{}",
+        "<{PRI}>1 {} {} {} {} {MSGID} [meta sequenceId=\"{seq}\"][tessera@32473 eventId=\"{}\" chain=\"{}\"] {BOM}{}",
         timestamp(record.recorded),
         header_field(&sender.hostname, 255),
         header_field(&sender.app_name, 48),
         header_field(&sender.procid, 128),
         param_value(&record.id),
+        param_value(chain),
         to_dicom_xml(record),
     )
 }
@@ -86,10 +88,10 @@ mod tests {
     #[test]
     fn the_header_follows_iti_20() {
         let record = issued();
-        let message = message(&record, 17, &sender());
+        let message = message(&record, "node-1:8443", 17, &sender());
         let expected_head = format!(
             "<85>1 {} node-1.tessera.example tessera 4242 IHE+RFC-3881 \
-             [meta sequenceId=\"17\"][tessera@32473 eventId=\"{}\"] \u{feff}<?xml",
+             [meta sequenceId=\"17\"][tessera@32473 eventId=\"{}\" chain=\"node-1:8443\"] \u{feff}<?xml",
             timestamp(record.recorded),
             record.id
         );
@@ -115,11 +117,11 @@ mod tests {
         };
         let mut record = issued();
         record.id = "a\"b]c\\d".into();
-        let message = message(&record, 1, &odd);
+        let message = message(&record, "]", 1, &odd);
         let fields: Vec<&str> = message.splitn(8, ' ').collect();
         assert_eq!(fields[2], "twowords");
         assert_eq!(fields[3], "-");
         assert_eq!(fields[4].len(), 128);
-        assert!(message.contains("eventId=\"a\\\"b\\]c\\\\d\""));
+        assert!(message.contains("eventId=\"a\\\"b\\]c\\\\d\" chain=\"\\]\""));
     }
 }

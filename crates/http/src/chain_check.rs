@@ -6,12 +6,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tessera_store::{ChainReport, Store};
+
+use crate::checkpoint::CheckpointVerifier;
 use tessera_types::UnixTime;
 
 /// The latest check of this server, if any.
-#[derive(Default)]
 pub struct ChainCheck {
     latest: Mutex<Option<Arc<Run>>>,
+    /// Checks the signatures of the trail's checkpoints.
+    checkpoints: Arc<CheckpointVerifier>,
 }
 
 /// One check: who started it and when, how far it got, how it ended.
@@ -37,6 +40,13 @@ impl Run {
 }
 
 impl ChainCheck {
+    pub fn new(checkpoints: CheckpointVerifier) -> Self {
+        Self {
+            latest: Mutex::new(None),
+            checkpoints: Arc::new(checkpoints),
+        }
+    }
+
     /// The latest check, running or ended.
     pub fn latest(&self) -> Option<Arc<Run>> {
         self.latest.lock().ok()?.clone()
@@ -64,10 +74,14 @@ impl ChainCheck {
             ended: Mutex::new(None),
         });
         *latest = Some(run.clone());
-        let (store, job) = (store.clone(), run.clone());
+        let (store, job, checkpoints) = (store.clone(), run.clone(), self.checkpoints.clone());
         std::thread::spawn(move || {
             let report = store
                 .verify_audit_chain(&mut |n| job.checked.store(n, Ordering::Relaxed))
+                .map(|mut report| {
+                    checkpoints.check(&mut report);
+                    report
+                })
                 .map_err(|e| e.to_string());
             if let Ok(report) = &report {
                 job.checked.store(report.checked, Ordering::Relaxed);

@@ -22,6 +22,7 @@ use tessera_iam::grant::authorization_code::s256;
 use tessera_iam::metadata::endpoint_path;
 use tessera_iam::service::{random_b64, secret_hash};
 use tessera_iam::VerifiedToken;
+use tessera_store::EventRef;
 use tessera_types::UnixTime;
 use tessera_vault::authz::Interaction;
 use tessera_vault::dates::format_instant;
@@ -845,17 +846,15 @@ struct CheckView {
     ended: Option<String>,
     failed: Option<String>,
     broken: Option<String>,
+    /// Why the signed checkpoints do not vouch for the chains.
+    checkpoint: Option<String>,
     altered: Option<String>,
 }
 
 impl CheckView {
     fn of(run: &Run) -> Self {
         let at = |t: UnixTime| when(&format_instant(t.0.saturating_mul(1000)));
-        let describe = |found: &Option<(i64, String)>| {
-            found
-                .as_ref()
-                .map(|(seq, id)| format!("event {seq} ({id})"))
-        };
+        let describe = |found: &Option<EventRef>| found.as_ref().map(|r| format!("event {r}"));
         let checked = run.checked();
         let ended = run.ended();
         let report = ended.as_ref().and_then(|(_, r)| r.as_ref().ok());
@@ -871,6 +870,7 @@ impl CheckView {
             ended: ended.as_ref().map(|(t, _)| at(*t)),
             failed: ended.as_ref().and_then(|(_, r)| r.as_ref().err().cloned()),
             broken: report.and_then(|r| describe(&r.first_broken)),
+            checkpoint: report.and_then(|r| r.checkpoint_broken.clone()),
             altered: report.and_then(|r| describe(&r.first_altered_copy)),
         }
     }

@@ -10,6 +10,7 @@ pub mod audit;
 mod audit_routes;
 pub mod bearer;
 pub mod chain_check;
+pub mod checkpoint;
 pub mod console;
 mod cors;
 pub mod error;

@@ -204,6 +204,9 @@ pub struct Header {
     /// The JWK Set URL the signer names (RFC 7515 4.1.2); never fetched, only compared
     /// with the one registered.
     pub jku: Option<String>,
+    /// The signer's certificate chain, leaf first, each base64 (not base64url) DER
+    /// (RFC 7515 4.1.6); for the caller to validate, never trusted by itself.
+    pub x5c: Option<Vec<String>>,
 }
 
 /// A JWS whose structure and header are valid but whose signature is not yet checked.
@@ -246,6 +249,17 @@ impl<'a> UnverifiedJws<'a> {
             kid: text("kid")?,
             typ: text("typ")?,
             jku: text("jku")?,
+            x5c: match raw_header.get("x5c") {
+                None => None,
+                Some(Value::Array(certs)) => Some(
+                    certs
+                        .iter()
+                        .map(|c| c.as_str().map(str::to_owned))
+                        .collect::<Option<Vec<_>>>()
+                        .ok_or(JoseError::Malformed("x5c must be an array of strings"))?,
+                ),
+                Some(_) => return Err(JoseError::Malformed("x5c must be an array of strings")),
+            },
         };
         let signing_input = &token[..h.len() + 1 + p.len()];
         Ok(Self {

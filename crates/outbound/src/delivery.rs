@@ -102,7 +102,7 @@ impl Drop for Deliveries {
 /// Something that can carry a batch of events to a destination.
 trait Transport: Send {
     /// Sends the events; `Ok` only once the destination has them.
-    fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String>;
+    fn send(&mut self, events: &[(String, i64, Record)]) -> Result<(), String>;
 }
 
 /// Starts a sender for each destination. `owner` names this instance in the leases;
@@ -212,27 +212,33 @@ impl Sender {
             return Ok(false);
         };
         let until = now.0 + LEASE_SECONDS;
-        self.held = Some((until, lease.seq));
+        self.held = Some((until, lease.delivered()));
         let events = self
             .store
-            .audit_after(lease.seq, BATCH)
+            .audit_after(&lease.cursors, BATCH)
             .map_err(store_error)?;
-        let Some(last) = events.last().map(|(seq, _)| *seq) else {
+        if events.is_empty() {
             return Ok(false);
-        };
+        }
+        let mut upto = lease.cursors.clone();
+        for (chain, seq, _) in &events {
+            upto.insert(chain.clone(), *seq);
+        }
+        // Each record goes with its chain and place in it (syslog's sequenceId).
         self.transport.send(&events)?;
         if !self
             .store
-            .advance_delivery(&self.name, &self.owner, last)
+            .advance_delivery(&self.name, &self.owner, &upto)
             .map_err(store_error)?
         {
-            // Another instance took over meanwhile (this one was stalled past its lease):
-            // it goes on from its own cursor.
+            // Another instance took over meanwhile (this one was stalled past its lease),
+            // or an operator skipped past these: go on from the stored cursors.
             self.held = None;
             return Ok(false);
         }
-        self.held = Some((until, last));
-        tracing::debug!(destination = %self.name, events = events.len(), up_to = last, "audit events delivered");
+        let delivered = upto.values().sum::<i64>();
+        self.held = Some((until, delivered));
+        tracing::debug!(destination = %self.name, events = events.len(), delivered, "audit events delivered");
         Ok(true)
     }
 }
@@ -350,14 +356,19 @@ impl Drop for SyslogTransport {
 impl Transport for SyslogTransport {
     /// Sends on the open connection, or a new one; on failure the connection is
     /// dropped, so the next try starts a new one.
-    fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String> {
+    fn send(&mut self, events: &[(String, i64, Record)]) -> Result<(), String> {
         let mut stream = match self.stream.take() {
             Some(stream) => stream,
             None => self.connect()?,
         };
         let mut frames = Vec::new();
-        for (seq, record) in events {
-            frames.extend(syslog::frame(&syslog::message(record, *seq, &self.sender)));
+        for (chain, seq, record) in events {
+            frames.extend(syslog::frame(&syslog::message(
+                record,
+                chain,
+                *seq,
+                &self.sender,
+            )));
         }
         stream
             .write_all(&frames)
@@ -458,7 +469,7 @@ fn read_json(response: &mut ureq::http::Response<ureq::Body>) -> Result<Value, S
 }
 
 impl Transport for FhirTransport {
-    fn send(&mut self, events: &[(i64, Record)]) -> Result<(), String> {
+    fn send(&mut self, events: &[(String, i64, Record)]) -> Result<(), String> {
         let token = self.access_token()?;
         let url = self.settings.url.trim_end_matches('/').to_owned();
         let mut response = self
@@ -467,7 +478,7 @@ impl Transport for FhirTransport {
             .header("Authorization", format!("Bearer {}", token.expose()))
             .header("Content-Type", "application/fhir+json")
             .header("Accept", "application/fhir+json")
-            .send(tessera_atna::feed_bundle(events.iter().map(|(_, r)| r)).to_string())
+            .send(tessera_atna::feed_bundle(events.iter().map(|(_, _, r)| r)).to_string())
             .map_err(|e| format!("POST {url}: {e}"))?;
         let status = response.status().as_u16();
         let body = read_json(&mut response)?;

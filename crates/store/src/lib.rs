@@ -33,7 +33,7 @@ use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
 use tessera_introspection::RevocationStore;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
-pub use crate::audit::{AuditWriter, ChainReport, JournalStats, Lease};
+pub use crate::audit::{checkpoint_of, AuditWriter, ChainReport, EventRef, JournalStats, Lease};
 pub use crate::export::{ExportFile, ExportJob, ExportStatus, NewExport};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 pub use crate::users::{AddUserError, Consent, Session};
@@ -166,6 +166,10 @@ fn connection_url(url: &str) -> String {
     }
 }
 
+/// The audit chain of a store not told otherwise, and the name the trail from before
+/// chains (one chain for all instances) was given.
+pub const DEFAULT_CHAIN: &str = "main";
+
 pub(crate) fn db_error(err: impl std::fmt::Display) -> StoreError {
     StoreError(err.to_string())
 }
@@ -177,6 +181,8 @@ pub struct Store {
     backend: &'static str,
     /// Encrypts realm private keys at rest; `None`: they are stored plain.
     kek: Option<std::sync::Arc<tessera_iam::keywrap::Kek>>,
+    /// The audit hash chain this store's appends extend (one per instance).
+    chain: std::sync::Arc<str>,
     /// Partitions seen to exist, with their account. Nothing deletes a partition or
     /// moves it to another account, so an entry stays true.
     known_partitions: std::sync::Arc<std::sync::RwLock<std::collections::HashMap<String, String>>>,
@@ -224,6 +230,7 @@ impl Store {
             pool,
             backend,
             kek: None,
+            chain: DEFAULT_CHAIN.into(),
             known_partitions: Default::default(),
         };
         store.migrate()?;
@@ -232,6 +239,18 @@ impl Store {
 
     pub fn backend(&self) -> &'static str {
         self.backend
+    }
+
+    /// Audit records are appended to the hash chain named `chain` (an instance's own:
+    /// instances on different chains never wait for each other's appends).
+    pub fn with_audit_chain(mut self, chain: &str) -> Self {
+        self.chain = chain.into();
+        self
+    }
+
+    /// The hash chain this store appends audit records to.
+    pub fn audit_chain(&self) -> &str {
+        &self.chain
     }
 
     /// Realm private keys are written encrypted with `kek` and read with it.

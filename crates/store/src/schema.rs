@@ -168,7 +168,8 @@ diesel::table! {
 }
 
 diesel::table! {
-    audit_events (seq) {
+    audit_events (chain, seq) {
+        chain -> Text,
         seq -> BigInt,
         id -> Text,
         recorded -> BigInt,
@@ -178,10 +179,18 @@ diesel::table! {
 }
 
 diesel::table! {
-    audit_chain (id) {
-        id -> Integer,
+    audit_chains (chain) {
+        chain -> Text,
         seq -> BigInt,
         hash -> Text,
+    }
+}
+
+diesel::table! {
+    audit_checkpoints (n) {
+        n -> BigInt,
+        at -> BigInt,
+        jws -> Text,
     }
 }
 
@@ -235,8 +244,16 @@ diesel::table! {
 }
 
 diesel::table! {
-    audit_repository_cursor (id) {
-        id -> Integer,
+    audit_repository_cursors (chain) {
+        chain -> Text,
+        seq -> BigInt,
+    }
+}
+
+diesel::table! {
+    audit_delivery_cursors (destination, chain) {
+        destination -> Text,
+        chain -> Text,
         seq -> BigInt,
     }
 }
@@ -244,7 +261,6 @@ diesel::table! {
 diesel::table! {
     audit_deliveries (destination) {
         destination -> Text,
-        seq -> BigInt,
         owner -> Text,
         lease_until -> BigInt,
     }

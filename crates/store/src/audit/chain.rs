@@ -1,12 +1,15 @@
-//! The hash-chained trail in the database: appends that extend the chain, its
-//! verification, the audit repository's catch-up, and reads of the trail.
+//! The hash-chained trail in the database: appends that extend an instance's chain,
+//! checkpoints of all chains, their verification, the audit repository's catch-up, and reads of the trail.
+
+use std::collections::BTreeMap;
 
 use diesel::prelude::*;
-use tessera_atna::{canonical, chain_hash, Record};
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use tessera_atna::{canonical, chain_hash, Checkpoint, Head, Record};
 use tessera_iam::StoreError;
 use tessera_types::UnixTime;
 
-use crate::schema::{audit_chain, audit_events, audit_repository_cursor};
+use crate::schema::{audit_chains, audit_checkpoints, audit_events, audit_repository_cursors};
 use crate::{db_error, DbConnection, Store};
 
 /// A record as the journal holds it; its canonical text is what is hashed and stored.
@@ -26,42 +29,115 @@ impl Journaled {
     }
 }
 
-/// The result of walking the chain.
+/// An event of the trail: its chain, its place in it, its id.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ChainReport {
-    pub checked: u64,
-    /// The first event whose stored hash does not follow from its predecessors: (seq, id).
-    pub first_broken: Option<(i64, String)>,
-    /// The first event whose copy in the audit repository (what ITI-81 queries answer)
-    /// is missing or differs from the trail: (seq, id).
-    pub first_altered_copy: Option<(i64, String)>,
+pub struct EventRef {
+    pub chain: String,
+    pub seq: i64,
+    pub id: String,
 }
 
+impl std::fmt::Display for EventRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}#{} ({})", self.chain, self.seq, self.id)
+    }
+}
+
+/// The result of walking the chains and the checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainReport {
+    /// Events whose hash follows from their chain's predecessors.
+    pub checked: u64,
+    /// How many chains the trail has.
+    pub chains: usize,
+    /// The checkpoints, in order, as signed: their signatures are for the caller to
+    /// check (the trust anchors are configuration, not data). Each links to the one
+    /// before, and each chain's event at the head it names has the hash it names.
+    pub checkpoints: Vec<String>,
+    /// The first event whose stored hash does not follow from its predecessors.
+    pub first_broken: Option<EventRef>,
+    /// Why the checkpoints do not agree with each other or with the chains.
+    pub checkpoint_broken: Option<String>,
+    /// The first event whose copy in the audit repository (what ITI-81 queries answer)
+    /// is missing or differs from the trail.
+    pub first_altered_copy: Option<EventRef>,
+    /// Events after the newest checkpoint's heads: no signature vouches for them yet.
+    pub unanchored: u64,
+}
+
+impl ChainReport {
+    fn new(chains: usize) -> Self {
+        Self {
+            checked: 0,
+            chains,
+            checkpoints: Vec::new(),
+            first_broken: None,
+            checkpoint_broken: None,
+            first_altered_copy: None,
+            unanchored: 0,
+        }
+    }
+}
+
+/// Every chain's head.
+pub(super) fn chain_heads(conn: &mut DbConnection) -> QueryResult<BTreeMap<String, Head>> {
+    Ok(audit_chains::table
+        .select((audit_chains::chain, audit_chains::seq, audit_chains::hash))
+        .load::<(String, i64, String)>(conn)?
+        .into_iter()
+        .map(|(chain, seq, hash)| (chain, Head { seq, hash }))
+        .collect())
+}
+
+/// Adds the row `(key, 0)` unless it exists (per backend: diesel's MultiBackend has no
+/// upsert). `insert` is the one-row insert with `on_conflict_do_nothing`.
+macro_rules! insert_ignored {
+    ($conn:expr, $insert:expr) => {
+        match $conn {
+            DbConnection::Sqlite(c) => $insert.execute(c),
+            DbConnection::Postgres(c) => $insert.execute(c),
+        }
+    };
+}
+pub(super) use insert_ignored;
+
 impl Store {
-    /// Appends records in order, in one transaction, extending the chain.
+    /// Appends records in order, in one transaction, extending this store's chain.
     pub fn append_audit(&self, records: &[Record]) -> Result<(), StoreError> {
         let lines: Vec<Journaled> = records.iter().map(Journaled::of).collect();
         self.append_journaled(&lines)
     }
 
     /// Appends records already in their canonical text, in one transaction and in
-    /// multi-row inserts, extending the chain.
+    /// multi-row inserts, extending this store's chain. Only the chain's own head row
+    /// is locked: instances on other chains append at the same time.
     pub(super) fn append_journaled(&self, lines: &[Journaled]) -> Result<(), StoreError> {
+        let chain = self.audit_chain();
         let mut conn = self.conn()?;
         conn.transaction(|conn| {
+            let head = (
+                audit_chains::chain.eq(chain),
+                audit_chains::seq.eq(0i64),
+                audit_chains::hash.eq(""),
+            );
+            let insert = diesel::insert_into(audit_chains::table)
+                .values(head)
+                .on_conflict_do_nothing();
+            insert_ignored!(&mut **conn, insert)?;
             // Take the head's row lock before reading it (PostgreSQL; SQLite writes are serial).
-            diesel::update(audit_chain::table.filter(audit_chain::id.eq(1)))
-                .set(audit_chain::seq.eq(audit_chain::seq))
+            diesel::update(audit_chains::table.filter(audit_chains::chain.eq(chain)))
+                .set(audit_chains::seq.eq(audit_chains::seq))
                 .execute(conn)?;
-            let (mut seq, mut hash): (i64, String) = audit_chain::table
-                .filter(audit_chain::id.eq(1))
-                .select((audit_chain::seq, audit_chain::hash))
+            let (mut seq, mut hash): (i64, String) = audit_chains::table
+                .filter(audit_chains::chain.eq(chain))
+                .select((audit_chains::seq, audit_chains::hash))
                 .first(conn)?;
             let mut rows = Vec::with_capacity(lines.len());
             for line in lines {
                 seq += 1;
                 hash = chain_hash(&hash, &line.text);
                 rows.push((
+                    audit_events::chain.eq(chain),
                     audit_events::seq.eq(seq),
                     audit_events::id.eq(&line.id),
                     audit_events::recorded.eq(line.recorded),
@@ -77,45 +153,190 @@ impl Store {
                     DbConnection::Postgres(c) => insert.execute(c)?,
                 };
             }
-            diesel::update(audit_chain::table.filter(audit_chain::id.eq(1)))
-                .set((audit_chain::seq.eq(seq), audit_chain::hash.eq(&hash)))
+            diesel::update(audit_chains::table.filter(audit_chains::chain.eq(chain)))
+                .set((audit_chains::seq.eq(seq), audit_chains::hash.eq(&hash)))
                 .execute(conn)
                 .map(|_| ())
         })
         .map_err(db_error)
     }
 
-    /// Recomputes the chain from the first event; names the first broken link. Checks
-    /// as well that the audit repository's copy of each event it has indexed is the one
-    /// the trail derives. `progress` hears how many events verify so far, after each
-    /// batch of 1,000 (each batch on a connection of its own, so a long check holds
-    /// none of the pool's connections for long).
+    /// Writes the next checkpoint, signed by `sign` (its JSON in, the signed text out),
+    /// unless no chain moved since the last one or another instance wrote it meanwhile.
+    /// Answers its number when it wrote one.
+    pub fn write_audit_checkpoint(
+        &self,
+        at: UnixTime,
+        sign: &dyn Fn(&Checkpoint) -> Result<String, String>,
+    ) -> Result<Option<i64>, StoreError> {
+        let mut conn = self.conn()?;
+        let last: Option<String> = audit_checkpoints::table
+            .order(audit_checkpoints::n.desc())
+            .select(audit_checkpoints::jws)
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        let last = match last {
+            Some(text) => Some((checkpoint_of(&text).map_err(db_error)?, text)),
+            None => None,
+        };
+        let heads = chain_heads(&mut conn).map_err(db_error)?;
+        let Some(next) =
+            Checkpoint::next(last.as_ref().map(|(c, text)| (text.as_str(), c)), heads, at)
+        else {
+            return Ok(None);
+        };
+        let signed = sign(&next).map_err(db_error)?;
+        let written = diesel::insert_into(audit_checkpoints::table)
+            .values((
+                audit_checkpoints::n.eq(next.n),
+                audit_checkpoints::at.eq(next.at.0),
+                audit_checkpoints::jws.eq(&signed),
+            ))
+            .execute(&mut *conn);
+        match written {
+            Ok(_) => Ok(Some(next.n)),
+            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, _)) => Ok(None),
+            Err(e) => Err(db_error(e)),
+        }
+    }
+
+    /// Recomputes every chain from its first event, names the first broken link, and
+    /// checks the checkpoints: each follows the one before, and each chain's event at
+    /// the head a checkpoint names has the hash it names (a chain rewritten with
+    /// recomputed hashes, or removed, fails there). Checks as well that the audit
+    /// repository's copy of each event it has indexed is the one the trail derives.
+    /// `progress` hears how many events verify so far, after each batch of 1,000 (each
+    /// batch on a connection of its own, so a long check holds none of the pool's
+    /// connections for long).
     pub fn verify_audit_chain(
         &self,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ChainReport, StoreError> {
+        // The heads as the check starts: the events up to them are checked; those
+        // appended while the check runs (the check's own request is one) are the next
+        // check's. The checkpoints are read after the heads, so a checkpoint written
+        // meanwhile may name heads further on: those events are not checked against it.
+        let (heads, indexed, checkpoints) = {
+            let mut conn = self.conn()?;
+            let heads = chain_heads(&mut conn).map_err(db_error)?;
+            let indexed = repository_cursors(&mut conn).map_err(db_error)?;
+            let checkpoints: Vec<String> = audit_checkpoints::table
+                .order(audit_checkpoints::n.asc())
+                .select(audit_checkpoints::jws)
+                .load(&mut *conn)
+                .map_err(db_error)?;
+            (heads, indexed, checkpoints)
+        };
+        let mut report = ChainReport::new(heads.len());
+        // What the checkpoints say each chain's event at a given place hashes to.
+        let mut promised: BTreeMap<(String, i64), (String, i64)> = BTreeMap::new();
+        let mut previous: Option<(String, Checkpoint)> = None;
+        for text in &checkpoints {
+            let checkpoint = match checkpoint_of(text) {
+                Ok(c) => c,
+                Err(e) => {
+                    report.checkpoint_broken = Some(e);
+                    break;
+                }
+            };
+            if let Err(e) = checkpoint.follows(previous.as_ref().map(|(t, c)| (t.as_str(), c))) {
+                report.checkpoint_broken = Some(e);
+                break;
+            }
+            for (chain, head) in &checkpoint.heads {
+                promised.insert((chain.clone(), head.seq), (head.hash.clone(), checkpoint.n));
+            }
+            previous = Some((text.clone(), checkpoint));
+        }
+        report.checkpoints = checkpoints;
+        if report.checkpoint_broken.is_none() {
+            if let Some((_, last)) = &previous {
+                report.checkpoint_broken = last.heads.iter().find_map(|(chain, head)| {
+                    match heads.get(chain) {
+                        Some(now) if now.seq >= head.seq => None,
+                        Some(now) => Some(format!(
+                            "chain {chain} has {} events, but {} at checkpoint {}: events were removed",
+                            now.seq, head.seq, last.n
+                        )),
+                        None => Some(format!(
+                            "chain {chain} is in checkpoint {} but no longer in the trail: it was removed",
+                            last.n
+                        )),
+                    }
+                });
+            }
+        }
+        let anchored = |chain: &str| {
+            previous
+                .as_ref()
+                .and_then(|(_, last)| last.heads.get(chain))
+                .map_or(0, |h| h.seq)
+        };
+        report.unanchored = heads
+            .iter()
+            .map(|(chain, head)| u64::try_from(head.seq - anchored(chain)).unwrap_or(0))
+            .sum();
+        for (chain, head) in &heads {
+            let broken = self.verify_one_chain(
+                chain,
+                head,
+                indexed.get(chain).copied().unwrap_or(0),
+                &promised,
+                &mut report,
+                progress,
+            )?;
+            if broken {
+                return Ok(report);
+            }
+        }
+        // Rows put after a head without moving it, or in a chain without a head: every
+        // append moves its head in its own transaction, so a head read after the newest
+        // row is never behind it.
+        let mut conn = self.conn()?;
+        let newest: Vec<(String, Option<i64>)> = audit_events::table
+            .group_by(audit_events::chain)
+            .select((audit_events::chain, diesel::dsl::max(audit_events::seq)))
+            .load(&mut *conn)
+            .map_err(db_error)?;
+        let heads_now = chain_heads(&mut conn).map_err(db_error)?;
+        for (chain, newest) in newest {
+            let head = heads_now.get(&chain).map_or(0, |h| h.seq);
+            if newest.is_some_and(|newest| newest > head) {
+                report.first_broken = Some(EventRef {
+                    chain,
+                    seq: head + 1,
+                    id: "(after the chain's head)".into(),
+                });
+                return Ok(report);
+            }
+        }
+        Ok(report)
+    }
+
+    /// Walks one chain up to `head`; true when it is broken (named in `report`).
+    fn verify_one_chain(
+        &self,
+        chain: &str,
+        head: &Head,
+        indexed: i64,
+        promised: &BTreeMap<(String, i64), (String, i64)>,
+        report: &mut ChainReport,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<bool, StoreError> {
         let mut previous = String::new();
         let mut expected_seq = 0i64;
-        let mut checked = 0u64;
-        let mut first_altered_copy = None;
-        let indexed: i64 = audit_repository_cursor::table
-            .filter(audit_repository_cursor::id.eq(1))
-            .select(audit_repository_cursor::seq)
-            .first(&mut *self.conn()?)
-            .map_err(db_error)?;
-        // The head as the check starts: the events up to it are checked; those appended
-        // while the check runs (the check's own request is one) are the next check's.
-        // Read at the end instead, a head that moved on looked like removed events.
-        let (head_seq, head_hash): (i64, String) = audit_chain::table
-            .filter(audit_chain::id.eq(1))
-            .select((audit_chain::seq, audit_chain::hash))
-            .first(&mut *self.conn()?)
-            .map_err(db_error)?;
+        let broken = |seq: i64, id: &str| EventRef {
+            chain: chain.to_owned(),
+            seq,
+            id: id.to_owned(),
+        };
         loop {
             let mut conn = self.conn()?;
             let rows: Vec<(i64, String, String, String)> = audit_events::table
+                .filter(audit_events::chain.eq(chain))
                 .filter(audit_events::seq.gt(expected_seq))
-                .filter(audit_events::seq.le(head_seq))
+                .filter(audit_events::seq.le(head.seq))
                 .order(audit_events::seq.asc())
                 .limit(1000)
                 .select((
@@ -129,123 +350,107 @@ impl Store {
             if rows.is_empty() {
                 break;
             }
-            if first_altered_copy.is_none() {
-                first_altered_copy = altered_copy(&mut conn, &rows, indexed)?;
+            if report.first_altered_copy.is_none() {
+                report.first_altered_copy = altered_copy(&mut conn, chain, &rows, indexed)?;
             }
             for (seq, id, record, hash) in rows {
                 expected_seq += 1;
                 let computed = chain_hash(&previous, &record);
                 // A gap in seq (a deleted row) breaks the chain as surely as an edit.
                 if seq != expected_seq || computed != hash {
-                    return Ok(ChainReport {
-                        checked,
-                        first_broken: Some((seq, id)),
-                        first_altered_copy,
-                    });
+                    report.first_broken = Some(broken(seq, &id));
+                    return Ok(true);
+                }
+                if let Some((signed, n)) = promised.get(&(chain.to_owned(), seq)) {
+                    if *signed != hash {
+                        report.checkpoint_broken.get_or_insert_with(|| {
+                            format!(
+                                "event {chain}#{seq} ({id}) is not the one checkpoint {n} signed: \
+                                 the chain was rewritten up to it"
+                            )
+                        });
+                    }
                 }
                 previous = hash;
-                checked += 1;
+                report.checked += 1;
             }
-            progress(checked);
+            progress(report.checked);
         }
-        if head_seq != expected_seq || head_hash != previous {
+        if head.seq != expected_seq || head.hash != previous {
             // The newest events were removed, or the head was rewritten.
-            return Ok(ChainReport {
-                checked,
-                first_broken: Some((expected_seq + 1, "(missing)".into())),
-                first_altered_copy,
-            });
+            report.first_broken = Some(broken(expected_seq + 1, "(missing)"));
+            return Ok(true);
         }
-        // Rows put after the head without moving it: every append moves the head in its
-        // own transaction, so a head read after the newest row is never behind it.
-        let mut conn = self.conn()?;
-        let newest: Option<i64> = audit_events::table
-            .select(diesel::dsl::max(audit_events::seq))
-            .first(&mut *conn)
-            .map_err(db_error)?;
-        let head_now: i64 = audit_chain::table
-            .filter(audit_chain::id.eq(1))
-            .select(audit_chain::seq)
-            .first(&mut *conn)
-            .map_err(db_error)?;
-        if newest.is_some_and(|newest| newest > head_now) {
-            return Ok(ChainReport {
-                checked,
-                first_broken: Some((head_now + 1, "(after the chain's head)".into())),
-                first_altered_copy,
-            });
-        }
-        Ok(ChainReport {
-            checked,
-            first_broken: None,
-            first_altered_copy,
-        })
+        Ok(false)
     }
 
     /// Brings the audit repository (ITI-81) up to date with the trail: the events
-    /// appended since the last catch-up are indexed, in transactions of 500. Run before
-    /// each repository query, so the cost of indexing falls on auditors, not on every
-    /// audited request. Serialised by the cursor row's lock.
+    /// appended to each chain since its last catch-up are indexed, in transactions of
+    /// 500. Run before each repository query, so the cost of indexing falls on auditors,
+    /// not on every audited request. Each chain's catch-up is serialised by its cursor
+    /// row's lock.
     pub fn catch_up_audit_repository(&self) -> Result<u64, StoreError> {
         // Most queries find the repository current: two reads, no write lock.
-        {
+        let behind: Vec<String> = {
             let mut conn = self.conn()?;
-            let cursor: i64 = audit_repository_cursor::table
-                .filter(audit_repository_cursor::id.eq(1))
-                .select(audit_repository_cursor::seq)
-                .first(&mut *conn)
-                .map_err(db_error)?;
-            let newer = audit_events::table
-                .filter(audit_events::seq.gt(cursor))
-                .select(audit_events::seq)
-                .first::<i64>(&mut *conn)
-                .optional()
-                .map_err(db_error)?;
-            if newer.is_none() {
-                return Ok(0);
-            }
-        }
+            let cursors = repository_cursors(&mut conn).map_err(db_error)?;
+            chain_heads(&mut conn)
+                .map_err(db_error)?
+                .into_iter()
+                .filter(|(chain, head)| head.seq > cursors.get(chain).copied().unwrap_or(0))
+                .map(|(chain, _)| chain)
+                .collect()
+        };
         let mut indexed = 0u64;
-        loop {
-            let mut conn = self.conn()?;
-            let done = conn
-                .transaction::<_, diesel::result::Error, _>(|conn| {
-                    diesel::update(
-                        audit_repository_cursor::table.filter(audit_repository_cursor::id.eq(1)),
-                    )
-                    .set(audit_repository_cursor::seq.eq(audit_repository_cursor::seq))
-                    .execute(conn)?;
-                    let cursor: i64 = audit_repository_cursor::table
-                        .filter(audit_repository_cursor::id.eq(1))
-                        .select(audit_repository_cursor::seq)
-                        .first(conn)?;
-                    let rows: Vec<(i64, String)> = audit_events::table
-                        .filter(audit_events::seq.gt(cursor))
-                        .order(audit_events::seq.asc())
-                        .limit(500)
-                        .select((audit_events::seq, audit_events::record))
-                        .load(conn)?;
-                    let Some(last) = rows.last().map(|(seq, _)| *seq) else {
-                        return Ok(true);
-                    };
-                    let records: Vec<Record> = rows
-                        .iter()
-                        .filter_map(|(_, text)| serde_json::from_str(text).ok())
-                        .collect();
-                    crate::vault::index_repository(conn, &records)?;
-                    diesel::update(
-                        audit_repository_cursor::table.filter(audit_repository_cursor::id.eq(1)),
-                    )
-                    .set(audit_repository_cursor::seq.eq(last))
-                    .execute(conn)?;
-                    indexed += records.len() as u64;
-                    Ok(false)
-                })
-                .map_err(db_error)?;
-            if done {
-                return Ok(indexed);
+        for chain in behind {
+            loop {
+                let mut conn = self.conn()?;
+                let done = conn
+                    .transaction::<_, DieselError, _>(|conn| {
+                        let cursor = (
+                            audit_repository_cursors::chain.eq(&chain),
+                            audit_repository_cursors::seq.eq(0i64),
+                        );
+                        let insert = diesel::insert_into(audit_repository_cursors::table)
+                            .values(cursor)
+                            .on_conflict_do_nothing();
+                        insert_ignored!(&mut **conn, insert)?;
+                        let of_chain = audit_repository_cursors::chain.eq(&chain);
+                        diesel::update(audit_repository_cursors::table.filter(of_chain))
+                            .set(audit_repository_cursors::seq.eq(audit_repository_cursors::seq))
+                            .execute(conn)?;
+                        let cursor: i64 = audit_repository_cursors::table
+                            .filter(of_chain)
+                            .select(audit_repository_cursors::seq)
+                            .first(conn)?;
+                        let rows: Vec<(i64, String)> = audit_events::table
+                            .filter(audit_events::chain.eq(&chain))
+                            .filter(audit_events::seq.gt(cursor))
+                            .order(audit_events::seq.asc())
+                            .limit(500)
+                            .select((audit_events::seq, audit_events::record))
+                            .load(conn)?;
+                        let Some(last) = rows.last().map(|(seq, _)| *seq) else {
+                            return Ok(true);
+                        };
+                        let records: Vec<Record> = rows
+                            .iter()
+                            .filter_map(|(_, text)| serde_json::from_str(text).ok())
+                            .collect();
+                        crate::vault::index_repository(conn, &records)?;
+                        diesel::update(audit_repository_cursors::table.filter(of_chain))
+                            .set(audit_repository_cursors::seq.eq(last))
+                            .execute(conn)?;
+                        indexed += records.len() as u64;
+                        Ok(false)
+                    })
+                    .map_err(db_error)?;
+                if done {
+                    break;
+                }
             }
         }
+        Ok(indexed)
     }
 
     /// Of these records, those whose id the trail does not hold yet, in order. A stored
@@ -269,12 +474,16 @@ impl Store {
             .collect())
     }
 
-    /// The records recorded at or after `since`, in chain order.
+    /// The records recorded at or after `since`, by time (and each chain's order).
     pub fn audit_since(&self, since: UnixTime) -> Result<Vec<Record>, StoreError> {
         let mut conn = self.conn()?;
         let rows: Vec<String> = audit_events::table
             .filter(audit_events::recorded.ge(since.0))
-            .order(audit_events::seq.asc())
+            .order((
+                audit_events::recorded.asc(),
+                audit_events::chain.asc(),
+                audit_events::seq.asc(),
+            ))
             .select(audit_events::record)
             .load(&mut *conn)
             .map_err(db_error)?;
@@ -288,9 +497,10 @@ impl Store {
 /// repository has indexed past it) or is not what the record derives.
 fn altered_copy(
     conn: &mut DbConnection,
+    chain: &str,
     rows: &[(i64, String, String, String)],
     indexed: i64,
-) -> Result<Option<(i64, String)>, StoreError> {
+) -> Result<Option<EventRef>, StoreError> {
     let ids: Vec<&str> = rows
         .iter()
         .filter(|(seq, ..)| *seq <= indexed)
@@ -319,26 +529,74 @@ fn altered_copy(
                 && serde_json::from_str::<serde_json::Value>(content).ok() == Some(expected.clone())
         });
         if !intact {
-            return Ok(Some((*seq, id.clone())));
+            return Ok(Some(EventRef {
+                chain: chain.to_owned(),
+                seq: *seq,
+                id: id.clone(),
+            }));
         }
     }
     Ok(None)
 }
 
+/// How far the audit repository has indexed each chain.
+fn repository_cursors(conn: &mut DbConnection) -> QueryResult<BTreeMap<String, i64>> {
+    Ok(audit_repository_cursors::table
+        .select((
+            audit_repository_cursors::chain,
+            audit_repository_cursors::seq,
+        ))
+        .load::<(String, i64)>(conn)?
+        .into_iter()
+        .collect())
+}
+
+/// The content of a checkpoint's signed text (a compact JWS), unverified: the
+/// signature is the caller's to check.
+pub fn checkpoint_of(signed: &str) -> Result<Checkpoint, String> {
+    let payload = tessera_iam::jose::UnverifiedJws::parse(signed)
+        .and_then(|jws| jws.unverified_claims())
+        .map_err(|e| format!("a checkpoint is not a JWS: {e}"))?;
+    serde_json::from_value(payload).map_err(|e| format!("a checkpoint's content is not one: {e}"))
+}
+
 impl Store {
-    /// Up to `limit` records of the trail after `seq`, with their sequence numbers.
-    pub fn audit_after(&self, seq: i64, limit: i64) -> Result<Vec<(i64, Record)>, StoreError> {
+    /// Up to `limit` records of the trail after the `cursors` (each chain's last
+    /// delivered event; a chain not named is delivered from its start), with their
+    /// chains and places in them: each chain's in order, chain after chain.
+    pub fn audit_after(
+        &self,
+        cursors: &BTreeMap<String, i64>,
+        limit: i64,
+    ) -> Result<Vec<(String, i64, Record)>, StoreError> {
         let mut conn = self.conn()?;
-        let rows: Vec<(i64, String)> = audit_events::table
-            .filter(audit_events::seq.gt(seq))
-            .order(audit_events::seq.asc())
-            .limit(limit)
-            .select((audit_events::seq, audit_events::record))
-            .load(&mut *conn)
-            .map_err(db_error)?;
-        rows.into_iter()
-            .map(|(seq, text)| Ok((seq, serde_json::from_str(&text).map_err(db_error)?)))
-            .collect()
+        let mut out = Vec::new();
+        for (chain, head) in chain_heads(&mut conn).map_err(db_error)? {
+            let after = cursors.get(&chain).copied().unwrap_or(0);
+            let room = limit - out.len() as i64;
+            if head.seq <= after {
+                continue;
+            }
+            if room <= 0 {
+                break;
+            }
+            let rows: Vec<(i64, String)> = audit_events::table
+                .filter(audit_events::chain.eq(&chain))
+                .filter(audit_events::seq.gt(after))
+                .order(audit_events::seq.asc())
+                .limit(room)
+                .select((audit_events::seq, audit_events::record))
+                .load(&mut *conn)
+                .map_err(db_error)?;
+            for (seq, text) in rows {
+                out.push((
+                    chain.clone(),
+                    seq,
+                    serde_json::from_str(&text).map_err(db_error)?,
+                ));
+            }
+        }
+        Ok(out)
     }
 
     /// This node's own record of an event, found by its id and the second it was
@@ -356,13 +614,18 @@ impl Store {
             .transpose()
     }
 
-    /// The sequence number of the newest event of the trail.
+    /// How many events the trail has (all chains).
     pub fn audit_head(&self) -> Result<i64, StoreError> {
+        Ok(self.audit_chains()?.values().sum())
+    }
+
+    /// Each chain's number of events.
+    pub fn audit_chains(&self) -> Result<BTreeMap<String, i64>, StoreError> {
         let mut conn = self.conn()?;
-        audit_chain::table
-            .filter(audit_chain::id.eq(1))
-            .select(audit_chain::seq)
-            .first(&mut *conn)
-            .map_err(db_error)
+        Ok(chain_heads(&mut conn)
+            .map_err(db_error)?
+            .into_iter()
+            .map(|(chain, head)| (chain, head.seq))
+            .collect())
     }
 }

@@ -6,6 +6,6 @@ mod chain;
 mod deliveries;
 mod journal;
 
-pub use chain::ChainReport;
+pub use chain::{checkpoint_of, ChainReport, EventRef};
 pub use deliveries::Lease;
 pub use journal::{AuditWriter, JournalStats};
