@@ -502,6 +502,67 @@ fn instances_append_to_chains_of_their_own_under_signed_checkpoints() {
     assert!(env.cli(&["audit", "verify"]).is_ok());
 }
 
+/// An installation from before chains (one chain for the trail, one head row) keeps its
+/// trail: the migration makes it the chain `main`, which still verifies, and new events
+/// go to the instance's own chain beside it.
+#[test]
+fn the_single_chain_of_an_older_installation_becomes_the_chain_main() {
+    let env = Env::new();
+    let (crt, key) = env.add_mtls_client("tcu", &["--scope", "system/*.rs"]);
+    {
+        let _server = env.start();
+        let client = Client::new(&env, Some((&crt, &key)));
+        for _ in 0..3 {
+            let reply = client.token(&[("grant_type", "client_credentials"), ("client_id", "tcu")]);
+            assert_eq!(reply.status, 200);
+        }
+        assert_eq!(records_eventually(&env, 5).len(), 5);
+    }
+    // Back to the schema before chains, the trail as that version kept it.
+    let chain = env.loaded().audit_chain();
+    let dir = if crate::support::on_postgres() {
+        "postgres"
+    } else {
+        "sqlite"
+    };
+    let down = std::fs::read_to_string(format!(
+        "{}/migrations/{dir}/2026-12-03-000015_audit_chains/down.sql",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    env.sql_script(&format!(
+        "UPDATE audit_events SET chain = 'main' WHERE chain = '{chain}';
+         UPDATE audit_chains SET chain = 'main' WHERE chain = '{chain}';
+         UPDATE audit_repository_cursors SET chain = 'main' WHERE chain = '{chain}';
+         {down}
+         DELETE FROM __diesel_schema_migrations WHERE version = '20261203000015';"
+    ));
+    assert_eq!(
+        env.sql_values("SELECT CAST(seq AS TEXT) AS value FROM audit_chain"),
+        ["5"]
+    );
+    // The next start migrates it.
+    assert_eq!(
+        env.cli(&["audit", "verify"]).unwrap().lines().next(),
+        Some("audit trail intact: 5 events in 1 chain verified, 0 signed checkpoints")
+    );
+    {
+        let _server = env.start();
+        let reply = Client::new(&env, Some((&crt, &key)))
+            .token(&[("grant_type", "client_credentials"), ("client_id", "tcu")]);
+        assert_eq!(reply.status, 200);
+        assert_eq!(records_eventually(&env, 6).len(), 6);
+    }
+    let mut heads =
+        env.sql_values("SELECT chain || ' ' || CAST(seq AS TEXT) AS value FROM audit_chains");
+    heads.sort_by_key(|head| !head.starts_with("main"));
+    assert_eq!(heads, ["main 5".to_owned(), format!("{chain} 1")]);
+    assert!(env
+        .cli(&["audit", "verify"])
+        .unwrap()
+        .starts_with("audit trail intact: 6 events in 2 chains verified"));
+}
+
 fn checkpoints(env: &Env) -> usize {
     env.sql_values("SELECT CAST(count(*) AS TEXT) AS value FROM audit_checkpoints")[0]
         .parse()

@@ -253,6 +253,22 @@ impl Env {
         }
     }
 
+    /// Runs several SQL statements (a migration's script) on this installation's database.
+    pub fn sql_script(&self, script: &str) {
+        use diesel::connection::SimpleConnection as _;
+        let url = self.loaded().database_url();
+        match url.strip_prefix("sqlite://") {
+            Some(path) => diesel::SqliteConnection::establish(path)
+                .unwrap()
+                .batch_execute(script)
+                .unwrap(),
+            None => diesel::PgConnection::establish(&url)
+                .unwrap()
+                .batch_execute(script)
+                .unwrap(),
+        }
+    }
+
     /// The text values a SQL query selects (one column named `value`).
     pub fn sql_values(&self, query: &str) -> Vec<String> {
         #[derive(diesel::QueryableByName)]
