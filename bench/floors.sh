@@ -5,6 +5,8 @@
 #   keep-alive (32 connections, mutual TLS):  the JWKS document (Tessera's own HTTP
 #     floor: routing, TLS records, no database) against the token endpoint (audited),
 #     introspection of an active token, and a vault read (token check and one row);
+#   the audited ITI-81 query (an auditor's newest 10 events of the day, each query itself
+#     audited and indexing what was appended since the one before), same floor;
 #   a person's grants (examples/grant_load.rs, as bench/apps.sh: authorization with a
 #     session, code exchange with PKCE, refresh with rotation) against the same JWKS floor;
 #   new handshake per request (--disable-keepalive, a client certificate each time):
@@ -23,6 +25,11 @@ bench_client p-floor
 "$bin" pki issue-client gateway --out clients >/dev/null
 "$bin" client add --client-id gateway --auth tls_client_auth --cert clients/gateway.crt \
   --scope introspection --resource-server "$url/fhir" >/dev/null
+"$bin" pki issue-client auditor --out clients >/dev/null
+"$bin" client add --client-id auditor --auth tls_client_auth --cert clients/auditor.crt \
+  --scope "system/AuditEvent.rs" >/dev/null
+day=$(date -u +%Y-%m-%d)
+iti81_url="$url/audit/fhir/AuditEvent?date=ge$day&_count=10"
 access=${auth#Authorization: Bearer }
 token_url="$url/realms/cara/protocol/openid-connect/token"
 introspect="$token_url/introspect"
@@ -60,6 +67,9 @@ for round in $(seq 1 "$rounds"); do
   access=$(curl -fsS "${tls[@]}" -d grant_type=client_credentials -d client_id=tcu "$token_url" \
     | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   auth="Authorization: Bearer $access"
+  auditor=$(curl -fsS --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
+    -d grant_type=client_credentials -d client_id=auditor "$token_url" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
   method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}"
   # The person's grants first, before the audited scenarios leave records to drain:
   # authorization (302 with a code), code exchange, refresh.
@@ -74,10 +84,13 @@ for round in $(seq 1 "$rounds"); do
   run_oha introspect "$introspect" "$duration" -c 32 --cert clients/gateway.crt --key clients/gateway.key \
     -d "client_id=gateway&token=$access"
   method=GET run_oha vault-read "$read_url" "$duration" -c 32 "${mtls[@]}" -H "$auth"
+  method=GET run_oha iti81 "$iti81_url" "$duration" -c 32 --cert clients/auditor.crt \
+    --key clients/auditor.key -H "Authorization: Bearer $auditor"
   method=GET run_oha tls-floor "https://127.0.0.1:18444/" "$duration" -c 32 --disable-keepalive "${mtls[@]}"
   run_oha token-handshake "$token_url" "$duration" -c 32 --disable-keepalive "${mtls[@]}" \
     -d "grant_type=client_credentials&client_id=tcu"
   echo "   token / jwks $(ratio token jwks) (goal 60%)   introspection / jwks $(ratio introspect jwks) (goal 70%)   vault read / jwks $(ratio vault-read jwks) (goal 70%)"
+  echo "   ITI-81 query / jwks $(ratio iti81 jwks)"
   echo "   authorize / jwks $(ratio authorize jwks)   code exchange / jwks $(ratio exchange jwks)   refresh / jwks $(ratio refresh jwks)"
   echo "   new-handshake token / TLS floor $(ratio token-handshake tls-floor) (goal 80%)"
 done

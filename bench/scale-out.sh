@@ -6,8 +6,9 @@
 # issue 17, whose head row every append of the cluster waited for). Both layouts run in
 # the same run, alternating, ROUNDS times (default 2).
 #
-# Then the appends alone (examples/audit_writers.rs): WRITERS stores appending batches
-# of B records as fast as they can, own chains against one shared chain.
+# Then the appends alone (examples/audit_writers.rs): 1 to 8 stores appending batches of
+# 1 or 256 records (an instance's journal drainer appends what 50 ms brought: hundreds
+# under load) as fast as they can, own chains against one shared chain.
 #
 # On this 2-core machine the instances, PostgreSQL and oha share both cores, so the
 # curve says what serialises, not what more machines would add.
@@ -103,8 +104,8 @@ done
 echo
 echo "appends alone: writers appending batches to $db as fast as they can (${duration}s each)"
 writers="$root/target/release/examples/audit_writers"
-for batch in 1 16; do
-  for count in 1 2 4; do
+for batch in 1 256; do
+  for count in 1 2 4 8; do
     for layout in own shared; do
       "$writers" "$pg/$db" "$count" "$batch" "$duration" "$layout"
     done
