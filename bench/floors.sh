@@ -22,12 +22,7 @@ source "$(dirname "$0")/lib.sh"
 (cd "$root" && cargo build --release --locked --quiet --example tls_floor --example grant_load)
 start_server
 bench_client p-floor
-"$bin" pki issue-client gateway --out clients >/dev/null
-"$bin" client add --client-id gateway --auth tls_client_auth --cert clients/gateway.crt \
-  --scope introspection --resource-server "$url/fhir" >/dev/null
-"$bin" pki issue-client auditor --out clients >/dev/null
-"$bin" client add --client-id auditor --auth tls_client_auth --cert clients/auditor.crt \
-  --scope "system/AuditEvent.rs" >/dev/null
+bench_gateway_and_auditor
 day=$(date -u +%Y-%m-%d)
 iti81_url="$url/audit/fhir/AuditEvent?date=ge$day&_count=10"
 access=${auth#Authorization: Bearer }

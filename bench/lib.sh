@@ -58,6 +58,17 @@ bench_client() { # partition
   fhir="$url/fhir/$partition"
 }
 
+# Two more mTLS clients: `gateway` (introspection for the vault's audience) and `auditor`
+# (system/AuditEvent.rs, ITI-81).
+bench_gateway_and_auditor() {
+  "$bin" pki issue-client gateway --out clients >/dev/null
+  "$bin" client add --client-id gateway --auth tls_client_auth --cert clients/gateway.crt \
+    --scope introspection --resource-server "$url/fhir" >/dev/null
+  "$bin" pki issue-client auditor --out clients >/dev/null
+  "$bin" client add --client-id auditor --auth tls_client_auth --cert clients/auditor.crt \
+    --scope "system/AuditEvent.rs" >/dev/null
+}
+
 report() { # name, oha json
   python3 - "$1" "$2" <<'PY'
 import json, sys

@@ -13,12 +13,7 @@ scenarios=("$@")
 source "$(dirname "$0")/lib.sh"
 start_server
 bench_client p-profile
-"$bin" pki issue-client gateway --out clients >/dev/null
-"$bin" client add --client-id gateway --auth tls_client_auth --cert clients/gateway.crt \
-  --scope introspection --resource-server "$url/fhir" >/dev/null
-"$bin" pki issue-client auditor --out clients >/dev/null
-"$bin" client add --client-id auditor --auth tls_client_auth --cert clients/auditor.crt \
-  --scope "system/AuditEvent.rs" >/dev/null
+bench_gateway_and_auditor
 token_url="$url/realms/cara/protocol/openid-connect/token"
 mtls=(--cert clients/tcu.crt --key clients/tcu.key)
 access=${auth#Authorization: Bearer }

@@ -36,7 +36,9 @@ impl CheckpointSigner {
         let chain = load_certs(cert)?;
         let PrivateKeyDer::Pkcs8(pkcs8) = load_key(key)? else {
             return Err(anyhow!(
-                "{}: checkpoints are signed with a PKCS#8 key (BEGIN PRIVATE KEY)",
+                "{}: checkpoints are signed with a PKCS#8 key (BEGIN PRIVATE KEY); convert it \
+                 with `openssl pkcs8 -topk8 -nocrypt -in KEY`, or set audit.checkpoint_seconds \
+                 = 0 to leave the checkpoints to other instances",
                 key.display()
             ));
         };

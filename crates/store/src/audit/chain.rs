@@ -217,7 +217,7 @@ impl Store {
         // appended while the check runs (the check's own request is one) are the next
         // check's. The checkpoints are read after the heads, so a checkpoint written
         // meanwhile may name heads further on: those events are not checked against it.
-        let (heads, indexed, checkpoints) = {
+        let (heads, indexed, checkpoints, heads_after) = {
             let mut conn = self.conn()?;
             let heads = chain_heads(&mut conn).map_err(db_error)?;
             let indexed = repository_cursors(&mut conn).map_err(db_error)?;
@@ -226,7 +226,9 @@ impl Store {
                 .select(audit_checkpoints::jws)
                 .load(&mut *conn)
                 .map_err(db_error)?;
-            (heads, indexed, checkpoints)
+            // Heads only grow: read after the checkpoints, none can be behind the newest.
+            let heads_after = chain_heads(&mut conn).map_err(db_error)?;
+            (heads, indexed, checkpoints, heads_after)
         };
         let mut report = ChainReport::new(heads.len());
         // What the checkpoints say each chain's event at a given place hashes to.
@@ -253,7 +255,7 @@ impl Store {
         if report.checkpoint_broken.is_none() {
             if let Some((_, last)) = &previous {
                 report.checkpoint_broken = last.heads.iter().find_map(|(chain, head)| {
-                    match heads.get(chain) {
+                    match heads_after.get(chain) {
                         Some(now) if now.seq >= head.seq => None,
                         Some(now) => Some(format!(
                             "chain {chain} has {} events, but {} at checkpoint {}: events were removed",
