@@ -5,11 +5,13 @@
 # routing regexes, the database, JSON, and the rest (Tessera, actix, rustls).
 # Needs perf (Debian linux-perf) and the right to sample (root, or perf_event_paranoid <= 1).
 # Usage: bench/profile.sh [seconds, default 10] [scenario...]
-#   scenarios: token introspect vault-read iti81 (default: all)
+#   scenarios: token introspect vault-read iti81 catch-up (default: all). catch-up: the
+#   audit repository indexing what `seconds` of token load appended, as the next ITI-81
+#   query does first (sampled for as long as that query takes).
 duration=${1:-10}
 shift || true
 scenarios=("$@")
-[ ${#scenarios[@]} -gt 0 ] || scenarios=(token introspect vault-read iti81)
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(token introspect vault-read iti81 catch-up)
 source "$(dirname "$0")/lib.sh"
 start_server
 bench_client p-profile
@@ -40,21 +42,8 @@ load() { # scenario: oha for duration + 2 s in the background
   esac
 }
 
-for scenario in "${scenarios[@]}"; do
-  if [ "$scenario" = iti81 ]; then
-    # Index what the scenarios before left first: the profile is of the query.
-    curl -fsS --max-time 3600 --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
-      -H "Authorization: Bearer $auditor" "$url/audit/fhir/AuditEvent?date=ge$day&_count=1" >/dev/null
-  fi
-  load "$scenario" >"$out/profile-$scenario.oha" 2>&1 &
-  loader=$!
-  sleep 1
-  perf record -q -F 999 -g -p "$server" -o "$out/profile-$scenario.data" -- sleep "$duration" 2>/dev/null
-  wait "$loader"
-  rate=$(awk '/Requests\/sec/ { print $2 }' "$out/profile-$scenario.oha")
-  perf report -i "$out/profile-$scenario.data" --stdio --no-children --sort sym -g none 2>/dev/null \
-    >"$out/profile-$scenario.txt"
-  python3 - "$scenario" "$rate" "$out/profile-$scenario.txt" <<'PY'
+summarize() { # scenario, rate, perf report
+  python3 - "$1" "$2" "$3" <<'PY'
 import re, sys
 scenario, rate, path = sys.argv[1], sys.argv[2], sys.argv[3]
 groups = [
@@ -84,4 +73,45 @@ print(f"{scenario:11} {rate:>10}/s under perf  {cells}  rest {rest:4.1f}%")
 for share, sym in sorted(top, reverse=True)[:8]:
     print(f"    {share:5.2f}%  {sym[:110]}")
 PY
+}
+
+# The first ITI-81 query, which indexes what the trail gained since the one before.
+first_query() {
+  curl -fsS --max-time 3600 --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
+    -H "Authorization: Bearer $auditor" "$url/audit/fhir/AuditEvent?date=ge$day&_count=1" >/dev/null
+}
+trail() { "$bin" audit deliveries | sed -n 's/^trail: \([0-9]*\) events.*/\1/p'; }
+
+for scenario in "${scenarios[@]}"; do
+  if [ "$scenario" = catch-up ]; then
+    first_query
+    before=$(trail)
+    load token >/dev/null 2>&1
+    sleep 1
+    added=$(( $(trail) - before ))
+    started=$(date +%s%N)
+    perf record -q -F 999 -g -p "$server" -o "$out/profile-catch-up.data" -- sleep 3600 2>/dev/null &
+    recorder=$!
+    first_query
+    elapsed_ms=$(( ($(date +%s%N) - started) / 1000000 ))
+    kill -INT "$recorder"; wait "$recorder" || true
+    perf report -i "$out/profile-catch-up.data" --stdio --no-children --sort sym -g none 2>/dev/null \
+      >"$out/profile-catch-up.txt"
+    summarize catch-up "$(( added * 1000 / elapsed_ms )) events" "$out/profile-catch-up.txt"
+    echo "    ($added events indexed in $elapsed_ms ms)"
+    continue
+  fi
+  if [ "$scenario" = iti81 ]; then
+    # Index what the scenarios before left first: the profile is of the query.
+    first_query
+  fi
+  load "$scenario" >"$out/profile-$scenario.oha" 2>&1 &
+  loader=$!
+  sleep 1
+  perf record -q -F 999 -g -p "$server" -o "$out/profile-$scenario.data" -- sleep "$duration" 2>/dev/null
+  wait "$loader"
+  rate=$(awk '/Requests\/sec/ { print $2 }' "$out/profile-$scenario.oha")
+  perf report -i "$out/profile-$scenario.data" --stdio --no-children --sort sym -g none 2>/dev/null \
+    >"$out/profile-$scenario.txt"
+  summarize "$scenario" "$rate" "$out/profile-$scenario.txt"
 done
