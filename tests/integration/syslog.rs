@@ -27,6 +27,7 @@ struct Received {
     msgid: String,
     event_id: String,
     sequence: i64,
+    chain: String,
     msg: String,
 }
 
@@ -115,6 +116,7 @@ action(type="omfile" file="{dir}/received.log" template="seen")
                     msgid: fields[2].into(),
                     event_id: param("eventId"),
                     sequence: param("sequenceId").parse().unwrap(),
+                    chain: param("chain"),
                     msg: line[line.find("] ").unwrap() + 2..].to_owned(),
                 }
             })
@@ -232,13 +234,18 @@ fn the_trail_reaches_rsyslog_over_mutual_tls_in_iti_20_form() {
     let (received, trail) = receiver.received_all(&env);
     drop(server);
 
-    // Every event of the trail, once, in trail order, with its sequence number.
+    // Every event of the trail, once, in trail order, with its place in its chain (the
+    // CLI's registration and the server's tokens share one: this host and port).
     assert!(trail.len() >= 6, "the client registration and five tokens");
     let sent: Vec<&str> = received.iter().map(|r| r.event_id.as_str()).collect();
     let expected: Vec<&str> = trail.iter().map(|r| r.id.as_str()).collect();
     assert_eq!(&sent[..expected.len()], &expected[..]);
+    let chain = env.loaded().audit_chain();
     for (i, r) in received.iter().enumerate() {
-        assert_eq!(r.sequence, i as i64 + 1);
+        assert_eq!(
+            (r.chain.as_str(), r.sequence),
+            (chain.as_str(), i as i64 + 1)
+        );
         // facility 10 (security/authorization) x 8 + severity 5 (notice)
         assert_eq!(r.pri, "85");
         assert_eq!(r.app_name, "tessera");
