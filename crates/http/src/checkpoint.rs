@@ -149,3 +149,158 @@ impl CheckpointVerifier {
         signers
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{
+        date_time_ymd, BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair,
+    };
+    use std::collections::BTreeMap;
+    use tessera_atna::Head;
+    use tessera_types::UnixTime;
+
+    /// A CA and a server certificate it issued, valid in 2020–2030, in `dir`.
+    struct Pki {
+        dir: PathBuf,
+    }
+
+    impl Pki {
+        fn new(name: &str) -> Self {
+            let dir = std::env::temp_dir()
+                .join(format!("tessera-checkpoint-{name}-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+            ca.distinguished_name
+                .push(DnType::CommonName, format!("{name} CA"));
+            ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate().unwrap()).unwrap();
+            let key = KeyPair::generate().unwrap();
+            let mut leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+            leaf.distinguished_name.push(DnType::CommonName, "node-1");
+            leaf.not_before = date_time_ymd(2020, 1, 1);
+            leaf.not_after = date_time_ymd(2030, 1, 1);
+            let leaf = leaf.signed_by(&key, &ca).unwrap();
+            std::fs::write(dir.join("ca.crt"), ca.pem()).unwrap();
+            std::fs::write(dir.join("node.crt"), leaf.pem()).unwrap();
+            std::fs::write(dir.join("node.key"), key.serialize_pem()).unwrap();
+            Self { dir }
+        }
+
+        fn signer(&self) -> CheckpointSigner {
+            CheckpointSigner::load(&self.dir.join("node.crt"), &self.dir.join("node.key")).unwrap()
+        }
+
+        fn verifier(&self) -> CheckpointVerifier {
+            CheckpointVerifier::load(&[self.dir.join("ca.crt")]).unwrap()
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    fn checkpoint(at: i64) -> Checkpoint {
+        let heads = BTreeMap::from([(
+            "node-1:8443".to_owned(),
+            Head {
+                seq: 3,
+                hash: "ab".repeat(32),
+            },
+        )]);
+        Checkpoint::next(None, heads, UnixTime(at)).unwrap()
+    }
+
+    const IN_2026: i64 = 1_790_000_000;
+
+    #[test]
+    fn a_checkpoint_verifies_against_the_ca_that_issued_its_signer() {
+        let pki = Pki::new("ok");
+        let signed = pki.signer().sign(&checkpoint(IN_2026)).unwrap();
+        assert_eq!(pki.verifier().verify(&signed).unwrap(), "CN=node-1");
+        assert_eq!(checkpoint_of(&signed).unwrap(), checkpoint(IN_2026));
+    }
+
+    #[test]
+    fn a_forged_or_untrusted_checkpoint_is_refused_with_its_reason() {
+        let (pki, other) = (Pki::new("mine"), Pki::new("theirs"));
+        let signed = pki.signer().sign(&checkpoint(IN_2026)).unwrap();
+        let refused = |text: &str| pki.verifier().verify(text).unwrap_err();
+
+        // Another CA's verifier does not trust this signer.
+        let untrusted = other.verifier().verify(&signed).unwrap_err();
+        assert!(
+            untrusted.contains("not trusted when it was written"),
+            "{untrusted}"
+        );
+        // Written outside the certificate's validity.
+        let late = pki.signer().sign(&checkpoint(1_900_000_000)).unwrap();
+        assert!(refused(&late).contains("not trusted when it was written"));
+        // Signed by another key while naming this certificate.
+        let theirs = other.signer().sign(&checkpoint(IN_2026)).unwrap();
+        let parts: Vec<&str> = signed.split('.').collect();
+        let swapped = format!("{}.{}", parts[0], theirs.split_once('.').unwrap().1);
+        assert!(refused(&swapped).contains("signature does not verify"));
+        // No certificate, another typ, a certificate that is not base64, no signature.
+        let header = |h: serde_json::Value| {
+            let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+            format!("{}.{}.{}", b64.encode(h.to_string()), parts[1], parts[2])
+        };
+        let alg = serde_json::json!("ES256");
+        let x5c = pki.signer().x5c;
+        let bare = header(serde_json::json!({"alg": alg, "typ": TYP}));
+        assert!(refused(&bare).contains("carries no signer certificate"));
+        let typ = header(serde_json::json!({"alg": alg, "typ": "JWT", "x5c": x5c}));
+        assert!(refused(&typ).contains("typ is not"));
+        let garbled = header(serde_json::json!({"alg": alg, "typ": TYP, "x5c": ["%%%"]}));
+        assert!(refused(&garbled).contains("not base64 DER"));
+        let none = header(serde_json::json!({"alg": "none", "typ": TYP, "x5c": x5c}));
+        assert!(refused(&none).contains("not a JWS"));
+    }
+
+    #[test]
+    fn only_a_pkcs8_key_signs_and_the_error_says_how_to_convert_one() {
+        let pki = Pki::new("sec1");
+        let PrivateKeyDer::Pkcs8(der) = load_key(&pki.dir.join("node.key")).unwrap() else {
+            panic!("rcgen writes PKCS#8");
+        };
+        // The same P-256 key as SEC1 (BEGIN EC PRIVATE KEY): the PKCS#8 wrapper's inner key.
+        let sec1 = sec1_of(der.secret_pkcs8_der());
+        let pem = format!(
+            "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
+            STANDARD.encode(sec1)
+        );
+        std::fs::write(pki.dir.join("sec1.key"), pem).unwrap();
+        let error = CheckpointSigner::load(&pki.dir.join("node.crt"), &pki.dir.join("sec1.key"))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(error.contains("openssl pkcs8 -topk8"), "{error}");
+    }
+
+    /// The ECPrivateKey inside a PKCS#8 PrivateKeyInfo: the OCTET STRING after the
+    /// version and the algorithm identifier.
+    fn sec1_of(pkcs8: &[u8]) -> Vec<u8> {
+        fn read(der: &[u8]) -> (u8, &[u8], &[u8]) {
+            let (tag, len, rest) = (der[0], der[1], &der[2..]);
+            let (len, rest) = if len & 0x80 == 0 {
+                (len as usize, rest)
+            } else {
+                let n = (len & 0x7f) as usize;
+                (
+                    rest[..n].iter().fold(0, |a, b| a << 8 | *b as usize),
+                    &rest[n..],
+                )
+            };
+            (tag, &rest[..len], &rest[len..])
+        }
+        let (_, info, _) = read(pkcs8);
+        let (_, _, after_version) = read(info);
+        let (_, _, after_algorithm) = read(after_version);
+        let (tag, key, _) = read(after_algorithm);
+        assert_eq!(tag, 0x04);
+        key.to_vec()
+    }
+}
