@@ -157,6 +157,14 @@ fn an_auditor_searches_the_trail_opens_an_event_exports_and_checks_the_chain() {
     let trail = browser.get("/console/trail");
     assert_eq!(trail.status, 200, "{}", trail.body);
     assert!(!trail.body.contains("Checked "), "{}", trail.body);
+    assert!(
+        trail
+            .body
+            .contains(" events in 1 hash chain (one for each Tessera instance)")
+            && trail.body.contains("No checkpoint has been signed yet"),
+        "{}",
+        trail.body
+    );
     let form = hidden_fields(&trail.body, "/console/trail/verify");
     let checked = check_chain(&mut browser, &form);
     assert!(
@@ -164,6 +172,33 @@ fn an_auditor_searches_the_trail_opens_an_event_exports_and_checks_the_chain() {
         "{checked}"
     );
     assert!(checked.contains("by audrey, finished"), "{checked}");
+    // A checkpoint signed with the node's key, as the server signs one every minute: the
+    // page names it, and the check verifies its signature.
+    let signer = tessera_http::checkpoint::CheckpointSigner::load(
+        &a.env.path("pki/server.crt"),
+        &a.env.path("pki/server.key"),
+    )
+    .unwrap();
+    let written = tessera::cli::open_store(&a.env.loaded())
+        .unwrap()
+        .write_audit_checkpoint(tessera_types::UnixTime(crate::support::now()), &|c| {
+            signer.sign(c)
+        })
+        .unwrap();
+    assert_eq!(written, Some(1));
+    let trail = browser.get("/console/trail");
+    assert!(
+        trail
+            .body
+            .contains("The newest signed checkpoint, number 1, signed "),
+        "{}",
+        trail.body
+    );
+    let checked = check_chain(&mut browser, &form);
+    assert!(
+        checked.contains(" events: the chain is intact and every searchable copy matches"),
+        "{checked}"
+    );
     // Someone with database access rewrites the third event: the check names it.
     assert_eq!(
         a.env

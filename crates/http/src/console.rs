@@ -821,6 +821,10 @@ struct TrailPage<'a> {
     who: &'a str,
     csrf: &'a str,
     head: i64,
+    /// How many hash chains (one per instance) hold the trail.
+    chains: usize,
+    /// The newest signed checkpoint, as its content says (the check verifies it).
+    checkpoint: Option<CheckpointView>,
     deliveries: Vec<Delivery>,
     /// The latest chain check of this server.
     check: Option<CheckView>,
@@ -832,6 +836,13 @@ impl TrailPage<'_> {
     fn check_running(&self) -> bool {
         self.check.as_ref().is_some_and(|c| c.ended.is_none())
     }
+}
+
+/// The newest checkpoint: its number, when it was signed, how many events it covers.
+struct CheckpointView {
+    n: i64,
+    at: String,
+    events: i64,
 }
 
 /// A chain check as the trail page tells it.
@@ -882,10 +893,15 @@ async fn trail_page(
     viewer: &Viewer,
 ) -> Result<HttpResponse, ApiError> {
     let st = state.clone().into_inner();
-    let (head, acknowledged) = blocking(move || -> Result<_, ApiError> {
-        Ok((st.store.audit_head()?, st.store.deliveries()?))
+    let (chains, checkpoint, acknowledged) = blocking(move || -> Result<_, ApiError> {
+        Ok((
+            st.store.audit_chains()?,
+            st.store.latest_audit_checkpoint()?,
+            st.store.deliveries()?,
+        ))
     })
     .await??;
+    let head: i64 = chains.values().sum();
     audited(req, state, viewer, Interaction::Read, StatusCode::OK).await?;
     let realm = realm_label(state);
     let who = viewer_name(viewer);
@@ -895,6 +911,12 @@ async fn trail_page(
         who: &who,
         csrf: &viewer.csrf,
         head,
+        chains: chains.len(),
+        checkpoint: checkpoint.map(|c| CheckpointView {
+            n: c.n,
+            at: when(&format_instant(c.at.0.saturating_mul(1000))),
+            events: c.heads.values().map(|h| h.seq).sum(),
+        }),
         deliveries: acknowledged
             .into_iter()
             .map(|(destination, seq)| Delivery {

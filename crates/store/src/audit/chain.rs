@@ -553,6 +553,21 @@ fn repository_cursors(conn: &mut DbConnection) -> QueryResult<BTreeMap<String, i
         .collect())
 }
 
+impl Store {
+    /// The newest checkpoint's content (unverified), if any was written.
+    pub fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
+        let mut conn = self.conn()?;
+        let text: Option<String> = audit_checkpoints::table
+            .order(audit_checkpoints::n.desc())
+            .select(audit_checkpoints::jws)
+            .first(&mut *conn)
+            .optional()
+            .map_err(db_error)?;
+        text.map(|t| checkpoint_of(&t).map_err(db_error))
+            .transpose()
+    }
+}
+
 /// The content of a checkpoint's signed text (a compact JWS), unverified: the
 /// signature is the caller's to check.
 pub fn checkpoint_of(signed: &str) -> Result<Checkpoint, String> {
