@@ -43,6 +43,9 @@ pub struct AuditConfig {
     pub checkpoint_seconds: u64,
     /// The CAs that issue the instances' TLS certificates, which sign the checkpoints.
     pub checkpoint_ca: Vec<PathBuf>,
+    /// At most this many events a second indexed for the audit repository in the
+    /// background (0: only when an auditor queries).
+    pub index_events_per_second: u64,
     /// ITI-20 syslog receivers (`[[audit.syslog]]`), each sent every event.
     #[serde(default)]
     pub syslog: Vec<SyslogConfig>,
@@ -297,6 +300,7 @@ impl Default for Config {
                 chain: String::new(),
                 checkpoint_seconds: 60,
                 checkpoint_ca: vec!["pki/ca.crt".into()],
+                index_events_per_second: 500,
                 syslog: Vec::new(),
                 fhir_feed: Vec::new(),
             },

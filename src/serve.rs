@@ -126,47 +126,85 @@ pub fn checkpoint_verifier(loaded: &Loaded) -> anyhow::Result<CheckpointVerifier
     CheckpointVerifier::load(&ca).context("audit.checkpoint_ca")
 }
 
-/// Every `audit.checkpoint_seconds`, signs a checkpoint of every chain's head with the
-/// instance's TLS key, and once more when dropped (after the node's stop is recorded).
-pub struct Checkpoints {
-    stop: Option<std::sync::mpsc::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
+/// The audit trail's background jobs: every `audit.checkpoint_seconds` a checkpoint of
+/// every chain's head signed with the instance's TLS key (and once more when stopped,
+/// after the node's stop is recorded); every second, up to
+/// `audit.index_events_per_second` events indexed for the audit repository, so an
+/// auditor's query does not wait for all the trail gained since the last one.
+pub struct Background {
+    _checkpoints: Option<Periodic>,
+    _indexer: Option<Periodic>,
 }
 
-impl Checkpoints {
+impl Background {
     pub fn start(loaded: &Loaded, store: tessera_store::Store) -> anyhow::Result<Self> {
-        let seconds = loaded.config.audit.checkpoint_seconds;
-        if seconds == 0 {
-            return Ok(Self {
-                stop: None,
-                thread: None,
-            });
-        }
-        let tls = &loaded.config.tls;
-        let signer = CheckpointSigner::load(&loaded.path(&tls.cert), &loaded.path(&tls.key))
-            .context("the checkpoints are signed with [tls] cert and key")?;
-        let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || loop {
-            let last = stopped.recv_timeout(Duration::from_secs(seconds));
-            match store.write_audit_checkpoint(tessera_http::now(), &|c| signer.sign(c)) {
-                Ok(Some(n)) => tracing::debug!(n, "audit checkpoint signed"),
-                Ok(None) => {}
-                Err(e) => {
-                    tracing::warn!(error = %e.0, "cannot write an audit checkpoint; retrying")
+        let audit = &loaded.config.audit;
+        let checkpoints = match audit.checkpoint_seconds {
+            0 => None,
+            seconds => {
+                let tls = &loaded.config.tls;
+                let signer =
+                    CheckpointSigner::load(&loaded.path(&tls.cert), &loaded.path(&tls.key))
+                        .context("the checkpoints are signed with [tls] cert and key")?;
+                let store = store.clone();
+                Some(Periodic::every(
+                    Duration::from_secs(seconds),
+                    true,
+                    move || match store
+                        .write_audit_checkpoint(tessera_http::now(), &|c| signer.sign(c))
+                    {
+                        Ok(Some(n)) => tracing::debug!(n, "audit checkpoint signed"),
+                        Ok(None) => {}
+                        Err(e) => {
+                            tracing::warn!(error = %e.0, "cannot write an audit checkpoint; retrying")
+                        }
+                    },
+                ))
+            }
+        };
+        let indexer = match audit.index_events_per_second {
+            0 => None,
+            limit => Some(Periodic::every(Duration::from_secs(1), false, move || {
+                if let Err(e) = store.index_audit_repository(limit) {
+                    tracing::warn!(error = %e.0, "cannot index the audit repository; retrying");
                 }
-            }
-            if !matches!(last, Err(std::sync::mpsc::RecvTimeoutError::Timeout)) {
-                break;
-            }
-        });
+            })),
+        };
         Ok(Self {
-            stop: Some(stop),
-            thread: Some(thread),
+            _checkpoints: checkpoints,
+            _indexer: indexer,
         })
     }
 }
 
-impl Drop for Checkpoints {
+/// A job run on a thread of its own every `period` until dropped (and once more then,
+/// if `at_stop`).
+struct Periodic {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Periodic {
+    fn every(period: Duration, at_stop: bool, mut job: impl FnMut() + Send + 'static) -> Self {
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || loop {
+            let waited = stopped.recv_timeout(period);
+            let stopping = !matches!(waited, Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+            if !stopping || at_stop {
+                job();
+            }
+            if stopping {
+                break;
+            }
+        });
+        Self {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Periodic {
     fn drop(&mut self) {
         drop(self.stop.take());
         if let Some(thread) = self.thread.take() {
@@ -357,7 +395,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
     let settings = server_settings(&loaded, services);
     let state = app_state(&loaded)?;
     let deliveries = deliveries(&loaded, state.store.clone())?;
-    let checkpoints = Checkpoints::start(&loaded, state.store.clone())?;
+    let background = Background::start(&loaded, state.store.clone())?;
     actix_web::rt::System::new().block_on(async move {
         let running = tessera_http::start(state.clone(), &settings).with_context(|| {
             format!(
@@ -393,7 +431,7 @@ pub fn run(loaded: Loaded, services: Services, out: &mut dyn Write) -> anyhow::R
         let stopped = running.server.await.context("the server stopped with an error");
         node_activity(&state, &base, false).await?;
         drop(deliveries);
-        drop(checkpoints);
+        drop(background);
         stopped
     })
 }

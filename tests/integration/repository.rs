@@ -500,3 +500,49 @@ fn a_clinical_wildcard_reaches_no_audit_trail() {
     );
     assert_eq!(post.status, 201, "{}", post.body);
 }
+
+/// The repository indexes the trail in the background, a bounded number of events a
+/// second, so an auditor's query does not wait for all the trail gained since the last
+/// one; with `index_events_per_second = 0` only a query indexes.
+#[test]
+fn the_repository_indexes_the_trail_in_the_background_at_a_bounded_rate() {
+    let sum = |env: &Env, table: &str| -> i64 {
+        env.sql_values(&format!(
+            "SELECT CAST(COALESCE(SUM(seq), 0) AS TEXT) AS value FROM {table}"
+        ))[0]
+            .parse()
+            .unwrap()
+    };
+    for per_second in [0, 4] {
+        let env = Env::new();
+        env.configure(|c| c.audit.index_events_per_second = per_second);
+        let _server = env.start();
+        for i in 0..8 {
+            let _ = token(&env, &format!("tcu-{i}"), &["--scope", "system/*.rs"], &[]);
+        }
+        // A registration and a token each: 16 events, none queried.
+        assert!(records_eventually(&env, 16).len() >= 16);
+        std::thread::sleep(std::time::Duration::from_millis(1500));
+        let (indexed, head) = (
+            sum(&env, "audit_repository_cursors"),
+            sum(&env, "audit_chains"),
+        );
+        if per_second == 0 {
+            assert_eq!(indexed, 0, "nothing indexed before a query");
+            continue;
+        }
+        assert!(
+            indexed > 0 && indexed <= 8,
+            "{indexed} of {head} indexed after 1.5 s at 4 a second"
+        );
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while sum(&env, "audit_repository_cursors") < head && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert_eq!(
+            sum(&env, "audit_repository_cursors"),
+            head,
+            "all indexed in the background"
+        );
+    }
+}

@@ -364,8 +364,9 @@ pub struct Server {
     thread: Option<JoinHandle<()>>,
     /// The ITI-20 senders of `[audit]`, stopped after the server.
     deliveries: Option<tessera_outbound::delivery::Deliveries>,
-    /// The checkpoint signer, stopped (with a last checkpoint) after the state.
-    checkpoints: Option<tessera::serve::Checkpoints>,
+    /// The checkpoint signer and the repository's indexer, stopped (with a last
+    /// checkpoint) after the state.
+    background: Option<tessera::serve::Background>,
     /// The application state, dropped last: its audit writer then flushes into the
     /// database while the test's Env (and its PostgreSQL database) still exists.
     state: Option<std::sync::Arc<tessera_http::AppState>>,
@@ -394,8 +395,8 @@ impl Server {
         }
         let thread_state = tessera::serve::app_state(&loaded).unwrap();
         let deliveries = tessera::serve::deliveries(&loaded, thread_state.store.clone()).unwrap();
-        let checkpoints =
-            tessera::serve::Checkpoints::start(&loaded, thread_state.store.clone()).unwrap();
+        let background =
+            tessera::serve::Background::start(&loaded, thread_state.store.clone()).unwrap();
         let state = thread_state.clone();
         let settings = tessera::serve::server_settings(&loaded, services);
         let (tx, rx) = std::sync::mpsc::channel();
@@ -413,7 +414,7 @@ impl Server {
             handle,
             thread: Some(thread),
             deliveries: Some(deliveries),
-            checkpoints: Some(checkpoints),
+            background: Some(background),
             state: Some(state),
         }
     }
@@ -435,7 +436,7 @@ impl Drop for Server {
             }
             drop(state);
         }
-        self.checkpoints.take();
+        self.background.take();
     }
 }
 

@@ -388,10 +388,17 @@ impl Store {
 
     /// Brings the audit repository (ITI-81) up to date with the trail: the events
     /// appended to each chain since its last catch-up are indexed, in transactions of
-    /// 500. Run before each repository query, so the cost of indexing falls on auditors,
-    /// not on every audited request. Each chain's catch-up is serialised by its cursor
-    /// row's lock.
+    /// 500. Run before each repository query, and in the background at a bounded rate
+    /// ([`Store::index_audit_repository`]), so the cost of indexing falls on neither
+    /// audited requests nor, under a moderate load, on auditors. Each chain's catch-up
+    /// is serialised by its cursor row's lock.
     pub fn catch_up_audit_repository(&self) -> Result<u64, StoreError> {
+        self.index_audit_repository(u64::MAX)
+    }
+
+    /// Indexes at most `limit` of the events the audit repository is behind by (in
+    /// transactions of up to 500), each chain's oldest first. Answers how many it indexed.
+    pub fn index_audit_repository(&self, limit: u64) -> Result<u64, StoreError> {
         // Most queries find the repository current: two reads, no write lock.
         let behind: Vec<String> = {
             let mut conn = self.conn()?;
@@ -429,7 +436,11 @@ impl Store {
                             .filter(audit_events::chain.eq(&chain))
                             .filter(audit_events::seq.gt(cursor))
                             .order(audit_events::seq.asc())
-                            .limit(500)
+                            .limit(
+                                i64::try_from(limit.saturating_sub(indexed))
+                                    .unwrap_or(500)
+                                    .min(500),
+                            )
                             .select((audit_events::seq, audit_events::record))
                             .load(conn)?;
                         let Some(last) = rows.last().map(|(seq, _)| *seq) else {
@@ -447,9 +458,12 @@ impl Store {
                         Ok(false)
                     })
                     .map_err(db_error)?;
-                if done {
+                if done || indexed >= limit {
                     break;
                 }
+            }
+            if indexed >= limit {
+                break;
             }
         }
         Ok(indexed)
