@@ -42,6 +42,6 @@ for round in $(seq 1 "$rounds"); do
       --cacert pki/ca.crt "${bench[@]}" -d "$form" "$token_url" >/dev/null
     sleep 1
     echo "index-$per_second-moderate-$round: after 20 s at 300 tokens/s, an auditor's query took $(query) ms"
-    kill "$server"; wait "$server" 2>/dev/null || true
+    kill "$server"; wait "$server" 2>/dev/null || true; server=""
   done
 done
