@@ -170,13 +170,7 @@ impl Store {
         sign: &dyn Fn(&Checkpoint) -> Result<String, String>,
     ) -> Result<Option<i64>, StoreError> {
         let mut conn = self.conn()?;
-        let last: Option<String> = audit_checkpoints::table
-            .order(audit_checkpoints::n.desc())
-            .select(audit_checkpoints::jws)
-            .first(&mut *conn)
-            .optional()
-            .map_err(db_error)?;
-        let last = match last {
+        let last = match newest_checkpoint(&mut conn).map_err(db_error)? {
             Some(text) => Some((checkpoint_of(&text).map_err(db_error)?, text)),
             None => None,
         };
@@ -571,15 +565,20 @@ impl Store {
     /// The newest checkpoint's content (unverified), if any was written.
     pub fn latest_audit_checkpoint(&self) -> Result<Option<Checkpoint>, StoreError> {
         let mut conn = self.conn()?;
-        let text: Option<String> = audit_checkpoints::table
-            .order(audit_checkpoints::n.desc())
-            .select(audit_checkpoints::jws)
-            .first(&mut *conn)
-            .optional()
-            .map_err(db_error)?;
-        text.map(|t| checkpoint_of(&t).map_err(db_error))
+        newest_checkpoint(&mut conn)
+            .map_err(db_error)?
+            .map(|t| checkpoint_of(&t).map_err(db_error))
             .transpose()
     }
+}
+
+/// The newest checkpoint's signed text, if any.
+fn newest_checkpoint(conn: &mut DbConnection) -> QueryResult<Option<String>> {
+    audit_checkpoints::table
+        .order(audit_checkpoints::n.desc())
+        .select(audit_checkpoints::jws)
+        .first(conn)
+        .optional()
 }
 
 /// The content of a checkpoint's signed text (a compact JWS), unverified: the
