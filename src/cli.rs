@@ -861,8 +861,9 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
     let store = open_store(loaded)?;
     match cmd {
         AuditCommand::Verify => {
-            let mut report = store.verify_audit_chain(&mut |_| {})?;
-            let signers = crate::serve::checkpoint_verifier(loaded)?.check(&mut report);
+            let verifier = crate::serve::checkpoint_verifier(loaded)?;
+            let report =
+                store.verify_audit_chain(&|signed| verifier.verify(signed), &mut |_| {})?;
             if let Some(broken) = &report.first_broken {
                 bail!(
                     "audit chain {} broken at event {broken}: {} events before it verify, this one does not; \
@@ -892,13 +893,9 @@ fn audit(cmd: AuditCommand, loaded: &Loaded, out: &mut dyn Write) -> anyhow::Res
                     1 => "1 chain".to_owned(),
                     n => format!("{n} chains"),
                 },
-                report.checkpoints.len(),
-                if report.checkpoints.len() == 1 {
-                    ""
-                } else {
-                    "s"
-                },
-                match signers.as_slice() {
+                report.checkpoints,
+                if report.checkpoints == 1 { "" } else { "s" },
+                match report.signers.as_slice() {
                     [] => String::new(),
                     signers => format!(" (signed by {})", signers.join("; ")),
                 }

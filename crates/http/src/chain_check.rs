@@ -6,9 +6,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use tessera_store::{ChainReport, Store};
+use tessera_types::UnixTime;
 
 use crate::checkpoint::CheckpointVerifier;
-use tessera_types::UnixTime;
 
 /// The latest check of this server, if any.
 pub struct ChainCheck {
@@ -77,10 +77,8 @@ impl ChainCheck {
         let (store, job, checkpoints) = (store.clone(), run.clone(), self.checkpoints.clone());
         std::thread::spawn(move || {
             let report = store
-                .verify_audit_chain(&mut |n| job.checked.store(n, Ordering::Relaxed))
-                .map(|mut report| {
-                    checkpoints.check(&mut report);
-                    report
+                .verify_audit_chain(&|signed| checkpoints.verify(signed), &mut |n| {
+                    job.checked.store(n, Ordering::Relaxed)
                 })
                 .map_err(|e| e.to_string());
             if let Ok(report) = &report {

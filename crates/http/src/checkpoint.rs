@@ -16,7 +16,7 @@ use tessera_atna::Checkpoint;
 use tessera_iam::jose::{Algorithm, SigningKey, UnverifiedJws};
 use tessera_iam::pem::spki_to_jwk;
 use tessera_outbound::tls::{load_certs, load_key, provider};
-use tessera_store::{checkpoint_of, ChainReport};
+use tessera_store::checkpoint_of;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 /// The `typ` of a checkpoint's JWS.
@@ -122,31 +122,6 @@ impl CheckpointVerifier {
         jws.verify(&[jwk])
             .map_err(|e| format!("its signature does not verify: {e}"))?;
         Ok(cert.subject().to_string())
-    }
-
-    /// Checks every checkpoint of `report` (the store checked that they link up and
-    /// agree with the chains); the first that does not verify is named in the report.
-    /// Answers the signers' subjects, each once.
-    pub fn check(&self, report: &mut ChainReport) -> Vec<String> {
-        let mut signers: Vec<String> = Vec::new();
-        for (i, signed) in report.checkpoints.iter().enumerate() {
-            match self.verify(signed) {
-                Ok(subject) => {
-                    if !signers.contains(&subject) {
-                        signers.push(subject);
-                    }
-                }
-                Err(e) => {
-                    if report.checkpoint_broken.is_some() {
-                        break;
-                    }
-                    let n = checkpoint_of(signed).map_or(i as i64 + 1, |c| c.n);
-                    report.checkpoint_broken = Some(format!("checkpoint {n}: {e}"));
-                    break;
-                }
-            }
-        }
-        signers
     }
 }
 

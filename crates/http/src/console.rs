@@ -845,6 +845,11 @@ struct CheckpointView {
     events: i64,
 }
 
+/// A time as the trail page shows it.
+fn shown(t: UnixTime) -> String {
+    when(&format_instant(t.0.saturating_mul(1000)))
+}
+
 /// A chain check as the trail page tells it.
 struct CheckView {
     started: String,
@@ -864,13 +869,12 @@ struct CheckView {
 
 impl CheckView {
     fn of(run: &Run) -> Self {
-        let at = |t: UnixTime| when(&format_instant(t.0.saturating_mul(1000)));
         let describe = |found: &Option<EventRef>| found.as_ref().map(|r| format!("event {r}"));
         let checked = run.checked();
         let ended = run.ended();
         let report = ended.as_ref().and_then(|(_, r)| r.as_ref().ok());
         Self {
-            started: at(run.started),
+            started: shown(run.started),
             by: run.by.clone(),
             of: run.of,
             checked,
@@ -878,7 +882,7 @@ impl CheckView {
                 Ok(of) if of > 0 => (checked.saturating_mul(100) / of).min(100),
                 _ => 100,
             },
-            ended: ended.as_ref().map(|(t, _)| at(*t)),
+            ended: ended.as_ref().map(|(t, _)| shown(*t)),
             failed: ended.as_ref().and_then(|(_, r)| r.as_ref().err().cloned()),
             broken: report.and_then(|r| describe(&r.first_broken)),
             checkpoint: report.and_then(|r| r.checkpoint_broken.clone()),
@@ -914,7 +918,7 @@ async fn trail_page(
         chains: chains.len(),
         checkpoint: checkpoint.map(|c| CheckpointView {
             n: c.n,
-            at: when(&format_instant(c.at.0.saturating_mul(1000))),
+            at: shown(c.at),
             events: c.heads.values().map(|h| h.seq).sum(),
         }),
         deliveries: acknowledged

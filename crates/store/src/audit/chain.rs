@@ -50,10 +50,10 @@ pub struct ChainReport {
     pub checked: u64,
     /// How many chains the trail has.
     pub chains: usize,
-    /// The checkpoints, in order, as signed: their signatures are for the caller to
-    /// check (the trust anchors are configuration, not data). Each links to the one
-    /// before, and each chain's event at the head it names has the hash it names.
-    pub checkpoints: Vec<String>,
+    /// How many checkpoints were read.
+    pub checkpoints: u64,
+    /// Who signed them (each once), as the caller's signature check names them.
+    pub signers: Vec<String>,
     /// The first event whose stored hash does not follow from its predecessors.
     pub first_broken: Option<EventRef>,
     /// Why the checkpoints do not agree with each other or with the chains.
@@ -70,13 +70,26 @@ impl ChainReport {
         Self {
             checked: 0,
             chains,
-            checkpoints: Vec::new(),
+            checkpoints: 0,
+            signers: Vec::new(),
             first_broken: None,
             checkpoint_broken: None,
             first_altered_copy: None,
             unanchored: 0,
         }
     }
+}
+
+/// What the checkpoints say of the chains.
+#[derive(Default)]
+struct Checkpoints {
+    /// The newest checkpoint that follows all before it.
+    newest: Option<Checkpoint>,
+    /// Per chain: the hash a checkpoint signed for the event at each place (and the
+    /// checkpoint's number).
+    promised: BTreeMap<String, BTreeMap<i64, (String, i64)>>,
+    /// The first checkpoint whose signature does not verify, and why.
+    unsigned: Option<String>,
 }
 
 /// Every chain's head.
@@ -196,94 +209,164 @@ impl Store {
     }
 
     /// Recomputes every chain from its first event, names the first broken link, and
-    /// checks the checkpoints: each follows the one before, and each chain's event at
-    /// the head a checkpoint names has the hash it names (a chain rewritten with
-    /// recomputed hashes, or removed, fails there). Checks as well that the audit
-    /// repository's copy of each event it has indexed is the one the trail derives.
-    /// `progress` hears how many events verify so far, after each batch of 1,000 (each
-    /// batch on a connection of its own, so a long check holds none of the pool's
-    /// connections for long).
+    /// checks the checkpoints: each is signed (`signature` checks one's signed text and
+    /// answers its signer: the trust anchors are configuration, not data), follows the
+    /// one before, and each chain's event at the head a checkpoint names has the hash it
+    /// names (a chain rewritten with recomputed hashes, or removed, fails there). Checks
+    /// as well that the audit repository's copy of each event it has indexed is the one
+    /// the trail derives. `progress` hears how many events verify so far, after each
+    /// batch of 1,000. Events and checkpoints are read 1,000 at a time, each batch on a
+    /// connection of its own, so a long check holds neither much memory nor any of the
+    /// pool's connections for long.
     pub fn verify_audit_chain(
         &self,
+        signature: &dyn Fn(&str) -> Result<String, String>,
         progress: &mut dyn FnMut(u64),
     ) -> Result<ChainReport, StoreError> {
         // The heads as the check starts: the events up to them are checked; those
         // appended while the check runs (the check's own request is one) are the next
-        // check's. The checkpoints are read after the heads, so a checkpoint written
-        // meanwhile may name heads further on: those events are not checked against it.
-        let (heads, indexed, checkpoints, heads_after) = {
+        // check's. A checkpoint written meanwhile may name heads further on: those
+        // events are not checked against it.
+        let (heads, indexed) = {
             let mut conn = self.conn()?;
             let heads = chain_heads(&mut conn).map_err(db_error)?;
             let indexed = repository_cursors(&mut conn).map_err(db_error)?;
-            let checkpoints: Vec<String> = audit_checkpoints::table
-                .order(audit_checkpoints::n.asc())
-                .select(audit_checkpoints::jws)
-                .load(&mut *conn)
-                .map_err(db_error)?;
-            // Heads only grow: read after the checkpoints, none can be behind the newest.
-            let heads_after = chain_heads(&mut conn).map_err(db_error)?;
-            (heads, indexed, checkpoints, heads_after)
+            (heads, indexed)
         };
         let mut report = ChainReport::new(heads.len());
-        // What the checkpoints say each chain's event at a given place hashes to.
-        let mut promised: BTreeMap<(String, i64), (String, i64)> = BTreeMap::new();
-        let mut previous: Option<(String, Checkpoint)> = None;
-        for text in &checkpoints {
-            let checkpoint = match checkpoint_of(text) {
-                Ok(c) => c,
-                Err(e) => {
-                    report.checkpoint_broken = Some(e);
-                    break;
-                }
-            };
-            if let Err(e) = checkpoint.follows(previous.as_ref().map(|(t, c)| (t.as_str(), c))) {
-                report.checkpoint_broken = Some(e);
-                break;
-            }
-            for (chain, head) in &checkpoint.heads {
-                promised.insert((chain.clone(), head.seq), (head.hash.clone(), checkpoint.n));
-            }
-            previous = Some((text.clone(), checkpoint));
-        }
-        report.checkpoints = checkpoints;
-        if report.checkpoint_broken.is_none() {
-            if let Some((_, last)) = &previous {
-                report.checkpoint_broken = last.heads.iter().find_map(|(chain, head)| {
-                    match heads_after.get(chain) {
-                        Some(now) if now.seq >= head.seq => None,
-                        Some(now) => Some(format!(
-                            "chain {chain} has {} events, but {} at checkpoint {}: events were removed",
-                            now.seq, head.seq, last.n
-                        )),
-                        None => Some(format!(
-                            "chain {chain} is in checkpoint {} but no longer in the trail: it was removed",
-                            last.n
-                        )),
-                    }
-                });
-            }
-        }
+        let checkpoints = self.verify_checkpoints(signature, &mut report)?;
         let anchored = |chain: &str| {
-            previous
+            checkpoints
+                .newest
                 .as_ref()
-                .and_then(|(_, last)| last.heads.get(chain))
+                .and_then(|last| last.heads.get(chain))
                 .map_or(0, |h| h.seq)
         };
         report.unanchored = heads
             .iter()
             .map(|(chain, head)| u64::try_from(head.seq - anchored(chain)).unwrap_or(0))
             .sum();
-        for (chain, head) in &heads {
+        self.verify_chains(
+            &heads,
+            &indexed,
+            &checkpoints.promised,
+            &mut report,
+            progress,
+        )?;
+        // A signature is the last thing the report names about the checkpoints.
+        report.checkpoint_broken = report.checkpoint_broken.or(checkpoints.unsigned);
+        Ok(report)
+    }
+
+    /// Reads the checkpoints in order, 1,000 at a time: counts them and their signers in
+    /// `report`, names there the first that does not follow the one before or that
+    /// claims more events of a chain than the chain now has, and answers what the
+    /// chains are checked against.
+    fn verify_checkpoints(
+        &self,
+        signature: &dyn Fn(&str) -> Result<String, String>,
+        report: &mut ChainReport,
+    ) -> Result<Checkpoints, StoreError> {
+        let mut found = Checkpoints::default();
+        let mut previous: Option<String> = None;
+        let mut after = 0i64;
+        'pages: loop {
+            let page: Vec<(i64, String)> = audit_checkpoints::table
+                .filter(audit_checkpoints::n.gt(after))
+                .order(audit_checkpoints::n.asc())
+                .limit(1000)
+                .select((audit_checkpoints::n, audit_checkpoints::jws))
+                .load(&mut *self.conn()?)
+                .map_err(db_error)?;
+            if page.is_empty() {
+                break;
+            }
+            for (n, text) in page {
+                after = n;
+                report.checkpoints += 1;
+                let checkpoint = checkpoint_of(&text);
+                if found.unsigned.is_none() {
+                    match signature(&text) {
+                        Ok(signer) if !report.signers.contains(&signer) => {
+                            report.signers.push(signer);
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            let n = checkpoint.as_ref().map_or(n, |c| c.n);
+                            found.unsigned = Some(format!("checkpoint {n}: {e}"));
+                        }
+                    }
+                }
+                let checkpoint = match checkpoint {
+                    Ok(c) => c,
+                    Err(e) => {
+                        report.checkpoint_broken = Some(e);
+                        break 'pages;
+                    }
+                };
+                let last = previous.as_deref().zip(found.newest.as_ref());
+                if let Err(e) = checkpoint.follows(last) {
+                    report.checkpoint_broken = Some(e);
+                    break 'pages;
+                }
+                for (chain, head) in &checkpoint.heads {
+                    found
+                        .promised
+                        .entry(chain.clone())
+                        .or_default()
+                        .insert(head.seq, (head.hash.clone(), checkpoint.n));
+                }
+                previous = Some(text);
+                found.newest = Some(checkpoint);
+            }
+        }
+        if report.checkpoint_broken.is_some() {
+            return Ok(found);
+        }
+        let Some(last) = &found.newest else {
+            return Ok(found);
+        };
+        // Heads only grow: read after the checkpoints, none can be behind the newest.
+        let heads_now = chain_heads(&mut *self.conn()?).map_err(db_error)?;
+        report.checkpoint_broken =
+            last.heads
+                .iter()
+                .find_map(|(chain, head)| match heads_now.get(chain) {
+                    Some(now) if now.seq >= head.seq => None,
+                    Some(now) => Some(format!(
+                        "chain {chain} has {} events, but {} at checkpoint {}: events were removed",
+                        now.seq, head.seq, last.n
+                    )),
+                    None => Some(format!(
+                    "chain {chain} is in checkpoint {} but no longer in the trail: it was removed",
+                    last.n
+                )),
+                });
+        Ok(found)
+    }
+
+    /// Walks every chain up to its head in `heads`, then looks for rows put after a
+    /// head; stops at the first broken link (named in `report`).
+    fn verify_chains(
+        &self,
+        heads: &BTreeMap<String, Head>,
+        indexed: &BTreeMap<String, i64>,
+        promised: &BTreeMap<String, BTreeMap<i64, (String, i64)>>,
+        report: &mut ChainReport,
+        progress: &mut dyn FnMut(u64),
+    ) -> Result<(), StoreError> {
+        let none = BTreeMap::new();
+        for (chain, head) in heads {
             let broken = self.verify_one_chain(
                 chain,
                 head,
                 indexed.get(chain).copied().unwrap_or(0),
-                &promised,
-                &mut report,
+                promised.get(chain).unwrap_or(&none),
+                report,
                 progress,
             )?;
             if broken {
-                return Ok(report);
+                return Ok(());
             }
         }
         // Rows put after a head without moving it, or in a chain without a head: every
@@ -304,10 +387,10 @@ impl Store {
                     seq: head + 1,
                     id: "(after the chain's head)".into(),
                 });
-                return Ok(report);
+                return Ok(());
             }
         }
-        Ok(report)
+        Ok(())
     }
 
     /// Walks one chain up to `head`; true when it is broken (named in `report`).
@@ -316,7 +399,7 @@ impl Store {
         chain: &str,
         head: &Head,
         indexed: i64,
-        promised: &BTreeMap<(String, i64), (String, i64)>,
+        promised: &BTreeMap<i64, (String, i64)>,
         report: &mut ChainReport,
         progress: &mut dyn FnMut(u64),
     ) -> Result<bool, StoreError> {
@@ -357,7 +440,7 @@ impl Store {
                     report.first_broken = Some(broken(seq, &id));
                     return Ok(true);
                 }
-                if let Some((signed, n)) = promised.get(&(chain.to_owned(), seq)) {
+                if let Some((signed, n)) = promised.get(&seq) {
                     if *signed != hash {
                         report.checkpoint_broken.get_or_insert_with(|| {
                             format!(
@@ -406,7 +489,7 @@ impl Store {
         };
         let mut indexed = 0u64;
         for chain in behind {
-            loop {
+            while indexed < limit {
                 let mut conn = self.conn()?;
                 let done = conn
                     .transaction::<_, DieselError, _>(|conn| {
@@ -430,11 +513,7 @@ impl Store {
                             .filter(audit_events::chain.eq(&chain))
                             .filter(audit_events::seq.gt(cursor))
                             .order(audit_events::seq.asc())
-                            .limit(
-                                i64::try_from(limit.saturating_sub(indexed))
-                                    .unwrap_or(500)
-                                    .min(500),
-                            )
+                            .limit(i64::try_from((limit - indexed).min(500)).unwrap_or(500))
                             .select((audit_events::seq, audit_events::record))
                             .load(conn)?;
                         let Some(last) = rows.last().map(|(seq, _)| *seq) else {
@@ -452,12 +531,9 @@ impl Store {
                         Ok(false)
                     })
                     .map_err(db_error)?;
-                if done || indexed >= limit {
+                if done {
                     break;
                 }
-            }
-            if indexed >= limit {
-                break;
             }
         }
         Ok(indexed)
