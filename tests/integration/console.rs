@@ -160,7 +160,7 @@ fn an_auditor_searches_the_trail_opens_an_event_exports_and_checks_the_chain() {
     assert!(
         trail
             .body
-            .contains(" events in 1 hash chain (one for each Tessera instance)")
+            .contains(" events in 1 hash chain: each Tessera server, and the command line,")
             && trail.body.contains("No checkpoint has been signed yet"),
         "{}",
         trail.body
