@@ -14,7 +14,8 @@ if ! command -v oha >/dev/null; then
   export PATH="/opt/oha/bin:$PATH"
 fi
 (cd "$root" && cargo build --release --locked --quiet --bin tessera --example jwt_load)
-bin="$root/target/release/tessera"
+# BENCH_BIN=PATH measures another build of tessera (an A/B against a scratch build).
+bin="${BENCH_BIN:-$root/target/release/tessera}"
 
 # BENCH_REUSE=DIR measures an installation a BENCH_KEEP run left (its data kept).
 if [ -n "${BENCH_REUSE:-}" ]; then work=$BENCH_REUSE; export BENCH_KEEP=1; else work=$(mktemp -d); fi
