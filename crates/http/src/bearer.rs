@@ -12,7 +12,7 @@ use tessera_iam::VerifiedToken;
 use tessera_types::RealmName;
 
 use crate::error::BearerError;
-use crate::{blocking, now, realm_state, ApiError, AppState};
+use crate::{blocking, now, read, realm_state, ApiError, AppState};
 use tessera_outbound::gateway::Introspector;
 
 pub struct Requirement<'a> {
@@ -90,7 +90,10 @@ pub async fn verify_presented(
             let realm = realm_state(state, realm_name.as_str()).await?;
             let st = state.clone().into_inner();
             let skew = state.tokens.settings().clock_skew_seconds;
-            blocking(move || st.introspection.active(&realm, &st.store, &token, at, skew)).await??
+            read(state, move || {
+                st.introspection.active(&realm, &st.store, &token, at, skew)
+            })
+            .await??
         }
     };
     let token = verified.ok_or_else(|| refuse(BearerError::InvalidToken))?;

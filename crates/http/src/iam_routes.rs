@@ -398,7 +398,14 @@ async fn introspect(
     let st = state.clone().into_inner();
     let at = now();
     let realm_name = realm.realm.name.to_string();
-    let result = blocking(move || {
+    // A caller known from memory (a Bearer token, or a cached client's certificate or
+    // secret) costs the introspection only reads of revocations by key; an assertion's
+    // jti is written down, on the blocking pool.
+    let reads_only = bearer.is_some()
+        || st
+            .tokens
+            .authenticates_from_memory(&realm, &query.client, &credentials, at);
+    let work = move || {
         let request = IntrospectionRequest {
             query: &query,
             credentials: &credentials,
@@ -406,8 +413,12 @@ async fn introspect(
         };
         st.introspection
             .introspect(&st.tokens, &st.store, &realm, &request, at)
-    })
-    .await?;
+    };
+    let result = if reads_only {
+        crate::read(&state, work).await?
+    } else {
+        blocking(work).await?
+    };
     // A refusal is decided here once: its status goes into the record, then out.
     let result = result.map_err(|error| {
         let description = error.to_string();

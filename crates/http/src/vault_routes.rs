@@ -1,7 +1,8 @@
 //! The FHIR Vault over HTTP (ITI-72): `/fhir/{partition}/...`. Every interaction but
 //! the discovery documents needs a Bearer token for this vault's audience; what the
 //! token permits is decided by `tessera_vault::authz`. Handlers parse the request, call
-//! the vault on the blocking pool, and format the FHIR response.
+//! the vault on the blocking pool (reads by key where `crate::read` says), and format
+//! the FHIR response.
 
 use std::sync::Arc;
 
@@ -157,8 +158,31 @@ pub(crate) async fn call<T: Send + 'static>(
     partition: String,
     work: impl FnOnce(&AppState, &Ctx<'_>) -> Result<T, VaultError> + Send + 'static,
 ) -> Result<T, ApiError> {
+    blocking(with_context(state, token, partition, work))
+        .await?
+        .map_err(ApiError::Vault)
+}
+
+/// [`call`] for a read of rows by key (read, vread): where [`crate::read`] runs it.
+async fn call_read<T: Send + 'static>(
+    state: &web::Data<AppState>,
+    token: Arc<VerifiedToken>,
+    partition: String,
+    work: impl FnOnce(&AppState, &Ctx<'_>) -> Result<T, VaultError> + Send + 'static,
+) -> Result<T, ApiError> {
+    crate::read(state, with_context(state, token, partition, work))
+        .await?
+        .map_err(ApiError::Vault)
+}
+
+fn with_context<T>(
+    state: &web::Data<AppState>,
+    token: Arc<VerifiedToken>,
+    partition: String,
+    work: impl FnOnce(&AppState, &Ctx<'_>) -> Result<T, VaultError>,
+) -> impl FnOnce() -> Result<T, VaultError> {
     let st = state.clone().into_inner();
-    blocking(move || {
+    move || {
         let base = partition_base(&st, &partition);
         let ctx = Ctx {
             grant: Grant {
@@ -170,9 +194,7 @@ pub(crate) async fn call<T: Send + 'static>(
             now_ms: now_ms(),
         };
         work(&st, &ctx)
-    })
-    .await?
-    .map_err(ApiError::Vault)
+    }
 }
 
 pub(crate) fn http_date(ms: i64) -> Option<HeaderValue> {
@@ -283,7 +305,7 @@ async fn read(
     let token = token(&req, &state).await?;
     let (partition, ty, id) = path.into_inner();
     let base = partition_base(&state, &partition);
-    let stored = call(&state, token, partition, move |st, ctx| {
+    let stored = call_read(&state, token, partition, move |st, ctx| {
         st.vault.fhir.read(&st.store, ctx, &ty, &id)
     })
     .await?;
@@ -298,7 +320,7 @@ async fn vread(
     let token = token(&req, &state).await?;
     let (partition, ty, id, vid) = path.into_inner();
     let base = partition_base(&state, &partition);
-    let stored = call(&state, token, partition, move |st, ctx| {
+    let stored = call_read(&state, token, partition, move |st, ctx| {
         st.vault.fhir.vread(&st.store, ctx, &ty, &id, &vid)
     })
     .await?;

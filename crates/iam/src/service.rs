@@ -433,13 +433,24 @@ impl<S: IamStore> TokenService<S> {
         let GrantRequest::ClientCredentials(request) = request else {
             return false;
         };
-        if request.account.is_some()
-            || request.client.client_assertion.is_some()
-            || request.client.client_assertion_type.is_some()
-        {
+        request.account.is_none()
+            && self.authenticates_from_memory(realm, &request.client, credentials, now)
+    }
+
+    /// Does authenticating this client need neither a read nor a write: a certificate or
+    /// a secret (no assertion, whose jti is written down) of a client whose registration
+    /// is cached and fresh at `now`?
+    pub fn authenticates_from_memory(
+        &self,
+        realm: &RealmState,
+        params: &ClientAuthParams,
+        credentials: &Credentials,
+        now: UnixTime,
+    ) -> bool {
+        if params.client_assertion.is_some() || params.client_assertion_type.is_some() {
             return false;
         }
-        let id = match (&credentials.basic, &request.client.client_id) {
+        let id = match (&credentials.basic, &params.client_id) {
             (Some((id, _)), _) | (None, Some(id)) => id,
             (None, None) => return false,
         };
