@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# An A/B of two or more builds of tessera on one installation: each round starts each
+# binary in turn (same database, same clients, server on CPU 0 with one worker, oha on
+# CPU 1) and loads the same endpoints, so the builds alternate under the same drift.
+# Build the variants first (e.g. a scratch worktree with a patch, copied out of
+# target/release); bench/lib.sh's own build of this checkout sets up the installation.
+# Usage: bench/ab.sh SECONDS ROUNDS BINARY BINARY... ; SCENARIOS picks from
+#   jwks token introspect vault-read handshake (default: the first four).
+duration=$1
+rounds=$2
+shift 2
+binaries=("$@")
+[ ${#binaries[@]} -ge 2 ] || { echo "usage: bench/ab.sh SECONDS ROUNDS BINARY BINARY..." >&2; exit 2; }
+BENCH_BIN=${binaries[0]}
+source "$(dirname "$0")/lib.sh"
+
+serve() { # binary
+  bin=$1
+  start_server
+}
+serve "${binaries[0]}"
+bench_client p-ab
+bench_gateway_and_auditor
+token_url="$url/realms/cara/protocol/openid-connect/token"
+read_url="$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
+  -d '{"resourceType":"Patient","name":[{"family":"AB"}]}' "$fhir/Patient" \
+  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+kill "$server"; wait "$server" 2>/dev/null || true
+mtls=(--cert clients/tcu.crt --key clients/tcu.key)
+for round in $(seq 1 "$rounds"); do
+  for binary in "${binaries[@]}"; do
+    echo "-- round $round: $binary"
+    serve "$binary"
+    access=$(curl -fsS "${tls[@]}" -d grant_type=client_credentials -d client_id=tcu "$token_url" \
+      | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+    for scenario in ${SCENARIOS:-jwks token introspect vault-read}; do
+      case $scenario in
+        jwks) method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}" ;;
+        token) run_oha token "$token_url" "$duration" -c 32 "${mtls[@]}" \
+          -d "grant_type=client_credentials&client_id=tcu" ;;
+        introspect) run_oha introspect "$token_url/introspect" "$duration" -c 32 \
+          --cert clients/gateway.crt --key clients/gateway.key -d "client_id=gateway&token=$access" ;;
+        vault-read) method=GET run_oha vault-read "$read_url" "$duration" -c 32 "${mtls[@]}" \
+          -H "Authorization: Bearer $access" ;;
+        handshake) run_oha token-handshake "$token_url" "$duration" -c 32 --disable-keepalive "${mtls[@]}" \
+          -d "grant_type=client_credentials&client_id=tcu" ;;
+        *) echo "unknown scenario $scenario" >&2; exit 2 ;;
+      esac
+    done
+    kill "$server"; wait "$server" 2>/dev/null || true
+  done
+done
