@@ -44,7 +44,8 @@ pub struct AuditConfig {
     /// The CAs that issue the instances' TLS certificates, which sign the checkpoints.
     pub checkpoint_ca: Vec<PathBuf>,
     /// At most this many events a second indexed for the audit repository in the
-    /// background (0: only when an auditor queries).
+    /// background, in seconds when this instance appended no more than that (0: only
+    /// when an auditor queries).
     pub index_events_per_second: u64,
     /// ITI-20 syslog receivers (`[[audit.syslog]]`), each sent every event.
     #[serde(default)]

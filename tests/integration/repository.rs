@@ -504,15 +504,17 @@ fn a_clinical_wildcard_reaches_no_audit_trail() {
 /// The repository indexes the trail in the background, a bounded number of events a
 /// second, so an auditor's query does not wait for all the trail gained since the last
 /// one; with `index_events_per_second = 0` only a query indexes.
+/// The sum of the `seq` columns of `table`: how far its chains (or cursors) are.
+fn sum(env: &Env, table: &str) -> i64 {
+    env.sql_values(&format!(
+        "SELECT CAST(COALESCE(SUM(seq), 0) AS TEXT) AS value FROM {table}"
+    ))[0]
+        .parse()
+        .unwrap()
+}
+
 #[test]
 fn the_repository_indexes_the_trail_in_the_background_at_a_bounded_rate() {
-    let sum = |env: &Env, table: &str| -> i64 {
-        env.sql_values(&format!(
-            "SELECT CAST(COALESCE(SUM(seq), 0) AS TEXT) AS value FROM {table}"
-        ))[0]
-            .parse()
-            .unwrap()
-    };
     for per_second in [0, 2] {
         let env = Env::new();
         env.configure(|c| c.audit.index_events_per_second = per_second);
@@ -523,7 +525,9 @@ fn the_repository_indexes_the_trail_in_the_background_at_a_bounded_rate() {
         }
         // A registration and a token each: 16 events, none queried.
         assert!(records_eventually(&env, 16).len() >= 16);
-        std::thread::sleep(std::time::Duration::from_millis(1500));
+        // The indexer skips the seconds in which the server appended more than 2 (the
+        // tokens'); the next one, all quiet, indexes.
+        std::thread::sleep(std::time::Duration::from_millis(2500));
         let indexed = sum(&env, "audit_repository_cursors");
         if per_second == 0 {
             assert_eq!(indexed, 0, "nothing indexed before a query");
@@ -548,4 +552,56 @@ fn the_repository_indexes_the_trail_in_the_background_at_a_bounded_rate() {
             "all indexed in the background"
         );
     }
+}
+
+#[test]
+fn the_background_indexer_leaves_the_core_to_a_load_it_could_not_follow() {
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    env.configure(|c| c.audit.index_events_per_second = 2);
+    let _server = env.start();
+    let c = Client::new(&env, None);
+    // Refused token requests, each an ITI-71 event: far more than 2 a second.
+    let load = |seconds: f64| {
+        let until = Instant::now() + Duration::from_secs_f64(seconds);
+        let mut sent = 0;
+        while Instant::now() < until {
+            let reply = c.send(
+                "POST",
+                "/realms/cara/protocol/openid-connect/token",
+                None,
+                &[("Content-Type", "application/x-www-form-urlencoded")],
+                Some("grant_type=client_credentials&client_id=nobody&client_secret=wrong"),
+            );
+            assert_eq!(reply.status, 401, "{}", reply.body);
+            sent += 1;
+        }
+        sent
+    };
+    // A round under way when the load began has finished after 1.5 s.
+    load(1.5);
+    let before = sum(&env, "audit_repository_cursors");
+    let sent = load(3.0);
+    assert!(
+        sent > 3 * 4,
+        "the load must outrun the indexer: {sent} in 3 s"
+    );
+    assert_eq!(
+        sum(&env, "audit_repository_cursors"),
+        before,
+        "nothing indexed in the background while the server appended {sent} events in 3 s"
+    );
+    // Once the load is gone, the indexer goes on.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sum(&env, "audit_repository_cursors") == before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        sum(&env, "audit_repository_cursors") > before,
+        "the indexer resumed after the load"
+    );
+    assert!(
+        sum(&env, "audit_repository_cursors") < sum(&env, "audit_chains"),
+        "and indexes at its own rate, not all at once"
+    );
 }

@@ -395,8 +395,12 @@ impl Server {
         }
         let thread_state = tessera::serve::app_state(&loaded).unwrap();
         let deliveries = tessera::serve::deliveries(&loaded, thread_state.store.clone()).unwrap();
-        let background =
-            tessera::serve::Background::start(&loaded, thread_state.store.clone()).unwrap();
+        let background = tessera::serve::Background::start(
+            &loaded,
+            thread_state.store.clone(),
+            thread_state.audit.stats(),
+        )
+        .unwrap();
         let state = thread_state.clone();
         let settings = tessera::serve::server_settings(&loaded, services);
         let (tx, rx) = std::sync::mpsc::channel();

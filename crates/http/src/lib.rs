@@ -307,7 +307,7 @@ async fn healthz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 async fn metrics(state: web::Data<AppState>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/plain; version=0.0.4")
-        .body(state.metrics.render() + &metrics::render_journal(state.audit.stats()))
+        .body(state.metrics.render() + &metrics::render_journal(&state.audit.stats()))
 }
 
 async fn not_found() -> HttpResponse {

@@ -330,9 +330,10 @@ impl AuditWriter {
         Pending(reply)
     }
 
-    /// The journal's counters, for `/metrics`.
-    pub fn stats(&self) -> &JournalStats {
-        &self.inner.stats
+    /// The journal's counters, for `/metrics` and for background work that yields to
+    /// the requests (they hold no writer: the journal still stops with its last handle).
+    pub fn stats(&self) -> Arc<JournalStats> {
+        self.inner.stats.clone()
     }
 }
 
