@@ -8,6 +8,19 @@
 
 #![forbid(unsafe_code)]
 
+/// Runs a query on the connection's own backend. Through diesel's `MultiConnection` every
+/// query is first written out as SQL text (to find its prepared statement by that text),
+/// which was 7% of a vault read; on the concrete connection the statement is found by the
+/// query's type. For the queries on the hot paths; the body must compile for both.
+macro_rules! on_backend {
+    ($conn:expr, |$c:ident| $body:expr) => {
+        match &mut *$conn {
+            $crate::DbConnection::Sqlite($c) => $body,
+            $crate::DbConnection::Postgres($c) => $body,
+        }
+    };
+}
+
 mod aim;
 mod audit;
 mod export;
@@ -863,7 +876,7 @@ impl RevocationStore for Store {
             let (Some(a), Some(b), Some(c)) = (key(0), key(1), key(2)) else {
                 continue;
             };
-            let rows: Vec<(String, i64)> = revoked_tokens::table
+            let query = revoked_tokens::table
                 .filter(revoked_tokens::realm.eq(realm.as_str()))
                 .filter(
                     revoked_tokens::jti
@@ -871,9 +884,9 @@ impl RevocationStore for Store {
                         .or(revoked_tokens::jti.eq(b))
                         .or(revoked_tokens::jti.eq(c)),
                 )
-                .select((revoked_tokens::jti, revoked_tokens::revoked_at))
-                .load(&mut *conn)
-                .map_err(db_error)?;
+                .select((revoked_tokens::jti, revoked_tokens::revoked_at));
+            let rows: Vec<(String, i64)> =
+                on_backend!(conn, |db| query.load(db)).map_err(db_error)?;
             found.extend(rows);
         }
         Ok(found)

@@ -212,12 +212,12 @@ fn load_current(
     resource_type: &str,
     id: &str,
 ) -> QueryResult<Option<Stored>> {
-    fhir_resources::table
+    let query = fhir_resources::table
         .filter(fhir_resources::partition_id.eq(partition))
         .filter(fhir_resources::resource_type.eq(resource_type))
         .filter(fhir_resources::id.eq(id))
-        .select(CURRENT_ROW)
-        .first::<Row>(conn)
+        .select(CURRENT_ROW);
+    on_backend!(conn, |db| query.first::<Row>(db))
         .optional()
         .map(|row| row.map(stored))
 }
@@ -686,13 +686,13 @@ impl VaultStore for Store {
         version: i64,
     ) -> Result<Option<Stored>, VaultError> {
         let mut conn = self.conn().map_err(store_error)?;
-        fhir_versions::table
+        let query = fhir_versions::table
             .filter(fhir_versions::partition_id.eq(partition))
             .filter(fhir_versions::resource_type.eq(resource_type))
             .filter(fhir_versions::id.eq(id))
             .filter(fhir_versions::version.eq(version))
-            .select(VERSION_ROW)
-            .first::<Row>(&mut *conn)
+            .select(VERSION_ROW);
+        on_backend!(conn, |db| query.first::<Row>(db))
             .optional()
             .map(|row| row.map(stored))
             .map_err(store_error)
