@@ -249,7 +249,7 @@ impl Pki {
             ca.subject()
         );
         let serial = cert.raw_serial().to_vec();
-        let hex: String = serial.iter().map(|b| format!("{b:02x}")).collect();
+        let hex = tessera_types::hex(&serial);
         let thumbprint = tessera_iam::pem::certificate_thumbprint(&pem.contents);
         let mut revoked = self.revoked()?;
         if revoked
@@ -318,11 +318,7 @@ pub fn describe(cert_file: &Path) -> String {
     let described = fs::read(cert_file).ok().and_then(|pem| {
         let (_, pem) = x509_parser::pem::parse_x509_pem(&pem).ok()?;
         let cert = pem.parse_x509().ok()?;
-        let serial: String = cert
-            .raw_serial()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let serial = tessera_types::hex(cert.raw_serial());
         Some(format!("serial {serial}, subject {}", cert.subject()))
     });
     described.unwrap_or_else(|| cert_file.display().to_string())

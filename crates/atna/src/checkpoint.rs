@@ -104,11 +104,7 @@ impl Checkpoint {
 
 /// SHA-256 of a checkpoint's signed text, hex: what the next checkpoint names.
 pub fn checkpoint_hash(signed: &str) -> String {
-    digest::digest(&digest::SHA256, signed.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tessera_types::hex(digest::digest(&digest::SHA256, signed.as_bytes()).as_ref())
 }
 
 #[cfg(test)]

@@ -403,11 +403,7 @@ pub fn chain_hash(previous: &str, canonical: &str) -> String {
     ctx.update(previous.as_bytes());
     ctx.update(b"\n");
     ctx.update(canonical.as_bytes());
-    ctx.finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tessera_types::hex(ctx.finish().as_ref())
 }
 
 /// The canonical text of a record, the one that is hashed and stored.

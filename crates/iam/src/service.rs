@@ -823,11 +823,7 @@ fn verify_secret(
 /// Tessera generates, never chosen by people, so a fast hash suffices: there is no
 /// dictionary to search. Only the hash is stored: a copy of the database redeems nothing.
 pub fn secret_hash(secret: &str) -> String {
-    digest::digest(&digest::SHA256, secret.as_bytes())
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    tessera_types::hex(digest::digest(&digest::SHA256, secret.as_bytes()).as_ref())
 }
 
 /// Compares secrets without leaking where they differ through timing.

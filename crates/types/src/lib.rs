@@ -367,6 +367,18 @@ pub fn uuid_v7(unix_ms: u64, random: [u8; 10]) -> String {
         .to_string()
 }
 
+/// Lower-case hexadecimal of `bytes` (digests, serials), written into one string: the
+/// audit drainer hashes every record, and a `format!` per byte was 7% of its time.
+pub fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        text.push(char::from(DIGITS[usize::from(b >> 4)]));
+        text.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    }
+    text
+}
+
 /// Seconds since the Unix epoch. Domain functions take the current time as one of these
 /// instead of reading the clock, so tests can pin it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -382,6 +394,15 @@ impl UnixTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hex_writes_every_byte_as_two_lower_case_digits() {
+        assert_eq!(hex(&[]), "");
+        assert_eq!(hex(&[0x00, 0x0f, 0xa0, 0xff, 0x7b]), "000fa0ff7b");
+        let all: Vec<u8> = (0..=255).collect();
+        let expected: String = all.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(hex(&all), expected);
+    }
 
     #[test]
     fn scope_set_parses_sorts_and_deduplicates() {
