@@ -5,9 +5,13 @@
 # Build the variants first (e.g. a scratch worktree with a patch, copied out of
 # target/release); bench/lib.sh's own build of this checkout sets up the installation.
 # Usage: bench/ab.sh SECONDS ROUNDS BINARY BINARY... ; SCENARIOS picks from
-#   jwks token introspect vault-read handshake (default: the first four).
+#   jwks token introspect vault-read handshake tls-floor (default: the first four);
+#   tls-floor loads examples/tls_floor.rs (the reference of handshake) before each build's
+#   server starts. After each scenario the journal's records per sync since the start.
+#   CONNECTIONS sets the load's connections (default 32).
 duration=$1
 rounds=$2
+connections=${CONNECTIONS:-32}
 shift 2
 binaries=("$@")
 [ ${#binaries[@]} -ge 2 ] || { echo "usage: bench/ab.sh SECONDS ROUNDS BINARY BINARY..." >&2; exit 2; }
@@ -27,25 +31,44 @@ read_url="$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: app
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
 kill "$server"; wait "$server" 2>/dev/null || true
 mtls=(--cert clients/tcu.crt --key clients/tcu.key)
+if [[ " ${SCENARIOS:-} " == *" tls-floor "* ]]; then
+  # The reference of new-handshake tokens (bench/floors.sh), loaded in turn with the builds.
+  # It idles while a server runs.
+  (cd "$root" && cargo build --release --locked --quiet --example tls_floor)
+  taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
+  floor=$!
+  trap 'kill $floor 2>/dev/null; cleanup' EXIT
+fi
 for round in $(seq 1 "$rounds"); do
   for binary in "${binaries[@]}"; do
     echo "-- round $round: $binary"
+    if [[ " ${SCENARIOS:-} " == *" tls-floor "* ]]; then
+      # Before the server starts: nothing of it (its start, its background indexing of
+      # the rounds before) shares the core with the reference.
+      method=GET run_oha tls-floor "https://127.0.0.1:18444/" "$duration" -c "$connections" --disable-keepalive \
+        "${mtls[@]}"
+    fi
     serve "$binary"
     access=$(curl -fsS "${tls[@]}" -d grant_type=client_credentials -d client_id=tcu "$token_url" \
       | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
     for scenario in ${SCENARIOS:-jwks token introspect vault-read}; do
       case $scenario in
-        jwks) method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}" ;;
-        token) run_oha token "$token_url" "$duration" -c 32 "${mtls[@]}" \
+        jwks) method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c "$connections" "${mtls[@]}" ;;
+        token) run_oha token "$token_url" "$duration" -c "$connections" "${mtls[@]}" \
           -d "grant_type=client_credentials&client_id=tcu" ;;
-        introspect) run_oha introspect "$token_url/introspect" "$duration" -c 32 \
+        introspect) run_oha introspect "$token_url/introspect" "$duration" -c "$connections" \
           --cert clients/gateway.crt --key clients/gateway.key -d "client_id=gateway&token=$access" ;;
-        vault-read) method=GET run_oha vault-read "$read_url" "$duration" -c 32 "${mtls[@]}" \
+        vault-read) method=GET run_oha vault-read "$read_url" "$duration" -c "$connections" "${mtls[@]}" \
           -H "Authorization: Bearer $access" ;;
-        handshake) run_oha token-handshake "$token_url" "$duration" -c 32 --disable-keepalive "${mtls[@]}" \
+        tls-floor) continue ;; # measured before the server started
+        handshake) run_oha token-handshake "$token_url" "$duration" -c "$connections" --disable-keepalive "${mtls[@]}" \
           -d "grant_type=client_credentials&client_id=tcu" ;;
         *) echo "unknown scenario $scenario" >&2; exit 2 ;;
       esac
+      journal=$(curl -fsS "${tls[@]}" "$url/metrics" | awk '
+        /^tessera_audit_journal_records_total/ { r = $2 } /^tessera_audit_journal_syncs_total/ { s = $2 }
+        END { if (s > 0) printf "%d records in %d syncs since start, %.1f a sync", r, s, r / s }')
+      echo "   journal: $journal"
     done
     kill "$server"; wait "$server" 2>/dev/null || true
   done

@@ -5,14 +5,20 @@
 # routing regexes, the database, JSON, and the rest (Tessera, actix, rustls).
 # Needs perf (Debian linux-perf) and the right to sample (root, or perf_event_paranoid <= 1).
 # Usage: bench/profile.sh [seconds, default 10] [scenario...]
-#   scenarios: token introspect vault-read iti81 catch-up (default: all). catch-up: the
-#   audit repository indexing what `seconds` of token load appended, as the next ITI-81
-#   query does first (sampled for as long as that query takes).
+#   scenarios: token introspect vault-read iti81 catch-up handshake tls-floor (default: the
+#   first five). catch-up: the audit repository indexing what `seconds` of token load
+#   appended, as the next ITI-81 query does first (sampled for as long as that query
+#   takes). handshake: tokens with a new mutual-TLS handshake each; tls-floor: the same
+#   load on examples/tls_floor.rs (issue 17's reference for it), sampled the same way, so
+#   the two profiles side by side show what a connection costs beyond mutual TLS.
 duration=${1:-10}
 shift || true
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(token introspect vault-read iti81 catch-up)
 source "$(dirname "$0")/lib.sh"
+if [[ " ${scenarios[*]} " == *" tls-floor "* ]]; then
+  (cd "$root" && cargo build --release --locked --quiet --example tls_floor)
+fi
 start_server
 bench_client p-profile
 bench_gateway_and_auditor
@@ -36,6 +42,9 @@ load() { # scenario: oha for duration + 2 s in the background
       --cert clients/gateway.crt --key clients/gateway.key -d "client_id=gateway&token=$access" \
       "$token_url/introspect" ;;
     vault-read) taskset -c 1 oha "${common[@]}" "${mtls[@]}" -H "$auth" "$fhir/Patient/$read_id" ;;
+    handshake) taskset -c 1 oha "${common[@]}" -m POST -T application/x-www-form-urlencoded "${mtls[@]}" \
+      --disable-keepalive -d "grant_type=client_credentials&client_id=tcu" "$token_url" ;;
+    tls-floor) taskset -c 1 oha "${common[@]}" "${mtls[@]}" --disable-keepalive https://127.0.0.1:18444/ ;;
     iti81) taskset -c 1 oha "${common[@]}" --cert clients/auditor.crt --key clients/auditor.key \
       -H "Authorization: Bearer $auditor" "$url/audit/fhir/AuditEvent?date=ge$day&_count=10" ;;
     *) echo "unknown scenario $1" >&2; return 1 ;;
@@ -105,11 +114,20 @@ for scenario in "${scenarios[@]}"; do
     # Index what the scenarios before left first: the profile is of the query.
     first_query
   fi
+  sampled=$server
+  if [ "$scenario" = tls-floor ]; then
+    taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
+    sampled=$!
+    sleep 0.5
+  fi
   load "$scenario" >"$out/profile-$scenario.oha" 2>&1 &
   loader=$!
   sleep 1
-  perf record -q -F 999 -g -p "$server" -o "$out/profile-$scenario.data" -- sleep "$duration" 2>/dev/null
+  perf record -q -F 999 -g -p "$sampled" -o "$out/profile-$scenario.data" -- sleep "$duration" 2>/dev/null
   wait "$loader"
+  if [ "$sampled" != "$server" ]; then
+    kill "$sampled"; wait "$sampled" 2>/dev/null || true
+  fi
   rate=$(awk '/Requests\/sec/ { print $2 }' "$out/profile-$scenario.oha")
   perf report -i "$out/profile-$scenario.data" --stdio --no-children --sort sym -g none 2>/dev/null \
     >"$out/profile-$scenario.txt"

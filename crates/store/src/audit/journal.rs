@@ -18,6 +18,7 @@ use tessera_atna::Record;
 use tessera_iam::StoreError;
 
 use super::chain::Journaled;
+use super::cpu::CpuLoad;
 use crate::{db_error, Store};
 
 /// The most events one transaction takes.
@@ -26,8 +27,9 @@ const MAX_BATCH: usize = 512;
 const DRAIN_GATHER: Duration = Duration::from_millis(50);
 /// The most records the journal waits for before a sync (it takes more if more are there).
 const GROUP_TARGET: usize = 24;
-/// The longest the journal lets a group fill before one sync for all.
-const GROUP_WAIT: Duration = Duration::from_millis(2);
+/// The longest the journal lets a group fill before one sync for all (only while the
+/// cores are saturated: see [`AuditWriter`]).
+const GROUP_WAIT: Duration = Duration::from_millis(8);
 
 /// The answer to one append: set by the journal thread once the record is synced (or
 /// failed), awaited by an async caller or waited for by a blocking one.
@@ -107,15 +109,23 @@ pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Appends audit records durably and fast. A record is durable once it is in this
 /// process's journal file, appended and synced (`fdatasync`) together with the records
-/// of its group: one disk sync for many requests. Each caller returns only then. A lone
-/// record is written at once; under load a group waits (at most [`GROUP_WAIT`]) for as
-/// many records as the last one had, plus one, up to [`GROUP_TARGET`]: a sync costs
-/// about 100 µs of CPU on a virtual disk, so fewer, larger groups leave that CPU to
-/// the requests (measured: one sync per ~8 token requests with a TLS handshake each,
-/// per ~17 on kept-alive connections with a target of 16, ~24 with 24; `/metrics`
-/// shows the counts). At 32 connections on one core a target of 24 served 4-7% more
-/// tokens than 16, and 32 no more than 16: a group that waits for every connection
-/// leaves the core idle meanwhile. A second thread then moves the records into the database (the hash-chained
+/// of its group: one disk sync for many requests. Each caller returns only then.
+///
+/// A group is what arrived while the previous sync ran, written at once, unless the
+/// cores this process runs on are saturated (see `cpu.rs`): then it waits (at most
+/// [`GROUP_WAIT`]) for as many records as the last group had, plus one, up to
+/// [`GROUP_TARGET`]. A sync costs about 100 µs of CPU on a virtual disk (its system
+/// call, the disk's notification and interrupt, the thread switches), which saturated
+/// cores take from requests; idle cores do not miss it, and waiting then only adds
+/// latency. Measured on one core at 32 connections (`bench/ab.sh`, `/metrics` shows
+/// the counts): with a new TLS handshake per token, waits of 4 and 8 ms instead of 2
+/// made groups of 10 and 23 records instead of 5 and served 5-7% and 8-12% more; on
+/// kept-alive connections groups reach the target first, and a target of 24 served
+/// 4-7% more tokens than 16 (32 no more than 16). A wait regardless of load stalls
+/// fewer clients than the target: at 4 connections every other group waited out a 2 ms
+/// window while the core idled (2,400 kept-alive tokens/s; 7,800 without the wait).
+///
+/// A second thread then moves the records into the database (the hash-chained
 /// trail) in large transactions, retrying with backoff while the database is away.
 /// Once the database holds everything a journal held, the journal is emptied.
 ///
@@ -146,11 +156,80 @@ struct Queue {
 
 struct Waiting {
     records: Vec<(Record, Reply)>,
-    /// The group size the journal waits for: as many as the last group had (it takes
-    /// all that are there when it wakes, so this grows with the load), up to
-    /// [`GROUP_TARGET`]. A lone caller (last group of one) is written at once.
-    target: usize,
+    /// The group size the journal waits for while the cores are saturated.
+    target: Target,
+    /// When the journal last took a group.
+    taken_at: std::time::Instant,
     closed: bool,
+}
+
+/// The group size to wait for: as many as the last group had (the journal takes all that
+/// are there, so this follows the load), plus one (a probe) when that group filled in
+/// time, up to [`GROUP_TARGET`]. A probe that did not fill in time found all the clients
+/// there are: the group after it would wait out the window for one more that cannot
+/// come while the core idles, so the next probe comes only after twice as many groups
+/// as the last time (up to [`MAX_BACKOFF`]); a probe that filled lets the next group
+/// probe again. A probe waits at most twice as long as the last group that filled took,
+/// counted from when the group before it was taken (its sync included).
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    size: usize,
+    /// Whether the group being gathered is a probe.
+    probing: bool,
+    /// Groups to go before the next probe.
+    probe_in: u32,
+    /// What `probe_in` was set to after the last probe that did not fill.
+    backoff: u32,
+    /// How long the last group that reached its size took, from the group before it.
+    filled_in: Option<Duration>,
+}
+
+/// The most groups between probes.
+const MAX_BACKOFF: u32 = 64;
+
+impl Target {
+    const ALONE: Self = Self {
+        size: 1,
+        probing: false,
+        probe_in: 0,
+        backoff: 0,
+        filled_in: None,
+    };
+
+    /// How long the group being gathered may wait.
+    fn window(&self) -> Duration {
+        match self.filled_in {
+            Some(filled_in) if self.probing => GROUP_WAIT.min(filled_in * 2),
+            _ => GROUP_WAIT,
+        }
+    }
+
+    /// After a group of `taken` records that reached the size `filled_in` after the
+    /// group before it was taken (`None`: did not in time).
+    fn after(&mut self, taken: usize, filled_in: Option<Duration>) {
+        let reached = filled_in.is_some();
+        if reached {
+            self.filled_in = filled_in;
+        }
+        if self.probing {
+            self.backoff = if reached {
+                0
+            } else {
+                (self.backoff * 2).clamp(1, MAX_BACKOFF)
+            };
+            self.probe_in = self.backoff;
+        }
+        self.probing = false;
+        self.size = taken.clamp(1, GROUP_TARGET);
+        if reached && taken > 1 && self.size < GROUP_TARGET {
+            if self.probe_in == 0 {
+                self.size += 1;
+                self.probing = true;
+            } else {
+                self.probe_in -= 1;
+            }
+        }
+    }
 }
 
 impl Queue {
@@ -158,7 +237,8 @@ impl Queue {
         Self {
             state: Mutex::new(Waiting {
                 records: Vec::new(),
-                target: 1,
+                target: Target::ALONE,
+                taken_at: std::time::Instant::now(),
                 closed: false,
             }),
             arrived: Condvar::new(),
@@ -175,7 +255,7 @@ impl Queue {
         }
         waiting.records.push((record, reply));
         let n = waiting.records.len();
-        if n == 1 || n == waiting.target {
+        if n == 1 || n == waiting.target.size {
             self.arrived.notify_one();
         }
         Ok(())
@@ -188,9 +268,14 @@ impl Queue {
         self.arrived.notify_one();
     }
 
-    /// The next group: waits for a first record, then up to [`GROUP_WAIT`] for the
-    /// group to reach its target. `None` once closed and empty.
-    fn next_group(&self) -> Option<Vec<(Record, Reply)>> {
+    /// The next group: waits for a first record; then, while the cores are saturated, up
+    /// to [`GROUP_WAIT`] for the group to reach its target. With a core to spare the group
+    /// is what came during the previous sync. `saturated` says whether the cores are, at
+    /// the instant given. `None` once closed and empty.
+    fn next_group(
+        &self,
+        saturated: &mut impl FnMut(std::time::Instant) -> bool,
+    ) -> Option<Vec<(Record, Reply)>> {
         let mut waiting = self.state.lock().ok()?;
         while waiting.records.is_empty() {
             if waiting.closed {
@@ -198,33 +283,37 @@ impl Queue {
             }
             waiting = self.arrived.wait(waiting).ok()?;
         }
-        let deadline = std::time::Instant::now() + GROUP_WAIT;
-        let mut reached = true;
-        while waiting.records.len() < waiting.target && !waiting.closed {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                reached = false;
-                break;
+        // Read (at most every 100 ms) without holding up submitters meanwhile.
+        drop(waiting);
+        let now = std::time::Instant::now();
+        let saturated = saturated(now);
+        let mut waiting = self.state.lock().ok()?;
+        let mut reached = waiting.records.len() >= waiting.target.size;
+        if saturated {
+            let deadline = now + waiting.target.window();
+            while !reached && !waiting.closed {
+                let left = deadline.saturating_duration_since(std::time::Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                waiting = self.arrived.wait_timeout(waiting, left).ok()?.0;
+                reached = waiting.records.len() >= waiting.target.size;
             }
-            waiting = self.arrived.wait_timeout(waiting, left).ok()?.0;
         }
         let take = waiting.records.len().min(MAX_BATCH);
         let group: Vec<_> = waiting.records.drain(..take).collect();
-        waiting.target = next_target(group.len(), reached);
+        let taken_at = std::time::Instant::now();
+        let since_last = taken_at.saturating_duration_since(waiting.taken_at);
+        waiting.taken_at = taken_at;
+        // A group written at once says nothing of how many clients wait together: the
+        // size stays for when the cores are saturated again.
+        if saturated {
+            waiting
+                .target
+                .after(group.len(), reached.then_some(since_last));
+        }
         Some(group)
     }
-}
-
-/// The size the next group waits for, after one of `taken` records that did (or did
-/// not) reach its target in time: a group that filled asks for one more, one that did
-/// not asks for what came; a lone record asks for nothing more (it is written at once).
-fn next_target(taken: usize, reached: bool) -> usize {
-    let wanted = if reached && taken > 1 {
-        taken + 1
-    } else {
-        taken
-    };
-    wanted.clamp(1, GROUP_TARGET)
 }
 
 struct Inner {
@@ -467,8 +556,11 @@ impl Journal {
     }
 
     fn run(mut self, incoming: &Queue, drainer: Sender<Vec<Journaled>>) {
-        // Under load, a group gathers for a moment: one sync then serves many requests.
-        while let Some(batch) = incoming.next_group() {
+        // While the cores are saturated a group gathers for a moment: one sync then
+        // serves many requests.
+        let mut load = CpuLoad::new(std::time::Instant::now());
+        let mut saturated = |now| load.saturated(now);
+        while let Some(batch) = incoming.next_group(&mut saturated) {
             let records: Vec<Journaled> = batch.iter().map(|(r, _)| Journaled::of(r)).collect();
             let result = self.append(&records);
             if let Err(e) = &result {
@@ -616,21 +708,151 @@ mod tests {
         assert!(no_space_hint(error, segment_bytes(ROTATE_BYTES)).contains("needs 5 MiB free"));
     }
 
-    #[test]
-    fn a_group_asks_for_one_more_once_it_fills_and_for_what_came_when_it_did_not() {
-        let cases = [
-            // (taken, reached in time, next target)
-            (1, true, 1), // alone: the next lone record is written at once
-            (1, false, 1),
-            (2, true, 3),
-            (5, true, 6),
-            (5, false, 5),
-            (GROUP_TARGET, true, GROUP_TARGET),
-            (MAX_BATCH, true, GROUP_TARGET), // woke to a backlog
-            (MAX_BATCH, false, GROUP_TARGET),
-        ];
-        for (taken, reached, next) in cases {
-            assert_eq!(next_target(taken, reached), next, "{taken} {reached}");
+    /// Pushes records with the ids `e<n>` for each `n` given, as requests would.
+    fn push(queue: &Queue, ids: std::ops::Range<usize>) {
+        for n in ids {
+            let record = Record {
+                id: format!("e{n}"),
+                recorded: tessera_types::UnixTime(0),
+                observer: "https://tessera.example".into(),
+                client_address: None,
+                outcome: tessera_atna::Outcome::Success,
+                event: tessera_atna::Event::AdminAction {
+                    command: "user add".into(),
+                    target: "audrey".into(),
+                    operator: "root".into(),
+                },
+            };
+            assert!(queue.push(record, Reply::default()).is_ok());
         }
+    }
+
+    fn queue_waiting_for(size: usize) -> Queue {
+        let queue = Queue::new();
+        queue.state.lock().unwrap().target.size = size;
+        queue
+    }
+
+    #[test]
+    fn with_a_core_to_spare_a_group_is_taken_at_once() {
+        // A wait would take its whole window (no fourth record comes); the fastest of
+        // five tries shows there was none, however busy the machine running the tests.
+        let fastest = (0..5)
+            .map(|_| {
+                let queue = queue_waiting_for(5);
+                push(&queue, 0..3);
+                let started = std::time::Instant::now();
+                let group = queue.next_group(&mut |_| false).unwrap();
+                let took = started.elapsed();
+                assert_eq!(group.len(), 3);
+                assert_eq!(queue.state.lock().unwrap().target.size, 5, "unchanged");
+                took
+            })
+            .min()
+            .unwrap();
+        assert!(fastest < GROUP_WAIT / 2, "{fastest:?}");
+    }
+
+    #[test]
+    fn on_saturated_cores_a_group_waits_for_its_size_or_its_window() {
+        // Four more records from another thread, a millisecond after the first: the group
+        // takes all five as soon as the fifth comes, within its window (8 ms). One of five
+        // tries must, however busy the machine running the tests.
+        let queue = (0..5)
+            .find_map(|_| {
+                let queue = Arc::new(queue_waiting_for(5));
+                push(&queue, 0..1);
+                let pusher = {
+                    let queue = queue.clone();
+                    thread::spawn(move || {
+                        thread::sleep(Duration::from_millis(1));
+                        push(&queue, 1..5);
+                    })
+                };
+                let group = queue.next_group(&mut |_| true).unwrap();
+                pusher.join().unwrap();
+                (group.len() == 5).then_some(queue)
+            })
+            .expect("a group waited for its fifth record");
+        let target = queue.state.lock().unwrap().target;
+        assert_eq!((target.size, target.probing), (6, true));
+        // The probe for a sixth: nobody comes, the window ends, and the group is what came.
+        push(&queue, 5..10);
+        let started = std::time::Instant::now();
+        let group = queue.next_group(&mut |_| true).unwrap();
+        let took = started.elapsed();
+        assert_eq!(group.len(), 5);
+        assert!(took >= target.window(), "{took:?}");
+        let target = queue.state.lock().unwrap().target;
+        let after = (target.size, target.probing, target.probe_in);
+        assert_eq!(after, (5, false, 1));
+        // Closed and empty: no more groups.
+        queue.close();
+        assert!(queue.next_group(&mut |_| true).is_none());
+    }
+
+    #[test]
+    fn a_group_probes_for_one_more_and_backs_off_when_no_more_came() {
+        let mut target = Target::ALONE;
+        let filled = Some(Duration::from_millis(1));
+        // Alone: the next lone record is written at once.
+        target.after(1, filled);
+        assert_eq!((target.size, target.probing), (1, false));
+        // Filled in time: the next group probes for one more, and a probe that fills
+        // lets the one after probe again.
+        assert_eq!(target.window(), GROUP_WAIT);
+        target.after(2, filled);
+        assert_eq!((target.size, target.probing), (3, true));
+        // A probe waits twice as long as the last group that filled took, at most.
+        assert_eq!(target.window(), Duration::from_millis(2));
+        target.after(3, filled);
+        assert_eq!((target.size, target.probing, target.backoff), (4, true, 0));
+        // Four clients: the probe for a fifth runs out of time. The next probe comes
+        // after one group, then two, four... as long as none fills.
+        target.after(4, None);
+        assert_eq!(
+            (target.size, target.probing, target.probe_in),
+            (4, false, 1)
+        );
+        assert_eq!(target.window(), GROUP_WAIT, "not a probe");
+        target.after(4, filled);
+        assert_eq!(
+            (target.size, target.probing, target.probe_in),
+            (4, false, 0)
+        );
+        target.after(4, filled);
+        assert_eq!((target.size, target.probing), (5, true));
+        target.after(4, None);
+        assert_eq!((target.size, target.probe_in), (4, 2));
+        for _ in 0..2 {
+            target.after(4, filled);
+            assert!(!target.probing);
+        }
+        target.after(4, filled);
+        assert!(target.probing);
+        for _ in 0..10 {
+            target.after(4, None);
+            target.probe_in = 0;
+            target.after(4, filled);
+        }
+        assert_eq!(target.backoff, MAX_BACKOFF);
+        // A sixth client: the probe fills, and growth is quick again.
+        target.after(5, Some(GROUP_WAIT));
+        assert_eq!((target.size, target.probing, target.backoff), (6, true, 0));
+        assert_eq!(
+            target.window(),
+            GROUP_WAIT,
+            "twice the fill, but no longer than any"
+        );
+        // Fewer records than waited for, not in a probe: the load fell.
+        target.after(6, filled);
+        target.probing = false;
+        target.after(3, None);
+        assert_eq!((target.size, target.probing), (3, false));
+        // A backlog, or the cap: the cap, and no probe above it.
+        target.after(MAX_BATCH, filled);
+        assert_eq!((target.size, target.probing), (GROUP_TARGET, false));
+        target.after(GROUP_TARGET, filled);
+        assert_eq!((target.size, target.probing), (GROUP_TARGET, false));
     }
 }

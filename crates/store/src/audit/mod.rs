@@ -3,6 +3,7 @@
 //! verification and export.
 
 mod chain;
+mod cpu;
 mod deliveries;
 mod journal;
 
