@@ -13,8 +13,11 @@ use std::time::{Duration, Instant};
 
 /// How often the cores' times are read again (`/proc/stat` counts in 10 ms ticks).
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// The share of the cores' time spent working above which they count as saturated.
+/// The share of the cores' time spent working at which they count as saturated, and
+/// below which they no longer do once they were: a journal that waits spends less CPU
+/// on syncs, which alone must not end the waiting.
 const SATURATED: f64 = 0.9;
+const NO_LONGER_SATURATED: f64 = 0.75;
 
 /// The cores' recent load, read again at most every [`SAMPLE_EVERY`].
 pub(super) struct CpuLoad {
@@ -55,7 +58,7 @@ impl CpuLoad {
                 cpu_times(&stat, cpus)
             });
             self.saturated = match (self.last, times) {
-                (Some(before), Some(after)) => saturated(before, after),
+                (Some(before), Some(after)) => saturated(before, after, self.saturated),
                 _ => false,
             };
             self.last = times;
@@ -111,10 +114,11 @@ fn cpu_times(stat: &str, cpus: &[usize]) -> Option<Times> {
     (found > 0).then_some(sum)
 }
 
-fn saturated(before: Times, after: Times) -> bool {
+fn saturated(before: Times, after: Times, were: bool) -> bool {
     let total = after.total.saturating_sub(before.total);
     let working = after.working.saturating_sub(before.working);
-    total > 0 && working as f64 >= SATURATED * total as f64
+    let threshold = if were { NO_LONGER_SATURATED } else { SATURATED };
+    total > 0 && working as f64 >= threshold * total as f64
 }
 
 #[cfg(test)]
@@ -155,12 +159,17 @@ mod tests {
     }
 
     #[test]
-    fn cores_are_saturated_when_nine_tenths_of_their_time_went_to_work() {
+    fn cores_are_saturated_from_nine_tenths_of_their_time_at_work_until_below_three_quarters() {
         let at = |working, total| Times { working, total };
-        assert!(saturated(at(100, 200), at(195, 300)));
-        assert!(saturated(at(100, 200), at(190, 300)));
-        assert!(!saturated(at(100, 200), at(189, 300)));
-        assert!(!saturated(at(100, 200), at(100, 200)), "no time passed");
+        assert!(saturated(at(100, 200), at(195, 300), false));
+        assert!(saturated(at(100, 200), at(190, 300), false));
+        assert!(!saturated(at(100, 200), at(189, 300), false));
+        assert!(saturated(at(100, 200), at(175, 300), true));
+        assert!(!saturated(at(100, 200), at(174, 300), true));
+        assert!(
+            !saturated(at(100, 200), at(100, 200), true),
+            "no time passed"
+        );
     }
 
     #[test]

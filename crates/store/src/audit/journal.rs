@@ -112,12 +112,12 @@ pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 /// of its group: one disk sync for many requests. Each caller returns only then.
 ///
 /// A group is what arrived while the previous sync ran, written at once, unless the
-/// cores this process runs on are saturated (see `cpu.rs`): then it waits (at most
-/// [`GROUP_WAIT`]) for as many records as the last group had, plus one, up to
-/// [`GROUP_TARGET`]. A sync costs about 100 µs of CPU on a virtual disk (its system
-/// call, the disk's notification and interrupt, the thread switches), which saturated
-/// cores take from requests; idle cores do not miss it, and waiting then only adds
-/// latency. Measured on one core at 32 connections (`bench/ab.sh`, `/metrics` shows
+/// cores this process runs on are saturated (see `cpu.rs`): then it waits (see
+/// [`Target`], at most [`GROUP_WAIT`]) for as many records as the last group had, plus
+/// one, up to [`GROUP_TARGET`]. A sync costs about 100 µs of CPU on a virtual disk
+/// (its system call, the disk's notification and interrupt, the thread switches), which
+/// saturated cores take from requests; idle cores do not miss it, and waiting then only
+/// adds latency. Measured on one core at 32 connections (`bench/ab.sh`, `/metrics` shows
 /// the counts): with a new TLS handshake per token, waits of 4 and 8 ms instead of 2
 /// made groups of 10 and 23 records instead of 5 and served 5-7% and 8-12% more; on
 /// kept-alive connections groups reach the target first, and a target of 24 served
@@ -169,8 +169,9 @@ struct Waiting {
 /// there are: the group after it would wait out the window for one more that cannot
 /// come while the core idles, so the next probe comes only after twice as many groups
 /// as the last time (up to [`MAX_BACKOFF`]); a probe that filled lets the next group
-/// probe again. A probe waits at most twice as long as the last group that filled took,
-/// counted from when the group before it was taken (its sync included).
+/// probe again. A group waits at most twice as long as the last group that filled took,
+/// counted from when the group before it was taken (its sync included): the window
+/// follows the load, so few clients are not kept waiting long for one more.
 #[derive(Debug, Clone, Copy)]
 struct Target {
     size: usize,
@@ -196,10 +197,11 @@ impl Target {
         filled_in: None,
     };
 
-    /// How long the group being gathered may wait.
+    /// How long the group being gathered may wait: twice what the last one that filled
+    /// took, at most [`GROUP_WAIT`].
     fn window(&self) -> Duration {
         match self.filled_in {
-            Some(filled_in) if self.probing => GROUP_WAIT.min(filled_in * 2),
+            Some(filled_in) => GROUP_WAIT.min(filled_in * 2),
             _ => GROUP_WAIT,
         }
     }
@@ -800,10 +802,10 @@ mod tests {
         assert_eq!((target.size, target.probing), (1, false));
         // Filled in time: the next group probes for one more, and a probe that fills
         // lets the one after probe again.
-        assert_eq!(target.window(), GROUP_WAIT);
+        assert_eq!(Target::ALONE.window(), GROUP_WAIT, "nothing filled yet");
         target.after(2, filled);
         assert_eq!((target.size, target.probing), (3, true));
-        // A probe waits twice as long as the last group that filled took, at most.
+        // A group waits twice as long as the last group that filled took, at most.
         assert_eq!(target.window(), Duration::from_millis(2));
         target.after(3, filled);
         assert_eq!((target.size, target.probing, target.backoff), (4, true, 0));
@@ -814,7 +816,7 @@ mod tests {
             (target.size, target.probing, target.probe_in),
             (4, false, 1)
         );
-        assert_eq!(target.window(), GROUP_WAIT, "not a probe");
+        assert_eq!(target.window(), Duration::from_millis(2), "a probe or not");
         target.after(4, filled);
         assert_eq!(
             (target.size, target.probing, target.probe_in),
