@@ -31,18 +31,16 @@ read_url="$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: app
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
 kill "$server"; wait "$server" 2>/dev/null || true
 mtls=(--cert clients/tcu.crt --key clients/tcu.key)
+with_floor=""
 if [[ " ${SCENARIOS:-} " == *" tls-floor "* ]]; then
-  # The reference of new-handshake tokens (bench/floors.sh), loaded in turn with the builds.
-  # It idles while a server runs.
-  (cd "$root" && cargo build --release --locked --quiet --example tls_floor)
-  taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
-  floor=$!
-  trap 'kill $floor 2>/dev/null; cleanup' EXIT
+  # The reference of new-handshake tokens, loaded in turn with the builds.
+  with_floor=1
+  start_tls_floor
 fi
 for round in $(seq 1 "$rounds"); do
   for binary in "${binaries[@]}"; do
     echo "-- round $round: $binary"
-    if [[ " ${SCENARIOS:-} " == *" tls-floor "* ]]; then
+    if [ -n "$with_floor" ]; then
       # Before the server starts: nothing of it (its start, its background indexing of
       # the rounds before) shares the core with the reference.
       method=GET run_oha tls-floor "https://127.0.0.1:18444/" "$duration" -c "$connections" --disable-keepalive \

@@ -19,7 +19,7 @@
 duration=${1:-10}
 rounds=${ROUNDS:-2}
 source "$(dirname "$0")/lib.sh"
-(cd "$root" && cargo build --release --locked --quiet --example tls_floor --example grant_load)
+(cd "$root" && cargo build --release --locked --quiet --example grant_load)
 start_server
 bench_client p-floor
 bench_gateway_and_auditor
@@ -32,10 +32,7 @@ read_url=$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+j
   -d '{"resourceType":"Patient","name":[{"family":"Floor"}]}' "$fhir/Patient" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
 read_url="$fhir/Patient/$read_url"
-taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
-floor=$!
-trap 'kill $floor 2>/dev/null; cleanup' EXIT
-sleep 0.5
+start_tls_floor
 
 # A person's grants (as bench/apps.sh): a patient, their account, a public app.
 person_account=$("$bin" account add --mpi-id "urn:cara:mpi_id:2.16.756.5.30.1.191.1.0.2.1/$(cat /proc/sys/kernel/random/uuid)" \

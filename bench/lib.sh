@@ -70,6 +70,16 @@ bench_gateway_and_auditor() {
     --scope "system/AuditEvent.rs" >/dev/null
 }
 
+# examples/tls_floor.rs, the reference of new-handshake requests (issue 17), on CPU 0 at
+# https://127.0.0.1:18444 (it idles while a server runs); sets $floor, stopped on exit.
+start_tls_floor() {
+  (cd "$root" && cargo build --release --locked --quiet --example tls_floor)
+  taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
+  floor=$!
+  trap 'kill $floor 2>/dev/null; cleanup' EXIT
+  sleep 0.5
+}
+
 report() { # name, oha json
   python3 - "$1" "$2" <<'PY'
 import json, sys

@@ -16,9 +16,6 @@ shift || true
 scenarios=("$@")
 [ ${#scenarios[@]} -gt 0 ] || scenarios=(token introspect vault-read iti81 catch-up)
 source "$(dirname "$0")/lib.sh"
-if [[ " ${scenarios[*]} " == *" tls-floor "* ]]; then
-  (cd "$root" && cargo build --release --locked --quiet --example tls_floor)
-fi
 start_server
 bench_client p-profile
 bench_gateway_and_auditor
@@ -116,9 +113,8 @@ for scenario in "${scenarios[@]}"; do
   fi
   sampled=$server
   if [ "$scenario" = tls-floor ]; then
-    taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
-    sampled=$!
-    sleep 0.5
+    start_tls_floor
+    sampled=$floor
   fi
   load "$scenario" >"$out/profile-$scenario.oha" 2>&1 &
   loader=$!
