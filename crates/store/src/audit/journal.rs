@@ -202,7 +202,7 @@ impl Target {
     fn window(&self) -> Duration {
         match self.filled_in {
             Some(filled_in) => GROUP_WAIT.min(filled_in * 2),
-            _ => GROUP_WAIT,
+            None => GROUP_WAIT,
         }
     }
 
@@ -270,9 +270,9 @@ impl Queue {
         self.arrived.notify_one();
     }
 
-    /// The next group: waits for a first record; then, while the cores are saturated, up
-    /// to [`GROUP_WAIT`] for the group to reach its target. With a core to spare the group
-    /// is what came during the previous sync. `saturated` says whether the cores are, at
+    /// The next group: waits for a first record; then, while the cores are saturated, for
+    /// the group to reach its target, for as long as [`Target::window`] allows. With a core
+    /// to spare the group is what came during the previous sync. `saturated` says whether the cores are, at
     /// the instant given. `None` once closed and empty.
     fn next_group(
         &self,
