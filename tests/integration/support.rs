@@ -749,7 +749,7 @@ pub fn tls_probe(
     key: &Path,
     version: &'static rustls::SupportedProtocolVersion,
 ) -> Result<String, rustls::Error> {
-    tls_request(env, &tls_client_config(env, cert, key, version)).map(|(response, _)| response)
+    tls_request(env, &tls_client_config(env, cert, key, version)).map(|exchange| exchange.response)
 }
 
 /// A rustls client configuration with a client certificate. It keeps what the server
@@ -759,6 +759,18 @@ pub fn tls_client_config(
     cert: &Path,
     key: &Path,
     version: &'static rustls::SupportedProtocolVersion,
+) -> Arc<rustls::ClientConfig> {
+    let suites = tessera_outbound::tls::provider().cipher_suites.clone();
+    tls_client_offering(env, cert, key, version, suites)
+}
+
+/// [`tls_client_config`] offering `suites`, in that order of preference.
+pub fn tls_client_offering(
+    env: &Env,
+    cert: &Path,
+    key: &Path,
+    version: &'static rustls::SupportedProtocolVersion,
+    suites: Vec<rustls::SupportedCipherSuite>,
 ) -> Arc<rustls::ClientConfig> {
     use rustls::pki_types::pem::PemObject;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
@@ -772,7 +784,11 @@ pub fn tls_client_config(
         .collect::<Result<Vec<_>, _>>()
         .unwrap();
     let key = PrivateKeyDer::from_pem_file(key).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(tessera_outbound::tls::provider())
+    let provider = rustls::crypto::CryptoProvider {
+        cipher_suites: suites,
+        ..Arc::unwrap_or_clone(tessera_outbound::tls::provider())
+    };
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
         .with_protocol_versions(&[version])
         .unwrap()
         .with_root_certificates(roots)
@@ -781,12 +797,20 @@ pub fn tls_client_config(
     Arc::new(config)
 }
 
-/// [`tls_probe`] with a given client configuration (and its session cache); also says
-/// whether the handshake was a full one or resumed a session.
+/// What [`tls_request`] saw: the response, whether the handshake was a full one or
+/// resumed a session, and the suite the server chose.
+#[derive(Debug)]
+pub struct TlsExchange {
+    pub response: String,
+    pub kind: Option<rustls::HandshakeKind>,
+    pub suite: Option<rustls::CipherSuite>,
+}
+
+/// [`tls_probe`] with a given client configuration (and its session cache).
 pub fn tls_request(
     env: &Env,
     config: &Arc<rustls::ClientConfig>,
-) -> Result<(String, Option<rustls::HandshakeKind>), rustls::Error> {
+) -> Result<TlsExchange, rustls::Error> {
     use rustls::pki_types::ServerName;
     use std::io::{Read, Write};
 
@@ -811,7 +835,11 @@ pub fn tls_request(
     let _ = tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
     let mut response = String::new();
     match tls.read_to_string(&mut response) {
-        Ok(_) => Ok((response, tls.conn.handshake_kind())),
+        Ok(_) => Ok(TlsExchange {
+            response,
+            kind: tls.conn.handshake_kind(),
+            suite: tls.conn.negotiated_cipher_suite().map(|s| s.suite()),
+        }),
         Err(e) => Err(as_tls(e)),
     }
 }

@@ -10,7 +10,8 @@ use tessera_iam::jose::{b64, JwkSet, UnverifiedJws};
 use rustls::AlertDescription;
 
 use crate::support::{
-    decode_jwt, foreign_ca_client, now, tls_client_config, tls_probe, tls_request, Client, Env,
+    decode_jwt, foreign_ca_client, now, tls_client_config, tls_client_offering, tls_probe,
+    tls_request, Client, Env,
 };
 
 const CLIENT_ID: &str = "bestclinic-tcu";
@@ -251,9 +252,16 @@ fn a_revoked_certificate_is_refused_once_the_crl_reloads() {
         .collect();
     for (config, version) in resuming.iter().zip(versions) {
         for _ in 0..2 {
-            let (response, kind) = tls_request(&env, config).unwrap();
-            assert!(response.starts_with("HTTP/1.1 200"), "{response}");
-            assert_eq!(kind, Some(rustls::HandshakeKind::Full), "{version:?}");
+            let exchange = tls_request(&env, config).unwrap();
+            assert!(
+                exchange.response.starts_with("HTTP/1.1 200"),
+                "{exchange:?}"
+            );
+            assert_eq!(
+                exchange.kind,
+                Some(rustls::HandshakeKind::Full),
+                "{version:?}"
+            );
         }
     }
 
@@ -279,6 +287,57 @@ fn a_revoked_certificate_is_refused_once_the_crl_reloads() {
                 panic!("{version:?}: a client that connected before was not refused: {other:?}")
             }
         }
+    }
+}
+
+#[test]
+fn the_server_chooses_a_sha256_suite_and_serves_clients_without_one() {
+    use rustls::crypto::ring::cipher_suite::*;
+    use rustls::version::{TLS12, TLS13};
+    let env = Env::new();
+    let (crt, key) = register(&env, CLIENT_ID, &[]);
+    let _server = env.start();
+    // rustls, OpenSSL and Java list the SHA-384 suite first; the server's own order
+    // decides (SHA-256 first: SHA-512 has no hardware path on x86-64), and a client
+    // that offers only SHA-384 suites is still served.
+    let cases = [
+        (
+            &TLS13,
+            vec![
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_128_GCM_SHA256,
+            ],
+            TLS13_AES_128_GCM_SHA256,
+        ),
+        (
+            &TLS13,
+            vec![TLS13_AES_256_GCM_SHA384],
+            TLS13_AES_256_GCM_SHA384,
+        ),
+        (
+            &TLS12,
+            vec![
+                TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+                TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+            ],
+            TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+        ),
+        (
+            &TLS12,
+            vec![TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384],
+            TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+        ),
+    ];
+    for (version, offered, chosen) in cases {
+        let names: Vec<_> = offered.iter().map(|s| s.suite()).collect();
+        let config = tls_client_offering(&env, &crt, &key, version, offered);
+        let exchange = tls_request(&env, &config).unwrap();
+        assert!(
+            exchange.response.starts_with("HTTP/1.1 200"),
+            "{exchange:?}"
+        );
+        assert_eq!(exchange.suite, Some(chosen.suite()), "offered {names:?}");
     }
 }
 
