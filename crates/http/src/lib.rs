@@ -225,6 +225,7 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
     let data = web::Data::from(state.clone());
     let services = settings.services;
     let max_body = state.vault.max_body_bytes;
+    let described = Arc::new(peer::Described::default());
     let mut server = HttpServer::new(move || {
         let mut app = App::new()
             .app_data(data.clone())
@@ -250,7 +251,7 @@ pub fn start(state: Arc<AppState>, settings: &ServerSettings) -> anyhow::Result<
         }
         app
     })
-    .on_connect(peer::on_connect)
+    .on_connect(move |connection, data| peer::on_connect(&described, connection, data))
     .client_request_timeout(Duration::from_secs(10));
     if settings.workers > 0 {
         server = server.workers(settings.workers);
