@@ -358,42 +358,45 @@ pub struct Record {
 /// secret, and the signature of a client assertion (its header and claims stay, as the
 /// evidence of who asked). Returns the body in form encoding.
 pub fn redact_token_request(pairs: &[(String, String)]) -> String {
-    let redacted: Vec<(String, String)> = pairs
-        .iter()
-        .map(|(name, value)| {
-            let value = match name.as_str() {
-                "client_secret" => "[redacted]".to_owned(),
-                "client_assertion" => match value.rsplit_once('.') {
-                    Some((signed_part, _)) => format!("{signed_part}.[signature redacted]"),
-                    None => "[redacted]".to_owned(),
-                },
-                _ => value.clone(),
-            };
-            (name.clone(), value)
-        })
-        .collect();
-    let mut out = String::new();
-    for (i, (name, value)) in redacted.iter().enumerate() {
+    let mut out = String::with_capacity(pairs.iter().map(|(n, v)| n.len() + v.len() + 2).sum());
+    for (i, (name, value)) in pairs.iter().enumerate() {
         if i > 0 {
             out.push('&');
         }
-        out.push_str(&form_encode(name));
+        form_encode(&mut out, name);
         out.push('=');
-        out.push_str(&form_encode(value));
+        match name.as_str() {
+            "client_secret" => form_encode(&mut out, "[redacted]"),
+            "client_assertion" => match value.rsplit_once('.') {
+                Some((signed_part, _)) => {
+                    form_encode(&mut out, signed_part);
+                    form_encode(&mut out, ".[signature redacted]");
+                }
+                None => form_encode(&mut out, "[redacted]"),
+            },
+            _ => form_encode(&mut out, value),
+        }
     }
     out
 }
 
-fn form_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
+/// Appends `text` form-encoded to `out` (every token request's audit record has one:
+/// a `String` a byte, as this once made, was 3% of a token's CPU).
+fn form_encode(out: &mut String, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    for b in text.bytes() {
+        match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'*' => {
-                (b as char).to_string()
+                out.push(char::from(b))
             }
-            b' ' => "+".to_owned(),
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+            b' ' => out.push('+'),
+            other => {
+                out.push('%');
+                out.push(char::from(HEX[usize::from(other >> 4)]));
+                out.push(char::from(HEX[usize::from(other & 0xf)]));
+            }
+        }
+    }
 }
 
 /// The hash of the chain so far including `record`: SHA-256 over the previous hash and
@@ -485,9 +488,21 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("aGVhZA.Y2xhaW1z."), "{text}");
-        assert!(
-            text.starts_with("grant_type=client_credentials&client_secret=%5Bredacted%5D"),
-            "{text}"
+        assert_eq!(
+            text,
+            "grant_type=client_credentials&client_secret=%5Bredacted%5D\
+             &client_assertion=aGVhZA.Y2xhaW1z.%5Bsignature+redacted%5D"
+        );
+        // Each byte as a form encodes it: UTF-8 bytes, reserved characters, spaces.
+        let pairs = [("scope".to_owned(), "a b/c*~é&=".to_owned())];
+        assert_eq!(
+            redact_token_request(&pairs),
+            "scope=a+b%2Fc*%7E%C3%A9%26%3D"
+        );
+        let bare = [("client_assertion".to_owned(), "no dots".to_owned())];
+        assert_eq!(
+            redact_token_request(&bare),
+            "client_assertion=%5Bredacted%5D"
         );
     }
 
