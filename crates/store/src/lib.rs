@@ -236,6 +236,11 @@ impl Store {
             .max_size(max_connections.max(1))
             .connection_timeout(Duration::from_secs(10))
             .error_handler(Box::new(RateLimitedErrors::default()))
+            // A PostgreSQL connection can go stale (the server restarted, a proxy timed
+            // it out): test it before each use. A SQLite connection is a file this
+            // process has open and cannot; testing it parsed and ran `SELECT 1` for each
+            // request that reads (7% of an introspection's instructions).
+            .test_on_check_out(backend == "postgres")
             .connection_customizer(Box::new(SqliteSettings))
             .build(manager)
             .map_err(|e| StoreError(format!("cannot connect to the {backend} database: {e}")))?;
@@ -869,26 +874,29 @@ impl RevocationStore for Store {
         // Three keys a statement (a token has two or three), the last repeated to fill
         // it: its text is the same for every token, so each connection prepares it once
         // (diesel cannot cache an `IN` list, and SQLite's parser was 3% of an
-        // introspection).
+        // introspection). Three seeks of the primary key joined by UNION ALL: SQLite
+        // turned `jti = a OR jti = b OR jti = c` into an `IN` list, built a temporary
+        // b-tree of the three keys for every query and took a fifth of a vault read's
+        // instructions doing so. A key repeated to fill the statement is found twice.
         let mut found = Vec::new();
         for chunk in keys.chunks(3) {
             let key = |i: usize| chunk.get(i).or(chunk.last()).map(String::as_str);
             let (Some(a), Some(b), Some(c)) = (key(0), key(1), key(2)) else {
                 continue;
             };
-            let query = revoked_tokens::table
-                .filter(revoked_tokens::realm.eq(realm.as_str()))
-                .filter(
-                    revoked_tokens::jti
-                        .eq(a)
-                        .or(revoked_tokens::jti.eq(b))
-                        .or(revoked_tokens::jti.eq(c)),
-                )
-                .select((revoked_tokens::jti, revoked_tokens::revoked_at));
+            let seek = |key| {
+                revoked_tokens::table
+                    .filter(revoked_tokens::realm.eq(realm.as_str()))
+                    .filter(revoked_tokens::jti.eq(key))
+                    .select((revoked_tokens::jti, revoked_tokens::revoked_at))
+            };
+            let query = seek(a).union_all(seek(b)).union_all(seek(c));
             let rows: Vec<(String, i64)> =
                 on_backend!(conn, |db| query.load(db)).map_err(db_error)?;
             found.extend(rows);
         }
+        found.sort_unstable();
+        found.dedup();
         Ok(found)
     }
 }
