@@ -89,7 +89,7 @@ fn form(req: &HttpRequest, body: &[u8]) -> Result<Vec<(String, String)>, OAuthEr
             "the body must be application/x-www-form-urlencoded",
         ));
     }
-    Ok(url::form_urlencoded::parse(body).into_owned().collect())
+    Ok(crate::form_pairs(body))
 }
 
 /// The first value of a form field, if the body was a form.

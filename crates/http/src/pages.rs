@@ -232,7 +232,7 @@ pub(crate) fn constant_time_eq(a: &str, b: &str) -> bool {
 /// Decoded pairs of a form body; the content type must be exactly a form (parameters
 /// such as `charset` allowed).
 pub(crate) fn form_pairs(req: &HttpRequest, body: &[u8]) -> Option<Vec<(String, String)>> {
-    crate::is_form(req).then(|| url::form_urlencoded::parse(body).into_owned().collect())
+    crate::is_form(req).then(|| crate::form_pairs(body))
 }
 
 pub(crate) fn query_pairs(req: &HttpRequest) -> Vec<(String, String)> {
