@@ -876,8 +876,7 @@ impl RevocationStore for Store {
         // (diesel cannot cache an `IN` list, and SQLite's parser was 3% of an
         // introspection). Three seeks of the primary key joined by UNION ALL: SQLite
         // turned `jti = a OR jti = b OR jti = c` into an `IN` list, built a temporary
-        // b-tree of the three keys for every query and took a fifth of a vault read's
-        // instructions doing so. A key repeated to fill the statement is found twice.
+        // b-tree of the three keys for every query: 13% of a vault read's instructions. A key repeated to fill the statement is found twice.
         let mut found = Vec::new();
         for chunk in keys.chunks(3) {
             let key = |i: usize| chunk.get(i).or(chunk.last()).map(String::as_str);
