@@ -26,9 +26,7 @@ serve "${binaries[0]}"
 bench_client p-ab
 bench_gateway_and_auditor
 token_url="$url/realms/cara/protocol/openid-connect/token"
-read_url="$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
-  -d '{"resourceType":"Patient","name":[{"family":"AB"}]}' "$fhir/Patient" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+read_url=$(bench_patient AB)
 kill "$server"; wait "$server" 2>/dev/null || true
 mtls=(--cert clients/tcu.crt --key clients/tcu.key)
 with_floor=""

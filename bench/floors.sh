@@ -28,10 +28,7 @@ iti81_url="$url/audit/fhir/AuditEvent?date=ge$day&_count=10"
 access=${auth#Authorization: Bearer }
 token_url="$url/realms/cara/protocol/openid-connect/token"
 introspect="$token_url/introspect"
-read_url=$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
-  -d '{"resourceType":"Patient","name":[{"family":"Floor"}]}' "$fhir/Patient" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
-read_url="$fhir/Patient/$read_url"
+read_url=$(bench_patient Floor)
 start_tls_floor
 
 # A person's grants (as bench/apps.sh): a patient, their account, a public app.

@@ -27,9 +27,7 @@ start_server
 bench_client p-instructions
 bench_gateway_and_auditor
 token_url="$url/realms/cara/protocol/openid-connect/token"
-read_url="$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
-  -d '{"resourceType":"Patient","name":[{"family":"Count"}]}' "$fhir/Patient" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+read_url=$(bench_patient Count)
 access=${auth#Authorization: Bearer }
 kill "$server"; wait "$server" 2>/dev/null || true
 server=""

@@ -59,6 +59,13 @@ bench_client() { # partition
   fhir="$url/fhir/$partition"
 }
 
+# The URL of a new Patient (family name $1) in bench_client's partition: the vault read's target.
+bench_patient() {
+  echo "$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
+    -d "{\"resourceType\":\"Patient\",\"name\":[{\"family\":\"$1\"}]}" "$fhir/Patient" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')"
+}
+
 # Two more mTLS clients: `gateway` (introspection for the vault's audience) and `auditor`
 # (system/AuditEvent.rs, ITI-81).
 bench_gateway_and_auditor() {

@@ -25,9 +25,7 @@ access=${auth#Authorization: Bearer }
 auditor=$(curl -fsS --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
   -d grant_type=client_credentials -d client_id=auditor "$token_url" \
   | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
-read_id=$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \
-  -d '{"resourceType":"Patient","name":[{"family":"Profile"}]}' "$fhir/Patient" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["id"])')
+read_url=$(bench_patient Profile)
 day=$(date -u +%Y-%m-%d)
 
 load() { # scenario: oha for duration + 2 s in the background
@@ -38,7 +36,7 @@ load() { # scenario: oha for duration + 2 s in the background
     introspect) taskset -c 1 oha "${common[@]}" -m POST -T application/x-www-form-urlencoded \
       --cert clients/gateway.crt --key clients/gateway.key -d "client_id=gateway&token=$access" \
       "$token_url/introspect" ;;
-    vault-read) taskset -c 1 oha "${common[@]}" "${mtls[@]}" -H "$auth" "$fhir/Patient/$read_id" ;;
+    vault-read) taskset -c 1 oha "${common[@]}" "${mtls[@]}" -H "$auth" "$read_url" ;;
     handshake) taskset -c 1 oha "${common[@]}" -m POST -T application/x-www-form-urlencoded "${mtls[@]}" \
       --disable-keepalive -d "grant_type=client_credentials&client_id=tcu" "$token_url" ;;
     tls-floor) taskset -c 1 oha "${common[@]}" "${mtls[@]}" --disable-keepalive https://127.0.0.1:18444/ ;;
