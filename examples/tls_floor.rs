@@ -1,6 +1,6 @@
 //! The reference for new-handshake requests (issue 17): the same TLS configuration
-//! `tessera serve` uses (its certificate, client-certificate verifier with CRLs, no
-//! session resumption), answering each connection's one HTTP request with a fixed 200
+//! `tessera serve` uses (its certificate, client-certificate verifier with CRLs and its
+//! memory of verified chains, no session resumption), answering each connection's one HTTP request with a fixed 200
 //! and closing it, from blocking threads sharing the core(s) it is pinned to. What it serves per second on one core is what mutual TLS
 //! alone allows; `bench/handshake.sh` compares the token endpoint with it.
 //!
