@@ -100,6 +100,11 @@ fn assert_inactive(reply: &Reply, case: &str) {
     assert_eq!(reply.status, 200, "{case}: {}", reply.body);
     assert_eq!(reply.json(), json!({"active": false}), "{case}");
     assert_eq!(reply.header("cache-control"), Some("no-store"), "{case}");
+    assert_eq!(
+        reply.header("content-type"),
+        Some("application/json"),
+        "{case}"
+    );
 }
 
 #[test]
@@ -110,6 +115,7 @@ fn an_active_token_introspects_with_exactly_its_claims() {
     let reply = s.gateway_introspects(&token);
     assert_eq!(reply.status, 200, "{}", reply.body);
     assert_eq!(reply.header("cache-control"), Some("no-store"));
+    assert_eq!(reply.header("content-type"), Some("application/json"));
     let mut expected = decode_jwt(&token).1;
     expected["active"] = json!(true);
     assert_eq!(reply.json(), expected);

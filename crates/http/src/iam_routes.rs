@@ -428,14 +428,7 @@ async fn introspect(
         )
     });
     let (status, token_id, error) = match &result {
-        Ok(response) => (
-            200,
-            response
-                .get("jti")
-                .and_then(|j| j.as_str())
-                .map(str::to_owned),
-            None,
-        ),
+        Ok(answer) => (200, answer.jti().map(str::to_owned), None),
         Err((refusal, description)) => (
             refusal.status_code().as_u16(),
             None,
@@ -454,12 +447,15 @@ async fn introspect(
     )
     .await?;
     match result {
-        Ok(response) => {
-            let active = response.get("active") == Some(&serde_json::Value::Bool(true));
-            state
-                .metrics
-                .introspection(if active { "active" } else { "inactive" });
-            Ok(no_store(HttpResponse::Ok()).json(response))
+        Ok(answer) => {
+            state.metrics.introspection(if answer.is_active() {
+                "active"
+            } else {
+                "inactive"
+            });
+            Ok(no_store(HttpResponse::Ok())
+                .content_type(actix_web::http::header::ContentType::json())
+                .body(answer.json()))
         }
         Err((refusal, description)) => {
             state.metrics.introspection("refused");

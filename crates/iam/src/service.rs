@@ -4,7 +4,7 @@
 //! through [`JwksFetcher`].
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use ring::digest;
 use serde_json::Value;
@@ -214,6 +214,32 @@ pub struct VerifiedToken {
     pub claims: AccessTokenClaims,
     /// The claims exactly as signed, for introspection responses.
     pub raw: Value,
+    /// The introspection answer, made once (see [`Self::introspection_json`]).
+    introspection: OnceLock<String>,
+}
+
+impl VerifiedToken {
+    pub fn new(kid: String, claims: AccessTokenClaims, raw: Value) -> Self {
+        Self {
+            kid,
+            claims,
+            raw,
+            introspection: OnceLock::new(),
+        }
+    }
+
+    /// RFC 7662's answer for this token while it is active: its claims as signed, and
+    /// `"active": true`. Made the first time it is asked for: a token verified once is
+    /// kept (introspection's cache) and a gateway asks about it again and again.
+    pub fn introspection_json(&self) -> &str {
+        self.introspection.get_or_init(|| {
+            let mut answer = self.raw.clone();
+            if let Value::Object(map) = &mut answer {
+                map.insert("active".into(), Value::Bool(true));
+            }
+            answer.to_string()
+        })
+    }
 }
 
 impl RealmState {
@@ -261,7 +287,7 @@ impl RealmState {
         if claims.iat > now.0 + skew || nbf > now.0 + skew {
             return Err(InvalidToken::NotYetValid);
         }
-        Ok(VerifiedToken { kid, claims, raw })
+        Ok(VerifiedToken::new(kid, claims, raw))
     }
 }
 

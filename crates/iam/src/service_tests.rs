@@ -543,6 +543,31 @@ fn a_public_client_gets_no_client_credentials_token() {
 }
 
 #[test]
+fn an_access_tokens_introspection_answer_is_its_signed_claims_and_active() {
+    let f = fixture();
+    let issued = f
+        .service
+        .client_credentials(&f.realm, tls_request(None), &cert("thumb"), NOW)
+        .unwrap();
+    let verified = f
+        .realm
+        .verify_access_token(&issued.response.access_token, NOW, 30)
+        .unwrap();
+    let payload = issued.response.access_token.split('.').nth(1).unwrap();
+    let mut expected: serde_json::Value =
+        serde_json::from_slice(&crate::jose::b64_decode(payload).unwrap()).unwrap();
+    expected["active"] = json!(true);
+    let answer: serde_json::Value = serde_json::from_str(verified.introspection_json()).unwrap();
+    assert_eq!(answer, expected);
+    assert_eq!(answer["cnf"]["x5t#S256"], json!("thumb"));
+    // Made once, then the same text.
+    assert!(std::ptr::eq(
+        verified.introspection_json(),
+        verified.introspection_json()
+    ));
+}
+
+#[test]
 fn access_token_verification_edges_are_exact() {
     let f = fixture();
     let issued = f

@@ -108,6 +108,40 @@ pub struct IntrospectionRequest<'a> {
     pub bearer: Option<&'a str>,
 }
 
+/// What an introspection answers (RFC 7662 2.2).
+#[derive(Debug)]
+pub enum Introspected {
+    /// A current access token of the realm, meant for the caller.
+    Access(Arc<VerifiedToken>),
+    /// A live refresh token, told to a caller that is not a resource server: its claims.
+    Refresh(Value),
+    /// Anything else: `{"active": false}` and nothing more.
+    Inactive,
+}
+
+impl Introspected {
+    pub fn is_active(&self) -> bool {
+        !matches!(self, Introspected::Inactive)
+    }
+
+    /// The access token's `jti`, for the audit record.
+    pub fn jti(&self) -> Option<&str> {
+        match self {
+            Introspected::Access(token) => Some(&token.claims.jti),
+            Introspected::Refresh(_) | Introspected::Inactive => None,
+        }
+    }
+
+    /// The answer's JSON.
+    pub fn json(&self) -> String {
+        match self {
+            Introspected::Access(token) => token.introspection_json().to_owned(),
+            Introspected::Refresh(claims) => claims.to_string(),
+            Introspected::Inactive => json!({ "active": false }).to_string(),
+        }
+    }
+}
+
 /// The identity behind an introspection request.
 struct Caller {
     client_id: ClientId,
@@ -184,7 +218,7 @@ impl Introspection {
         realm: &RealmState,
         request: &IntrospectionRequest<'_>,
         now: UnixTime,
-    ) -> Result<Value, IntrospectionError> {
+    ) -> Result<Introspected, IntrospectionError> {
         let IntrospectionRequest {
             query,
             credentials,
@@ -205,16 +239,15 @@ impl Introspection {
                 })
             })?,
         };
-        let inactive = json!({ "active": false });
         let Some(token) = self.active(realm, revocations, &query.token, now, skew)? else {
             // Not an access token: a refresh token, told only to callers that are not a
             // resource server (refresh tokens are never meant for one).
             if caller.resource_servers.is_empty() {
                 if let Some(live) = tokens.live_refresh(realm, &query.token, now)? {
-                    return Ok(live.introspection(&realm.issuer));
+                    return Ok(Introspected::Refresh(live.introspection(&realm.issuer)));
                 }
             }
-            return Ok(inactive);
+            return Ok(Introspected::Inactive);
         };
         let for_caller = caller.resource_servers.is_empty()
             || token
@@ -224,13 +257,9 @@ impl Introspection {
                 .any(|aud| caller.resource_servers.contains(aud));
         if !for_caller {
             tracing::info!(caller = %caller.client_id, "introspected token is not meant for this resource server");
-            return Ok(inactive);
+            return Ok(Introspected::Inactive);
         }
-        let mut response = token.raw.clone();
-        if let Value::Object(map) = &mut response {
-            map.insert("active".into(), Value::Bool(true));
-        }
-        Ok(response)
+        Ok(Introspected::Access(token))
     }
 
     /// IUA's Bearer option: the caller shows an access token of its own with the

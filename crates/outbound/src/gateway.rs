@@ -108,11 +108,7 @@ impl Introspector {
             return Ok(None);
         }
         let until = claims.exp.min(now.0.saturating_add(self.max_cache_seconds));
-        let verified = Arc::new(VerifiedToken {
-            kid: String::new(),
-            claims,
-            raw: body,
-        });
+        let verified = Arc::new(VerifiedToken::new(String::new(), claims, body));
         if let Ok(mut cache) = self.cache.lock() {
             if cache.len() >= MAX_ENTRIES {
                 cache.retain(|_, (_, until)| *until > now.0);
