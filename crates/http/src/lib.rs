@@ -201,12 +201,16 @@ pub(crate) fn is_form(req: &actix_web::HttpRequest) -> bool {
 /// The pairs of an `application/x-www-form-urlencoded` body, as `url::form_urlencoded`
 /// parses them (empty pairs skipped, a name without `=` has an empty value, invalid UTF-8
 /// replaced). A name or value with neither `%` nor `+` (a token, most ids) is taken as
-/// it is: decoding an introspected token byte by byte was 10% of the introspection's
-/// instructions.
+/// it is; the body is split and scanned with memchr, a word at a time: decoding an
+/// introspected token byte by byte was 10% of the introspection's instructions, and
+/// scanning it so 8%.
 pub(crate) fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
     fn decode(part: &[u8]) -> String {
-        if !part.iter().any(|&b| b == b'%' || b == b'+') {
-            return String::from_utf8_lossy(part).into_owned();
+        if memchr::memchr2(b'%', b'+', part).is_none() {
+            return match std::str::from_utf8(part) {
+                Ok(text) => text.to_owned(),
+                Err(_) => String::from_utf8_lossy(part).into_owned(),
+            };
         }
         let spaced: Vec<u8> = part
             .iter()
@@ -216,13 +220,21 @@ pub(crate) fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
             .decode_utf8_lossy()
             .into_owned()
     }
-    body.split(|&b| b == b'&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| match pair.iter().position(|&b| b == b'=') {
+    let mut pairs = Vec::new();
+    let mut rest = body;
+    while !rest.is_empty() {
+        let end = memchr::memchr(b'&', rest).unwrap_or(rest.len());
+        let pair = &rest[..end];
+        rest = rest.get(end + 1..).unwrap_or_default();
+        if pair.is_empty() {
+            continue;
+        }
+        pairs.push(match memchr::memchr(b'=', pair) {
             Some(at) => (decode(&pair[..at]), decode(&pair[at + 1..])),
             None => (decode(pair), String::new()),
-        })
-        .collect()
+        });
+    }
+    pairs
 }
 
 /// The wall clock in seconds, read here at the edge and passed into the domain.
@@ -350,8 +362,12 @@ async fn not_found() -> HttpResponse {
 mod tests {
     #[test]
     fn form_pairs_are_what_url_parses() {
-        let bodies: [&[u8]; 12] = [
+        let bodies: [&[u8]; 16] = [
             b"",
+            b"&",
+            b"=&=",
+            b"&&a&",
+            b"x=\xc3\xbc\xff&\xff",
             b"grant_type=client_credentials&client_id=tcu",
             b"token=eyJhbGciOiJFUzI1NiJ9.eyJqdGkiOiJ4In0.c2ln&client_id=gateway",
             b"scope=a+b%2Bc&name=J%C3%BCrg",
