@@ -9,6 +9,7 @@ mod aim_routes;
 pub mod audit;
 mod audit_routes;
 pub mod bearer;
+mod capped;
 pub mod chain_check;
 pub mod checkpoint;
 pub mod console;

@@ -2,12 +2,12 @@
 //! kept with it, so requests on a kept-alive connection do not parse it again.
 
 use std::any::Any;
-use std::collections::HashMap;
-use std::sync::Mutex;
 
 use actix_web::dev::Extensions;
 use actix_web::rt::net::TcpStream;
 use tessera_iam::request::PresentedCertificate;
+
+use crate::capped::Capped;
 
 /// Describes a DER certificate: its `x5t#S256` thumbprint and its subject and issuer
 /// distinguished names (RFC 4514 form, as x509-parser prints them).
@@ -26,29 +26,29 @@ fn describe_certificate(der: &[u8]) -> Option<PresentedCertificate> {
 /// depends on the DER alone, and rustls has verified the certificate (chain, validity,
 /// CRL) at each handshake before it gets here. At most [`Self::CAPACITY`] entries;
 /// emptied when full.
-#[derive(Default)]
-pub struct Described(Mutex<HashMap<Box<[u8]>, PresentedCertificate>>);
+pub struct Described(Capped<PresentedCertificate>);
+
+impl Default for Described {
+    fn default() -> Self {
+        Self(Capped::new(Self::CAPACITY))
+    }
+}
 
 impl Described {
     const CAPACITY: usize = 1024;
 
     pub fn describe(&self, der: &[u8]) -> Option<PresentedCertificate> {
-        if let Some(known) = self.0.lock().ok().and_then(|m| m.get(der).cloned()) {
+        if let Some(known) = self.0.get(der) {
             return Some(known);
         }
         let described = describe_certificate(der)?;
-        if let Ok(mut known) = self.0.lock() {
-            if known.len() >= Self::CAPACITY {
-                known.clear();
-            }
-            known.insert(der.into(), described.clone());
-        }
+        self.0.insert(der.into(), described.clone());
         Some(described)
     }
 
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.0.lock().map(|m| m.len()).unwrap_or(0)
+        self.0.len()
     }
 }
 
@@ -99,13 +99,11 @@ mod tests {
         let der = certificate("client");
         // Distinct keys without generating a thousand certificates: what is cached is
         // only what parses, so fill it directly.
-        if let Ok(mut known) = described.0.lock() {
-            for n in 0..Described::CAPACITY {
-                known.insert(
-                    n.to_be_bytes().to_vec().into(),
-                    describe_certificate(&der).unwrap(),
-                );
-            }
+        for n in 0..Described::CAPACITY {
+            described.0.insert(
+                n.to_be_bytes().to_vec().into(),
+                describe_certificate(&der).unwrap(),
+            );
         }
         assert_eq!(described.len(), Described::CAPACITY);
         assert_eq!(described.describe(&der), describe_certificate(&der));

@@ -13,9 +13,8 @@
 //! not two: its certificate's signature by the CA is checked once, the proof that it
 //! holds the key (TLS CertificateVerify) every time.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
@@ -28,6 +27,8 @@ use rustls::{
 };
 use rustls_pki_types::pem::PemObject as _;
 use tessera_outbound::tls::{load_certs, load_key, provider};
+
+use crate::capped::Capped;
 
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
@@ -196,7 +197,7 @@ fn build_verifier(
 #[derive(Debug)]
 struct Remembered {
     verifier: Arc<dyn ClientCertVerifier>,
-    chains: Mutex<HashMap<Box<[u8]>, Window>>,
+    chains: Capped<Window>,
 }
 
 /// When a chain was verified, and until when the answer holds (seconds since the epoch).
@@ -212,7 +213,7 @@ impl Remembered {
     fn new(verifier: Arc<dyn ClientCertVerifier>) -> Arc<Self> {
         Arc::new(Self {
             verifier,
-            chains: Mutex::default(),
+            chains: Capped::new(Self::CAPACITY),
         })
     }
 
@@ -224,7 +225,7 @@ impl Remembered {
     ) -> Result<ClientCertVerified, rustls::Error> {
         let key = chain_key(end_entity, intermediates);
         let at = now.as_secs();
-        let known = self.chains.lock().ok().and_then(|c| c.get(&key).copied());
+        let known = self.chains.get(&key);
         if known.is_some_and(|w| w.verified <= at && at < w.until) {
             return Ok(ClientCertVerified::assertion());
         }
@@ -232,18 +233,11 @@ impl Remembered {
             .verifier
             .verify_client_cert(end_entity, intermediates, now)?;
         if let Some(until) = earliest_not_after(end_entity, intermediates) {
-            if let Ok(mut chains) = self.chains.lock() {
-                if chains.len() >= Self::CAPACITY {
-                    chains.clear();
-                }
-                chains.insert(
-                    key,
-                    Window {
-                        verified: at,
-                        until,
-                    },
-                );
-            }
+            let window = Window {
+                verified: at,
+                until,
+            };
+            self.chains.insert(key, window);
         }
         Ok(verified)
     }
@@ -466,7 +460,7 @@ mod tests {
                 .is_err());
         }
         assert_eq!(asked(&counting), 2);
-        assert!(remembered.chains.lock().unwrap().is_empty());
+        assert_eq!(remembered.chains.len(), 0);
     }
 
     #[test]
@@ -474,22 +468,20 @@ mod tests {
         let ca = ca("CA");
         let cert = client(&ca);
         let (remembered, counting) = verifier(&ca);
-        {
-            let mut chains = remembered.chains.lock().unwrap();
-            for n in 0..Remembered::CAPACITY {
-                chains.insert(
-                    n.to_be_bytes().to_vec().into(),
-                    Window {
-                        verified: 0,
-                        until: u64::MAX,
-                    },
-                );
-            }
+        for n in 0..Remembered::CAPACITY {
+            let forever = Window {
+                verified: 0,
+                until: u64::MAX,
+            };
+            remembered
+                .chains
+                .insert(n.to_be_bytes().to_vec().into(), forever);
         }
+        assert_eq!(remembered.chains.len(), Remembered::CAPACITY);
         assert!(remembered
             .verify_client_cert(&cert, &[], at(2026, 3, 1))
             .is_ok());
-        assert_eq!(remembered.chains.lock().unwrap().len(), 1);
+        assert_eq!(remembered.chains.len(), 1);
         assert!(remembered
             .verify_client_cert(&cert, &[], at(2026, 3, 1))
             .is_ok());
