@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use serde_json::{json, Value};
+use serde_json::Value;
 use tessera_iam::request::{Credentials, TokenQuery};
 use tessera_iam::{
     IamStore, OAuthError, OAuthErrorCode, RealmState, StoreError, TokenService, VerifiedToken,
@@ -137,7 +137,7 @@ impl Introspected {
         match self {
             Introspected::Access(token) => token.introspection_json().to_owned(),
             Introspected::Refresh(claims) => claims.to_string(),
-            Introspected::Inactive => json!({ "active": false }).to_string(),
+            Introspected::Inactive => r#"{"active":false}"#.to_owned(),
         }
     }
 }
