@@ -55,12 +55,6 @@ print(d['summary']['requestsPerSec'] * codes.get('200', 0) / max(1, sum(codes.va
 }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:5.1f}%')" "$(rate "$1")" "$(rate "$2")"; }
 
-auditor_token() {
-  curl -fsS --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
-    -d grant_type=client_credentials -d client_id=auditor "$token_url" \
-    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
-}
-
 echo "Tessera against its floors, ${duration}s per scenario, server on 1 core (taskset -c 0), load on the other, $rounds rounds"
 for round in $(seq 1 "$rounds"); do
   echo "-- round $round"

@@ -77,6 +77,13 @@ bench_gateway_and_auditor() {
     --scope "system/AuditEvent.rs" >/dev/null
 }
 
+# A new access token of the auditor (five minutes).
+auditor_token() {
+  curl -fsS --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
+    -d grant_type=client_credentials -d client_id=auditor "$url/realms/cara/protocol/openid-connect/token" \
+    | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])'
+}
+
 # examples/tls_floor.rs, the reference of new-handshake requests (issue 17), on CPU 0 at
 # https://127.0.0.1:18444 (it idles while a server runs); sets $floor, stopped on exit.
 start_tls_floor() {

@@ -22,9 +22,7 @@ bench_gateway_and_auditor
 token_url="$url/realms/cara/protocol/openid-connect/token"
 mtls=(--cert clients/tcu.crt --key clients/tcu.key)
 access=${auth#Authorization: Bearer }
-auditor=$(curl -fsS --cacert pki/ca.crt --cert clients/auditor.crt --key clients/auditor.key \
-  -d grant_type=client_credentials -d client_id=auditor "$token_url" \
-  | python3 -c 'import json,sys; print(json.load(sys.stdin)["access_token"])')
+auditor=$(auditor_token)
 read_url=$(bench_patient Profile)
 day=$(date -u +%Y-%m-%d)
 
