@@ -1,8 +1,9 @@
 //! The reference for new-handshake requests (issue 17): the same TLS configuration
 //! `tessera serve` uses (its certificate, client-certificate verifier with CRLs and its
-//! memory of verified chains, no session resumption), answering each connection's one HTTP request with a fixed 200
-//! and closing it, from blocking threads sharing the core(s) it is pinned to. What it serves per second on one core is what mutual TLS
-//! alone allows; `bench/handshake.sh` compares the token endpoint with it.
+//! memory of verified chains, no session resumption), answering each connection's one
+//! HTTP request with a fixed 200 and closing it, from blocking threads sharing the
+//! core(s) it is pinned to. What it serves per second on one core is what mutual TLS
+//! alone allows; `bench/floors.sh` compares the token endpoint with it.
 //!
 //!   cd INSTALLATION && cargo run --release --example tls_floor -- 127.0.0.1:18444
 

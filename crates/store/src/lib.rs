@@ -874,9 +874,10 @@ impl RevocationStore for Store {
         // Three keys a statement (a token has two or three), the last repeated to fill
         // it: its text is the same for every token, so each connection prepares it once
         // (diesel cannot cache an `IN` list, and SQLite's parser was 3% of an
-        // introspection). Three seeks of the primary key joined by UNION ALL: SQLite
-        // turned `jti = a OR jti = b OR jti = c` into an `IN` list, built a temporary
-        // b-tree of the three keys for every query: 13% of a vault read's instructions. A key repeated to fill the statement is found twice.
+        // introspection). Three seeks of the primary key joined by UNION ALL: SQLite turned
+        // `jti = a OR jti = b OR jti = c` into an `IN` list, built a temporary b-tree of
+        // the three keys for every query: 13% of a vault read's instructions. A key
+        // repeated to fill the statement is found twice.
         let mut found = Vec::new();
         for chunk in keys.chunks(3) {
             let key = |i: usize| chunk.get(i).or(chunk.last()).map(String::as_str);
