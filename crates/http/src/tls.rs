@@ -190,7 +190,7 @@ fn build_verifier(
 /// the CRLs (fixed for this verifier's life: a CRL reload builds a new one), and the time
 /// only through the certificates' validity; so within that window, and not before the time
 /// it was verified, the answer is the same and the CA's signature (a P-256 verification:
-/// 27-37% more new-handshake tokens a second without it, stop 31) need not be checked
+/// a median of 28% more new-handshake tokens a second without it, stop 31) need not be checked
 /// again. Refusals are not remembered, nor is anything about the handshake's own signature,
 /// which proves the client holds the key and is verified on every connection. At most
 /// [`Self::CAPACITY`] chains; emptied when full.
