@@ -1,5 +1,7 @@
 //! Micro-benchmark of the audit trail's durable append (SQLite, `synchronous = FULL`):
-//! microseconds per record by transaction size, i.e. what grouping commits buys.
+//! microseconds per record by transaction size, i.e. what grouping commits buys, in time
+//! and in this thread's CPU (the rest is waiting for the disk). BATCH=N runs one size
+//! (e.g. the drainer's, about a thousand, under callgrind).
 //!
 //!   cargo run --release --example audit_append
 
@@ -7,6 +9,12 @@
 use std::time::Instant;
 use tessera_atna::{Event, Outcome, Record};
 use tessera_types::UnixTime;
+/// Nanoseconds this thread has run (the scheduler's statistics).
+fn on_cpu() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
+    stat.split_whitespace().next().unwrap().parse().unwrap()
+}
+
 fn main() {
     let dir = std::env::temp_dir().join(format!("audit-append-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -28,9 +36,14 @@ fn main() {
         },
     };
     let mut n = 0;
-    for batch in [1usize, 10, 100] {
+    let batches: Vec<usize> = match std::env::var("BATCH") {
+        Ok(batch) => vec![batch.parse().unwrap()],
+        Err(_) => vec![1, 10, 100, 1000],
+    };
+    for batch in batches {
         let t = Instant::now();
-        let rounds = 2000 / batch;
+        let cpu = on_cpu();
+        let rounds = (20_000 / batch).min(2000);
         for _ in 0..rounds {
             let records: Vec<Record> = (0..batch)
                 .map(|_| {
@@ -40,9 +53,11 @@ fn main() {
                 .collect();
             store.append_audit(&records).unwrap();
         }
+        let records = (rounds * batch) as f64;
         println!(
-            "batch {batch:4}: {:7.1} us per record",
-            t.elapsed().as_micros() as f64 / (rounds * batch) as f64
+            "batch {batch:4}: {:7.1} us per record, {:5.1} us of this thread's CPU",
+            t.elapsed().as_micros() as f64 / records,
+            (on_cpu() - cpu) as f64 / 1000.0 / records
         );
     }
     let t = Instant::now();
