@@ -37,6 +37,10 @@ const GROUP_WAIT: Duration = Duration::from_millis(8);
 struct Slot {
     result: Option<Result<(), StoreError>>,
     waker: Option<Waker>,
+    /// Whether a blocking caller waits on the condition variable: only then is it
+    /// notified (a notification is a system call even with nobody waiting, and most
+    /// callers are async).
+    blocked: bool,
 }
 
 #[derive(Default, Clone)]
@@ -45,14 +49,16 @@ struct Reply(Arc<(Mutex<Slot>, Condvar)>);
 impl Reply {
     fn send(&self, result: Result<(), StoreError>) {
         let (slot, ready) = &*self.0;
-        let waker = match slot.lock() {
+        let (waker, blocked) = match slot.lock() {
             Ok(mut slot) => {
                 slot.result = Some(result);
-                slot.waker.take()
+                (slot.waker.take(), slot.blocked)
             }
-            Err(_) => None,
+            Err(_) => (None, true),
         };
-        ready.notify_all();
+        if blocked {
+            ready.notify_all();
+        }
         if let Some(waker) = waker {
             waker.wake();
         }
@@ -78,6 +84,7 @@ impl Pending {
             if let Some(result) = guard.result.take() {
                 return result;
             }
+            guard.blocked = true;
             guard = match ready.wait(guard) {
                 Ok(guard) => guard,
                 Err(_) => return Self::stopped(),
@@ -708,6 +715,26 @@ mod tests {
         let dev_full = OpenOptions::new().write(true).open("/dev/full").unwrap();
         let error = write_zeros(&dev_full, 0, 4096).unwrap_err();
         assert!(no_space_hint(error, segment_bytes(ROTATE_BYTES)).contains("needs 5 MiB free"));
+    }
+
+    #[test]
+    fn a_blocking_caller_is_woken_whether_the_answer_comes_before_or_after_it_waits() {
+        // Answered first: the result is there, nothing to wait for.
+        let reply = Reply::default();
+        reply.send(Ok(()));
+        assert!(Pending(reply).wait().is_ok());
+        // Answered while it waits: the waiter said so, and is notified.
+        let reply = Reply::default();
+        let answer = reply.clone();
+        let sender = thread::spawn(move || {
+            while !answer.0 .0.lock().unwrap().blocked {
+                thread::sleep(Duration::from_millis(1));
+            }
+            answer.send(Err(StoreError("disk gone".into())));
+        });
+        let result = Pending(reply).wait();
+        sender.join().unwrap();
+        assert_eq!(result.unwrap_err().0, "disk gone");
     }
 
     /// Pushes records with the ids `e<n>` for each `n` given, as requests would.
