@@ -159,6 +159,7 @@ impl Background {
                         .context("the checkpoints are signed with [tls] cert and key")?;
                 let store = store.clone();
                 Some(Periodic::every(
+                    "audit-checkpoint",
                     Duration::from_secs(seconds),
                     true,
                     move || match store
@@ -170,7 +171,7 @@ impl Background {
                             tracing::warn!(error = %e.0, "cannot write an audit checkpoint; retrying")
                         }
                     },
-                ))
+                )?)
             }
         };
         let indexer = match audit.index_events_per_second {
@@ -178,7 +179,7 @@ impl Background {
             limit => {
                 let appended = move || journal.records.load(Ordering::Relaxed);
                 let mut seen = appended();
-                Some(Periodic::every(Duration::from_secs(1), false, move || {
+                let index = move || {
                     let now = appended();
                     let recent = now.saturating_sub(seen);
                     seen = now;
@@ -188,7 +189,13 @@ impl Background {
                     if let Err(e) = store.index_audit_repository(limit) {
                         tracing::warn!(error = %e.0, "cannot index the audit repository; retrying");
                     }
-                }))
+                };
+                Some(Periodic::every(
+                    "audit-indexer",
+                    Duration::from_secs(1),
+                    false,
+                    index,
+                )?)
             }
         };
         Ok(Self {
@@ -206,22 +213,31 @@ struct Periodic {
 }
 
 impl Periodic {
-    fn every(period: Duration, at_stop: bool, mut job: impl FnMut() + Send + 'static) -> Self {
+    /// `name` names the thread (what `top -H` and the benchmarks' accounts by thread show).
+    fn every(
+        name: &str,
+        period: Duration,
+        at_stop: bool,
+        mut job: impl FnMut() + Send + 'static,
+    ) -> anyhow::Result<Self> {
         let (stop, stopped) = std::sync::mpsc::channel::<()>();
-        let thread = std::thread::spawn(move || loop {
-            let waited = stopped.recv_timeout(period);
-            let stopping = !matches!(waited, Err(std::sync::mpsc::RecvTimeoutError::Timeout));
-            if !stopping || at_stop {
-                job();
-            }
-            if stopping {
-                break;
-            }
-        });
-        Self {
+        let thread = std::thread::Builder::new()
+            .name(name.into())
+            .spawn(move || loop {
+                let waited = stopped.recv_timeout(period);
+                let stopping = !matches!(waited, Err(std::sync::mpsc::RecvTimeoutError::Timeout));
+                if !stopping || at_stop {
+                    job();
+                }
+                if stopping {
+                    break;
+                }
+            });
+        let thread = thread.with_context(|| format!("cannot start the {name} thread"))?;
+        Ok(Self {
             stop: Some(stop),
             thread: Some(thread),
-        }
+        })
     }
 }
 

@@ -75,19 +75,26 @@ impl ChainCheck {
         });
         *latest = Some(run.clone());
         let (store, job, checkpoints) = (store.clone(), run.clone(), self.checkpoints.clone());
-        std::thread::spawn(move || {
-            let report = store
-                .verify_audit_chain(&|signed| checkpoints.verify(signed), &mut |n| {
-                    job.checked.store(n, Ordering::Relaxed)
-                })
-                .map_err(|e| e.to_string());
-            if let Ok(report) = &report {
-                job.checked.store(report.checked, Ordering::Relaxed);
+        let started = std::thread::Builder::new()
+            .name("audit-verify".into())
+            .spawn(move || {
+                let report = store
+                    .verify_audit_chain(&|signed| checkpoints.verify(signed), &mut |n| {
+                        job.checked.store(n, Ordering::Relaxed)
+                    })
+                    .map_err(|e| e.to_string());
+                if let Ok(report) = &report {
+                    job.checked.store(report.checked, Ordering::Relaxed);
+                }
+                if let Ok(mut ended) = job.ended.lock() {
+                    *ended = Some((clock(), report));
+                }
+            });
+        if let Err(e) = started {
+            if let Ok(mut ended) = run.ended.lock() {
+                *ended = Some((clock(), Err(format!("cannot start the check: {e}"))));
             }
-            if let Ok(mut ended) = job.ended.lock() {
-                *ended = Some((clock(), report));
-            }
-        });
+        }
         run
     }
 }
