@@ -22,7 +22,8 @@ if [ -n "${BENCH_REUSE:-}" ]; then work=$BENCH_REUSE; export BENCH_KEEP=1; else 
 server=""
 # BENCH_KEEP=1 keeps the installation (its database) for a look afterwards.
 cleanup() {
-  [ -n "$server" ] && kill "$server" 2>/dev/null
+  # A server already stopped is fine (kill failing here would be the script's exit status).
+  if [ -n "$server" ]; then kill "$server" 2>/dev/null || true; fi
   if [ -n "${BENCH_KEEP:-}" ]; then echo "kept $work"; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
@@ -90,7 +91,7 @@ start_tls_floor() {
   (cd "$root" && cargo build --release --locked --quiet --example tls_floor)
   taskset -c 0 "$root/target/release/examples/tls_floor" 127.0.0.1:18444 2>"$out/tls_floor.log" &
   floor=$!
-  trap 'kill $floor 2>/dev/null; cleanup' EXIT
+  trap 'kill $floor 2>/dev/null || true; cleanup' EXIT
   sleep 0.5
 }
 
@@ -102,6 +103,43 @@ d = json.load(open(path))
 s, p = d["summary"], d["latencyPercentiles"]
 codes = d.get("statusCodeDistribution", {})
 print(f"{name:18} {s['requestsPerSec']:9.0f} req/s  p50 {p['p50']*1000:6.2f} ms  p99 {p['p99']*1000:6.2f} ms  status {codes}")
+PY
+}
+
+# Each of the server's threads: its name and the nanoseconds it has run (the scheduler's
+# own accounting, /proc/PID/task/TID/schedstat), one line each; threads_cpu_since
+# prints what each ran since such a snapshot, in microseconds a 200 of the oha report
+# given, and keeps the total and the actix workers' part beside the report (NAME.cpu).
+threads_cpu() {
+  local task
+  for task in /proc/"$server"/task/*; do
+    printf '%s %s %s\n' "$(tr ' ' _ <"$task/comm")" "${task##*/}" "$(cut -d' ' -f1 "$task/schedstat")"
+  done 2>/dev/null
+}
+
+threads_cpu_since() { # snapshot, oha json
+  python3 - "$1" "$(threads_cpu)" "$2" <<'PY'
+import json, sys
+def parse(text):  # thread id -> (name, ns)
+    threads = {}
+    for line in text.splitlines():
+        name, tid, ns = line.rsplit(None, 2)
+        threads[tid] = (name, int(ns))
+    return threads
+# By thread id: a thread that ended meanwhile (an idle blocking-pool thread) is left out,
+# one that started is counted from zero.
+before, after = parse(sys.argv[1]), parse(sys.argv[2])
+answered = json.load(open(sys.argv[3])).get("statusCodeDistribution", {}).get("200", 0)
+if answered:
+    spent = {}
+    for tid, (name, ns) in after.items():
+        spent[name] = spent.get(name, 0) + ns - before.get(tid, (name, 0))[1]
+    shown = [f"{name} {ns / answered / 1000:.2f}" for name, ns in sorted(spent.items(), key=lambda kv: -kv[1]) if ns / answered >= 50]
+    total = sum(spent.values()) / answered / 1000
+    workers = sum(ns for name, ns in spent.items() if name.startswith("actix-rt")) / answered / 1000
+    print(f"   core a 200: {total:.2f} us = " + " + ".join(shown))
+    with open(sys.argv[3][: -len(".json")] + ".cpu", "w") as kept:
+        kept.write(f"{total} {workers}\n")
 PY
 }
 
