@@ -256,6 +256,13 @@ impl Fixture {
         self.service
             .client_credentials(&self.realm, req, &Credentials::default(), NOW)
     }
+
+    /// The `tcu` client's token, bound to its certificate (thumbprint "thumb").
+    fn bound_token(&self) -> Issued {
+        self.service
+            .client_credentials(&self.realm, tls_request(None), &cert("thumb"), NOW)
+            .unwrap()
+    }
 }
 
 fn code(result: Result<Issued, OAuthError>) -> OAuthErrorCode {
@@ -369,10 +376,7 @@ fn cert(thumbprint: &str) -> Credentials {
 #[test]
 fn certificate_clients_get_bound_tokens_only_with_their_certificate() {
     let f = fixture();
-    let issued = f
-        .service
-        .client_credentials(&f.realm, tls_request(None), &cert("thumb"), NOW)
-        .unwrap();
+    let issued = f.bound_token();
     assert_eq!(issued.claims.cnf.unwrap().x5t_s256, "thumb");
     assert_eq!(
         issued.response.scope,
@@ -545,10 +549,7 @@ fn a_public_client_gets_no_client_credentials_token() {
 #[test]
 fn an_access_tokens_introspection_answer_is_its_signed_claims_and_active() {
     let f = fixture();
-    let issued = f
-        .service
-        .client_credentials(&f.realm, tls_request(None), &cert("thumb"), NOW)
-        .unwrap();
+    let issued = f.bound_token();
     let verified = f
         .realm
         .verify_access_token(&issued.response.access_token, NOW, 30)
@@ -570,10 +571,7 @@ fn an_access_tokens_introspection_answer_is_its_signed_claims_and_active() {
 #[test]
 fn access_token_verification_edges_are_exact() {
     let f = fixture();
-    let issued = f
-        .service
-        .client_credentials(&f.realm, tls_request(None), &cert("thumb"), NOW)
-        .unwrap();
+    let issued = f.bound_token();
     let token = &issued.response.access_token;
     let skew = 30;
     assert!(f.realm.verify_access_token(token, NOW, skew).is_ok());
