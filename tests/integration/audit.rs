@@ -1020,7 +1020,7 @@ fn journal_segments_are_deleted_once_the_database_holds_them() {
     let store = tessera::cli::open_store(&env.loaded()).unwrap();
     let dir = env.path("rotating-journal");
     // A tiny rotation size: many segments begin and end meanwhile.
-    let writer = tessera_store::AuditWriter::start_with(store, &dir, 2048).unwrap();
+    let writer = tessera_store::AuditWriter::start_with(store, &dir, 2048, 16_384).unwrap();
     let records_in = |dir: &std::path::Path| -> usize {
         let mut left = 0;
         for entry in std::fs::read_dir(dir).unwrap() {
@@ -1065,8 +1065,85 @@ fn journal_segments_are_deleted_once_the_database_holds_them() {
     assert_eq!(stored, ids, "each record once, in order");
     // A restart finds nothing to replay.
     let store = tessera::cli::open_store(&env.loaded()).unwrap();
-    drop(tessera_store::AuditWriter::start_with(store, &dir, 2048).unwrap());
+    drop(tessera_store::AuditWriter::start_with(store, &dir, 2048, 16_384).unwrap());
     assert_eq!(records(&env).len(), 200);
+}
+
+/// While the database is away the journal keeps taking records and the drainer holds
+/// only a bounded number of them in memory; the rest it reads back from the journal's
+/// segments once the database is back, each record once and in order. Stopping while it
+/// is still away leaves them to the next start.
+#[test]
+fn a_database_outage_holds_few_records_in_memory_and_loses_none() {
+    use std::sync::atomic::Ordering::SeqCst;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let dir = env.path("outage-journal");
+    let start = || {
+        let store = tessera::cli::open_store(&env.loaded()).unwrap();
+        // Small segments and at most 40 records in memory: the outage spans many segments.
+        tessera_store::AuditWriter::start_with(store, &dir, 4096, 40).unwrap()
+    };
+    let writer = start();
+    let stats = writer.stats();
+    let mut ids = Vec::new();
+    let mut submit = |writer: &tessera_store::AuditWriter, n: usize| {
+        let record = sample(&format!("out-{n}"), "tcu");
+        ids.push(record.id.clone());
+        writer.submit(record).wait().unwrap();
+    };
+    let drained = |n: u64| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while stats.drained.load(SeqCst) < n && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        stats.drained.load(SeqCst)
+    };
+    for n in 0..10 {
+        submit(&writer, n);
+    }
+    assert_eq!(drained(10), 10);
+    // The database away for the drainer: every append fails.
+    env.sql("ALTER TABLE audit_chains RENAME TO audit_chains_away");
+    for n in 10..400 {
+        submit(&writer, n);
+        assert!(stats.in_memory.load(SeqCst) <= 40, "record {n}");
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        stats.drained.load(SeqCst),
+        10,
+        "nothing reached the database"
+    );
+    assert_eq!(records(&env).len(), 10);
+    assert_eq!(stats.reread.load(SeqCst), 0, "nothing read back yet");
+    env.sql("ALTER TABLE audit_chains_away RENAME TO audit_chains");
+    assert_eq!(drained(400), 400);
+    let reread = stats.reread.load(SeqCst);
+    assert!(
+        (350..=390).contains(&reread),
+        "{reread} read back from disk"
+    );
+    assert_eq!(stats.in_memory.load(SeqCst), 0);
+    // Caught up, the drainer holds records in memory again.
+    for n in 400..420 {
+        submit(&writer, n);
+    }
+    assert_eq!(drained(420), 420);
+    assert_eq!(stats.reread.load(SeqCst), reread);
+    // Away again, and the instance stops meanwhile: the journal keeps what the database
+    // lacks, and the next start moves it.
+    env.sql("ALTER TABLE audit_chains RENAME TO audit_chains_away");
+    for n in 420..600 {
+        submit(&writer, n);
+    }
+    drop(writer);
+    assert_eq!(records(&env).len(), 420);
+    env.sql("ALTER TABLE audit_chains_away RENAME TO audit_chains");
+    drop(start());
+    let stored: Vec<String> = records(&env).into_iter().map(|r| r.id).collect();
+    assert_eq!(stored, ids, "each record once, in order");
+    assert!(env.cli(&["audit", "verify"]).is_ok());
 }
 
 /// Every kind of event, as the DICOM audit message it becomes: valid against the

@@ -175,6 +175,11 @@ fn health_and_metrics_reflect_the_server() {
         "{records} {syncs}"
     );
     assert!(value("tessera_audit_journal_sync_seconds_total") > 0.0);
+    // Nothing fell behind: what the database lacks is in memory, nothing was read back.
+    let undrained = value("tessera_audit_journal_undrained_records");
+    assert!((0.0..=records).contains(&undrained), "{undrained}");
+    assert!(value("tessera_audit_journal_in_memory_records") <= records);
+    assert_eq!(value("tessera_audit_journal_reread_records_total"), 0.0);
     assert_eq!(client.get("/no/such/path").status, 404);
 }
 

@@ -117,29 +117,52 @@ impl Metrics {
 }
 
 /// The audit journal's counters: records made durable, the syncs that did it (their ratio
-/// is the mean group size) and the time spent syncing.
+/// is the mean group size) and the time spent syncing; what the database does not hold
+/// yet, what of it is in memory, and what was read back from disk.
 pub fn render_journal(stats: &JournalStats) -> String {
     let mut out = String::new();
-    let counters = [
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
+    let metrics = [
         (
             "tessera_audit_journal_records_total",
             "Audit records made durable in the journal.",
-            stats.records.load(Ordering::Relaxed) as f64,
+            "counter",
+            load(&stats.records) as f64,
         ),
         (
             "tessera_audit_journal_syncs_total",
             "Journal syncs (one per group of records).",
-            stats.syncs.load(Ordering::Relaxed) as f64,
+            "counter",
+            load(&stats.syncs) as f64,
         ),
         (
             "tessera_audit_journal_sync_seconds_total",
             "Time spent in journal syncs.",
-            stats.sync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+            "counter",
+            load(&stats.sync_nanos) as f64 / 1e9,
+        ),
+        (
+            "tessera_audit_journal_reread_records_total",
+            "Audit records read back from the journal's disk, the database having fallen behind.",
+            "counter",
+            load(&stats.reread) as f64,
+        ),
+        (
+            "tessera_audit_journal_undrained_records",
+            "Audit records durable in the journal and not yet in the database (grows while the database is away).",
+            "gauge",
+            load(&stats.records).saturating_sub(load(&stats.drained)) as f64,
+        ),
+        (
+            "tessera_audit_journal_in_memory_records",
+            "Audit records held in memory for the database (bounded: the rest wait on the journal's disk).",
+            "gauge",
+            load(&stats.in_memory) as f64,
         ),
     ];
-    for (name, help, value) in counters {
+    for (name, help, kind, value) in metrics {
         let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} counter");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
         let _ = writeln!(out, "{name} {value}");
     }
     out

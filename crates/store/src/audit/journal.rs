@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::thread;
@@ -19,12 +19,11 @@ use tessera_iam::StoreError;
 
 use super::chain::Journaled;
 use super::cpu::CpuLoad;
+use super::drain::{drain, Backlog, Handed};
 use crate::{db_error, Store};
 
 /// The most events one transaction takes.
 const MAX_BATCH: usize = 512;
-/// How long the drainer gathers journaled records before a database transaction.
-const DRAIN_GATHER: Duration = Duration::from_millis(50);
 /// The most records the journal waits for before a sync (it takes more if more are there).
 const GROUP_TARGET: usize = 24;
 /// The longest the journal lets a group fill before one sync for all (only while the
@@ -145,13 +144,21 @@ pub struct AuditWriter {
     inner: Arc<Inner>,
 }
 
-/// What the journal has done since start: `records / syncs` is the mean group size.
+/// What the journal has done since start: `records / syncs` is the mean group size,
+/// `records - drained` what is durable in the journal and not yet in the database.
 #[derive(Debug, Default)]
 pub struct JournalStats {
     pub records: AtomicU64,
     pub syncs: AtomicU64,
     /// Time spent in `fdatasync`, in nanoseconds.
     pub sync_nanos: AtomicU64,
+    /// Records the drainer has moved into the database.
+    pub drained: AtomicU64,
+    /// Records handed to the drainer in memory and not yet in the database (at most the
+    /// in-memory limit: see `drain.rs`).
+    pub in_memory: AtomicU64,
+    /// Records the drainer read back from the journal's disk, having fallen behind.
+    pub reread: AtomicU64,
 }
 
 /// Records waiting for the journal. A submitter wakes the journal thread only for the
@@ -350,10 +357,17 @@ impl Drop for Inner {
 impl AuditWriter {
     /// Recovers what earlier processes left in `dir`, then starts writing a journal there.
     pub fn start(store: Store, dir: &Path) -> Result<Self, StoreError> {
-        Self::start_with(store, dir, ROTATE_BYTES)
+        Self::start_with(store, dir, ROTATE_BYTES, super::drain::IN_MEMORY)
     }
 
-    pub fn start_with(store: Store, dir: &Path, rotate_bytes: u64) -> Result<Self, StoreError> {
+    /// With segments of `rotate_bytes` and at most `in_memory` records held in memory
+    /// for the drainer (the defaults: [`ROTATE_BYTES`], [`IN_MEMORY`](super::drain::IN_MEMORY)).
+    pub fn start_with(
+        store: Store,
+        dir: &Path,
+        rotate_bytes: u64,
+        in_memory: usize,
+    ) -> Result<Self, StoreError> {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             StoreError(format!("audit journal {}: {what}: {e}", dir.display()))
         };
@@ -365,7 +379,7 @@ impl AuditWriter {
                 "audit records of an earlier process replayed from its journal"
             );
         }
-        let (file, path) = own_journal(dir).map_err(|e| fail("cannot open one", &e))?;
+        let (file, path) = own_journal(dir, 0).map_err(|e| fail("cannot open one", &e))?;
         // A segment is written ahead with zeros (see `Journal::append`); doing the first
         // one now makes a volume without room for it fail here, saying so.
         let segment = segment_bytes(rotate_bytes);
@@ -379,18 +393,18 @@ impl AuditWriter {
         let queue = Arc::new(Queue::new());
         let incoming = queue.clone();
         let (to_drainer, drained_from) = mpsc::channel();
-        let drained = Arc::new(AtomicU64::new(0));
-        let counter = drained.clone();
         let drainer_gone = Arc::new(AtomicBool::new(false));
         let gone = drainer_gone.clone();
         let stopping = Arc::new(AtomicBool::new(false));
         let stop = stopping.clone();
         let stats = Arc::new(JournalStats::default());
         let journal_stats = stats.clone();
+        let backlog = Arc::new(Backlog::new(in_memory, stats.clone()));
+        let drainer_backlog = backlog.clone();
         let drainer = thread::Builder::new()
             .name("audit-drainer".into())
             .spawn(move || {
-                drain(&store, &drained_from, &counter, &stop);
+                drain(&store, &drained_from, &drainer_backlog, &stop);
                 gone.store(true, Ordering::SeqCst);
             })
             .map_err(|e| fail("cannot start the drainer", &e))?;
@@ -400,11 +414,12 @@ impl AuditWriter {
                 let journal = Journal {
                     size: 0,
                     allocated: file.metadata().map(|m| m.len()).unwrap_or(segment),
-                    file,
+                    file: Arc::new(file),
                     path,
+                    segment: 0,
                     dir: journal_dir,
                     retired: Vec::new(),
-                    drained,
+                    backlog,
                     drainer_gone,
                     rotate_bytes,
                     stats: journal_stats,
@@ -471,8 +486,8 @@ fn no_space_hint(error: std::io::Error, needed: u64) -> String {
     }
 }
 
-fn own_journal(dir: &Path) -> std::io::Result<(File, PathBuf)> {
-    for n in 0u32.. {
+fn own_journal(dir: &Path, from: u64) -> std::io::Result<(File, PathBuf)> {
+    for n in from.. {
         let path = dir.join(format!("{n}.journal"));
         let file = OpenOptions::new()
             .create(true)
@@ -493,15 +508,39 @@ fn own_journal(dir: &Path) -> std::io::Result<(File, PathBuf)> {
     Err(std::io::Error::other("no journal file could be locked"))
 }
 
-/// Replays every unlocked journal of `dir` into the database and empties it.
+/// The number of a journal segment's file, `{n}.journal`.
+fn segment_number(path: &Path) -> Option<u64> {
+    if path.extension().is_none_or(|e| e != "journal") {
+        return None;
+    }
+    path.file_stem()?.to_str()?.parse().ok()
+}
+
+/// The number for a new segment: past every journal file in `dir`, so the numbers of an
+/// instance's segments follow the order it wrote them in, which recovery replays them in.
+fn next_segment(dir: &Path) -> std::io::Result<u64> {
+    let mut next = 0;
+    for entry in fs::read_dir(dir)? {
+        if let Some(n) = segment_number(&entry?.path()) {
+            next = next.max(n + 1);
+        }
+    }
+    Ok(next)
+}
+
+/// Replays every unlocked journal of `dir` into the database and empties it, in the
+/// order of their numbers: an instance's segments in the order it wrote them.
 fn recover(store: &Store, dir: &Path) -> Result<usize, StoreError> {
     let mut recovered = 0;
-    let entries = fs::read_dir(dir).map_err(db_error)?;
-    for entry in entries {
+    let mut segments = Vec::new();
+    for entry in fs::read_dir(dir).map_err(db_error)? {
         let path = entry.map_err(db_error)?.path();
-        if path.extension().is_none_or(|e| e != "journal") {
-            continue;
+        if let Some(n) = segment_number(&path) {
+            segments.push((n, path));
         }
+    }
+    segments.sort();
+    for (_, path) in segments {
         let mut file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -540,14 +579,16 @@ fn recover(store: &Store, dir: &Path) -> Result<usize, StoreError> {
 /// Appends go to the current segment; once it has grown past `rotate_bytes`, a new one
 /// begins, and a full segment is deleted when the database holds all of its records.
 struct Journal {
-    file: File,
+    file: Arc<File>,
     path: PathBuf,
+    /// The current segment's number, counted from this journal's start.
+    segment: u64,
     dir: PathBuf,
     /// Full segments not yet all in the database: (path, file, records written up to
     /// its end).
-    retired: Vec<(PathBuf, File, u64)>,
-    /// Records the drainer has committed to the database, counted the same way.
-    drained: Arc<AtomicU64>,
+    retired: Vec<(PathBuf, Arc<File>, u64)>,
+    /// What the drainer holds in memory and what it is to read back from disk.
+    backlog: Arc<Backlog>,
     /// Set when the drainer has stopped (done, or given up on a failing database).
     drainer_gone: Arc<AtomicBool>,
     /// Where the current segment's records end: the next append's offset.
@@ -564,13 +605,19 @@ impl Journal {
         self.stats.records.load(Ordering::Relaxed)
     }
 
-    fn run(mut self, incoming: &Queue, drainer: Sender<Vec<Journaled>>) {
+    /// Records the drainer has committed to the database, counted the same way.
+    fn drained(&self) -> u64 {
+        self.stats.drained.load(Ordering::SeqCst)
+    }
+
+    fn run(mut self, incoming: &Queue, drainer: Sender<Handed>) {
         // While the cores are saturated a group gathers for a moment: one sync then
         // serves many requests.
         let mut load = CpuLoad::new(std::time::Instant::now());
         let mut saturated = |now| load.saturated(now);
         while let Some(batch) = incoming.next_group(&mut saturated) {
             let records: Vec<Journaled> = batch.iter().map(|(r, _)| Journaled::of(r)).collect();
+            let from = self.size;
             let result = self.append(&records);
             if let Err(e) = &result {
                 tracing::error!(error = %e.0, journal = %self.path.display(), events = records.len(), "audit events could not be journaled");
@@ -580,7 +627,9 @@ impl Journal {
                 reply.send(result.clone());
             }
             if ok {
-                let _ = drainer.send(records);
+                let at = (from, self.size);
+                self.backlog
+                    .hand(&drainer, records, self.segment, &self.file, at);
             }
             self.rotate();
         }
@@ -589,10 +638,10 @@ impl Journal {
 
     /// A clean stop: once the drainer has moved everything into the database (it is
     /// given a while), the segments are deleted, so the next start has nothing to replay.
-    fn finish(mut self, drainer: Sender<Vec<Journaled>>) {
+    fn finish(mut self, drainer: Sender<Handed>) {
         drop(drainer);
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        while self.drained.load(Ordering::SeqCst) < self.written() {
+        while self.drained() < self.written() {
             if self.drainer_gone.load(Ordering::SeqCst) || std::time::Instant::now() > deadline {
                 return; // what is left is replayed (once) at the next start
             }
@@ -641,11 +690,12 @@ impl Journal {
     /// whose records the database holds.
     fn rotate(&mut self) {
         if self.size >= self.rotate_bytes {
-            match own_journal(&self.dir) {
+            match next_segment(&self.dir).and_then(|n| own_journal(&self.dir, n)) {
                 Ok((file, path)) => {
-                    let full = std::mem::replace(&mut self.file, file);
+                    let full = std::mem::replace(&mut self.file, Arc::new(file));
                     let full_path = std::mem::replace(&mut self.path, path);
                     self.retired.push((full_path, full, self.written()));
+                    self.segment += 1;
                     self.allocated = self.file.metadata().map(|m| m.len()).unwrap_or(0);
                     self.size = 0;
                 }
@@ -654,7 +704,7 @@ impl Journal {
                 }
             }
         }
-        let drained = self.drained.load(Ordering::SeqCst);
+        let drained = self.drained();
         self.retired.retain(|(path, _, end)| {
             if *end > drained {
                 return true;
@@ -664,38 +714,6 @@ impl Journal {
             }
             false
         });
-    }
-}
-
-/// Moves journaled records into the database in order, in large transactions; while the
-/// database fails, retries the same records with backoff (they are safe in the journal).
-fn drain(
-    store: &Store,
-    incoming: &Receiver<Vec<Journaled>>,
-    drained: &AtomicU64,
-    stopping: &AtomicBool,
-) {
-    while let Ok(mut records) = incoming.recv() {
-        // Nobody waits on this step, so it waits a little for more: a transaction costs
-        // about the same for one record as for hundreds. It sleeps rather than waiting
-        // on the queue, so the journal's sends do not wake it group by group.
-        if !stopping.load(Ordering::SeqCst) {
-            thread::sleep(DRAIN_GATHER);
-        }
-        while let Ok(more) = incoming.try_recv() {
-            records.extend(more);
-        }
-        let mut wait = Duration::from_millis(50);
-        while let Err(e) = store.append_journaled(&records) {
-            if stopping.load(Ordering::SeqCst) {
-                tracing::error!(error = %e.0, events = records.len(), "stopping with audit events only in the journal; the next start moves them");
-                return;
-            }
-            tracing::error!(error = %e.0, events = records.len(), retry_in_ms = wait.as_millis() as u64, "audit events not yet in the database");
-            thread::sleep(wait);
-            wait = (wait * 2).min(Duration::from_secs(5));
-        }
-        drained.fetch_add(records.len() as u64, Ordering::SeqCst);
     }
 }
 

@@ -5,6 +5,7 @@
 mod chain;
 mod cpu;
 mod deliveries;
+mod drain;
 mod journal;
 
 pub use chain::{checkpoint_of, ChainReport, EventRef};

@@ -1,0 +1,256 @@
+//! The drainer: moves journaled records into the database in order, in large
+//! transactions, holding a bounded number of them in memory however long the database
+//! is away.
+
+use std::fs::File;
+use std::os::unix::fs::FileExt as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+use tessera_atna::Record;
+use tessera_iam::StoreError;
+
+use super::chain::Journaled;
+use super::journal::JournalStats;
+use crate::{db_error, Store};
+
+/// How long the drainer gathers journaled records before a database transaction.
+const DRAIN_GATHER: Duration = Duration::from_millis(50);
+
+/// The most journaled records the drainer holds in memory by default: handed over by the
+/// journal and not yet in the database. A second of full load on one core is about
+/// 30,000; a drain every 50 ms holds a twentieth of that, so only a database that is
+/// away or slower than the requests fills it. Past it the journal hands over where the
+/// records are on disk, and the drainer reads them back from there once it has caught
+/// up: memory stays bounded however long the outage (at 0.5-2 KB a record, 8-32 MB), and
+/// the journal's disk holds the rest.
+pub const IN_MEMORY: usize = 16_384;
+
+/// How many bytes of a journal segment the drainer reads back at once (one transaction,
+/// about 1,600 token records). Measured (`bench/audit-outage.sh 60`, one core): a million
+/// records read back in 8.7 s, 9.4 s 4 MiB at a time; the records held in memory moved in
+/// 4.4 s (one transaction); reading back parses each line again for its id and time.
+const READ_BACK: u64 = 1 << 20;
+
+/// What the journal hands the drainer, in the order it wrote them.
+pub(super) enum Handed {
+    /// Records just written, in memory.
+    Records(Vec<Journaled>),
+    /// The journal began keeping records on disk only: the drainer takes their spans
+    /// from the [`Backlog`] once it has moved everything handed before.
+    OnDisk,
+}
+
+/// Records kept in a journal segment only: its bytes `from..to`, whole lines.
+struct Span {
+    /// Which segment, counted from the journal's start (a deleted segment's path is
+    /// taken again by a later one: the span holds the file itself).
+    segment: u64,
+    file: Arc<File>,
+    from: u64,
+    to: u64,
+}
+
+/// What the journal has handed the drainer and the database does not hold yet: a count
+/// of the records in memory (in [`JournalStats::in_memory`]) and the spans on disk.
+pub(super) struct Backlog {
+    on_disk: Mutex<Vec<Span>>,
+    limit: usize,
+    stats: Arc<JournalStats>,
+}
+
+impl Backlog {
+    pub(super) fn new(limit: usize, stats: Arc<JournalStats>) -> Self {
+        Self {
+            on_disk: Mutex::new(Vec::new()),
+            limit,
+            stats,
+        }
+    }
+
+    /// Hands records the journal has just written, at bytes `from..to` of `segment`
+    /// (`file`), to the drainer: in memory while it holds fewer than the limit and
+    /// nothing waits on disk, else as a span of the segment. Sent under the lock the
+    /// drainer takes spans under, so the drainer moves them in the order written.
+    pub(super) fn hand(
+        &self,
+        drainer: &Sender<Handed>,
+        records: Vec<Journaled>,
+        segment: u64,
+        file: &Arc<File>,
+        (from, to): (u64, u64),
+    ) {
+        let Ok(mut on_disk) = self.on_disk.lock() else {
+            return; // a drainer that panicked: what is journaled is replayed at the next start
+        };
+        let in_memory = self.stats.in_memory.load(Ordering::SeqCst) as usize;
+        if on_disk.is_empty() && in_memory + records.len() <= self.limit {
+            self.stats
+                .in_memory
+                .fetch_add(records.len() as u64, Ordering::SeqCst);
+            let _ = drainer.send(Handed::Records(records));
+            return;
+        }
+        match on_disk.last_mut() {
+            Some(last) if last.segment == segment && last.to == from => last.to = to,
+            _ => {
+                on_disk.push(Span {
+                    segment,
+                    file: file.clone(),
+                    from,
+                    to,
+                });
+                if on_disk.len() == 1 {
+                    let _ = drainer.send(Handed::OnDisk);
+                }
+            }
+        }
+    }
+
+    fn take_spans(&self) -> Vec<Span> {
+        self.on_disk
+            .lock()
+            .map(|mut spans| std::mem::take(&mut *spans))
+            .unwrap_or_default()
+    }
+}
+
+/// Moves journaled records into the database in order, in large transactions; while the
+/// database fails, retries the same records with backoff (they are safe in the journal,
+/// and what comes meanwhile waits there past the in-memory limit). Stopping while the
+/// database fails, it leaves the rest in the journal for the next start to replay.
+pub(super) fn drain(
+    store: &Store,
+    incoming: &Receiver<Handed>,
+    backlog: &Backlog,
+    stopping: &AtomicBool,
+) {
+    let stats = &backlog.stats;
+    while let Ok(first) = incoming.recv() {
+        // Nobody waits on this step, so it waits a little for more: a transaction costs
+        // about the same for one record as for hundreds. It sleeps rather than waiting
+        // on the queue, so the journal's sends do not wake it group by group.
+        if !stopping.load(Ordering::SeqCst) {
+            thread::sleep(DRAIN_GATHER);
+        }
+        let mut batch = Vec::new();
+        for handed in std::iter::once(first).chain(incoming.try_iter()) {
+            match handed {
+                Handed::Records(records) => batch.extend(records),
+                Handed::OnDisk => {
+                    // What was handed before the spans goes first.
+                    if !commit(store, &mut batch, stopping, stats) {
+                        return;
+                    }
+                    for span in backlog.take_spans() {
+                        if !read_back(store, &span, stopping, stats) {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+        if !commit(store, &mut batch, stopping, stats) {
+            return;
+        }
+    }
+}
+
+/// Commits the records handed in memory, retrying while the database fails, and empties
+/// `batch`.
+fn commit(
+    store: &Store,
+    batch: &mut Vec<Journaled>,
+    stopping: &AtomicBool,
+    stats: &JournalStats,
+) -> bool {
+    if batch.is_empty() {
+        return true;
+    }
+    if retrying(stopping, batch.len(), || store.append_journaled(batch)).is_none() {
+        return false;
+    }
+    let n = batch.len() as u64;
+    stats.drained.fetch_add(n, Ordering::SeqCst);
+    stats.in_memory.fetch_sub(n, Ordering::SeqCst);
+    batch.clear();
+    true
+}
+
+/// Reads a span's records back from its segment, [`READ_BACK`] bytes a transaction. A
+/// segment that cannot be read (the disk failing) is retried as a database that fails
+/// is: its records are not dropped, and the journal keeps the segment meanwhile.
+fn read_back(store: &Store, span: &Span, stopping: &AtomicBool, stats: &JournalStats) -> bool {
+    let mut at = span.from;
+    while at < span.to {
+        let Some((lines, end)) = retrying(stopping, 0, || records_at(&span.file, at, span.to))
+        else {
+            return false;
+        };
+        if retrying(stopping, lines.len(), || store.append_journaled(&lines)).is_none() {
+            return false;
+        }
+        let n = lines.len() as u64;
+        stats.drained.fetch_add(n, Ordering::SeqCst);
+        stats.reread.fetch_add(n, Ordering::SeqCst);
+        at = end;
+    }
+    true
+}
+
+/// The records of whole lines from `at` on, at most [`READ_BACK`] bytes of them unless
+/// one line is longer, and where they end. `to` ends a line.
+fn records_at(file: &File, at: u64, to: u64) -> Result<(Vec<Journaled>, u64), StoreError> {
+    let mut want = READ_BACK.min(to - at);
+    loop {
+        let mut bytes = vec![0u8; want as usize];
+        file.read_exact_at(&mut bytes, at).map_err(db_error)?;
+        let whole = match bytes.iter().rposition(|b| *b == b'\n') {
+            Some(last) => last + 1,
+            None if at + want < to => {
+                want = (want * 2).min(to - at);
+                continue;
+            }
+            None => return Err(StoreError("an audit journal segment ends mid-line".into())),
+        };
+        let text = std::str::from_utf8(&bytes[..whole]).map_err(db_error)?;
+        let records = text
+            .lines()
+            .map(|line| {
+                let record: Record = serde_json::from_str(line).map_err(db_error)?;
+                Ok(Journaled {
+                    id: record.id,
+                    recorded: record.recorded.0,
+                    text: line.to_owned(),
+                })
+            })
+            .collect::<Result<_, StoreError>>()?;
+        return Ok((records, at + whole as u64));
+    }
+}
+
+/// Runs `step` until it succeeds, with backoff (50 ms doubling to 5 s) and an error logged
+/// each time; `None` once stopping while it fails.
+fn retrying<T>(
+    stopping: &AtomicBool,
+    events: usize,
+    mut step: impl FnMut() -> Result<T, StoreError>,
+) -> Option<T> {
+    let mut wait = Duration::from_millis(50);
+    loop {
+        let e = match step() {
+            Ok(done) => return Some(done),
+            Err(e) => e,
+        };
+        if stopping.load(Ordering::SeqCst) {
+            tracing::error!(error = %e.0, events, "stopping with audit events only in the journal; the next start moves them");
+            return None;
+        }
+        tracing::error!(error = %e.0, events, retry_in_ms = wait.as_millis() as u64, "audit events not yet in the database");
+        thread::sleep(wait);
+        wait = (wait * 2).min(Duration::from_secs(5));
+    }
+}
