@@ -7,9 +7,7 @@ duration=${1:-15}
 rounds=${2:-3}
 source "$(dirname "$0")/lib.sh"
 start_server
-"$bin" pki issue-client bench --out clients >/dev/null
-"$bin" client add --client-id bench-tcu --auth tls_client_auth --cert clients/bench.crt --scope "system/*.rs" >/dev/null
-token="$url/realms/cara/protocol/openid-connect/token"
+bench_token_client
 index() { python3 -c 'import sqlite3,sys; c=sqlite3.connect("data/tessera.db"); c.execute(sys.argv[1]); c.commit()' "$1"; }
 
 echo "audited mTLS tokens, ${duration}s a run, server on 1 core (taskset -c 0), 32 connections"

@@ -60,6 +60,14 @@ bench_client() { # partition
   fhir="$url/fhir/$partition"
 }
 
+# The mTLS token client bench-tcu (clients/bench.crt, .key) with system/*.rs; sets $token,
+# the token endpoint's URL.
+bench_token_client() {
+  "$bin" pki issue-client bench --out clients >/dev/null
+  "$bin" client add --client-id bench-tcu --auth tls_client_auth --cert clients/bench.crt --scope "system/*.rs" >/dev/null
+  token="$url/realms/cara/protocol/openid-connect/token"
+}
+
 # The URL of a new Patient (family name $1) in bench_client's partition: the vault read's target.
 bench_patient() {
   echo "$fhir/Patient/$(curl -fsS "${tls[@]}" -H "$auth" -H 'Content-Type: application/fhir+json' \

@@ -10,10 +10,8 @@ duration=${1:-10}
 source "$(dirname "$0")/lib.sh"
 start_server
 
-"$bin" pki issue-client bench --out clients >/dev/null
-"$bin" client add --client-id bench-tcu --auth tls_client_auth --cert clients/bench.crt --scope "system/*.rs" >/dev/null
+bench_token_client
 secret=$("$bin" client add --client-id bench-secret --auth client_secret_basic --scope "system/*.rs" | sed -n 's/^client_secret: //p')
-token="$url/realms/cara/protocol/openid-connect/token"
 
 echo "Tessera token endpoint, ${duration}s per scenario, server on 1 core (taskset -c 0), load on the other"
 run_oha mtls-keepalive "$token" "$duration" -c 32 --cert clients/bench.crt --key clients/bench.key -d "grant_type=client_credentials&client_id=bench-tcu"

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The audit trail's database away under load. The token endpoint (mTLS, kept-alive, 32
+# connections) for N seconds while the drainer cannot append (SQLite; its chain table
+# renamed away, so every append fails as with a database that is down), then the table
+# back. Prints the server's memory before and at the end of the outage (VmRSS, and
+# VmHWM, its peak), what the journal held, how long the drainer took to move it all, and
+# `tessera audit verify` over the result.
+# Usage: bench/audit-outage.sh [seconds of outage, default 30]   (BENCH_BIN: another build)
+duration=${1:-30}
+source "$(dirname "$0")/lib.sh"
+start_server
+
+bench_token_client
+
+sql() { # statement; prints the first column of the first row, if any
+  python3 - "$1" <<'PY'
+import sqlite3, sys
+db = sqlite3.connect("data/tessera.db", timeout=30)
+row = db.execute(sys.argv[1]).fetchone()
+db.commit()
+if row: print(row[0])
+PY
+}
+memory() { awk '/^VmRSS|^VmHWM/ { printf "%s %d MB  ", $1, $2 / 1024 }' "/proc/$server/status"; echo; }
+journaled() { curl -fsS --cacert pki/ca.crt "$url/metrics" | awk '$1 == "tessera_audit_journal_records_total" { print $2 }'; }
+journal_mb() { du -sm data/audit-journal | cut -f1; }
+
+sleep 1 # the start's own events reach the database
+echo "before: $(memory)"
+stored=$(sql "SELECT count(*) FROM audit_events")
+before=$(journaled)
+sql "ALTER TABLE audit_chains RENAME TO audit_chains_away"
+echo "the database away for the drainer, ${duration}s of tokens meanwhile:"
+run_oha outage "$token" "$duration" -c 32 --cert clients/bench.crt --key clients/bench.key -d "grant_type=client_credentials&client_id=bench-tcu"
+echo "end of the outage: $(memory)journal $(journal_mb) MB on disk"
+sql "ALTER TABLE audit_chains_away RENAME TO audit_chains"
+wanted=$((stored + $(journaled) - before))
+now_ms() { echo $(($(date +%s%N) / 1000000)); }
+started=$(now_ms)
+while [ "$(sql "SELECT count(*) FROM audit_events")" -lt "$wanted" ]; do
+  if [ $(($(now_ms) - started)) -gt 600000 ]; then
+    echo "the database did not get all $wanted events in 10 minutes" >&2
+    exit 1
+  fi
+  sleep 0.2
+done
+echo "the database back: all $((wanted - stored)) events of the outage moved in $(($(now_ms) - started)) ms; $(memory)"
+grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
+kill "$server"
+wait "$server" 2>/dev/null || true
+server=""
+"$bin" audit verify | tail -n 2
