@@ -254,3 +254,71 @@ fn retrying<T>(
         wait = (wait * 2).min(Duration::from_secs(5));
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_atna::{canonical, Event, Outcome};
+
+    fn line(id: &str, command_len: usize) -> String {
+        canonical(&Record {
+            id: id.into(),
+            recorded: tessera_types::UnixTime(7),
+            observer: "https://tessera.example".into(),
+            client_address: None,
+            outcome: Outcome::Success,
+            event: Event::AdminAction {
+                command: "x".repeat(command_len),
+                target: "audrey".into(),
+                operator: "root".into(),
+            },
+        }) + "\n"
+    }
+
+    fn segment(name: &str, text: &str) -> (File, std::path::PathBuf) {
+        let path =
+            std::env::temp_dir().join(format!("tessera-drain-{name}-{}", std::process::id()));
+        std::fs::write(&path, text).unwrap();
+        (File::open(&path).unwrap(), path)
+    }
+
+    #[test]
+    fn records_are_read_back_in_whole_lines_a_window_at_a_time() {
+        // Three lines of 400 KiB: two fit a window of 1 MiB, the third begins the next.
+        let lines: Vec<String> = (0..3).map(|n| line(&format!("e{n}"), 400 << 10)).collect();
+        let text = lines.concat();
+        let (file, path) = segment("windows", &text);
+        let to = text.len() as u64;
+        let (first, end) = records_at(&file, 0, to).unwrap();
+        assert_eq!(first.len(), 2);
+        assert_eq!(end, (lines[0].len() + lines[1].len()) as u64);
+        assert_eq!(first[1].id, "e1");
+        assert_eq!(first[1].recorded, 7);
+        assert_eq!(
+            format!("{}\n", first[1].text),
+            lines[1],
+            "the text as journaled"
+        );
+        let (rest, end) = records_at(&file, end, to).unwrap();
+        assert_eq!((rest.len(), rest[0].id.as_str(), end), (1, "e2", to));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[test]
+    fn a_line_longer_than_the_window_is_read_whole_and_a_cut_one_is_an_error() {
+        let text = line("long", 3 << 20) + &line("short", 10);
+        let (file, path) = segment("long", &text);
+        let (records, end) = records_at(&file, 0, text.len() as u64).unwrap();
+        assert_eq!(records.len(), 2, "the window grew past the long line");
+        assert_eq!(end, text.len() as u64);
+        // A span that ends five bytes short: its whole lines, then an error for the rest.
+        let short = (text.len() - 5) as u64;
+        let (records, end) = records_at(&file, 0, short).unwrap();
+        assert_eq!(records.len(), 1);
+        let Err(cut) = records_at(&file, end, short) else {
+            panic!("a span cut mid-line was read");
+        };
+        assert!(cut.0.contains("mid-line"), "{}", cut.0);
+        std::fs::remove_file(path).unwrap();
+    }
+}
