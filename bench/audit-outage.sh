@@ -4,7 +4,8 @@
 # renamed away, so every append fails as with a database that is down), then the table
 # back. Prints the server's memory before and at the end of the outage (VmRSS, and
 # VmHWM, its peak), what the journal held, how long the drainer took to move it all, and
-# `tessera audit verify` over the result.
+# `tessera audit verify` over the result. CRASH=1: the server is killed (kill -9) halfway
+# through the catch-up and started again, timed, so the journal is replayed at start.
 # Usage: bench/audit-outage.sh [seconds of outage, default 30]   (BENCH_BIN: another build)
 duration=${1:-30}
 source "$(dirname "$0")/lib.sh"
@@ -35,9 +36,22 @@ run_oha outage "$token" "$duration" -c 32 --cert clients/bench.crt --key clients
 echo "end of the outage: $(memory)journal $(journal_mb) MB on disk"
 sql "ALTER TABLE audit_chains_away RENAME TO audit_chains"
 wanted=$((stored + $(journaled) - before))
+count() { sql "SELECT count(*) FROM audit_events"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 started=$(now_ms)
-while [ "$(sql "SELECT count(*) FROM audit_events")" -lt "$wanted" ]; do
+if [ -n "${CRASH:-}" ]; then
+  # Killed halfway through the catch-up: the next start replays the journal's segments,
+  # skipping what the database already holds.
+  while [ "$(count)" -lt $((stored + (wanted - stored) / 2)) ]; do sleep 0.05; done
+  kill -9 "$server"
+  wait "$server" 2>/dev/null || true
+  echo "killed (kill -9) $(($(now_ms) - started)) ms into the catch-up, $(($(count) - stored)) events of the outage in the database"
+  grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
+  restarted=$(now_ms)
+  start_server 600
+  echo "started again in $(($(now_ms) - restarted)) ms (the journal replayed first): $(memory)"
+fi
+while [ "$(count)" -lt "$wanted" ]; do
   if [ $(($(now_ms) - started)) -gt 600000 ]; then
     echo "the database did not get all $wanted events in 10 minutes" >&2
     exit 1
@@ -45,8 +59,9 @@ while [ "$(sql "SELECT count(*) FROM audit_events")" -lt "$wanted" ]; do
   sleep 0.2
 done
 echo "the database back: all $((wanted - stored)) events of the outage moved in $(($(now_ms) - started)) ms; $(memory)"
-grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
+[ -n "${CRASH:-}" ] || grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
 kill "$server"
 wait "$server" 2>/dev/null || true
 server=""
+echo "events in the database: $(count); since the outage began $(($(count) - stored)), of which $((wanted - stored)) journaled in it (a restart adds its own start)"
 "$bin" audit verify | tail -n 2

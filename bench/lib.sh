@@ -5,6 +5,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 out="$root/bench/out"
 mkdir -p "$out"
+: >"$out/server.log" # the servers this script starts append to it
 
 if ! command -v oha >/dev/null; then
   if [ ! -x /opt/oha/bin/oha ]; then
@@ -34,11 +35,11 @@ fi
 cd "$work"
 url=https://127.0.0.1:18443
 
-start_server() {
+start_server() { # [seconds to wait for it, default 10]
   # Logs at warn: per-request info lines would measure the terminal, not the server.
-  RUST_LOG=warn taskset -c 0 "$bin" serve --listen 127.0.0.1:18443 >"$out/server.log" 2>&1 &
+  RUST_LOG=warn taskset -c 0 "$bin" serve --listen 127.0.0.1:18443 >>"$out/server.log" 2>&1 &
   server=$!
-  for _ in $(seq 1 100); do curl -fsS --cacert pki/ca.crt "$url/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
+  for _ in $(seq 1 $((${1:-10} * 10))); do curl -fsS --cacert pki/ca.crt "$url/healthz" >/dev/null 2>&1 && return; sleep 0.1; done
   echo "the server did not start; see $out/server.log" >&2
   return 1
 }

@@ -1069,6 +1069,29 @@ fn journal_segments_are_deleted_once_the_database_holds_them() {
     assert_eq!(records(&env).len(), 200);
 }
 
+/// Replaying a journal skips what the trail holds, looking only at the trail between
+/// the earliest and the latest record replayed: copies at either end are found.
+#[test]
+fn a_replay_finds_stored_copies_at_both_ends_of_its_time_span() {
+    let env = Env::new();
+    let store = tessera::cli::open_store(&env.loaded()).unwrap();
+    let at = |id: &str, t: i64| Record {
+        recorded: tessera_types::UnixTime(t),
+        ..sample(id, "tcu")
+    };
+    store
+        .append_audit(&[at("first", 100), at("last", 300), at("later", 400)])
+        .unwrap();
+    let replayed = vec![at("first", 100), at("middle", 200), at("last", 300)];
+    let missing: Vec<String> = store
+        .audit_records_missing(replayed)
+        .unwrap()
+        .into_iter()
+        .map(|r| r.id)
+        .collect();
+    assert_eq!(missing, ["middle"]);
+}
+
 /// While the database is away the journal keeps taking records and the drainer holds
 /// only a bounded number of them in memory; the rest it reads back from the journal's
 /// segments once the database is back, each record once and in order. Stopping while it

@@ -583,15 +583,19 @@ impl Store {
     }
 
     /// Of these records, those whose id the trail does not hold yet, in order. A stored
-    /// copy has the same `recorded` time, so only the trail since the earliest of them
-    /// is looked at (ids have no index: appends stay sequential).
+    /// copy has the same `recorded` time, so only the trail between the earliest and the
+    /// latest of them is looked at (ids have no index: appends stay sequential). Not all
+    /// the trail since the earliest: a start replaying a long journal segment by segment
+    /// read everything after each segment again, and a database already holding most of
+    /// an outage's records made that quadratic.
     pub fn audit_records_missing(&self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
-        let Some(earliest) = records.iter().map(|r| r.recorded.0).min() else {
+        let times = records.iter().map(|r| r.recorded.0);
+        let (Some(earliest), Some(latest)) = (times.clone().min(), times.max()) else {
             return Ok(records);
         };
         let mut conn = self.conn()?;
         let present: std::collections::HashSet<String> = audit_events::table
-            .filter(audit_events::recorded.ge(earliest))
+            .filter(audit_events::recorded.between(earliest, latest))
             .select(audit_events::id)
             .load::<String>(&mut *conn)
             .map_err(db_error)?
