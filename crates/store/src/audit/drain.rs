@@ -46,8 +46,8 @@ pub(super) enum Handed {
 
 /// Records kept in a journal segment only: its bytes `from..to`, whole lines.
 struct Span {
-    /// Which segment, counted from the journal's start (a deleted segment's path is
-    /// taken again by a later one: the span holds the file itself).
+    /// Which segment, counted from the journal's start: spans of two are never merged.
+    /// The span holds the file itself, which stays readable until the span is read.
     segment: u64,
     file: Arc<File>,
     from: u64,
