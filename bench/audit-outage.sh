@@ -5,7 +5,7 @@
 # back. Prints the server's memory before and at the end of the outage (VmRSS, and
 # VmHWM, its peak), what the journal held, how long the drainer took to move it all, and
 # `tessera audit verify` over the result. CRASH=1: the server is killed (kill -9) halfway
-# through the catch-up and started again, timed, so the journal is replayed at start.
+# through the catch-up and started again, timed: its drainer replays the journal.
 # Usage: bench/audit-outage.sh [seconds of outage, default 30]   (BENCH_BIN: another build)
 duration=${1:-30}
 source "$(dirname "$0")/lib.sh"
@@ -49,7 +49,7 @@ if [ -n "${CRASH:-}" ]; then
   grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
   restarted=$(now_ms)
   start_server 600
-  echo "started again in $(($(now_ms) - restarted)) ms (the journal replayed first): $(memory)"
+  echo "answering again $(($(now_ms) - restarted)) ms after the start (its drainer replays the journal meanwhile): $(memory)"
 fi
 while [ "$(count)" -lt "$wanted" ]; do
   if [ $(($(now_ms) - started)) -gt 600000 ]; then

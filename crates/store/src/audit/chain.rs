@@ -588,10 +588,10 @@ impl Store {
     /// the trail since the earliest: a start replaying a long journal segment by segment
     /// read everything after each segment again, and a database already holding most of
     /// an outage's records made that quadratic.
-    pub fn audit_records_missing(&self, records: Vec<Record>) -> Result<Vec<Record>, StoreError> {
+    pub fn audit_records_missing(&self, records: &[Record]) -> Result<Vec<Record>, StoreError> {
         let times = records.iter().map(|r| r.recorded.0);
         let (Some(earliest), Some(latest)) = (times.clone().min(), times.max()) else {
-            return Ok(records);
+            return Ok(Vec::new());
         };
         let mut conn = self.conn()?;
         let present: std::collections::HashSet<String> = audit_events::table
@@ -602,8 +602,9 @@ impl Store {
             .into_iter()
             .collect();
         Ok(records
-            .into_iter()
+            .iter()
             .filter(|r| !present.contains(&r.id))
+            .cloned()
             .collect())
     }
 

@@ -3,7 +3,9 @@
 //! is away.
 
 use std::fs::File;
+use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex};
@@ -116,6 +118,68 @@ impl Backlog {
             .map(|mut spans| std::mem::take(&mut *spans))
             .unwrap_or_default()
     }
+}
+
+/// How many replayed records one transaction takes.
+const REPLAY_BATCH: usize = 512;
+
+/// Replays the journals of instances now gone (locked for this one, in the order written)
+/// into the database, skipping the records it already holds, and empties each: a crash
+/// between journal and database loses nothing. The drainer does this before it moves
+/// this instance's records, so the server answers meanwhile. Retries while the database
+/// fails; stopping, it leaves the rest to the next start (which skips what is stored).
+pub(super) fn replay(store: &Store, dead: Vec<(PathBuf, File)>, stopping: &AtomicBool) {
+    let mut replayed = 0;
+    for (path, mut file) in dead {
+        if stopping.load(Ordering::SeqCst) {
+            break;
+        }
+        let Some(records) = retrying(stopping, 0, || journaled_records(&mut file, &path)) else {
+            return;
+        };
+        let Some(missing) = retrying(stopping, records.len(), || {
+            store.audit_records_missing(&records)
+        }) else {
+            return;
+        };
+        for chunk in missing.chunks(REPLAY_BATCH) {
+            if stopping.load(Ordering::SeqCst)
+                || retrying(stopping, chunk.len(), || store.append_audit(chunk)).is_none()
+            {
+                return;
+            }
+        }
+        replayed += missing.len();
+        // Left as it is, the next start reads it again and finds its records stored.
+        if let Err(e) = file.set_len(0).and_then(|()| file.sync_all()) {
+            tracing::error!(error = %e, journal = %path.display(), "could not empty a replayed audit journal");
+        }
+    }
+    if replayed > 0 {
+        tracing::warn!(
+            replayed,
+            "audit records of an earlier process replayed from its journal"
+        );
+    }
+}
+
+/// The records of a journal segment, up to where the zeros written ahead begin.
+fn journaled_records(file: &mut File, path: &Path) -> Result<Vec<Record>, StoreError> {
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes).map_err(db_error)?;
+    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
+    let text = String::from_utf8_lossy(&bytes[..end]);
+    let mut records = Vec::new();
+    for line in text.lines().filter(|l| !l.is_empty()) {
+        match serde_json::from_str::<Record>(line) {
+            Ok(record) => records.push(record),
+            // Only a write cut short by the crash can be partial; its caller was never answered.
+            Err(e) => {
+                tracing::warn!(journal = %path.display(), error = %e, "skipping a partial journal line")
+            }
+        }
+    }
+    Ok(records)
 }
 
 /// Moves journaled records into the database in order, in large transactions; while the

@@ -3,7 +3,6 @@
 
 use std::fs::{self, File, OpenOptions};
 use std::future::Future;
-use std::io::Read as _;
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -19,7 +18,7 @@ use tessera_iam::StoreError;
 
 use super::chain::Journaled;
 use super::cpu::CpuLoad;
-use super::drain::{drain, Backlog, Handed};
+use super::drain::{drain, replay, Backlog, Handed};
 use crate::{db_error, Store};
 
 /// The most events one transaction takes.
@@ -135,8 +134,9 @@ pub const ROTATE_BYTES: u64 = 4 * 1024 * 1024;
 /// trail) in large transactions, retrying with backoff while the database is away.
 /// Once the database holds everything a journal held, the journal is emptied.
 ///
-/// On start, journals of processes that are gone (their file lock is free) are replayed
-/// into the database, skipping records it already holds: a crash between the journal
+/// On start, journals of processes that are gone (their file lock is free) are locked
+/// and replayed into the database by the drainer before this instance's records,
+/// skipping records it already holds: a crash between the journal
 /// and the database loses nothing. Each running process locks its own journal, so
 /// several instances can share a directory.
 #[derive(Clone)]
@@ -355,7 +355,8 @@ impl Drop for Inner {
 }
 
 impl AuditWriter {
-    /// Recovers what earlier processes left in `dir`, then starts writing a journal there.
+    /// Starts writing a journal in `dir`, taking over what instances now gone left there:
+    /// the drainer replays it before anything else, while requests are served.
     pub fn start(store: Store, dir: &Path) -> Result<Self, StoreError> {
         Self::start_with(store, dir, ROTATE_BYTES, super::drain::IN_MEMORY)
     }
@@ -372,13 +373,8 @@ impl AuditWriter {
             StoreError(format!("audit journal {}: {what}: {e}", dir.display()))
         };
         fs::create_dir_all(dir).map_err(|e| fail("cannot create it", &e))?;
-        let recovered = recover(&store, dir).map_err(|e| fail("cannot replay it", &e.0))?;
-        if recovered > 0 {
-            tracing::warn!(
-                recovered,
-                "audit records of an earlier process replayed from its journal"
-            );
-        }
+        // Locked for this instance now, replayed by its drainer before anything else.
+        let dead = dead_journals(dir).map_err(|e| fail("cannot read it", &e))?;
         let (file, path) = own_journal(dir, 0).map_err(|e| fail("cannot open one", &e))?;
         // A segment is written ahead with zeros (see `Journal::append`); doing the first
         // one now makes a volume without room for it fail here, saying so.
@@ -404,6 +400,7 @@ impl AuditWriter {
         let drainer = thread::Builder::new()
             .name("audit-drainer".into())
             .spawn(move || {
+                replay(&store, dead, &stop);
                 drain(&store, &drained_from, &drainer_backlog, &stop);
                 gone.store(true, Ordering::SeqCst);
             })
@@ -528,51 +525,30 @@ fn next_segment(dir: &Path) -> std::io::Result<u64> {
     Ok(next)
 }
 
-/// Replays every unlocked journal of `dir` into the database and empties it, in the
-/// order of their numbers: an instance's segments in the order it wrote them.
-fn recover(store: &Store, dir: &Path) -> Result<usize, StoreError> {
-    let mut recovered = 0;
+/// The journal segments of `dir` that instances now gone left records in (their file
+/// lock was free), locked for this one, in the order of their numbers: an instance's
+/// segments in the order it wrote them. The drainer replays them (see `drain::replay`).
+fn dead_journals(dir: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
     let mut segments = Vec::new();
-    for entry in fs::read_dir(dir).map_err(db_error)? {
-        let path = entry.map_err(db_error)?.path();
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
         if let Some(n) = segment_number(&path) {
             segments.push((n, path));
         }
     }
     segments.sort();
+    let mut dead = Vec::new();
     for (_, path) in segments {
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(db_error)?;
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
         if file.try_lock().is_err() {
-            continue; // a live process's journal
+            continue; // a live instance's journal
         }
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(db_error)?;
-        // The records end where the preallocated zeros begin.
-        let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-        let text = String::from_utf8_lossy(&bytes[..end]);
-        let mut records = Vec::new();
-        for line in text.lines().filter(|l| !l.is_empty()) {
-            match serde_json::from_str::<Record>(line) {
-                Ok(record) => records.push(record),
-                // Only a write cut short by the crash can be partial; its caller was never answered.
-                Err(e) => {
-                    tracing::warn!(journal = %path.display(), error = %e, "skipping a partial journal line")
-                }
-            }
+        let mut first = [0u8; 1];
+        if file.read_at(&mut first, 0)? == 1 && first[0] != 0 {
+            dead.push((path, file));
         }
-        let missing = store.audit_records_missing(records)?;
-        recovered += missing.len();
-        for chunk in missing.chunks(MAX_BATCH) {
-            store.append_audit(chunk)?;
-        }
-        file.set_len(0).map_err(db_error)?;
-        file.sync_all().map_err(db_error)?;
     }
-    Ok(recovered)
+    Ok(dead)
 }
 
 /// This instance's journal: segment files, each locked while this instance holds it.
