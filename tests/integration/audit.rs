@@ -786,6 +786,18 @@ fn a_journal_left_by_a_crash_is_replayed_once_at_start() {
         trail, journaled,
         "each journaled record exactly once, in order"
     );
+    // Counted just after they are stored.
+    let replayed = "\ntessera_audit_journal_replayed_records_total 2\n";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut metrics = Client::new(&env, None).get("/metrics").body;
+    while !metrics.contains(replayed) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        metrics = Client::new(&env, None).get("/metrics").body;
+    }
+    assert!(
+        metrics.contains(replayed),
+        "the two the database lacked: {metrics}"
+    );
     assert_eq!(
         env.cli(&["audit", "verify"]).unwrap().trim(),
         "audit trail intact: 3 events in 1 chain verified, 0 signed checkpoints\n\

@@ -180,6 +180,7 @@ fn health_and_metrics_reflect_the_server() {
     assert!((0.0..=records).contains(&undrained), "{undrained}");
     assert!(value("tessera_audit_journal_in_memory_records") <= records);
     assert_eq!(value("tessera_audit_journal_reread_records_total"), 0.0);
+    assert_eq!(value("tessera_audit_journal_replayed_records_total"), 0.0);
     assert_eq!(client.get("/no/such/path").status, 404);
 }
 

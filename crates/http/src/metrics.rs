@@ -148,6 +148,12 @@ pub fn render_journal(stats: &JournalStats) -> String {
             load(&stats.reread) as f64,
         ),
         (
+            "tessera_audit_journal_replayed_records_total",
+            "Audit records of instances now gone replayed from their journals at start.",
+            "counter",
+            load(&stats.replayed) as f64,
+        ),
+        (
             "tessera_audit_journal_undrained_records",
             "Audit records durable in the journal and not yet in the database (grows while the database is away).",
             "gauge",

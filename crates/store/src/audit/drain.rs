@@ -128,7 +128,12 @@ const REPLAY_BATCH: usize = 512;
 /// between journal and database loses nothing. The drainer does this before it moves
 /// this instance's records, so the server answers meanwhile. Retries while the database
 /// fails; stopping, it leaves the rest to the next start (which skips what is stored).
-pub(super) fn replay(store: &Store, dead: Vec<(PathBuf, File)>, stopping: &AtomicBool) {
+pub(super) fn replay(
+    store: &Store,
+    dead: Vec<(PathBuf, File)>,
+    stopping: &AtomicBool,
+    stats: &JournalStats,
+) {
     let mut replayed = 0;
     for (path, mut file) in dead {
         if stopping.load(Ordering::SeqCst) {
@@ -148,6 +153,9 @@ pub(super) fn replay(store: &Store, dead: Vec<(PathBuf, File)>, stopping: &Atomi
             {
                 return;
             }
+            stats
+                .replayed
+                .fetch_add(chunk.len() as u64, Ordering::SeqCst);
         }
         replayed += missing.len();
         // Left as it is, the next start reads it again and finds its records stored.

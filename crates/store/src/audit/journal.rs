@@ -159,6 +159,9 @@ pub struct JournalStats {
     pub in_memory: AtomicU64,
     /// Records the drainer read back from the journal's disk, having fallen behind.
     pub reread: AtomicU64,
+    /// Records of instances now gone that the drainer replayed from their journals (those
+    /// the database lacked).
+    pub replayed: AtomicU64,
 }
 
 /// Records waiting for the journal. A submitter wakes the journal thread only for the
@@ -397,10 +400,11 @@ impl AuditWriter {
         let journal_stats = stats.clone();
         let backlog = Arc::new(Backlog::new(in_memory, stats.clone()));
         let drainer_backlog = backlog.clone();
+        let drainer_stats = stats.clone();
         let drainer = thread::Builder::new()
             .name("audit-drainer".into())
             .spawn(move || {
-                replay(&store, dead, &stop);
+                replay(&store, dead, &stop, &drainer_stats);
                 drain(&store, &drained_from, &drainer_backlog, &stop);
                 gone.store(true, Ordering::SeqCst);
             })
