@@ -16,7 +16,7 @@ use tessera_atna::Record;
 use tessera_iam::StoreError;
 
 use super::chain::Journaled;
-use super::journal::JournalStats;
+use super::journal::{JournalStats, MAX_BATCH};
 use crate::{db_error, Store};
 
 /// How long the drainer gathers journaled records before a database transaction.
@@ -46,11 +46,9 @@ pub(super) enum Handed {
     OnDisk,
 }
 
-/// Records kept in a journal segment only: its bytes `from..to`, whole lines.
+/// Records kept in a journal segment only: its bytes `from..to`, whole lines. The span
+/// holds the segment's file itself, which stays readable until the span is read.
 struct Span {
-    /// Which segment, counted from the journal's start: spans of two are never merged.
-    /// The span holds the file itself, which stays readable until the span is read.
-    segment: u64,
     file: Arc<File>,
     from: u64,
     to: u64,
@@ -73,15 +71,14 @@ impl Backlog {
         }
     }
 
-    /// Hands records the journal has just written, at bytes `from..to` of `segment`
-    /// (`file`), to the drainer: in memory while it holds fewer than the limit and
+    /// Hands records the journal has just written, at bytes `from..to` of the segment
+    /// `file`, to the drainer: in memory while it holds fewer than the limit and
     /// nothing waits on disk, else as a span of the segment. Sent under the lock the
     /// drainer takes spans under, so the drainer moves them in the order written.
     pub(super) fn hand(
         &self,
         drainer: &Sender<Handed>,
         records: Vec<Journaled>,
-        segment: u64,
         file: &Arc<File>,
         (from, to): (u64, u64),
     ) {
@@ -97,10 +94,10 @@ impl Backlog {
             return;
         }
         match on_disk.last_mut() {
-            Some(last) if last.segment == segment && last.to == from => last.to = to,
+            // The same segment (the same file, which the span keeps open) where it left off.
+            Some(last) if Arc::ptr_eq(&last.file, file) && last.to == from => last.to = to,
             _ => {
                 on_disk.push(Span {
-                    segment,
                     file: file.clone(),
                     from,
                     to,
@@ -119,9 +116,6 @@ impl Backlog {
             .unwrap_or_default()
     }
 }
-
-/// How many replayed records one transaction takes.
-const REPLAY_BATCH: usize = 512;
 
 /// Replays the journals of instances now gone (locked for this one, in the order written)
 /// into the database, skipping the records it already holds, and empties each: a crash
@@ -147,7 +141,7 @@ pub(super) fn replay(
         }) else {
             return;
         };
-        for chunk in missing.chunks(REPLAY_BATCH) {
+        for chunk in missing.chunks(MAX_BATCH) {
             if stopping.load(Ordering::SeqCst)
                 || retrying(stopping, chunk.len(), || store.append_audit(chunk)).is_none()
             {

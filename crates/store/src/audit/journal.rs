@@ -21,8 +21,8 @@ use super::cpu::CpuLoad;
 use super::drain::{drain, replay, Backlog, Handed};
 use crate::{db_error, Store};
 
-/// The most events one transaction takes.
-const MAX_BATCH: usize = 512;
+/// The most events one journal group, or one transaction of a replay, takes.
+pub(super) const MAX_BATCH: usize = 512;
 /// The most records the journal waits for before a sync (it takes more if more are there).
 const GROUP_TARGET: usize = 24;
 /// The longest the journal lets a group fill before one sync for all (only while the
@@ -417,7 +417,6 @@ impl AuditWriter {
                     allocated: file.metadata().map(|m| m.len()).unwrap_or(segment),
                     file: Arc::new(file),
                     path,
-                    segment: 0,
                     dir: journal_dir,
                     retired: Vec::new(),
                     backlog,
@@ -561,8 +560,6 @@ fn dead_journals(dir: &Path) -> std::io::Result<Vec<(PathBuf, File)>> {
 struct Journal {
     file: Arc<File>,
     path: PathBuf,
-    /// The current segment's number, counted from this journal's start.
-    segment: u64,
     dir: PathBuf,
     /// Full segments not yet all in the database: (path, file, records written up to
     /// its end).
@@ -608,8 +605,7 @@ impl Journal {
             }
             if ok {
                 let at = (from, self.size);
-                self.backlog
-                    .hand(&drainer, records, self.segment, &self.file, at);
+                self.backlog.hand(&drainer, records, &self.file, at);
             }
             self.rotate();
         }
@@ -675,7 +671,6 @@ impl Journal {
                     let full = std::mem::replace(&mut self.file, Arc::new(file));
                     let full_path = std::mem::replace(&mut self.path, path);
                     self.retired.push((full_path, full, self.written()));
-                    self.segment += 1;
                     self.allocated = self.file.metadata().map(|m| m.len()).unwrap_or(0);
                     self.size = 0;
                 }
