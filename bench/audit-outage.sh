@@ -25,6 +25,18 @@ PY
 memory() { awk '/^VmRSS|^VmHWM/ { printf "%s %d MB  ", $1, $2 / 1024 }' "/proc/$server/status"; echo; }
 journaled() { curl -fsS --cacert pki/ca.crt "$url/metrics" | awk '$1 == "tessera_audit_journal_records_total" { print $2 }'; }
 journal_mb() { du -sm data/audit-journal | cut -f1; }
+# The core the drainer thread ran since a snapshot of threads_cpu, in ms.
+drainer_ms_since() {
+  { echo "$1" | sed 's/^/before /'; threads_cpu | sed 's/^/after /'; } |
+    awk '$2 == "audit-drainer" { ns[$1] += $4 } END { printf "%d", (ns["after"] - ns["before"]) / 1e6 }'
+}
+# When the drainer's next try was due as the database came back (ms since the epoch):
+# its last failure's time plus the wait it logged (backoff of 50 ms doubling to 5 s).
+retry_due_ms() {
+  grep 'not yet in the database' "$out/server.log" | tail -n 1 | sed 's/\x1b\[[0-9;]*m//g' |
+    awk '{ for (i = 1; i <= NF; i++) if ($i ~ /^retry_in_ms=/) { split($i, kv, "="); print $1, kv[2] } }' |
+    { read -r at wait && echo $(($(date -d "$at" +%s%3N) + wait)); }
+}
 
 sleep 1 # the start's own events reach the database
 echo "before: $(memory)"
@@ -39,6 +51,9 @@ wanted=$((stored + $(journaled) - before))
 count() { sql "SELECT count(*) FROM audit_events"; }
 now_ms() { echo $(($(date +%s%N) / 1000000)); }
 started=$(now_ms)
+drainer_before=$(threads_cpu)
+retry_due=$(retry_due_ms)
+retry_due=${retry_due:-0}
 if [ -n "${CRASH:-}" ]; then
   # Killed halfway through the catch-up: the next start replays the journal's segments,
   # skipping what the database already holds.
@@ -49,6 +64,7 @@ if [ -n "${CRASH:-}" ]; then
   grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
   restarted=$(now_ms)
   start_server 600
+  drainer_before="" # a new process: its drainer from its start
   echo "answering again $(($(now_ms) - restarted)) ms after the start (its drainer replays the journal meanwhile): $(memory)"
 fi
 while [ "$(count)" -lt "$wanted" ]; do
@@ -59,6 +75,15 @@ while [ "$(count)" -lt "$wanted" ]; do
   sleep 0.2
 done
 echo "the database back: all $((wanted - stored)) events of the outage moved in $(($(now_ms) - started)) ms; $(memory)"
+# The wall time above begins inside the drainer's backoff: from its next try on is the
+# catch-up itself, and the drainer's own core its cost.
+drainer_ms=$(drainer_ms_since "$drainer_before")
+waited=$((retry_due > started ? retry_due - started : 0))
+if [ -n "${CRASH:-}" ]; then
+  echo "  of which waiting for the first drainer's next try $waited ms; the core of the restarted one's drainer $drainer_ms ms"
+else
+  echo "  of which waiting for the drainer's next try $waited ms; its core in the catch-up $drainer_ms ms ($((drainer_ms * 1000000 / (wanted - stored))) ns an event)"
+fi
 [ -n "${CRASH:-}" ] || grep -c 'not yet in the database' "$out/server.log" | sed 's/^/append failures logged: /'
 kill "$server"
 wait "$server" 2>/dev/null || true

@@ -1107,12 +1107,15 @@ fn a_replay_finds_stored_copies_at_both_ends_of_its_time_span() {
     store
         .append_audit(&[at("first", 100), at("last", 300), at("later", 400)])
         .unwrap();
-    let replayed = vec![at("first", 100), at("middle", 200), at("last", 300)];
+    let replayed: Vec<_> = [at("first", 100), at("middle", 200), at("last", 300)]
+        .iter()
+        .map(tessera_store::Journaled::of)
+        .collect();
     let missing: Vec<String> = store
         .audit_records_missing(&replayed)
         .unwrap()
-        .into_iter()
-        .map(|r| r.id)
+        .iter()
+        .map(|r| r.id().to_owned())
         .collect();
     assert_eq!(missing, ["middle"]);
 }

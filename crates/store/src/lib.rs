@@ -46,7 +46,9 @@ use tessera_iam::{IamStore, Realm, StoreError, StoredKey};
 use tessera_introspection::RevocationStore;
 use tessera_types::{AccountUrn, ClientId, PartitionId, RealmName, ScopeSet, UnixTime};
 
-pub use crate::audit::{checkpoint_of, AuditWriter, ChainReport, EventRef, JournalStats, Lease};
+pub use crate::audit::{
+    checkpoint_of, AuditWriter, ChainReport, EventRef, JournalStats, Journaled, Lease,
+};
 pub use crate::export::{ExportFile, ExportJob, ExportStatus, NewExport};
 use crate::schema::{clients, realms, revoked_tokens, signing_keys, used_assertions};
 pub use crate::users::{AddUserError, Consent, Session};

@@ -8,6 +8,6 @@ mod deliveries;
 mod drain;
 mod journal;
 
-pub use chain::{checkpoint_of, ChainReport, EventRef};
+pub use chain::{checkpoint_of, ChainReport, EventRef, Journaled};
 pub use deliveries::Lease;
 pub use journal::{AuditWriter, JournalStats};
