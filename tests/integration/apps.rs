@@ -9,7 +9,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use ureq::tls::{RootCerts, TlsConfig};
 
-use crate::support::{decode_jwt, Client, Env, Reply, Server};
+use crate::support::{decode_jwt, eventually, Client, Env, Reply, Server};
 
 pub(crate) use crate::support::{MPI_A, MPI_B};
 const REDIRECT: &str = "https://app.example/cb";
@@ -192,18 +192,13 @@ fn offered_scopes(html: &str) -> Vec<String> {
 /// Waits (up to 10 s) until the exported trail holds every needle: the journal drains
 /// into the database a moment after the response.
 pub(crate) fn trail_with(env: &Env, needles: &[&str]) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let export = env.cli(&["audit", "export"]).unwrap();
-        if needles.iter().all(|n| export.contains(n)) {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "missing {needles:?} in {export}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let holds = |export: &String| needles.iter().all(|n| export.contains(n));
+    let export = eventually(
+        Duration::from_secs(10),
+        || env.cli(&["audit", "export"]).unwrap(),
+        holds,
+    );
+    assert!(holds(&export), "missing {needles:?} in {export}");
 }
 
 pub(crate) fn location(reply: &Reply) -> String {

@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use tessera_atna::{to_dicom_xml, to_fhir, Event, Outcome, Record};
 use tessera_iam::jose::{Algorithm, SigningKey};
 
-use crate::support::{assert_valid_fhir, decode_jwt, now, Client, Env, Server};
+use crate::support::{assert_valid_fhir, decode_jwt, eventually, now, Client, Env, Server};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
 
@@ -19,27 +19,17 @@ pub fn records(env: &Env) -> Vec<Record> {
 /// The hash-chained trail in the database once it holds at least `n` records: records
 /// are durable in the journal before the answer and reach the database just after.
 pub fn records_eventually(env: &Env, n: usize) -> Vec<Record> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let trail = records(env);
-        if trail.len() >= n || std::time::Instant::now() > deadline {
-            return trail;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    matching_eventually(env, n, |_| true)
 }
 
 /// The records of the trail that match, once there are at least `n` of them (or 10 s
 /// have passed).
 pub fn matching_eventually(env: &Env, n: usize, wanted: impl Fn(&Record) -> bool) -> Vec<Record> {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let trail: Vec<Record> = records(env).into_iter().filter(&wanted).collect();
-        if trail.len() >= n || std::time::Instant::now() > deadline {
-            return trail;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    eventually(
+        std::time::Duration::from_secs(10),
+        || records(env).into_iter().filter(&wanted).collect(),
+        |trail: &Vec<Record>| trail.len() >= n,
+    )
 }
 
 /// The token requests of the trail, once it holds at least `n` of them.
@@ -352,10 +342,11 @@ fn instances_append_to_chains_of_their_own_under_signed_checkpoints() {
             });
             let wanted = 2 + 20 * (round + 1);
             assert_eq!(records_eventually(&env, wanted).len(), wanted);
-            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-            while checkpoints(&env) < round + 1 && std::time::Instant::now() < deadline {
-                std::thread::sleep(std::time::Duration::from_millis(50));
-            }
+            eventually(
+                std::time::Duration::from_secs(10),
+                || checkpoints(&env),
+                |signed| *signed > round,
+            );
         }
     }
     // Each instance wrote a last checkpoint as it stopped: it vouches for every event.
@@ -788,12 +779,11 @@ fn a_journal_left_by_a_crash_is_replayed_once_at_start() {
     );
     // Counted just after they are stored.
     let replayed = "\ntessera_audit_journal_replayed_records_total 2\n";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut metrics = Client::new(&env, None).get("/metrics").body;
-    while !metrics.contains(replayed) && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        metrics = Client::new(&env, None).get("/metrics").body;
-    }
+    let metrics = eventually(
+        std::time::Duration::from_secs(10),
+        || Client::new(&env, None).get("/metrics").body,
+        |metrics| metrics.contains(replayed),
+    );
     assert!(
         metrics.contains(replayed),
         "the two the database lacked: {metrics}"
@@ -804,11 +794,12 @@ fn a_journal_left_by_a_crash_is_replayed_once_at_start() {
          3 events are newer than the last checkpoint: the next one signs them"
     );
     // Emptied once replayed (just after its records are stored).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !journal_text(&env).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert_eq!(journal_text(&env), "", "a replayed journal is emptied");
+    let left = eventually(
+        std::time::Duration::from_secs(10),
+        || journal_text(&env),
+        String::is_empty,
+    );
+    assert_eq!(left, "", "a replayed journal is emptied");
 }
 
 /// The drainer's transactions are large: on SQLite their rows go 64 a statement, the
@@ -905,24 +896,23 @@ fn killing_the_server_under_load_loses_no_audit_record() {
     // A new instance replays what the killed one journaled but had not moved on, in
     // the background: it answers meanwhile.
     let _server = env.start();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let lost = loop {
-        let trail = records(&env);
-        let recorded: std::collections::HashSet<&str> = trail
-            .iter()
-            .filter(|r| matches!(r.event, Event::TokenRequest { .. }))
-            .filter_map(|r| parts(r).1)
-            .collect();
-        let lost: Vec<String> = answered
-            .iter()
-            .filter(|jti| !recorded.contains(jti.as_str()))
-            .cloned()
-            .collect();
-        if lost.is_empty() || std::time::Instant::now() > deadline {
-            break lost;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    };
+    let lost = eventually(
+        std::time::Duration::from_secs(10),
+        || {
+            let trail = records(&env);
+            let recorded: std::collections::HashSet<&str> = trail
+                .iter()
+                .filter(|r| matches!(r.event, Event::TokenRequest { .. }))
+                .filter_map(|r| parts(r).1)
+                .collect();
+            answered
+                .iter()
+                .filter(|jti| !recorded.contains(jti.as_str()))
+                .cloned()
+                .collect::<Vec<String>>()
+        },
+        Vec::is_empty,
+    );
     assert!(
         lost.is_empty(),
         "{} of {} answered tokens have no audit record",
@@ -941,14 +931,12 @@ fn the_node_records_its_start_and_stop() {
         .status()
         .unwrap();
     assert!(term.success());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while child.try_wait().unwrap().is_none() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the server did not stop on SIGTERM"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let exited = eventually(
+        std::time::Duration::from_secs(30),
+        || child.try_wait().unwrap(),
+        Option::is_some,
+    );
+    assert!(exited.is_some(), "the server did not stop on SIGTERM");
     // A clean stop leaves its records in the database; the journal is drained.
     let activity: Vec<bool> = records(&env)
         .iter()
@@ -1074,12 +1062,11 @@ fn journal_segments_are_deleted_once_the_database_holds_them() {
     // Once the drainer has moved them, the next append deletes the full segments.
     std::thread::sleep(std::time::Duration::from_millis(300));
     submit(100);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    let mut left = records_in(&dir);
-    while left >= 50 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        left = records_in(&dir);
-    }
+    let left = eventually(
+        std::time::Duration::from_secs(5),
+        || records_in(&dir),
+        |left| *left < 50,
+    );
     assert!(left < 50, "{left} records still journaled");
     for n in 101..200 {
         submit(n);
@@ -1127,7 +1114,7 @@ fn a_replay_finds_stored_copies_at_both_ends_of_its_time_span() {
 #[test]
 fn a_database_outage_holds_few_records_in_memory_and_loses_none() {
     use std::sync::atomic::Ordering::SeqCst;
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
     let env = Env::new();
     let dir = env.path("outage-journal");
     let start = || {
@@ -1144,11 +1131,11 @@ fn a_database_outage_holds_few_records_in_memory_and_loses_none() {
         writer.submit(record).wait().unwrap();
     };
     let drained = |n: u64| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while stats.drained.load(SeqCst) < n && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        stats.drained.load(SeqCst)
+        eventually(
+            Duration::from_secs(20),
+            || stats.drained.load(SeqCst),
+            |drained| *drained >= n,
+        )
     };
     for n in 0..10 {
         submit(&writer, n);

@@ -5,7 +5,7 @@ use tessera_iam::jose::{b64, Algorithm, SigningKey};
 use tessera_iam::IamStore as _;
 use tessera_types::RealmName;
 
-use crate::support::{decode_jwt, now, Client, Env, Reply, Server};
+use crate::support::{decode_jwt, eventually, now, Client, Env, Reply, Server};
 
 const INTROSPECT: &str = "/realms/cara/protocol/openid-connect/token/introspect";
 const REVOKE: &str = "/realms/cara/protocol/openid-connect/revoke";
@@ -530,17 +530,16 @@ fn disabling_a_client_or_revoking_its_certificate_ends_its_tokens_on_every_insta
     // Enabled again, a later token works; the old one stays dead.
     std::thread::sleep(std::time::Duration::from_millis(1100));
     s.env.cli(&["client", "enable", "tcu"]).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let after = loop {
-        let reply = s
-            .tcu
-            .token(&[("grant_type", "client_credentials"), ("client_id", "tcu")]);
-        if reply.status == 200 {
-            break reply.json()["access_token"].as_str().unwrap().to_owned();
-        }
-        assert!(std::time::Instant::now() < deadline, "{}", reply.body);
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    };
+    let reply = eventually(
+        std::time::Duration::from_secs(10),
+        || {
+            s.tcu
+                .token(&[("grant_type", "client_credentials"), ("client_id", "tcu")])
+        },
+        |reply| reply.status == 200,
+    );
+    assert_eq!(reply.status, 200, "{}", reply.body);
+    let after = reply.json()["access_token"].as_str().unwrap().to_owned();
     assert_eq!(active(&after), [true, true]);
     assert_eq!(active(&before), [false, false]);
     // Disabled a second time, the tokens of its second life end too.

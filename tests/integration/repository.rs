@@ -5,7 +5,7 @@ use serde_json::{json, Value};
 use tessera_atna::Event;
 
 use crate::audit::records_eventually;
-use crate::support::{assert_valid_fhir, Client, Env, Reply, MPI_A, MPI_B};
+use crate::support::{assert_valid_fhir, eventually, Client, Env, Reply, MPI_A, MPI_B};
 
 fn token(env: &Env, client_id: &str, args: &[&str], form: &[(&str, &str)]) -> String {
     env.secret_token(client_id, args, form)
@@ -317,23 +317,22 @@ fn fed_eventually(
     auditor: &str,
     at_least: usize,
 ) -> (Vec<String>, Vec<String>) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    loop {
-        let ids: Vec<String> = crate::audit::records(env)
-            .into_iter()
-            .map(|r| r.id)
-            .collect();
-        let held = if ids.len() >= at_least {
-            held_remotely(remote, auditor, &ids)
-        } else {
-            Vec::new()
-        };
-        let all = ids.len() >= at_least && held.len() >= ids.len();
-        if all || std::time::Instant::now() > deadline {
-            return (ids, held);
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    eventually(
+        std::time::Duration::from_secs(20),
+        || {
+            let ids: Vec<String> = crate::audit::records(env)
+                .into_iter()
+                .map(|r| r.id)
+                .collect();
+            let held = if ids.len() >= at_least {
+                held_remotely(remote, auditor, &ids)
+            } else {
+                Vec::new()
+            };
+            (ids, held)
+        },
+        |(ids, held)| ids.len() >= at_least && held.len() >= ids.len(),
+    )
 }
 
 #[test]
@@ -540,17 +539,17 @@ fn the_repository_indexes_the_trail_in_the_background_at_a_bounded_rate() {
             indexed > 0 && indexed <= 2 * rounds,
             "{indexed} indexed in {rounds} rounds of at most 2"
         );
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        while sum(&env, "audit_repository_cursors") < sum(&env, "audit_chains")
-            && std::time::Instant::now() < deadline
-        {
-            std::thread::sleep(std::time::Duration::from_millis(100));
-        }
-        assert_eq!(
-            sum(&env, "audit_repository_cursors"),
-            sum(&env, "audit_chains"),
-            "all indexed in the background"
+        let (indexed, appended) = eventually(
+            std::time::Duration::from_secs(20),
+            || {
+                (
+                    sum(&env, "audit_repository_cursors"),
+                    sum(&env, "audit_chains"),
+                )
+            },
+            |(indexed, appended)| indexed >= appended,
         );
+        assert_eq!(indexed, appended, "all indexed in the background");
     }
 }
 
@@ -592,14 +591,12 @@ fn the_background_indexer_leaves_the_core_to_a_load_it_could_not_follow() {
         "nothing indexed in the background while the server appended {sent} events in 3 s"
     );
     // Once the load is gone, the indexer goes on.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while sum(&env, "audit_repository_cursors") == before && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert!(
-        sum(&env, "audit_repository_cursors") > before,
-        "the indexer resumed after the load"
+    let indexed = eventually(
+        Duration::from_secs(10),
+        || sum(&env, "audit_repository_cursors"),
+        |indexed| *indexed != before,
     );
+    assert!(indexed > before, "the indexer resumed after the load");
     assert!(
         sum(&env, "audit_repository_cursors") < sum(&env, "audit_chains"),
         "and indexes at its own rate, not all at once"

@@ -434,10 +434,11 @@ impl Drop for Server {
         self.deliveries.take();
         // The server's worker threads release their clones as they wind down.
         if let Some(state) = self.state.take() {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while std::sync::Arc::strong_count(&state) > 1 && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            eventually(
+                Duration::from_secs(10),
+                || std::sync::Arc::strong_count(&state),
+                |held| *held == 1,
+            );
             drop(state);
         }
         self.background.take();
@@ -659,6 +660,27 @@ pub fn jti(token: &str) -> String {
 
 pub fn now() -> i64 {
     tessera_http::now().0
+}
+
+/// Looks with `look` until `done` holds of what it saw or `within` has passed, and
+/// answers the last look either way, for the caller's assertion to show. For what the
+/// server does just after it answers or in the background (the audit drainer, a CRL
+/// reload, the repository's indexer). Looks again after 10 ms, doubling to 200 ms.
+pub fn eventually<T>(
+    within: Duration,
+    mut look: impl FnMut() -> T,
+    done: impl Fn(&T) -> bool,
+) -> T {
+    let deadline = std::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(10);
+    loop {
+        let seen = look();
+        if done(&seen) || std::time::Instant::now() >= deadline {
+            return seen;
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(200));
+    }
 }
 
 /// An HTTPS server serving a JWK Set that a test can change, with a Cache-Control

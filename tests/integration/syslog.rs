@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use tessera_atna::Record;
 
 use crate::audit::records;
-use crate::support::{foreign_ca_client, free_port, Env};
+use crate::support::{eventually, foreign_ca_client, free_port, Env};
 
 /// An rsyslog receiver of the installation's CA, accepting only peers named `localhost`
 /// (the name in the dev node certificate), writing what it receives to a file.
@@ -132,24 +132,25 @@ action(type="omfile" file="{dir}/received.log" template="seen")
 
     /// [`Rsyslog::received_all`] for the events after the first `skipped` of the trail.
     fn received_after(&self, env: &Env, skipped: usize) -> (Vec<Received>, Vec<Record>) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let trail = records(env);
-            let received = self.received();
-            let ids: std::collections::HashSet<&str> =
-                received.iter().map(|r| r.event_id.as_str()).collect();
-            let confirmed = cursor(env).unwrap_or(0) >= trail.len() as i64;
-            if (confirmed
-                && trail
-                    .iter()
-                    .skip(skipped)
-                    .all(|r| ids.contains(r.id.as_str())))
-                || Instant::now() > deadline
-            {
-                return (received, trail);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        // The cursor read with the trail: every event of it confirmed delivered.
+        let (received, trail, _) = eventually(
+            Duration::from_secs(20),
+            || {
+                let trail = records(env);
+                let confirmed = cursor(env).unwrap_or(0) >= trail.len() as i64;
+                (self.received(), trail, confirmed)
+            },
+            |(received, trail, confirmed)| {
+                let ids: std::collections::HashSet<&str> =
+                    received.iter().map(|r| r.event_id.as_str()).collect();
+                *confirmed
+                    && trail
+                        .iter()
+                        .skip(skipped)
+                        .all(|r| ids.contains(r.id.as_str()))
+            },
+        );
+        (received, trail)
     }
 }
 
@@ -408,14 +409,15 @@ fn an_operator_can_skip_events_a_destination_is_not_to_get() {
             .filter(|r| matches!(r.event, tessera_atna::Event::TokenRequest { .. }))
             .count()
     };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while tokens_in(&records(&env)) < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "the token events never reached the trail"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let trail = eventually(
+        Duration::from_secs(10),
+        || records(&env),
+        |trail| tokens_in(trail) >= 3,
+    );
+    assert!(
+        tokens_in(&trail) >= 3,
+        "the token events never reached the trail"
+    );
     let skipped = records(&env);
     let head = skipped.len();
 

@@ -1,7 +1,7 @@
 //! ITI-71 with `tls_client_auth` (CARA technical users), over real mutual TLS.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ring::digest;
 use tessera::pki::{Pki, Validity};
@@ -10,8 +10,8 @@ use tessera_iam::jose::{b64, JwkSet, UnverifiedJws};
 use rustls::AlertDescription;
 
 use crate::support::{
-    decode_jwt, foreign_ca_client, now, tls_client_config, tls_client_offering, tls_probe,
-    tls_request, Client, Env,
+    decode_jwt, eventually, foreign_ca_client, now, tls_client_config, tls_client_offering,
+    tls_probe, tls_request, Client, Env,
 };
 
 const CLIENT_ID: &str = "bestclinic-tcu";
@@ -271,14 +271,12 @@ fn a_revoked_certificate_is_refused_once_the_crl_reloads() {
     assert!(again.contains("already revoked"), "{again}");
 
     // The server notices the new CRL within crl_refresh_seconds (1 s in tests).
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while tls_probe(&env, &crt, &key, &rustls::version::TLS13).is_ok() {
-        assert!(
-            Instant::now() < deadline,
-            "the revocation was not picked up"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let probe = eventually(
+        Duration::from_secs(15),
+        || tls_probe(&env, &crt, &key, &rustls::version::TLS13),
+        Result::is_err,
+    );
+    assert!(probe.is_err(), "the revocation was not picked up");
     assert_refused(&env, &crt, &key, AlertDescription::CertificateRevoked);
     for (config, version) in resuming.iter().zip(versions) {
         match tls_request(&env, config) {

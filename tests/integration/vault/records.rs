@@ -92,12 +92,11 @@ fn every_vault_interaction_is_audited_before_the_answer() {
     let events = vault_events(&v.env);
     // The six vault requests reach the database's trail (after the registrations and
     // token requests recorded before them).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let mut in_database = only_vault(crate::audit::records(&v.env));
-    while in_database.len() < events.len() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-        in_database = only_vault(crate::audit::records(&v.env));
-    }
+    let in_database = crate::support::eventually(
+        std::time::Duration::from_secs(10),
+        || only_vault(crate::audit::records(&v.env)),
+        |stored| stored.len() >= events.len(),
+    );
     assert_eq!(in_database, events);
     let summary: Vec<(String, u16, Outcome)> = events
         .iter()
