@@ -18,13 +18,15 @@
 # Under each keep-alive scenario, the core's microseconds a 200 by server thread (the
 # scheduler's accounting); from them, each ratio again as if the audit's threads ran on
 # a core of their own (the worker's microseconds against JWKS's): what durability on the
-# same core costs the ratio.
+# same core costs the ratio. And the token's ceiling: a token costs at least JWKS's core
+# a 200 plus one ES256 signature's (examples/sign_floor.rs, on the same core), so its
+# ratio to JWKS is at most JWKS / (JWKS + signature).
 # Server on CPU 0 with one worker, load on CPU 1.
 # Usage: bench/floors.sh [seconds per scenario, default 10]
 duration=${1:-10}
 rounds=${ROUNDS:-2}
 source "$(dirname "$0")/lib.sh"
-(cd "$root" && cargo build --release --locked --quiet --example grant_load)
+(cd "$root" && cargo build --release --locked --quiet --example grant_load --example sign_floor)
 # No background indexing of the audit repository: it would index the events of each
 # round's last scenarios during the next round's JWKS (0.88 us of the core a JWKS answer,
 # 9%, seen in the accounts by thread), lowering the floor. The first ITI-81 query of a
@@ -67,6 +69,17 @@ worker_ratio() {
   python3 -c "import sys; print(f'{float(sys.argv[2]) / float(sys.argv[1]) * 100:5.1f}%')" \
     "$(cut -d' ' -f2 "$out/$1.cpu")" "$(cut -d' ' -f1 "$out/jwks.cpu")"
 }
+# The token's ratio to JWKS were a token JWKS's work and one signature, nothing else; and
+# how near the token endpoint's worker comes to that least cost (the least / its own).
+token_ceiling() {
+  python3 -c "
+import sys
+jwks, worker, sign = float(sys.argv[1]), float(sys.argv[2]), float(sys.argv[3])
+print(f'{jwks / (jwks + sign) * 100:5.1f}% (JWKS {jwks:.1f} us + one signature {sign:.1f} us of the core);' +
+      f' the worker\'s {worker:.1f} us a token is {(jwks + sign) / worker * 100:.1f}% efficient against it')" \
+    "$(cut -d' ' -f1 "$out/jwks.cpu")" "$(cut -d' ' -f2 "$out/token.cpu")" \
+    "$(sed -n 's/^es256 signature: \([0-9.]*\) us.*/\1/p' "$out/sign.txt")"
+}
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1]) / float(sys.argv[2]) * 100:5.1f}%')" "$(rate "$1")" "$(rate "$2")"; }
 
 echo "Tessera against its floors, ${duration}s per scenario, server on 1 core (taskset -c 0), load on the other, $rounds rounds"
@@ -79,6 +92,9 @@ for round in $(seq 1 "$rounds"); do
   before=$(threads_cpu)
   method=GET run_oha jwks "$url/realms/cara/protocol/openid-connect/certs" "$duration" -c 32 "${mtls[@]}"
   threads_cpu_since "$before" "$out/jwks.json"
+  # One ES256 signature on the server's core (examples/sign_floor.rs): the token's floor
+  # is JWKS's answer and this.
+  taskset -c 0 "$root/target/release/examples/sign_floor" | tee "$out/sign.txt"
   # The person's grants first, before the audited scenarios leave records to drain:
   # authorization (302 with a code), code exchange, refresh.
   taskset -c 1 "$root/target/release/examples/grant_load" --base "$url" --ca pki/ca.crt \
@@ -121,6 +137,7 @@ for round in $(seq 1 "$rounds"); do
   echo "   the same from the actix worker's core a 200 alone (JWKS's whole core a 200 / the endpoint's worker's;" \
     "the audit journal and drainer left out, as if on a core of their own):" \
     "token $(worker_ratio token) introspection $(worker_ratio introspect) vault read $(worker_ratio vault-read)"
+  echo "   the token's ceiling on this core: $(token_ceiling)"
   echo "   ITI-81 query / jwks $(ratio iti81 jwks)   without its total / jwks $(ratio iti81-no-total jwks)"
   echo "   authorize / jwks $(ratio authorize jwks)   code exchange / jwks $(ratio exchange jwks)   refresh / jwks $(ratio refresh jwks)"
   echo "   new-handshake token / TLS floor $(ratio token-handshake tls-floor) (goal 80%)"
