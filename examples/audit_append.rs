@@ -9,11 +9,9 @@
 use std::time::Instant;
 use tessera_atna::{Event, Outcome, Record};
 use tessera_types::UnixTime;
-/// Nanoseconds this thread has run (the scheduler's statistics).
-fn on_cpu() -> u64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").unwrap();
-    stat.split_whitespace().next().unwrap().parse().unwrap()
-}
+
+mod common;
+use common::thread_cpu_ns;
 
 fn main() {
     let dir = std::env::temp_dir().join(format!("audit-append-{}", std::process::id()));
@@ -42,7 +40,7 @@ fn main() {
     };
     for batch in batches {
         let t = Instant::now();
-        let cpu = on_cpu();
+        let cpu = thread_cpu_ns();
         let rounds = (20_000 / batch).min(2000);
         for _ in 0..rounds {
             let records: Vec<Record> = (0..batch)
@@ -57,7 +55,7 @@ fn main() {
         println!(
             "batch {batch:4}: {:7.1} us per record, {:5.1} us of this thread's CPU",
             t.elapsed().as_micros() as f64 / records,
-            (on_cpu() - cpu) as f64 / 1000.0 / records
+            (thread_cpu_ns() - cpu) as f64 / 1000.0 / records
         );
     }
     let t = Instant::now();

@@ -14,6 +14,9 @@ use std::time::Instant;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
 
+mod common;
+use common::thread_cpu_ns;
+
 fn main() {
     let n: u32 = std::env::args()
         .nth(1)
@@ -40,12 +43,4 @@ fn main() {
         wall.as_secs_f64(),
         f64::from(n) / wall.as_secs_f64()
     );
-}
-
-/// This thread's time on a core, in ns (the scheduler's account, as bench/lib.sh reads it).
-fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .expect("/proc/thread-self/schedstat")
 }
